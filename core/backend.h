@@ -1,0 +1,110 @@
+#pragma once
+// The Backend interface: every op the models need, forward and backward.
+//
+// Conventions (all backends):
+//  - Pointers are device memory of this backend; floats are fp32, row-major.
+//  - Forward ops overwrite their outputs.
+//  - Backward ops ACCUMULATE (+=) into every gradient they produce, parameter and input
+//    gradients alike, so residual branches and tied weights need no extra adds. The caller
+//    zeroes gradient buffers before a backward pass. The one exception is the gradient
+//    source, softmax_crossentropy, which overwrites dlogits.
+//  - Results never depend on the number of threads (reductions use a fixed order), so a
+//    resumed run is bit-identical to an uninterrupted one.
+// Shape letters: B batch, T tokens, C channels, H heads, V vocabulary, N = B·T rows.
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace upcycle {
+
+enum class DeviceKind { CPU, CUDA };
+
+class Backend {
+public:
+    virtual ~Backend() = default;
+    virtual DeviceKind kind() const = 0;
+    // One line for logs and provenance, e.g. "cpu (OpenBLAS SkylakeX, 2 threads)".
+    virtual std::string describe() const = 0;
+
+    // ---- memory -------------------------------------------------------------------------
+    virtual void* allocate(std::size_t bytes) = 0;  // 64-byte aligned at least
+    virtual void deallocate(void* ptr) noexcept = 0;
+    virtual void upload(void* dst, const void* host_src, std::size_t bytes) = 0;
+    virtual void download(void* host_dst, const void* src, std::size_t bytes) = 0;
+    virtual void copy(void* dst, const void* src, std::size_t bytes) = 0;
+    virtual void zero(void* dst, std::size_t bytes) = 0;
+    virtual void synchronize() = 0;
+
+    // ---- linear layer (PyTorch nn.Linear layout) ----------------------------------------
+    // out[M,N] = inp[M,K] · weight[N,K]^T + bias[N]      (bias may be null)
+    virtual void matmul_forward(float* out, const float* inp, const float* weight,
+                                const float* bias, int M, int K, int N) = 0;
+    // dinp[M,K] += dout[M,N] · weight[N,K];  dweight[N,K] += dout^T · inp;
+    // dbias[N] += Σ_m dout[m,:].  dinp and dbias may be null (skipped).
+    virtual void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout,
+                                 const float* inp, const float* weight, int M, int K,
+                                 int N) = 0;
+
+    // ---- embeddings ---------------------------------------------------------------------
+    // out[B,T,C] = wte[tokens[b,t],:] + wpe[t,:]
+    virtual void embedding_forward(float* out, const int32_t* tokens, const float* wte,
+                                   const float* wpe, int B, int T, int C) = 0;
+    // dwte[v,:] += Σ_{b,t: tokens=v} dout[b,t,:];  dwpe[t,:] += Σ_b dout[b,t,:]
+    virtual void embedding_backward(float* dwte, float* dwpe, const float* dout,
+                                    const int32_t* tokens, int B, int T, int C) = 0;
+
+    // ---- layernorm (eps 1e-5, biased variance, as PyTorch) ------------------------------
+    // out[N,C] = (inp - mean) · rstd · weight + bias; saves mean[N], rstd[N]
+    virtual void layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
+                                   const float* weight, const float* bias, int N, int C) = 0;
+    virtual void layernorm_backward(float* dinp, float* dweight, float* dbias,
+                                    const float* dout, const float* inp, const float* weight,
+                                    const float* mean, const float* rstd, int N, int C) = 0;
+
+    // ---- multi-head self-attention core (softmax(q·kᵀ/√hs [+ causal mask]) · v) ---------
+    // qkv[B,T,3C]: q, k, v stacked in that order; inside each, head h owns columns
+    // [h·hs, (h+1)·hs), hs = C/H.  out[B,T,C] in the same head layout.
+    // lse[B,H,T] saves each query row's log-sum-exp of the scaled scores, so the backward
+    // recomputes the probabilities: memory is linear in T (no T×T cache).
+    virtual void attention_forward(float* out, float* lse, const float* qkv, int B, int T,
+                                   int C, int H, bool causal) = 0;
+    // dqkv[B,T,3C] += gradient; needs the forward's out and lse.
+    virtual void attention_backward(float* dqkv, const float* dout, const float* qkv,
+                                    const float* out, const float* lse, int B, int T, int C,
+                                    int H, bool causal) = 0;
+
+    // ---- pointwise ----------------------------------------------------------------------
+    // tanh-approximated GELU, as PyTorch's gelu(approximate="tanh")
+    virtual void gelu_forward(float* out, const float* inp, std::size_t n) = 0;
+    virtual void gelu_backward(float* dinp, const float* inp, const float* dout,
+                               std::size_t n) = 0;
+    // out = a + b (out may alias a or b)
+    virtual void add(float* out, const float* a, const float* b, std::size_t n) = 0;
+    // y += x
+    virtual void accumulate(float* y, const float* x, std::size_t n) = 0;
+    // x *= s
+    virtual void scale(float* x, float s, std::size_t n) = 0;
+
+    // ---- loss ---------------------------------------------------------------------------
+    // Fused softmax + cross-entropy over logits[N,V]:
+    //   losses[n] = logsumexp(logits[n,:]) - logits[n, targets[n]]
+    //   dlogits[n,:] = (softmax(logits[n,:]) - onehot(targets[n])) · grad_scale   (OVERWRITES;
+    //                  may alias logits; null = no gradient)
+    //   argmax[n] = index of the largest logit, lowest index on ties (null = skip)
+    // A negative target marks a row to ignore: loss 0, gradient 0.
+    virtual void softmax_crossentropy(float* losses, float* dlogits, int32_t* argmax,
+                                      const float* logits, const int32_t* targets, int N,
+                                      int V, float grad_scale) = 0;
+
+    // ---- optimizer ----------------------------------------------------------------------
+    // AdamW (decoupled weight decay, bias-corrected, step ≥ 1) on n parameters:
+    //   g = grads · grad_scale;  m = β1·m + (1-β1)·g;  v = β2·v + (1-β2)·g²
+    //   params -= lr · ( m̂ / (√v̂ + eps) + weight_decay · params )
+    virtual void adamw_update(float* params, const float* grads, float* m, float* v,
+                              std::size_t n, float lr, float beta1, float beta2, float eps,
+                              float weight_decay, float grad_scale, int64_t step) = 0;
+    // Σ x² over n elements in double, in a fixed order (deterministic).
+    virtual double sum_squares(const float* x, std::size_t n) = 0;
+};
+
+}  // namespace upcycle

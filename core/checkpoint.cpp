@@ -1,0 +1,186 @@
+#include "core/checkpoint.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <ctime>
+#include <sstream>
+
+#include <fmt/format.h>
+
+#include "core/build_info.h"
+#include "core/errors.h"
+
+namespace upcycle {
+
+namespace {
+
+constexpr const char* kConfigKey = "upcycle.config";
+constexpr const char* kStepKey = "upcycle.step";
+constexpr const char* kRngKey = "upcycle.rng.data";
+constexpr const char* kTokensKey = "upcycle.tokens";
+constexpr const char* kFlopsKey = "upcycle.flops";
+constexpr const char* kSecondsKey = "upcycle.seconds";
+constexpr const char* kOptimizerStepKey = "upcycle.optimizer_step";
+constexpr const char* kProvenanceKey = "upcycle.provenance";
+
+std::string utc_now() {
+    const auto now = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
+    std::tm tm{};
+    gmtime_r(&now, &tm);
+    char text[32];
+    std::strftime(text, sizeof(text), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    return text;
+}
+
+std::string rng_to_string(const Rng::State& s) {
+    return fmt::format("{:016x} {:016x} {:016x} {:016x}", s[0], s[1], s[2], s[3]);
+}
+
+const std::string& required(const std::map<std::string, std::string>& metadata,
+                            const std::filesystem::path& path, const char* key) {
+    const auto it = metadata.find(key);
+    if (it == metadata.end()) {
+        throw UserError(path.string(), key,
+                        "missing from __metadata__: not an upcycle checkpoint (or written by an "
+                        "older version)");
+    }
+    return it->second;
+}
+
+template <class T>
+T parse_number(const std::string& text, const std::filesystem::path& path, const char* key) {
+    std::istringstream in(text);
+    T value{};
+    in >> value;
+    if (!in || !in.eof()) {
+        throw UserError(path.string(), key, "expected a number in __metadata__, found '" + text + "'");
+    }
+    return value;
+}
+
+Rng::State rng_from_string(const std::string& text, const std::filesystem::path& path) {
+    std::istringstream in(text);
+    Rng::State s{};
+    for (auto& word : s) in >> std::hex >> word;
+    if (!in) throw UserError(path.string(), kRngKey, "expected four hexadecimal words");
+    return s;
+}
+
+std::vector<std::pair<std::string, std::vector<int64_t>>> expected_tensors(
+    const ModelConfig& model, bool with_optimizer) {
+    std::vector<std::pair<std::string, std::vector<int64_t>>> expected;
+    const auto layout = gpt_parameter_layout(model);
+    for (const auto& info : layout) expected.emplace_back(info.name, info.shape);
+    if (with_optimizer) {
+        for (const auto& info : layout) {
+            expected.emplace_back(kOptimizerExpAvgPrefix + info.name, info.shape);
+            expected.emplace_back(kOptimizerExpAvgSqPrefix + info.name, info.shape);
+        }
+    }
+    return expected;
+}
+
+}  // namespace
+
+std::map<std::string, std::string> make_provenance(const Backend& backend) {
+    char host[256] = {0};
+    if (gethostname(host, sizeof(host) - 1) != 0) host[0] = 0;
+    return {{"git_revision", build_info::git_revision},
+            {"version", build_info::version},
+            {"build_type", build_info::build_type},
+            {"compiler", build_info::compiler},
+            {"host", host},
+            {"time", utc_now()},
+            {"backend", backend.describe()}};
+}
+
+void save_checkpoint(const std::filesystem::path& path, const RunConfig& config, Gpt& model,
+                     AdamW* optimizer, const TrainingState& state) {
+    const auto params = model.parameters().to_host();
+    std::vector<float> m, v;
+    if (optimizer) {
+        m = optimizer->exp_avg().to_host();
+        v = optimizer->exp_avg_sq().to_host();
+    }
+    std::vector<TensorView> views;
+    for (const auto& info : model.layout()) {
+        views.push_back({info.name, info.shape, params.data() + info.offset});
+    }
+    if (optimizer) {
+        for (const auto& info : model.layout()) {
+            views.push_back({kOptimizerExpAvgPrefix + info.name, info.shape, m.data() + info.offset});
+            views.push_back({kOptimizerExpAvgSqPrefix + info.name, info.shape, v.data() + info.offset});
+        }
+    }
+    const nlohmann::json provenance(make_provenance(model.backend()));
+    std::map<std::string, std::string> metadata = {
+        {kConfigKey, to_json(config).dump()},
+        {kStepKey, std::to_string(state.step)},
+        {kRngKey, rng_to_string(state.data_rng)},
+        {kTokensKey, std::to_string(state.tokens)},
+        {kFlopsKey, fmt::format("{:.17g}", state.flops)},
+        {kSecondsKey, fmt::format("{:.17g}", state.seconds)},
+        {kProvenanceKey, provenance.dump()},
+    };
+    if (optimizer) metadata[kOptimizerStepKey] = std::to_string(optimizer->step());
+    write_safetensors(path, views, metadata);
+}
+
+Checkpoint read_checkpoint(const std::filesystem::path& path) {
+    Checkpoint ckpt;
+    ckpt.path = path;
+    ckpt.file = read_safetensors(path);
+    ckpt.metadata = ckpt.file.metadata;
+    const auto& meta = ckpt.metadata;
+    nlohmann::json config_json;
+    try {
+        config_json = nlohmann::json::parse(required(meta, path, kConfigKey));
+    } catch (const nlohmann::json::exception& e) {
+        throw UserError(path.string(), kConfigKey, std::string("not valid JSON: ") + e.what());
+    }
+    ckpt.config = run_config_from_json(config_json, path.string() + " (" + kConfigKey + ")");
+    validate(ckpt.config, path.string() + " (" + kConfigKey + ")");
+    ckpt.state.step = parse_number<int64_t>(required(meta, path, kStepKey), path, kStepKey);
+    ckpt.state.data_rng = rng_from_string(required(meta, path, kRngKey), path);
+    ckpt.state.tokens = parse_number<int64_t>(required(meta, path, kTokensKey), path, kTokensKey);
+    ckpt.state.flops = parse_number<double>(required(meta, path, kFlopsKey), path, kFlopsKey);
+    ckpt.state.seconds = parse_number<double>(required(meta, path, kSecondsKey), path, kSecondsKey);
+    for (const auto& name : ckpt.file.order) {
+        if (name.rfind("optimizer.", 0) == 0) ckpt.has_optimizer = true;
+    }
+    if (ckpt.has_optimizer) {
+        ckpt.optimizer_step =
+            parse_number<int64_t>(required(meta, path, kOptimizerStepKey), path, kOptimizerStepKey);
+    }
+    expect_tensors(ckpt.file, path, expected_tensors(ckpt.config.model, ckpt.has_optimizer));
+    return ckpt;
+}
+
+void load_into(const Checkpoint& ckpt, Gpt& model, AdamW* optimizer) {
+    const auto layout = gpt_parameter_layout(ckpt.config.model);
+    UPCYCLE_ASSERT(model.num_parameters() == layout.back().offset + layout.back().numel,
+                   "model does not match the checkpoint's configuration");
+    std::vector<float> flat(model.num_parameters());
+    auto gather = [&](const std::string& prefix) {
+        for (const auto& info : model.layout()) {
+            const auto& tensor = ckpt.file.tensors.at(prefix + info.name);
+            std::copy(tensor.data.begin(), tensor.data.end(), flat.begin() + static_cast<std::ptrdiff_t>(info.offset));
+        }
+    };
+    gather("");
+    model.parameters().copy_from_host(flat);
+    if (optimizer) {
+        if (ckpt.has_optimizer) {
+            gather(kOptimizerExpAvgPrefix);
+            optimizer->exp_avg().copy_from_host(flat);
+            gather(kOptimizerExpAvgSqPrefix);
+            optimizer->exp_avg_sq().copy_from_host(flat);
+            optimizer->set_step(ckpt.optimizer_step);
+        } else {
+            optimizer->reset();
+        }
+    }
+}
+
+}  // namespace upcycle

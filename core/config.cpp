@@ -1,0 +1,400 @@
+#include "core/config.h"
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <limits>
+#include <set>
+#include <sstream>
+
+#include <yaml-cpp/yaml.h>
+
+#include "core/errors.h"
+
+namespace upcycle {
+
+// ---- the one list of fields per section ---------------------------------------------------
+template <class Visitor>
+void visit_fields(ModelConfig& c, Visitor&& v) {
+    v("arch", c.arch);
+    v("vocab_size", c.vocab_size);
+    v("context", c.context);
+    v("channels", c.channels);
+    v("layers", c.layers);
+    v("heads", c.heads);
+}
+template <class Visitor>
+void visit_fields(DataConfig& c, Visitor&& v) {
+    v("source", c.source);
+    v("path", c.path);
+    v("validation_fraction", c.validation_fraction);
+    v("synthetic_bytes", c.synthetic_bytes);
+    v("synthetic_seed", c.synthetic_seed);
+}
+template <class Visitor>
+void visit_fields(TrainConfig& c, Visitor&& v) {
+    v("batch_size", c.batch_size);
+    v("steps", c.steps);
+    v("schedule", c.schedule);
+    v("lr", c.lr);
+    v("warmup_steps", c.warmup_steps);
+    v("min_lr_ratio", c.min_lr_ratio);
+    v("beta1", c.beta1);
+    v("beta2", c.beta2);
+    v("eps", c.eps);
+    v("weight_decay", c.weight_decay);
+    v("grad_clip", c.grad_clip);
+    v("seed", c.seed);
+    v("log_every", c.log_every);
+}
+template <class Visitor>
+void visit_fields(EvalConfig& c, Visitor&& v) {
+    v("every", c.every);
+    v("max_windows", c.max_windows);
+}
+template <class Visitor>
+void visit_fields(CheckpointConfig& c, Visitor&& v) {
+    v("every", c.every);
+    v("every_seconds", c.every_seconds);
+}
+// Sections of RunConfig; "name" is the one top-level scalar.
+template <class Visitor>
+void visit_sections(RunConfig& c, Visitor&& v) {
+    v("model", c.model);
+    v("data", c.data);
+    v("train", c.train);
+    v("eval", c.eval);
+    v("checkpoint", c.checkpoint);
+}
+
+namespace {
+
+template <class T>
+const char* type_name() {
+    if constexpr (std::is_same_v<T, std::string>) return "a string";
+    else if constexpr (std::is_same_v<T, bool>) return "true or false";
+    else if constexpr (std::is_floating_point_v<T>) return "a number";
+    else if constexpr (std::is_unsigned_v<T>) return "a non-negative integer";
+    else return "an integer";
+}
+
+std::string line_of(const YAML::Node& node) {
+    const auto mark = node.Mark();
+    if (mark.line < 0) return "";
+    return " (line " + std::to_string(mark.line + 1) + ")";
+}
+
+template <class T>
+T yaml_scalar(const YAML::Node& node, const std::string& key, const std::string& source) {
+    if (!node.IsScalar()) {
+        throw UserError(source, key, std::string("expected ") + type_name<T>() + line_of(node));
+    }
+    try {
+        if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
+            // yaml-cpp reads "1e3" as no integer type; accept integral-valued numbers too.
+            try {
+                return node.as<T>();
+            } catch (const YAML::BadConversion&) {
+                const double value = node.as<double>();
+                const bool integral = std::floor(value) == value;
+                const bool in_range = value >= static_cast<double>(std::numeric_limits<T>::min()) &&
+                                      value <= static_cast<double>(std::numeric_limits<T>::max());
+                if (!integral || !in_range) throw;
+                return static_cast<T>(value);
+            }
+        } else {
+            return node.as<T>();
+        }
+    } catch (const YAML::BadConversion&) {
+        throw UserError(source, key,
+                        std::string("expected ") + type_name<T>() + ", found '" + node.Scalar() +
+                            "'" + line_of(node));
+    }
+}
+
+std::vector<std::string> split(const std::string& text, char sep) {
+    std::vector<std::string> parts;
+    std::string part;
+    std::istringstream in(text);
+    while (std::getline(in, part, sep)) parts.push_back(part);
+    return parts;
+}
+
+template <class Section>
+std::vector<std::string> field_names(Section& section) {
+    std::vector<std::string> names;
+    visit_fields(section, [&](const char* key, auto&) { names.emplace_back(key); });
+    return names;
+}
+
+std::vector<std::string> section_names() {
+    RunConfig scratch;
+    std::vector<std::string> names{"name"};
+    visit_sections(scratch, [&](const char* key, auto&) { names.emplace_back(key); });
+    return names;
+}
+
+[[noreturn]] void unknown_key(const std::string& source, const std::string& key,
+                              const std::string& leaf, const std::vector<std::string>& known,
+                              const std::string& where) {
+    std::string message = "unknown key" + where;
+    const std::string suggestion = closest_match(leaf, known);
+    if (!suggestion.empty()) message += "; did you mean '" + suggestion + "'?";
+    else {
+        message += "; expected one of:";
+        for (const auto& k : known) message += " " + k;
+    }
+    throw UserError(source, key, message);
+}
+
+template <class Section>
+void read_section(const YAML::Node& node, Section& section, const std::string& prefix,
+                  const std::string& source) {
+    if (!node.IsMap()) throw UserError(source, prefix, "expected a mapping" + line_of(node));
+    std::set<std::string> known;
+    visit_fields(section, [&](const char* key, auto& field) {
+        known.insert(key);
+        const YAML::Node child = node[key];
+        if (!child || child.IsNull()) return;
+        using T = std::decay_t<decltype(field)>;
+        field = yaml_scalar<T>(child, prefix + "." + key, source);
+    });
+    for (const auto& entry : node) {
+        const std::string key = entry.first.as<std::string>();
+        if (!known.count(key)) {
+            unknown_key(source, prefix + "." + key, key, field_names(section),
+                        line_of(entry.first));
+        }
+    }
+}
+
+// Sets root[a][b]... = value for "a.b...=value"; the value is parsed as YAML.
+void apply_override(YAML::Node& root, const std::string& assignment, const std::string& source) {
+    const auto eq = assignment.find('=');
+    if (eq == std::string::npos || eq == 0) {
+        throw UserError(source, assignment, "an override must look like key.path=value");
+    }
+    const std::string path = assignment.substr(0, eq);
+    const std::string value = assignment.substr(eq + 1);
+    const auto keys = split(path, '.');
+    YAML::Node parsed;
+    try {
+        parsed = YAML::Load(value);
+    } catch (const YAML::Exception& e) {
+        throw UserError(source, path, "cannot parse override value '" + value + "'");
+    }
+    // yaml-cpp nodes are references: walk with fresh handles via recursion on copies.
+    std::vector<YAML::Node> chain{root};
+    for (std::size_t i = 0; i + 1 < keys.size(); ++i) {
+        YAML::Node next = chain.back()[keys[i]];
+        if (!next || next.IsNull()) {
+            chain.back()[keys[i]] = YAML::Node(YAML::NodeType::Map);
+            next = chain.back()[keys[i]];
+        }
+        if (!next.IsMap()) {
+            throw UserError(source, path, "'" + keys[i] + "' is not a section");
+        }
+        chain.push_back(next);
+    }
+    chain.back()[keys.back()] = parsed;
+}
+
+// Optimal string alignment distance: insertions, deletions, substitutions and adjacent
+// transpositions ("stpes" → "steps" is one edit) each cost 1.
+std::size_t edit_distance(const std::string& a, const std::string& b) {
+    const std::size_t n = a.size(), m = b.size();
+    std::vector<std::vector<std::size_t>> d(n + 1, std::vector<std::size_t>(m + 1));
+    for (std::size_t i = 0; i <= n; ++i) d[i][0] = i;
+    for (std::size_t j = 0; j <= m; ++j) d[0][j] = j;
+    for (std::size_t i = 1; i <= n; ++i) {
+        for (std::size_t j = 1; j <= m; ++j) {
+            const std::size_t cost = a[i - 1] == b[j - 1] ? 0 : 1;
+            d[i][j] = std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost});
+            if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1]) {
+                d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
+            }
+        }
+    }
+    return d[n][m];
+}
+
+RunConfig read_run_config(const YAML::Node& root, const std::string& source) {
+    RunConfig config;
+    if (!root || root.IsNull()) return config;
+    if (!root.IsMap()) throw UserError(source, "", "expected a mapping at the top level");
+    const auto known = section_names();
+    for (const auto& entry : root) {
+        const std::string key = entry.first.as<std::string>();
+        if (std::find(known.begin(), known.end(), key) == known.end()) {
+            unknown_key(source, key, key, known, line_of(entry.first));
+        }
+    }
+    if (root["name"]) config.name = yaml_scalar<std::string>(root["name"], "name", source);
+    // model.preset fills the model shape first; explicit keys then override it.
+    YAML::Node model = root["model"];
+    if (model && model.IsMap() && model["preset"]) {
+        const auto preset_name = yaml_scalar<std::string>(model["preset"], "model.preset", source);
+        try {
+            config.model = find_model_preset(preset_name).model;
+        } catch (const UserError& e) {
+            throw UserError(source, "model.preset", e.what());
+        }
+        YAML::Node rest(YAML::NodeType::Map);
+        for (const auto& entry : model) {
+            if (entry.first.as<std::string>() != "preset") rest[entry.first] = entry.second;
+        }
+        model = rest;
+    }
+    visit_sections(config, [&](const char* key, auto& section) {
+        YAML::Node node = std::string(key) == "model" ? model : root[key];
+        if (!node || node.IsNull()) return;
+        read_section(node, section, key, source);
+    });
+    return config;
+}
+
+}  // namespace
+
+RunConfig parse_run_config(const std::string& yaml_text, const std::string& source,
+                           const std::vector<std::string>& overrides) {
+    YAML::Node root;
+    try {
+        root = YAML::Load(yaml_text);
+    } catch (const YAML::ParserException& e) {
+        throw UserError(source, "", "not valid YAML: " + std::string(e.what()));
+    }
+    if (!root || root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
+    for (const auto& assignment : overrides) apply_override(root, assignment, "--set");
+    RunConfig config = read_run_config(root, source);
+    validate(config, source);
+    return config;
+}
+
+RunConfig load_run_config(const std::filesystem::path& file,
+                          const std::vector<std::string>& overrides) {
+    std::ifstream in(file);
+    if (!in) throw UserError(file.string(), "", "cannot open the config file");
+    std::stringstream text;
+    text << in.rdbuf();
+    return parse_run_config(text.str(), file.string(), overrides);
+}
+
+nlohmann::json to_json(const RunConfig& config_in) {
+    RunConfig config = config_in;
+    nlohmann::json out;
+    out["name"] = config.name;
+    visit_sections(config, [&](const char* section_key, auto& section) {
+        nlohmann::json fields = nlohmann::json::object();
+        visit_fields(section, [&](const char* key, auto& field) { fields[key] = field; });
+        out[section_key] = fields;
+    });
+    return out;
+}
+
+RunConfig run_config_from_json(const nlohmann::json& json, const std::string& source) {
+    RunConfig config;
+    if (!json.is_object()) throw UserError(source, "config", "expected a JSON object");
+    if (json.contains("name")) config.name = json["name"].get<std::string>();
+    visit_sections(config, [&](const char* section_key, auto& section) {
+        if (!json.contains(section_key)) return;
+        const auto& fields = json[section_key];
+        visit_fields(section, [&](const char* key, auto& field) {
+            if (!fields.contains(key)) return;
+            using T = std::decay_t<decltype(field)>;
+            try {
+                field = fields[key].template get<T>();
+            } catch (const nlohmann::json::exception&) {
+                throw UserError(source, std::string(section_key) + "." + key,
+                                std::string("expected ") + type_name<T>());
+            }
+        });
+    });
+    return config;
+}
+
+void validate(const RunConfig& c, const std::string& source) {
+    auto require = [&](bool ok, const std::string& key, const std::string& expected) {
+        if (!ok) throw UserError(source, key, expected);
+    };
+    require(c.model.arch == "gpt", "model.arch", "expected 'gpt', found '" + c.model.arch + "'");
+    require(c.model.vocab_size > 0, "model.vocab_size", "expected a positive integer");
+    require(c.model.context > 0, "model.context", "expected a positive integer");
+    require(c.model.channels > 0, "model.channels", "expected a positive integer");
+    require(c.model.layers > 0, "model.layers", "expected a positive integer");
+    require(c.model.heads > 0, "model.heads", "expected a positive integer");
+    require(c.model.channels % c.model.heads == 0, "model.heads",
+            "channels (" + std::to_string(c.model.channels) + ") must be divisible by heads (" +
+                std::to_string(c.model.heads) + ")");
+    const bool byte_data = true;  // every data source here is bytes
+    require(!byte_data || c.model.vocab_size >= 256, "model.vocab_size",
+            "byte-level text needs at least 256, found " + std::to_string(c.model.vocab_size));
+    require(c.data.source == "kjv" || c.data.source == "synthetic" || c.data.source == "text",
+            "data.source", "expected kjv, synthetic or text, found '" + c.data.source + "'");
+    require(c.data.source != "text" || !c.data.path.empty(), "data.path",
+            "data.source: text needs data.path (a text file)");
+    require(c.data.validation_fraction > 0 && c.data.validation_fraction < 1,
+            "data.validation_fraction", "expected a number in (0, 1)");
+    require(c.data.synthetic_bytes >= 1024, "data.synthetic_bytes", "expected at least 1024");
+    require(c.train.batch_size > 0, "train.batch_size", "expected a positive integer");
+    require(c.train.steps > 0, "train.steps", "expected a positive integer");
+    require(c.train.schedule == "constant" || c.train.schedule == "rsqrt" ||
+                c.train.schedule == "cosine",
+            "train.schedule", "expected constant, rsqrt or cosine, found '" + c.train.schedule + "'");
+    require(c.train.lr > 0, "train.lr", "expected a positive number");
+    require(c.train.warmup_steps >= 0, "train.warmup_steps", "expected a non-negative integer");
+    require(c.train.min_lr_ratio >= 0 && c.train.min_lr_ratio <= 1, "train.min_lr_ratio",
+            "expected a number in [0, 1]");
+    require(c.train.beta1 >= 0 && c.train.beta1 < 1, "train.beta1", "expected a number in [0, 1)");
+    require(c.train.beta2 >= 0 && c.train.beta2 < 1, "train.beta2", "expected a number in [0, 1)");
+    require(c.train.eps > 0, "train.eps", "expected a positive number");
+    require(c.train.weight_decay >= 0, "train.weight_decay", "expected a non-negative number");
+    require(c.train.grad_clip >= 0, "train.grad_clip", "expected a non-negative number (0: off)");
+    require(c.train.log_every > 0, "train.log_every", "expected a positive integer");
+    require(c.eval.every >= 0, "eval.every", "expected a non-negative integer");
+    require(c.eval.max_windows >= 0, "eval.max_windows", "expected a non-negative integer");
+    require(c.checkpoint.every >= 0, "checkpoint.every", "expected a non-negative integer");
+    require(c.checkpoint.every_seconds >= 0, "checkpoint.every_seconds",
+            "expected a non-negative number");
+}
+
+const std::vector<ModelPreset>& model_presets() {
+    static const std::vector<ModelPreset> presets = {
+        {"gpt-tiny", ModelConfig{"gpt", 256, 128, 128, 4, 4}, 16},
+        {"gpt-small", ModelConfig{"gpt", 256, 256, 512, 8, 8}, 8},
+        {"gpt-124m", ModelConfig{"gpt", 50304, 1024, 768, 12, 12}, 8},
+    };
+    return presets;
+}
+
+const ModelPreset& find_model_preset(const std::string& name) {
+    std::vector<std::string> names;
+    for (const auto& preset : model_presets()) {
+        if (preset.name == name) return preset;
+        names.push_back(preset.name);
+    }
+    std::string message = "unknown model preset '" + name + "'";
+    const auto suggestion = closest_match(name, names);
+    if (!suggestion.empty()) message += "; did you mean '" + suggestion + "'?";
+    else {
+        message += "; expected one of:";
+        for (const auto& n : names) message += " " + n;
+    }
+    throw UserError("", "model", message);
+}
+
+std::string closest_match(const std::string& word, const std::vector<std::string>& candidates) {
+    std::string best;
+    std::size_t best_distance = std::numeric_limits<std::size_t>::max();
+    for (const auto& candidate : candidates) {
+        const std::size_t d = edit_distance(word, candidate);
+        if (d < best_distance) {
+            best_distance = d;
+            best = candidate;
+        }
+    }
+    // close enough: at most a third of the word (and at least one edit) wrong
+    const std::size_t allowed = std::max<std::size_t>(1, word.size() / 3);
+    return best_distance <= allowed ? best : "";
+}
+
+}  // namespace upcycle

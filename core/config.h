@@ -1,0 +1,94 @@
+#pragma once
+// The resolved configuration of one training run, read from YAML (with --set overrides),
+// written into checkpoints as JSON, and read back from them. Every struct lists its fields
+// once, in visit_fields(), and the YAML reader, the JSON writer and the JSON reader all walk
+// that one list, so a new key is added in exactly one place.
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace upcycle {
+
+struct ModelConfig {
+    std::string arch = "gpt";  // gpt (vit comes later)
+    int vocab_size = 256;      // V; byte-level text by default
+    int context = 128;         // T
+    int channels = 128;        // C
+    int layers = 4;            // L
+    int heads = 4;             // H
+};
+
+struct DataConfig {
+    std::string source = "kjv";             // kjv | synthetic | text
+    std::string path;                       // the file, for source: text
+    double validation_fraction = 0.05;      // for text and synthetic (tail of the file)
+    int64_t synthetic_bytes = 1 << 20;      // for source: synthetic
+    uint64_t synthetic_seed = 1;
+};
+
+struct TrainConfig {
+    int batch_size = 16;
+    int64_t steps = 1000;
+    std::string schedule = "rsqrt";  // constant | rsqrt | cosine
+    double lr = 1e-3;
+    int64_t warmup_steps = 100;
+    double min_lr_ratio = 0.1;       // cosine floor, as a fraction of lr
+    double beta1 = 0.9;
+    double beta2 = 0.95;
+    double eps = 1e-8;
+    double weight_decay = 0.1;       // matrices only
+    double grad_clip = 1.0;          // global norm; 0 disables
+    uint64_t seed = 1;               // weights init and data order
+    int64_t log_every = 10;
+};
+
+struct EvalConfig {
+    int64_t every = 250;     // steps between evaluations (0: only at the end)
+    int64_t max_windows = 512;  // evenly spaced validation windows per evaluation (0: all)
+};
+
+struct CheckpointConfig {
+    int64_t every = 500;         // steps between checkpoints (0: only at the end)
+    double every_seconds = 300;  // also checkpoint after this much wall time (0: off)
+};
+
+struct RunConfig {
+    std::string name = "run";
+    ModelConfig model;
+    DataConfig data;
+    TrainConfig train;
+    EvalConfig eval;
+    CheckpointConfig checkpoint;
+};
+
+// Reads a YAML run config, applies "key.path=value" overrides, fills defaults, validates.
+// Throws UserError naming the file, the key (and its line) and what was expected.
+RunConfig load_run_config(const std::filesystem::path& file,
+                          const std::vector<std::string>& overrides = {});
+// Same, from YAML text (source names it in errors).
+RunConfig parse_run_config(const std::string& yaml_text, const std::string& source,
+                           const std::vector<std::string>& overrides = {});
+
+nlohmann::json to_json(const RunConfig& config);
+// Reads a config written by to_json (e.g. from a checkpoint); source names it in errors.
+RunConfig run_config_from_json(const nlohmann::json& json, const std::string& source);
+
+// Throws UserError (file = source) if the configuration is impossible.
+void validate(const RunConfig& config, const std::string& source);
+
+// Named model shapes for `bench` and configs (`model.preset`): gpt-tiny, gpt-small, gpt-124m.
+struct ModelPreset {
+    std::string name;
+    ModelConfig model;
+    int batch_size;
+};
+const std::vector<ModelPreset>& model_presets();
+const ModelPreset& find_model_preset(const std::string& name);  // UserError if unknown
+
+// The closest candidate by edit distance, or "" if none is close ("did you mean").
+std::string closest_match(const std::string& word, const std::vector<std::string>& candidates);
+
+}  // namespace upcycle

@@ -1,0 +1,24 @@
+#pragma once
+// The one place that counts FLOPs. Budgets, MFU, benchmarks and plots all call this.
+//
+// Convention (as PaLM and nanoGPT/llm.c MFU): a multiply-add is 2 FLOPs; only matmuls count.
+//   forward per token  = 2 · (matmul weights) + attention
+//     matmul weights   = L · 12·C²  (qkv 3C², proj C², fc 4C², fc-proj 4C²) + V·C (tied head)
+//     attention        = L · 4·T·C  (q·kᵀ and p·v over the full context; no causal discount)
+//   training per token = 3 × forward (backward = 2 × forward)
+// Embedding lookups, layernorms, biases and pointwise ops are not counted.
+#include "core/config.h"
+
+namespace upcycle {
+
+struct FlopsPerToken {
+    double forward = 0;
+    double training = 0;
+};
+
+FlopsPerToken flops_per_token(const ModelConfig& model);
+
+// Number of parameters (all tensors, embeddings included).
+int64_t parameter_count(const ModelConfig& model);
+
+}  // namespace upcycle

@@ -1,0 +1,218 @@
+#include "core/train.h"
+
+#include <chrono>
+#include <fstream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "core/data/kjv.h"
+#include "core/data/text_batches.h"
+#include "core/errors.h"
+#include "core/flops.h"
+#include "core/model/gpt.h"
+#include "core/optim/adamw.h"
+#include "core/optim/schedule.h"
+
+namespace upcycle {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// The data sampler's stream is derived from the seed but distinct from the init stream.
+constexpr uint64_t kDataStreamSalt = 0x5DA7A5EEDULL;
+
+std::string first_difference(const nlohmann::json& a, const nlohmann::json& b,
+                             const std::string& prefix = "") {
+    if (a.is_object() && b.is_object()) {
+        for (const auto& [key, value] : a.items()) {
+            const std::string path = prefix.empty() ? key : prefix + "." + key;
+            if (!b.contains(key)) return path;
+            const auto diff = first_difference(value, b[key], path);
+            if (!diff.empty()) return diff;
+        }
+        for (const auto& [key, value] : b.items()) {
+            if (!a.contains(key)) return prefix.empty() ? key : prefix + "." + key;
+        }
+        return "";
+    }
+    return a == b ? "" : prefix;
+}
+
+// log.jsonl keeps one JSON record per line; on resume, records past the checkpoint's step
+// are dropped so the log matches an uninterrupted run.
+void truncate_log_after(const std::filesystem::path& log, int64_t step) {
+    std::ifstream in(log);
+    if (!in) return;
+    std::ostringstream kept;
+    std::string line;
+    while (std::getline(in, line)) {
+        try {
+            const auto record = nlohmann::json::parse(line);
+            if (record.value("step", int64_t{0}) <= step) kept << line << '\n';
+        } catch (const nlohmann::json::exception&) {
+            // a line cut by a kill: drop it
+        }
+    }
+    in.close();
+    std::ofstream(log, std::ios::trunc) << kept.str();
+}
+
+}  // namespace
+
+std::filesystem::path checkpoint_path(const std::filesystem::path& out_dir) {
+    return out_dir / "checkpoint.safetensors";
+}
+
+TrainSummary train(Backend& backend, const RunConfig& config, const TrainOptions& options,
+                   const TrainObserver& observer) {
+    auto message = [&](const std::string& text) {
+        if (observer.on_message) observer.on_message(text);
+    };
+    const ModelConfig& mc = config.model;
+    const TrainConfig& tc = config.train;
+    const TextCorpus corpus = load_text_corpus(config.data, config.name);
+    const std::size_t window = static_cast<std::size_t>(mc.context) + 1;
+    if (corpus.train.size() <= window || corpus.validation.size() < window) {
+        throw UserError(config.name, "data", "the text is too short for windows of " +
+                                                 std::to_string(window) + " bytes");
+    }
+
+    Gpt model(backend, mc, tc.batch_size);
+    AdamW optimizer(backend, model.num_parameters());
+    TrainingState state;
+    Rng data_rng(tc.seed ^ kDataStreamSalt);
+    TrainSummary summary;
+
+    std::filesystem::create_directories(options.out_dir);
+    const auto ckpt_path = checkpoint_path(options.out_dir);
+    const auto log_path = options.out_dir / "log.jsonl";
+    if (options.resume && std::filesystem::exists(ckpt_path)) {
+        const Checkpoint ckpt = read_checkpoint(ckpt_path);
+        const auto diff = first_difference(to_json(ckpt.config), to_json(config));
+        if (!diff.empty()) {
+            throw UserError(ckpt_path.string(), diff,
+                            "the checkpoint in the output directory was trained with a different "
+                            "value; use another --out directory (or --restart to overwrite it)");
+        }
+        load_into(ckpt, model, &optimizer);
+        state = ckpt.state;
+        data_rng.set_state(state.data_rng);
+        summary.resumed = true;
+        summary.resumed_from_step = state.step;
+        truncate_log_after(log_path, state.step);
+        message("resuming from " + ckpt_path.string() + " at step " + std::to_string(state.step));
+    } else {
+        model.init_weights(tc.seed);
+        std::ofstream(log_path, std::ios::trunc);
+    }
+    std::ofstream log(log_path, std::ios::app);
+
+    const double flops_per_step =
+        flops_per_token(mc).training * static_cast<double>(tc.batch_size) * mc.context;
+    std::vector<int32_t> inputs, targets;
+    auto last_checkpoint_time = Clock::now();
+    auto interval_start = Clock::now();
+    int64_t interval_tokens = 0;
+
+    auto save = [&]() {
+        state.data_rng = data_rng.state();
+        save_checkpoint(ckpt_path, config, model, &optimizer, state);
+        last_checkpoint_time = Clock::now();
+        summary.checkpoint = ckpt_path;
+        if (observer.on_checkpoint) observer.on_checkpoint(ckpt_path, state.step);
+    };
+    auto run_eval = [&]() {
+        EvalRecord record;
+        record.step = state.step;
+        record.flops = state.flops;
+        record.seconds = state.seconds;
+        record.result = evaluate_text(model, corpus.validation, config.eval.max_windows);
+        log << nlohmann::json{{"kind", "eval"},
+                              {"step", record.step},
+                              {"flops", record.flops},
+                              {"seconds", record.seconds},
+                              {"val_loss", record.result.loss},
+                              {"val_accuracy", record.result.accuracy},
+                              {"val_tokens", record.result.tokens}}
+                   .dump()
+            << '\n'
+            << std::flush;
+        if (observer.on_eval) observer.on_eval(record);
+        return record.result;
+    };
+
+    while (state.step < tc.steps) {
+        if (options.stop_requested && options.stop_requested->load()) {
+            message("stop requested: checkpointing at step " + std::to_string(state.step));
+            save();
+            summary.state = state;
+            summary.steps = state.step;
+            return summary;
+        }
+        const auto step_start = Clock::now();
+        sample_text_batch(corpus.train, tc.batch_size, mc.context, data_rng, inputs, targets);
+        const ForwardStats stats = model.forward(inputs, targets, tc.batch_size, Pass::Train);
+        model.backward();
+        const int64_t step = state.step + 1;
+        const double lr = learning_rate(tc, step);
+        const auto opt = optimizer.update(model.layout(), model.parameters(), model.gradients(), tc, lr);
+        const double step_seconds = std::chrono::duration<double>(Clock::now() - step_start).count();
+
+        state.step = step;
+        state.tokens += static_cast<int64_t>(tc.batch_size) * mc.context;
+        state.flops += flops_per_step;
+        state.seconds += step_seconds;
+        interval_tokens += static_cast<int64_t>(tc.batch_size) * mc.context;
+
+        if (step % tc.log_every == 0 || step == tc.steps) {
+            StepRecord record;
+            record.step = step;
+            record.total_steps = tc.steps;
+            record.loss = stats.mean_loss();
+            record.lr = lr;
+            record.grad_norm = opt.grad_norm;
+            record.tokens = state.tokens;
+            record.flops = state.flops;
+            record.seconds = state.seconds;
+            const double interval = std::chrono::duration<double>(Clock::now() - interval_start).count();
+            record.tokens_per_second = interval > 0 ? static_cast<double>(interval_tokens) / interval : 0;
+            interval_start = Clock::now();
+            interval_tokens = 0;
+            log << nlohmann::json{{"kind", "train"},       {"step", step},
+                                  {"loss", record.loss},    {"lr", lr},
+                                  {"grad_norm", opt.grad_norm}, {"tokens", state.tokens},
+                                  {"flops", state.flops},   {"seconds", state.seconds}}
+                       .dump()
+                << '\n';
+            if (observer.on_step) observer.on_step(record);
+        }
+        const bool last = step == tc.steps;
+        if (last || (config.eval.every > 0 && step % config.eval.every == 0)) {
+            const auto result = run_eval();
+            if (last) summary.final_eval = result;
+            interval_start = Clock::now();  // evaluation time is not training throughput
+            interval_tokens = 0;
+        }
+        const double since_checkpoint =
+            std::chrono::duration<double>(Clock::now() - last_checkpoint_time).count();
+        if (last || (config.checkpoint.every > 0 && step % config.checkpoint.every == 0) ||
+            (config.checkpoint.every_seconds > 0 && since_checkpoint >= config.checkpoint.every_seconds)) {
+            save();
+            interval_start = Clock::now();
+            interval_tokens = 0;
+        }
+    }
+    if (!summary.final_eval) {
+        // resumed after the last step had already been taken
+        summary.final_eval = evaluate_text(model, corpus.validation, config.eval.max_windows);
+        summary.checkpoint = ckpt_path;
+    }
+    summary.completed = true;
+    summary.steps = state.step;
+    summary.state = state;
+    return summary;
+}
+
+}  // namespace upcycle

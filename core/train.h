@@ -1,0 +1,67 @@
+#pragma once
+// One training run: data → model → AdamW steps with the configured schedule, periodic
+// evaluation on the held-out split, atomic checkpoints, and resumption from the latest
+// checkpoint in the output directory (bit-identical to an uninterrupted run).
+#include <atomic>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <optional>
+
+#include "core/backend.h"
+#include "core/checkpoint.h"
+#include "core/config.h"
+#include "core/eval.h"
+
+namespace upcycle {
+
+struct StepRecord {
+    int64_t step = 0;            // optimizer step just taken (1-based)
+    int64_t total_steps = 0;
+    double loss = 0;             // training loss of this step's batch
+    double lr = 0;
+    double grad_norm = 0;
+    int64_t tokens = 0;          // cumulative training tokens
+    double flops = 0;            // cumulative training FLOPs
+    double seconds = 0;          // cumulative training wall seconds
+    double tokens_per_second = 0;  // over the last logging interval
+};
+
+struct EvalRecord {
+    int64_t step = 0;
+    double flops = 0;
+    double seconds = 0;
+    EvalResult result;
+};
+
+// Callbacks for progress display and logs. Steps are reported every train.log_every steps.
+struct TrainObserver {
+    std::function<void(const StepRecord&)> on_step;
+    std::function<void(const EvalRecord&)> on_eval;
+    std::function<void(const std::filesystem::path&, int64_t step)> on_checkpoint;
+    std::function<void(const std::string&)> on_message;
+};
+
+struct TrainOptions {
+    std::filesystem::path out_dir;                // checkpoint.safetensors and log.jsonl go here
+    bool resume = true;                           // continue from out_dir's checkpoint if any
+    const std::atomic<bool>* stop_requested = nullptr;  // set by a signal handler: checkpoint, return
+};
+
+struct TrainSummary {
+    int64_t steps = 0;
+    bool completed = false;          // false if stopped early
+    bool resumed = false;
+    int64_t resumed_from_step = 0;
+    std::optional<EvalResult> final_eval;
+    TrainingState state;
+    std::filesystem::path checkpoint;
+};
+
+// The checkpoint file train() keeps in out_dir (always the latest).
+std::filesystem::path checkpoint_path(const std::filesystem::path& out_dir);
+
+TrainSummary train(Backend& backend, const RunConfig& config, const TrainOptions& options,
+                   const TrainObserver& observer = {});
+
+}  // namespace upcycle

@@ -1,0 +1,78 @@
+// upcycle inspect FILE [--json]: a checkpoint's tensors and metadata (reads the header only).
+#include <cstdio>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "core/safetensors.h"
+#include "core/tensor.h"
+#include "runner/commands.h"
+#include "runner/format.h"
+
+namespace upcycle::cli {
+
+namespace {
+
+struct InspectArgs {
+    std::string file;
+    bool json = false;
+};
+
+// Metadata values that hold JSON are shown as JSON.
+nlohmann::json metadata_value(const std::string& text) {
+    if (!text.empty() && (text.front() == '{' || text.front() == '[')) {
+        try {
+            return nlohmann::json::parse(text);
+        } catch (const nlohmann::json::exception&) {
+        }
+    }
+    return text;
+}
+
+int run_inspect(const InspectArgs& args) {
+    const SafetensorsHeader header = read_safetensors_header(args.file);
+    int64_t weights = 0, optimizer = 0;
+    for (const auto& e : header.entries) {
+        (e.name.rfind("optimizer.", 0) == 0 ? optimizer : weights) += shape_numel(e.shape);
+    }
+    if (args.json) {
+        nlohmann::json out;
+        out["file"] = args.file;
+        out["data_bytes"] = header.data_bytes;
+        out["parameters"] = weights;
+        out["optimizer_values"] = optimizer;
+        for (const auto& e : header.entries) {
+            out["tensors"].push_back({{"name", e.name}, {"dtype", e.dtype}, {"shape", e.shape}});
+        }
+        for (const auto& [key, value] : header.metadata) out["metadata"][key] = metadata_value(value);
+        fmt::print("{}\n", out.dump(2));
+        return 0;
+    }
+    fmt::print("{}: {} tensors, {} parameters{}, {:.1f} MB of data\n", args.file,
+               header.entries.size(), format_count(static_cast<double>(weights)),
+               optimizer ? " + optimizer state" : "", static_cast<double>(header.data_bytes) / 1e6);
+    std::size_t width = 4;
+    for (const auto& e : header.entries) width = std::max(width, e.name.size());
+    for (const auto& e : header.entries) {
+        fmt::print("  {:<{}}  {}  {}\n", e.name, width, e.dtype, shape_string(e.shape));
+    }
+    fmt::print("metadata:\n");
+    for (const auto& [key, value] : header.metadata) {
+        const auto parsed = metadata_value(value);
+        if (parsed.is_string()) fmt::print("  {}: {}\n", key, value);
+        else fmt::print("  {}: {}\n", key, parsed.dump(2));
+    }
+    return 0;
+}
+
+}  // namespace
+
+Command add_inspect_command(CLI::App& app) {
+    auto args = std::make_shared<InspectArgs>();
+    auto* sub = app.add_subcommand("inspect", "List a checkpoint's tensors and metadata");
+    sub->add_option("file", args->file, "checkpoint (.safetensors)")->required();
+    sub->add_flag("--json", args->json, "print JSON");
+    return [args] { return run_inspect(*args); };
+}
+
+}  // namespace upcycle::cli

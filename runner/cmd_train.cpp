@@ -1,0 +1,98 @@
+// upcycle train CONFIG.yaml [--set key=value ...] [--out DIR] [--device cpu] [--restart]
+#include <atomic>
+#include <csignal>
+#include <cstdio>
+
+#include <fmt/format.h>
+
+#include "core/config.h"
+#include "core/flops.h"
+#include "core/train.h"
+#include "kernels/backend_factory.h"
+#include "runner/commands.h"
+#include "runner/format.h"
+
+namespace upcycle::cli {
+
+namespace {
+
+std::atomic<bool> g_stop{false};
+extern "C" void request_stop(int) { g_stop.store(true); }
+
+struct TrainArgs {
+    std::string config;
+    std::vector<std::string> overrides;
+    std::string out;
+    std::string device = "cpu";
+    bool restart = false;
+};
+
+int run_train(const TrainArgs& args) {
+    const RunConfig config = load_run_config(args.config, args.overrides);
+    auto backend = make_backend(args.device);
+    const std::string out = args.out.empty() ? "results/train/" + config.name : args.out;
+    const auto flops = flops_per_token(config.model);
+    fmt::print(stderr, "upcycle train: {} | GPT L={} C={} H={} T={} V={} | {} parameters | "
+                       "{} per training token\n",
+               config.name, config.model.layers, config.model.channels, config.model.heads,
+               config.model.context, config.model.vocab_size,
+               format_count(static_cast<double>(parameter_count(config.model))),
+               format_flops(flops.training));
+    fmt::print(stderr, "  data {} | {} steps × batch {} | schedule {} lr {:g} | {} | out {}\n",
+               config.data.source, config.train.steps, config.train.batch_size,
+               config.train.schedule, config.train.lr, backend->describe(), out);
+
+    std::signal(SIGINT, request_stop);
+    std::signal(SIGTERM, request_stop);
+    TrainObserver observer;
+    observer.on_message = [](const std::string& text) { fmt::print(stderr, "  {}\n", text); };
+    observer.on_step = [](const StepRecord& r) {
+        const double remaining_steps = static_cast<double>(r.total_steps - r.step);
+        const double seconds_per_step = r.step > 0 ? r.seconds / static_cast<double>(r.step) : 0;
+        fmt::print(stderr,
+                   "step {:>6}/{} | loss {:.4f} | lr {:.2e} | grad {:.3f} | {} tok/s | "
+                   "{:.1f} GFLOP/s | eta {}\n",
+                   r.step, r.total_steps, r.loss, r.lr, r.grad_norm,
+                   format_count(r.tokens_per_second),
+                   r.seconds > 0 ? r.flops / r.seconds / 1e9 : 0.0,
+                   format_duration(remaining_steps * seconds_per_step));
+    };
+    observer.on_eval = [](const EvalRecord& r) {
+        fmt::print(stderr, "eval {:>6} | val_loss {:.4f} | val_accuracy {:.4f} | {} bytes\n",
+                   r.step, r.result.loss, r.result.accuracy, r.result.tokens);
+    };
+    observer.on_checkpoint = [](const std::filesystem::path& path, int64_t step) {
+        fmt::print(stderr, "checkpoint {:>6} | {}\n", step, path.string());
+    };
+    TrainOptions options;
+    options.out_dir = out;
+    options.resume = !args.restart;
+    options.stop_requested = &g_stop;
+    const TrainSummary summary = train(*backend, config, options, observer);
+    if (!summary.completed) {
+        fmt::print(stderr, "stopped at step {}; run the same command again to resume\n",
+                   summary.steps);
+        return 130;
+    }
+    const auto& e = *summary.final_eval;
+    fmt::print("final validation loss {:.4f} | accuracy {:.4f} | {} steps | {} | {:.1f}s | "
+               "checkpoint {}\n",
+               e.loss, e.accuracy, summary.steps, format_flops(summary.state.flops),
+               summary.state.seconds, summary.checkpoint.string());
+    return 0;
+}
+
+}  // namespace
+
+Command add_train_command(CLI::App& app) {
+    auto args = std::make_shared<TrainArgs>();
+    auto* sub = app.add_subcommand("train", "Train one model from a YAML config");
+    sub->add_option("config", args->config, "run config (YAML)")->required()->check(CLI::ExistingFile);
+    sub->add_option("--set", args->overrides, "override a config key: key.path=value (repeatable)");
+    sub->add_option("--out", args->out, "output directory (default results/train/NAME)");
+    sub->add_option("--device", args->device, "cpu | cuda[:N]");
+    sub->add_flag("--restart", args->restart, "ignore an existing checkpoint in the output directory");
+    return [args] { return run_train(*args); };
+}
+
+}  // namespace upcycle::cli

@@ -1,0 +1,17 @@
+#pragma once
+// The `upcycle` verbs. Each registers its subcommand and options on the CLI11 app and
+// returns the function that runs it (exit code).
+#include <functional>
+
+#include <CLI/CLI.hpp>
+
+namespace upcycle::cli {
+
+using Command = std::function<int()>;
+
+Command add_train_command(CLI::App& app);
+Command add_eval_command(CLI::App& app);
+Command add_inspect_command(CLI::App& app);
+Command add_bench_command(CLI::App& app);
+
+}  // namespace upcycle::cli

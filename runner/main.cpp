@@ -1,0 +1,47 @@
+// upcycle: sparse-upcycling experiments. `upcycle --help` lists the verbs.
+#include <cstdio>
+#include <exception>
+#include <map>
+
+#include <CLI/CLI.hpp>
+
+#include "core/errors.h"
+#include "kernels/cpu/blas_setup.h"
+#include "runner/commands.h"
+
+int main(int argc, char** argv) {
+    // Debian's OpenBLAS misdetects recent AVX-512 CPUs; this re-executes with the right
+    // kernel set before anything else runs (see kernels/cpu/blas_setup.h).
+    upcycle::ensure_fast_blas(argc, argv);
+
+    CLI::App app{"upcycle: turn dense transformers into Mixture-of-Experts and compare"};
+    app.require_subcommand(1);
+    std::map<CLI::App*, upcycle::cli::Command> commands;
+    auto add = [&](upcycle::cli::Command (*adder)(CLI::App&)) {
+        const std::size_t before = app.get_subcommands({}).size();
+        auto command = adder(app);
+        commands[app.get_subcommands({}).at(before)] = std::move(command);
+    };
+    add(upcycle::cli::add_train_command);
+    add(upcycle::cli::add_eval_command);
+    add(upcycle::cli::add_inspect_command);
+    add(upcycle::cli::add_bench_command);
+
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+        return app.exit(e);
+    }
+    try {
+        for (const auto& [sub, command] : commands) {
+            if (sub->parsed()) return command();
+        }
+    } catch (const upcycle::UserError& e) {
+        std::fprintf(stderr, "upcycle: error: %s\n", e.what());
+        return 2;
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "upcycle: internal error: %s\n", e.what());
+        return 1;
+    }
+    return 0;
+}

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what upcycle needs from Debian's packages, skipping what is already present.
+# Idempotent; run as root (or with sudo available). Used by the README and by CI.
+set -euo pipefail
+
+packages=(
+  # toolchain
+  g++ cmake make pkg-config git
+  # libraries
+  libyaml-cpp-dev libsqlitecpp-dev libsqlite3-dev libfmt-dev libcli11-dev nlohmann-json3-dev
+  libopenblas-openmp-dev zlib1g-dev libgtest-dev libgmock-dev libbenchmark-dev
+  # data: the King James Bible (`bible`) and Fashion-MNIST (IDX files)
+  bible-kjv dataset-fashion-mnist
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "setup: all ${#packages[@]} packages present"
+  exit 0
+fi
+
+echo "setup: installing ${missing[*]}"
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,80 @@
+// Run configs: YAML reading, overrides, presets, and the errors a person sees.
+#include <gtest/gtest.h>
+
+#include "core/config.h"
+#include "core/errors.h"
+
+namespace upcycle {
+namespace {
+
+std::string error_of(const std::string& yaml, const std::vector<std::string>& overrides = {}) {
+    try {
+        parse_run_config(yaml, "sweep.yaml", overrides);
+    } catch (const UserError& e) {
+        return e.what();
+    }
+    return "";
+}
+
+TEST(Config, ReadsKeysFillsDefaultsAndAppliesOverrides) {
+    const auto c = parse_run_config(
+        "name: demo\nmodel:\n  preset: gpt-small\n  layers: 2\ntrain:\n  lr: 3e-4\n  steps: 1e3\n",
+        "demo.yaml", {"train.batch_size=4", "eval.every=7"});
+    EXPECT_EQ(c.name, "demo");
+    EXPECT_EQ(c.model.channels, 512);  // from the preset
+    EXPECT_EQ(c.model.layers, 2);      // explicit key beats the preset
+    EXPECT_DOUBLE_EQ(c.train.lr, 3e-4);
+    EXPECT_EQ(c.train.steps, 1000);
+    EXPECT_EQ(c.train.batch_size, 4);
+    EXPECT_EQ(c.eval.every, 7);
+    EXPECT_EQ(c.train.schedule, "rsqrt");  // default
+}
+
+TEST(Config, UnknownKeyNamesFileKeyLineAndSuggestion) {
+    const auto e = error_of("train:\n  lr: 0.1\n  warmup_step: 10\n");
+    EXPECT_NE(e.find("sweep.yaml"), std::string::npos) << e;
+    EXPECT_NE(e.find("train.warmup_step"), std::string::npos) << e;
+    EXPECT_NE(e.find("line 3"), std::string::npos) << e;
+    EXPECT_NE(e.find("did you mean 'warmup_steps'"), std::string::npos) << e;
+    const auto top = error_of("modle:\n  layers: 2\n");
+    EXPECT_NE(top.find("did you mean 'model'"), std::string::npos) << top;
+}
+
+TEST(Config, WrongTypeSaysWhatWasExpected) {
+    const auto e = error_of("train:\n  steps: lots\n");
+    EXPECT_NE(e.find("train.steps"), std::string::npos) << e;
+    EXPECT_NE(e.find("expected an integer"), std::string::npos) << e;
+    EXPECT_NE(e.find("'lots'"), std::string::npos) << e;
+    EXPECT_NE(error_of("train:\n  steps: 2.5\n").find("expected an integer"), std::string::npos);
+    EXPECT_NE(error_of("train: 3\n").find("expected a mapping"), std::string::npos);
+}
+
+TEST(Config, ImpossibleValuesAreRejected) {
+    EXPECT_NE(error_of("model:\n  channels: 100\n  heads: 3\n").find("divisible"), std::string::npos);
+    EXPECT_NE(error_of("train:\n  schedule: linear\n").find("constant, rsqrt or cosine"),
+              std::string::npos);
+    EXPECT_NE(error_of("data:\n  source: text\n").find("data.path"), std::string::npos);
+    EXPECT_NE(error_of("model:\n  preset: gpt-tiyn\n").find("did you mean 'gpt-tiny'"),
+              std::string::npos);
+    EXPECT_NE(error_of("", {"train.lr"}).find("key.path=value"), std::string::npos);
+    EXPECT_NE(error_of("", {"train.lr=-1"}).find("positive"), std::string::npos);
+    EXPECT_NE(error_of("", {"train.nonsense=1"}).find("unknown key"), std::string::npos);
+    EXPECT_NE(error_of("model: [1, 2\n").find("not valid YAML"), std::string::npos);
+}
+
+TEST(Config, JsonRoundTripIsExact) {
+    const auto c = parse_run_config("model:\n  preset: gpt-124m\ntrain:\n  lr: 0.000123\n", "x");
+    const auto json = to_json(c);
+    const auto back = run_config_from_json(json, "checkpoint");
+    EXPECT_EQ(to_json(back), json);
+    EXPECT_EQ(back.model.vocab_size, 50304);
+    EXPECT_DOUBLE_EQ(back.train.lr, 0.000123);
+}
+
+TEST(Config, ClosestMatch) {
+    EXPECT_EQ(closest_match("chanels", {"channels", "layers"}), "channels");
+    EXPECT_EQ(closest_match("zzzzzz", {"channels", "layers"}), "");
+}
+
+}  // namespace
+}  // namespace upcycle

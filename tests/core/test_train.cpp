@@ -1,0 +1,174 @@
+// Training runs: resume after a stop is bit-identical to an uninterrupted run; checkpoints
+// carry everything; a checkpoint from another config is refused.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "core/checkpoint.h"
+#include "core/errors.h"
+#include "core/train.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "test_support.h"
+
+namespace upcycle {
+namespace {
+
+using testing::TempDir;
+using testing::tiny_synthetic_config;
+
+std::vector<nlohmann::json> read_log(const std::filesystem::path& dir) {
+    std::vector<nlohmann::json> records;
+    std::ifstream in(dir / "log.jsonl");
+    std::string line;
+    while (std::getline(in, line)) records.push_back(nlohmann::json::parse(line));
+    return records;
+}
+
+TEST(Train, StopAndResumeIsBitIdenticalToAnUninterruptedRun) {
+    CpuBackend backend;
+    const RunConfig config = tiny_synthetic_config();
+    TempDir straight_dir, resumed_dir;
+
+    TrainOptions straight;
+    straight.out_dir = straight_dir.path();
+    const auto a = train(backend, config, straight);
+    ASSERT_TRUE(a.completed);
+
+    // Second run: stop after step 7 (a mid-interval step, not a checkpoint boundary).
+    std::atomic<bool> stop{false};
+    TrainObserver observer;
+    observer.on_step = [&](const StepRecord& r) {
+        if (r.step == 7) stop = true;
+    };
+    TrainOptions first;
+    first.out_dir = resumed_dir.path();
+    first.stop_requested = &stop;
+    const auto partial = train(backend, config, first, observer);
+    EXPECT_FALSE(partial.completed);
+    EXPECT_EQ(partial.steps, 7);
+
+    TrainOptions second;
+    second.out_dir = resumed_dir.path();
+    const auto b = train(backend, config, second);
+    ASSERT_TRUE(b.completed);
+    EXPECT_TRUE(b.resumed);
+    EXPECT_EQ(b.resumed_from_step, 7);
+
+    // Every logged loss, and the final evaluation, bit for bit.
+    const auto log_a = read_log(straight_dir.path());
+    const auto log_b = read_log(resumed_dir.path());
+    ASSERT_EQ(log_a.size(), log_b.size());
+    for (std::size_t i = 0; i < log_a.size(); ++i) {
+        EXPECT_EQ(log_a[i]["kind"], log_b[i]["kind"]);
+        EXPECT_EQ(log_a[i]["step"], log_b[i]["step"]);
+        if (log_a[i]["kind"] == "train") {
+            EXPECT_EQ(log_a[i]["loss"].get<double>(), log_b[i]["loss"].get<double>()) << "record " << i;
+        } else {
+            EXPECT_EQ(log_a[i]["val_loss"].get<double>(), log_b[i]["val_loss"].get<double>());
+        }
+    }
+    EXPECT_EQ(a.final_eval->loss, b.final_eval->loss);
+    EXPECT_EQ(a.state.tokens, b.state.tokens);
+    EXPECT_DOUBLE_EQ(a.state.flops, b.state.flops);
+
+    // Final weights and optimizer moments are identical.
+    const auto ca = read_checkpoint(checkpoint_path(straight_dir.path()));
+    const auto cb = read_checkpoint(checkpoint_path(resumed_dir.path()));
+    ASSERT_EQ(ca.file.order, cb.file.order);
+    for (const auto& name : ca.file.order) {
+        EXPECT_EQ(ca.file.tensors.at(name).data, cb.file.tensors.at(name).data) << name;
+    }
+    EXPECT_EQ(ca.state.data_rng, cb.state.data_rng);
+}
+
+TEST(Train, CheckpointRoundTripKeepsWeightsMomentsAndState) {
+    CpuBackend backend;
+    RunConfig config = tiny_synthetic_config();
+    config.train.steps = 3;
+    TempDir dir;
+    TrainOptions options;
+    options.out_dir = dir.path();
+    const auto summary = train(backend, config, options);
+
+    const auto ckpt = read_checkpoint(checkpoint_path(dir.path()));
+    EXPECT_EQ(to_json(ckpt.config), to_json(config));
+    EXPECT_EQ(ckpt.state.step, 3);
+    EXPECT_EQ(ckpt.optimizer_step, 3);
+    EXPECT_TRUE(ckpt.has_optimizer);
+    EXPECT_EQ(ckpt.state.tokens, 3 * config.train.batch_size * config.model.context);
+    EXPECT_EQ(ckpt.state.data_rng, summary.state.data_rng);
+    for (const char* key : {"git_revision", "build_type", "host", "time", "backend"}) {
+        const auto provenance = nlohmann::json::parse(ckpt.metadata.at("upcycle.provenance"));
+        EXPECT_TRUE(provenance.contains(key)) << key;
+    }
+
+    // Loading into a fresh model and optimizer reproduces what was saved.
+    Gpt model(backend, ckpt.config.model, 2);
+    AdamW optimizer(backend, model.num_parameters());
+    load_into(ckpt, model, &optimizer);
+    EXPECT_EQ(optimizer.step(), 3);
+    const auto params = model.parameters().to_host();
+    const auto m = optimizer.exp_avg().to_host();
+    for (const auto& info : model.layout()) {
+        const auto& w = ckpt.file.tensors.at(info.name).data;
+        const auto& saved_m = ckpt.file.tensors.at(kOptimizerExpAvgPrefix + info.name).data;
+        for (std::size_t i = 0; i < info.numel; ++i) {
+            ASSERT_EQ(params[info.offset + i], w[i]) << info.name;
+            ASSERT_EQ(m[info.offset + i], saved_m[i]) << info.name;
+        }
+    }
+}
+
+TEST(Train, RefusesToResumeACheckpointWithADifferentConfig) {
+    CpuBackend backend;
+    RunConfig config = tiny_synthetic_config();
+    config.train.steps = 2;
+    TempDir dir;
+    TrainOptions options;
+    options.out_dir = dir.path();
+    train(backend, config, options);
+    config.train.lr = 1e-2;
+    try {
+        train(backend, config, options);
+        FAIL() << "expected a UserError";
+    } catch (const UserError& e) {
+        EXPECT_NE(std::string(e.what()).find("train.lr"), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find("checkpoint.safetensors"), std::string::npos) << e.what();
+    }
+    options.resume = false;  // --restart
+    EXPECT_TRUE(train(backend, config, options).completed);
+}
+
+TEST(Train, CheckpointWhoseTensorsDoNotMatchItsConfigIsRejected) {
+    CpuBackend backend;
+    RunConfig config = tiny_synthetic_config();
+    config.train.steps = 1;
+    TempDir dir;
+    TrainOptions options;
+    options.out_dir = dir.path();
+    train(backend, config, options);
+    // Rewrite the file claiming one more layer than its tensors have.
+    auto file = read_safetensors(checkpoint_path(dir.path()));
+    auto json = nlohmann::json::parse(file.metadata.at("upcycle.config"));
+    json["model"]["layers"] = 3;
+    file.metadata["upcycle.config"] = json.dump();
+    std::vector<TensorView> views;
+    for (const auto& name : file.order) {
+        views.push_back({name, file.tensors.at(name).shape, file.tensors.at(name).data.data()});
+    }
+    const auto forged = dir / "forged.safetensors";
+    write_safetensors(forged, views, file.metadata);
+    try {
+        read_checkpoint(forged);
+        FAIL() << "expected a UserError";
+    } catch (const UserError& e) {
+        EXPECT_NE(std::string(e.what()).find("blocks.2."), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find("forged.safetensors"), std::string::npos) << e.what();
+    }
+}
+
+}  // namespace
+}  // namespace upcycle
