@@ -11,8 +11,8 @@
 #include <immintrin.h>
 #endif
 
-#include <cmath>
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 
 #include "kernels/cpu/cpu_backend.h"
@@ -22,6 +22,7 @@ namespace upcycle {
 
 namespace {
 
+// Below this many parameters a parallel region costs more than it saves.
 constexpr std::size_t kParallelMin = 1 << 14;
 // Threads get slices of whole cache lines.
 constexpr std::size_t kGrain = 16;

@@ -4,9 +4,12 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cstdlib>
+#include <iterator>
 #include <sstream>
+#include <string>
 #include <vector>
 
 #include "core/errors.h"
@@ -19,6 +22,10 @@ constexpr const char* kCoretypeVariable = "OPENBLAS_CORETYPE";
 // Set before the re-exec so the new image never re-executes itself again.
 constexpr const char* kReexecMarker = "UPCYCLE_BLAS_REEXEC";
 constexpr const char* kAvx512Coretype = "SkylakeX";
+// The user's explicit choice ("keep" leaves OPENBLAS_CORETYPE alone).
+constexpr const char* kUpcycleCoretypeVariable = "UPCYCLE_OPENBLAS_CORETYPE";
+// Records the OPENBLAS_CORETYPE that the re-exec replaced, for blas_description().
+constexpr const char* kReplacedVariable = "UPCYCLE_BLAS_REPLACED_CORETYPE";
 
 // A timed sample should last at least this long, so timer resolution and call overhead
 // do not dominate; shorter calls are batched.
@@ -29,16 +36,37 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
+bool avx512_kernels_in_use() {
+    // OpenBLAS 0.3.21's AVX-512 kernel sets; newer releases add to this list.
+    static constexpr const char* kAvx512Cores[] = {"skylakex", "cooperlake", "sapphirerapids"};
+    std::string core = openblas_get_corename();
+    std::transform(core.begin(), core.end(), core.begin(),
+                   [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+    return std::any_of(std::begin(kAvx512Cores), std::end(kAvx512Cores),
+                       [&](const char* name) { return core == name; });
+}
+
 }  // namespace
 
 void ensure_fast_blas(int argc, char** argv) {
 #if defined(__x86_64__) || defined(__i386__)
     if (argc < 1 || argv == nullptr) return;
-    if (std::getenv(kCoretypeVariable) != nullptr) return;  // the user's choice, or done
-    if (std::getenv(kReexecMarker) != nullptr) return;      // already re-executed once
-    __builtin_cpu_init();
-    if (!__builtin_cpu_supports("avx512f")) return;
-    if (setenv(kCoretypeVariable, kAvx512Coretype, 1) != 0) return;
+    if (std::getenv(kReexecMarker) != nullptr) return;  // already re-executed once
+    const char* requested = std::getenv(kUpcycleCoretypeVariable);
+    const char* current = std::getenv(kCoretypeVariable);
+    std::string wanted;
+    if (requested != nullptr) {
+        if (std::string(requested) == "keep") return;  // leave OPENBLAS_CORETYPE as it is
+        wanted = requested;
+    } else {
+        __builtin_cpu_init();
+        if (!__builtin_cpu_supports("avx512f")) return;
+        if (avx512_kernels_in_use()) return;  // detection (or the environment) got it right
+        wanted = kAvx512Coretype;
+    }
+    if (current != nullptr && wanted == current) return;
+    if (current != nullptr && setenv(kReplacedVariable, current, 1) != 0) return;
+    if (setenv(kCoretypeVariable, wanted.c_str(), 1) != 0) return;
     if (setenv(kReexecMarker, "1", 1) != 0) return;
     execv("/proc/self/exe", argv);
     // exec failed: keep running with whatever kernels OpenBLAS picked.
@@ -57,7 +85,13 @@ std::string blas_description() {
     std::ostringstream out;
     out << (name.empty() ? "OpenBLAS" : name);
     if (!version.empty()) out << ' ' << version;
-    out << ' ' << openblas_get_corename() << ", " << openblas_get_num_threads() << " threads";
+    out << ' ' << openblas_get_corename();
+    if (const char* replaced = std::getenv(kReplacedVariable)) {
+        out << " (replacing " << kCoretypeVariable << "=" << replaced << ")";
+    } else if (std::getenv(kCoretypeVariable) != nullptr && std::getenv(kReexecMarker) == nullptr) {
+        out << " (" << kCoretypeVariable << " from the environment)";
+    }
+    out << ", " << openblas_get_num_threads() << " threads";
     return out.str();
 }
 

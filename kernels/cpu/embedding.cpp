@@ -11,8 +11,8 @@
 namespace upcycle {
 
 namespace {
-// Channel slices handed to threads are multiples of one 64-byte cache line, so no two
-// threads write the same line.
+// Channel slices handed to threads are multiples of 16 floats (one 64-byte cache line), so
+// with aligned rows no two threads write the same line.
 constexpr int kChannelGrain = 16;
 // Below this many elements a parallel region costs more than it saves.
 constexpr std::int64_t kParallelMin = 1 << 14;

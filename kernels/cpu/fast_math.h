@@ -54,4 +54,37 @@ inline float fast_exp(float x) {
     return result;
 }
 
+// A branch-free single-precision natural log for positive, finite, normal x (what the
+// softmax sums are), vectorisable like fast_exp. x = 2^e·m with m in [√½, √2); log(m) by
+// the Cephes logf polynomial in f = m - 1. Accuracy: within about 2 ulp of logf (tested).
+inline float fast_log(float x) {
+    constexpr float kSqrtHalf = 0.707106781186547524f;
+    constexpr float kLn2Hi = 0.693359375f;
+    constexpr float kLn2Lo = -2.12194440e-4f;
+    constexpr int32_t kMantissaMask = 0x007fffff;
+    constexpr int32_t kHalfExponent = 0x3f000000;  // exponent bits of 0.5
+    const int32_t bits = std::bit_cast<int32_t>(x);
+    // m in [0.5, 1), x = m · 2^e
+    float e = static_cast<float>((bits >> 23) - 126);
+    float m = std::bit_cast<float>((bits & kMantissaMask) | kHalfExponent);
+    // move m into [√½, √2)
+    const bool small = m < kSqrtHalf;
+    e = small ? e - 1.0f : e;
+    const float f = (small ? m + m : m) - 1.0f;
+    const float z = f * f;
+    float p = 7.0376836292e-2f;
+    p = fmadd(p, f, -1.1514610310e-1f);
+    p = fmadd(p, f, 1.1676998740e-1f);
+    p = fmadd(p, f, -1.2420140846e-1f);
+    p = fmadd(p, f, 1.4249322787e-1f);
+    p = fmadd(p, f, -1.6668057665e-1f);
+    p = fmadd(p, f, 2.0000714765e-1f);
+    p = fmadd(p, f, -2.4999993993e-1f);
+    p = fmadd(p, f, 3.3333331174e-1f);
+    float y = p * f * z;
+    y = fmadd(e, kLn2Lo, y);
+    y = fmadd(-0.5f, z, y);
+    return fmadd(e, kLn2Hi, f + y);
+}
+
 }  // namespace upcycle::cpu

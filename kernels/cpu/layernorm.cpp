@@ -11,15 +11,17 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
-#include <vector>
 
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/scratch.h"
 
 namespace upcycle {
 
 namespace {
 constexpr float kEps = 1e-5f;
+// Rows per partial sum of dweight/dbias.
 constexpr int kRowChunk = 32;
+// Channel slices handed to threads are whole cache lines.
 constexpr int kChannelGrain = 16;
 // Below this many elements a parallel region costs more than it saves.
 constexpr std::int64_t kParallelMin = 1 << 14;
@@ -57,12 +59,8 @@ void CpuBackend::layernorm_backward(float* dinp, float* dweight, float* dbias,
     const int chunks = (N + kRowChunk - 1) / kRowChunk;
     // Per-chunk partials [chunks][2][C]: dweight then dbias. Kept across calls by the
     // calling thread; shared with the worker threads of the parallel regions below.
-    thread_local std::vector<float> partials;
-    if (param_grads) {
-        const std::size_t need = static_cast<std::size_t>(chunks) * 2 * C;
-        if (partials.size() < need) partials.resize(need);
-    }
-    float* part = partials.data();
+    thread_local cpu::ScratchBuffer partials;
+    float* part = param_grads ? partials.get(static_cast<std::size_t>(chunks) * 2 * C) : nullptr;
     const float inv_c = 1.0f / static_cast<float>(C);
 
 #pragma omp parallel for schedule(static) if (static_cast<std::int64_t>(N) * C >= kParallelMin)

@@ -19,11 +19,13 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <numbers>
 #include <numeric>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "kernels/cpu/blas_setup.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/fast_math.h"
 
@@ -189,7 +191,8 @@ AttentionRef ref_attention(const Floats& qkv, int B, int T, int C, int H, bool c
 }
 
 double ref_gelu(double x) {
-    return 0.5 * x * (1.0 + std::tanh(std::sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x)));
+    const double u = std::sqrt(2.0 / std::numbers::pi) * (x + 0.044715 * x * x * x);
+    return 0.5 * x * (1.0 + std::tanh(u));
 }
 
 class CpuOps : public ::testing::Test {
@@ -214,6 +217,20 @@ TEST_F(CpuOps, FastExpMatchesDoubleExp) {
     EXPECT_TRUE(std::isinf(cpu::fast_exp(100.0f)));
 }
 
+TEST_F(CpuOps, FastLogMatchesDoubleLog) {
+    double worst = 0.0;
+    for (int i = 0; i <= 2000000; ++i) {
+        // positive normal floats from 1e-37 to 1e37, and densely around 1
+        const float x = i < 1000000 ? std::exp(-85.0f + 170.0f * static_cast<float>(i) / 1e6f)
+                                    : 0.5f + static_cast<float>(i - 1000000) / 1e6f;
+        const double ref = std::log(double(x));
+        // absolute error near x = 1 where log(x) → 0, relative elsewhere
+        worst = std::max(worst, std::fabs(cpu::fast_log(x) - ref) / std::max(std::fabs(ref), 1.0));
+    }
+    EXPECT_LT(worst, 2.5e-7);
+    EXPECT_EQ(cpu::fast_log(1.0f), 0.0f);
+}
+
 // ---- memory ------------------------------------------------------------------------------
 
 TEST_F(CpuOps, MemoryOps) {
@@ -235,6 +252,15 @@ TEST_F(CpuOps, MemoryOps) {
     EXPECT_NE(cpu.describe().find("OpenBLAS"), std::string::npos) << cpu.describe();
 }
 
+TEST(BlasSetup, DescriptionAndSgemmMeasurement) {
+    const std::string description = blas_description();
+    EXPECT_NE(description.find("OpenBLAS"), std::string::npos) << description;
+    EXPECT_NE(description.find("threads"), std::string::npos) << description;
+    const double gflops = measure_sgemm_gflops(64, 48, 32, 0.01);
+    EXPECT_GT(gflops, 0.0);
+    EXPECT_TRUE(std::isfinite(gflops));
+}
+
 // ---- matmul ------------------------------------------------------------------------------
 
 TEST_F(CpuOps, MatmulForwardMatchesReference) {
@@ -251,6 +277,35 @@ TEST_F(CpuOps, MatmulForwardMatchesReference) {
                          "matmul " + std::to_string(s.M) + "x" + std::to_string(s.K) + "x" +
                              std::to_string(s.N) + (with_bias ? " bias" : ""));
         }
+    }
+}
+
+// Shapes large enough to take the tiled, multi-threaded GEMM path, against double sums.
+TEST_F(CpuOps, MatmulBackwardMatchesReference) {
+    struct Shape { int M, K, N; };
+    for (Shape s : {Shape{130, 64, 200}, Shape{257, 96, 33}}) {
+        const int M = s.M, K = s.K, N = s.N;
+        Floats inp = random_floats(rng, M * K), w = random_floats(rng, N * K),
+               dout = random_floats(rng, M * N);
+        Floats dinp(inp.size()), dw(w.size()), db(N);
+        cpu.matmul_backward(dinp.data(), dw.data(), db.data(), dout.data(), inp.data(), w.data(),
+                            M, K, N);
+        std::vector<double> rdinp(dinp.size()), rdw(dw.size()), rdb(N);
+        for (int m = 0; m < M; ++m)
+            for (int n = 0; n < N; ++n) {
+                const double d = dout[m * N + n];
+                rdb[n] += d;
+                for (int k = 0; k < K; ++k) {
+                    rdinp[m * K + k] += d * w[n * K + k];
+                    rdw[n * K + k] += d * inp[m * K + k];
+                }
+            }
+        const std::string tag = " " + std::to_string(M) + "x" + std::to_string(K) + "x" +
+                                std::to_string(N);
+        // float sums of N (dinp) or M (dweight, dbias) unit-variance products
+        expect_close(dinp, rdinp, 1e-5, std::sqrt(double(N)), "matmul dinp" + tag);
+        expect_close(dw, rdw, 1e-5, std::sqrt(double(M)), "matmul dweight" + tag);
+        expect_close(db, rdb, 1e-5, std::sqrt(double(M)), "matmul dbias" + tag);
     }
 }
 
@@ -432,7 +487,7 @@ TEST_F(CpuOps, GeluBackwardFiniteDifferences) {
     cpu.gelu_backward(d.data(), grid.data(), ones.data(), grid.size());
     std::vector<double> ref(grid.size());
     for (std::size_t i = 0; i < grid.size(); ++i) {
-        const double xv = grid[i], k = std::sqrt(2.0 / M_PI);
+        const double xv = grid[i], k = std::sqrt(2.0 / std::numbers::pi);
         const double u = k * (xv + 0.044715 * xv * xv * xv);
         const double th = std::tanh(u);
         ref[i] = 0.5 * (1 + th) + 0.5 * xv * (1 - th * th) * k * (1 + 3 * 0.044715 * xv * xv);
@@ -672,21 +727,27 @@ TEST_F(CpuOps, BackwardsAccumulate) {
 // ---- determinism: 1 thread and 2 threads give the same bits ---------------------------------
 
 TEST_F(CpuOps, ResultsIndependentOfThreadCount) {
-    // matmul dbias
+    // matmul: the GEMMs (tiled by shape, not by thread count) and dbias
     {
-        const int M = 300, K = 20, N = 100;
+        const int M = 300, K = 40, N = 100;
         Floats inp = random_floats(rng, M * K), w = random_floats(rng, N * K),
-               dout = random_floats(rng, M * N);
-        Floats db1(N), db2(N);
-        with_threads(1, [&] {
-            cpu.matmul_backward(nullptr, nullptr, db1.data(), dout.data(), inp.data(), w.data(),
-                                M, K, N);
-        });
-        with_threads(2, [&] {
-            cpu.matmul_backward(nullptr, nullptr, db2.data(), dout.data(), inp.data(), w.data(),
-                                M, K, N);
-        });
-        expect_bits_equal(db1, db2, "matmul dbias");
+               bias = random_floats(rng, N), dout = random_floats(rng, M * N);
+        Floats out[2], dinp[2], dw[2], db[2];
+        for (int r = 0; r < 2; ++r) {
+            out[r].resize(M * N);
+            dinp[r].assign(M * K, 0.0f);
+            dw[r].assign(N * K, 0.0f);
+            db[r].assign(N, 0.0f);
+            with_threads(r + 1, [&] {
+                cpu.matmul_forward(out[r].data(), inp.data(), w.data(), bias.data(), M, K, N);
+                cpu.matmul_backward(dinp[r].data(), dw[r].data(), db[r].data(), dout.data(),
+                                    inp.data(), w.data(), M, K, N);
+            });
+        }
+        expect_bits_equal(out[0], out[1], "matmul out");
+        expect_bits_equal(dinp[0], dinp[1], "matmul dinp");
+        expect_bits_equal(dw[0], dw[1], "matmul dweight");
+        expect_bits_equal(db[0], db[1], "matmul dbias");
     }
     // layernorm forward + backward
     {
@@ -754,7 +815,8 @@ TEST_F(CpuOps, ResultsIndependentOfThreadCount) {
     {
         Floats x = random_floats(rng, 200001);
         double s[2];
-        for (int r = 0; r < 2; ++r) with_threads(r + 1, [&] { s[r] = cpu.sum_squares(x.data(), x.size()); });
+        for (int r = 0; r < 2; ++r)
+            with_threads(r + 1, [&] { s[r] = cpu.sum_squares(x.data(), x.size()); });
         EXPECT_EQ(std::bit_cast<uint64_t>(s[0]), std::bit_cast<uint64_t>(s[1]));
     }
 }
