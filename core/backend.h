@@ -96,6 +96,31 @@ public:
                                       const float* logits, const int32_t* targets, int N,
                                       int V, float grad_scale) = 0;
 
+    // ---- Mixture-of-Experts dispatch and combine ----------------------------------------
+    // Rows are (token, expert) assignments grouped by expert. The token-major index
+    // (token_offsets[N+1], token_rows[R]) lists, for token n, the rows
+    // token_rows[token_offsets[n] .. token_offsets[n+1]) that carry it, in a fixed order;
+    // a token may have none (all its assignments dropped). Walking tokens, not rows, keeps
+    // every reduction in a fixed order without atomics.
+    //
+    // out[r,:] = inp[row_token[r],:]   for r < R   (dispatch: gather tokens into expert rows)
+    virtual void gather_rows(float* out, const float* inp, const int32_t* row_token, int R,
+                             int C) = 0;
+    // dinp[n,:] += Σ_{r ∈ rows of n} dout[r,:]
+    virtual void gather_rows_backward(float* dinp, const float* dout,
+                                      const int32_t* token_offsets, const int32_t* token_rows,
+                                      int N, int C) = 0;
+    // out[n,:] = Σ_{j ∈ [token_offsets[n], token_offsets[n+1])} weights[j] · src[token_rows[j],:]
+    // (OVERWRITES; a token with no rows gets zeros). weights are in token-major order.
+    virtual void combine_rows(float* out, const float* src, const float* weights,
+                              const int32_t* token_offsets, const int32_t* token_rows, int N,
+                              int C) = 0;
+    // dsrc[token_rows[j],:] += weights[j] · dout[n,:];  dweights[j] += dout[n,:] · src[token_rows[j],:]
+    virtual void combine_rows_backward(float* dsrc, float* dweights, const float* dout,
+                                       const float* src, const float* weights,
+                                       const int32_t* token_offsets, const int32_t* token_rows,
+                                       int N, int C) = 0;
+
     // ---- optimizer ----------------------------------------------------------------------
     // AdamW (decoupled weight decay, bias-corrected, step ≥ 1) on n parameters:
     //   g = grads · grad_scale;  m = β1·m + (1-β1)·g;  v = β2·v + (1-β2)·g²

@@ -67,7 +67,9 @@ Rng::State rng_from_string(const std::string& text, const std::filesystem::path&
     return s;
 }
 
-std::vector<std::pair<std::string, std::vector<int64_t>>> expected_tensors(
+}  // namespace
+
+std::vector<std::pair<std::string, std::vector<int64_t>>> expected_checkpoint_tensors(
     const ModelConfig& model, bool with_optimizer) {
     std::vector<std::pair<std::string, std::vector<int64_t>>> expected;
     const auto layout = gpt_parameter_layout(model);
@@ -80,8 +82,6 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> expected_tensors(
     }
     return expected;
 }
-
-}  // namespace
 
 std::map<std::string, std::string> make_provenance(const Backend& backend) {
     char host[256] = {0};
@@ -153,8 +153,32 @@ Checkpoint read_checkpoint(const std::filesystem::path& path) {
         ckpt.optimizer_step =
             parse_number<int64_t>(required(meta, path, kOptimizerStepKey), path, kOptimizerStepKey);
     }
-    expect_tensors(ckpt.file, path, expected_tensors(ckpt.config.model, ckpt.has_optimizer));
+    expect_tensors(ckpt.file, path, expected_checkpoint_tensors(ckpt.config.model, ckpt.has_optimizer));
     return ckpt;
+}
+
+void write_checkpoint(const std::filesystem::path& path, const Checkpoint& ckpt,
+                      const Backend& backend) {
+    std::vector<TensorView> views;
+    for (const auto& name : ckpt.file.order) {
+        const auto& tensor = ckpt.file.tensors.at(name);
+        views.push_back({name, tensor.shape, tensor.data.data()});
+    }
+    std::map<std::string, std::string> metadata = ckpt.metadata;
+    metadata.erase("format");  // write_safetensors sets it
+    if (metadata.count(kProvenanceKey) && !metadata.count("upcycle.parent_provenance")) {
+        metadata["upcycle.parent_provenance"] = metadata[kProvenanceKey];
+    }
+    metadata[kProvenanceKey] = nlohmann::json(make_provenance(backend)).dump();
+    metadata[kConfigKey] = to_json(ckpt.config).dump();
+    metadata[kStepKey] = std::to_string(ckpt.state.step);
+    metadata[kRngKey] = rng_to_string(ckpt.state.data_rng);
+    metadata[kTokensKey] = std::to_string(ckpt.state.tokens);
+    metadata[kFlopsKey] = fmt::format("{:.17g}", ckpt.state.flops);
+    metadata[kSecondsKey] = fmt::format("{:.17g}", ckpt.state.seconds);
+    if (ckpt.has_optimizer) metadata[kOptimizerStepKey] = std::to_string(ckpt.optimizer_step);
+    else metadata.erase(kOptimizerStepKey);
+    write_safetensors(path, views, metadata);
 }
 
 void load_into(const Checkpoint& ckpt, Gpt& model, AdamW* optimizer) {

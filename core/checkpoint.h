@@ -55,6 +55,16 @@ struct Checkpoint {
 // present with the right shape and dtype, nothing unexpected. Throws UserError.
 Checkpoint read_checkpoint(const std::filesystem::path& path);
 
+// Writes a checkpoint held in memory (e.g. made by surgery): its config, state, metadata
+// (provenance replaced by this process's, the source's kept as "upcycle.parent_provenance"
+// when the metadata has none yet) and every tensor in file order. Atomic.
+void write_checkpoint(const std::filesystem::path& path, const Checkpoint& checkpoint,
+                      const Backend& backend);
+
+// The tensors a checkpoint of this model config holds (optimizer moments included or not).
+std::vector<std::pair<std::string, std::vector<int64_t>>> expected_checkpoint_tensors(
+    const ModelConfig& model, bool with_optimizer);
+
 // Copies the weights (and, if optimizer is given and the file has them, the moments and the
 // step counter) into a model built from checkpoint.config.model.
 void load_into(const Checkpoint& checkpoint, Gpt& model, AdamW* optimizer);

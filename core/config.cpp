@@ -15,6 +15,19 @@ namespace upcycle {
 
 // ---- the one list of fields per section ---------------------------------------------------
 template <class Visitor>
+void visit_fields(MoeConfig& c, Visitor&& v) {
+    v("experts", c.experts);
+    v("layers", c.layers);
+    v("router", c.router);
+    v("k", c.k);
+    v("capacity_factor", c.capacity_factor);
+    v("eval_capacity_factor", c.eval_capacity_factor);
+    v("combine", c.combine);
+    v("priority", c.priority);
+    v("aux_loss_coef", c.aux_loss_coef);
+    v("z_loss_coef", c.z_loss_coef);
+}
+template <class Visitor>
 void visit_fields(ModelConfig& c, Visitor&& v) {
     v("arch", c.arch);
     v("vocab_size", c.vocab_size);
@@ -22,6 +35,7 @@ void visit_fields(ModelConfig& c, Visitor&& v) {
     v("channels", c.channels);
     v("layers", c.layers);
     v("heads", c.heads);
+    v("moe", c.moe);  // a nested section
 }
 template <class Visitor>
 void visit_fields(DataConfig& c, Visitor&& v) {
@@ -68,6 +82,10 @@ void visit_sections(RunConfig& c, Visitor&& v) {
 }
 
 namespace {
+
+// A field that is itself a struct of fields (e.g. model.moe) is a nested section.
+template <class T>
+concept NestedSection = std::is_class_v<T> && !std::is_same_v<T, std::string>;
 
 template <class T>
 const char* type_name() {
@@ -157,7 +175,24 @@ void read_section(const YAML::Node& node, Section& section, const std::string& p
         const YAML::Node child = node[key];
         if (!child || child.IsNull()) return;
         using T = std::decay_t<decltype(field)>;
-        field = yaml_scalar<T>(child, prefix + "." + key, source);
+        const std::string path = prefix + "." + key;
+        if constexpr (NestedSection<T>) {
+            read_section(child, field, path, source);
+        } else if constexpr (std::is_same_v<T, std::string>) {
+            // a list of scalars is kept as "a,b,c" (e.g. model.moe.layers: [1, 3])
+            if (child.IsSequence()) {
+                std::string joined;
+                for (const auto& item : child) {
+                    if (!joined.empty()) joined += ",";
+                    joined += yaml_scalar<std::string>(item, path, source);
+                }
+                field = joined;
+            } else {
+                field = yaml_scalar<T>(child, path, source);
+            }
+        } else {
+            field = yaml_scalar<T>(child, path, source);
+        }
     });
     for (const auto& entry : node) {
         const std::string key = entry.first.as<std::string>();
@@ -166,6 +201,37 @@ void read_section(const YAML::Node& node, Section& section, const std::string& p
                         line_of(entry.first));
         }
     }
+}
+
+template <class Section>
+nlohmann::json section_to_json(Section& section) {
+    nlohmann::json fields = nlohmann::json::object();
+    visit_fields(section, [&](const char* key, auto& field) {
+        using T = std::decay_t<decltype(field)>;
+        if constexpr (NestedSection<T>) fields[key] = section_to_json(field);
+        else fields[key] = field;
+    });
+    return fields;
+}
+
+template <class Section>
+void section_from_json(const nlohmann::json& fields, Section& section, const std::string& prefix,
+                       const std::string& source) {
+    if (!fields.is_object()) throw UserError(source, prefix, "expected a JSON object");
+    visit_fields(section, [&](const char* key, auto& field) {
+        if (!fields.contains(key)) return;
+        using T = std::decay_t<decltype(field)>;
+        const std::string path = prefix + "." + key;
+        if constexpr (NestedSection<T>) {
+            section_from_json(fields[key], field, path, source);
+        } else {
+            try {
+                field = fields[key].template get<T>();
+            } catch (const nlohmann::json::exception&) {
+                throw UserError(source, path, std::string("expected ") + type_name<T>());
+            }
+        }
+    });
 }
 
 // Sets root[a][b]... = value for "a.b...=value"; the value is parsed as YAML.
@@ -284,9 +350,7 @@ nlohmann::json to_json(const RunConfig& config_in) {
     nlohmann::json out;
     out["name"] = config.name;
     visit_sections(config, [&](const char* section_key, auto& section) {
-        nlohmann::json fields = nlohmann::json::object();
-        visit_fields(section, [&](const char* key, auto& field) { fields[key] = field; });
-        out[section_key] = fields;
+        out[section_key] = section_to_json(section);
     });
     return out;
 }
@@ -296,20 +360,44 @@ RunConfig run_config_from_json(const nlohmann::json& json, const std::string& so
     if (!json.is_object()) throw UserError(source, "config", "expected a JSON object");
     if (json.contains("name")) config.name = json["name"].get<std::string>();
     visit_sections(config, [&](const char* section_key, auto& section) {
-        if (!json.contains(section_key)) return;
-        const auto& fields = json[section_key];
-        visit_fields(section, [&](const char* key, auto& field) {
-            if (!fields.contains(key)) return;
-            using T = std::decay_t<decltype(field)>;
-            try {
-                field = fields[key].template get<T>();
-            } catch (const nlohmann::json::exception&) {
-                throw UserError(source, std::string(section_key) + "." + key,
-                                std::string("expected ") + type_name<T>());
-            }
-        });
+        if (json.contains(section_key)) section_from_json(json[section_key], section, section_key, source);
     });
     return config;
+}
+
+std::vector<int> moe_layer_indices(const ModelConfig& model, const std::string& source) {
+    std::vector<int> layers;
+    if (model.moe.experts <= 0) return layers;
+    const std::string& spec = model.moe.layers;
+    if (spec == "every_other") {
+        for (int l = 1; l < model.layers; l += 2) layers.push_back(l);
+    } else if (spec == "all") {
+        for (int l = 0; l < model.layers; ++l) layers.push_back(l);
+    } else {
+        for (const auto& part : split(spec, ',')) {
+            std::size_t used = 0;
+            int value = -1;
+            try {
+                value = std::stoi(part, &used);
+            } catch (const std::exception&) {
+                used = 0;
+            }
+            const bool trailing_space_only =
+                part.find_first_not_of(" ", used) == std::string::npos;
+            if (used == 0 || !trailing_space_only || value < 0 || value >= model.layers) {
+                throw UserError(source, "model.moe.layers",
+                                "expected every_other, all, or a list of block indices in [0, " +
+                                    std::to_string(model.layers) + "), found '" + spec + "'");
+            }
+            if (std::find(layers.begin(), layers.end(), value) != layers.end()) {
+                throw UserError(source, "model.moe.layers",
+                                "block " + std::to_string(value) + " is listed twice");
+            }
+            layers.push_back(value);
+        }
+        std::sort(layers.begin(), layers.end());
+    }
+    return layers;
 }
 
 void validate(const RunConfig& c, const std::string& source) {
@@ -328,6 +416,28 @@ void validate(const RunConfig& c, const std::string& source) {
     const bool byte_data = true;  // every data source here is bytes
     require(!byte_data || c.model.vocab_size >= 256, "model.vocab_size",
             "byte-level text needs at least 256, found " + std::to_string(c.model.vocab_size));
+    const MoeConfig& moe = c.model.moe;
+    require(moe.experts >= 0, "model.moe.experts", "expected a non-negative integer (0: dense)");
+    if (moe.experts > 0) {
+        require(moe.router == "topk" || moe.router == "expert_choice", "model.moe.router",
+                "expected topk or expert_choice, found '" + moe.router + "'");
+        require(!(moe.router == "expert_choice" && c.model.arch == "gpt"), "model.moe.router",
+                "expert_choice routing is refused in a causal (GPT) model: each expert picks its "
+                "top tokens across the whole sequence, so a token's output would depend on "
+                "later tokens (it leaks the future); use topk");
+        require(moe.k >= 1 && moe.k <= moe.experts, "model.moe.k",
+                "expected 1 ≤ k ≤ experts (" + std::to_string(moe.experts) + "), found " +
+                    std::to_string(moe.k));
+        require(moe.combine == "softmax_topk" || moe.combine == "renormalized",
+                "model.moe.combine", "expected softmax_topk or renormalized, found '" + moe.combine + "'");
+        require(moe.priority == "token_order" || moe.priority == "probability",
+                "model.moe.priority", "expected token_order or probability, found '" + moe.priority + "'");
+        require(moe.aux_loss_coef >= 0, "model.moe.aux_loss_coef", "expected a non-negative number");
+        require(moe.z_loss_coef >= 0, "model.moe.z_loss_coef", "expected a non-negative number");
+        moe_layer_indices(c.model, source);  // throws on a malformed list
+        require(!moe_layer_indices(c.model, source).empty(), "model.moe.layers",
+                "selects no block of a " + std::to_string(c.model.layers) + "-layer model");
+    }
     require(c.data.source == "kjv" || c.data.source == "synthetic" || c.data.source == "text",
             "data.source", "expected kjv, synthetic or text, found '" + c.data.source + "'");
     require(c.data.source != "text" || !c.data.path.empty(), "data.path",
@@ -359,9 +469,9 @@ void validate(const RunConfig& c, const std::string& source) {
 
 const std::vector<ModelPreset>& model_presets() {
     static const std::vector<ModelPreset> presets = {
-        {"gpt-tiny", ModelConfig{"gpt", 256, 128, 128, 4, 4}, 16},
-        {"gpt-small", ModelConfig{"gpt", 256, 256, 512, 8, 8}, 8},
-        {"gpt-124m", ModelConfig{"gpt", 50304, 1024, 768, 12, 12}, 8},
+        {"gpt-tiny", ModelConfig{"gpt", 256, 128, 128, 4, 4, {}}, 16},
+        {"gpt-small", ModelConfig{"gpt", 256, 256, 512, 8, 8, {}}, 8},
+        {"gpt-124m", ModelConfig{"gpt", 50304, 1024, 768, 12, 12, {}}, 8},
     };
     return presets;
 }

@@ -12,6 +12,20 @@
 
 namespace upcycle {
 
+// Mixture-of-Experts: which blocks' MLPs are MoE layers and how they route.
+struct MoeConfig {
+    int experts = 0;                         // E; 0 = a dense model
+    std::string layers = "every_other";      // every_other (1, 3, 5, … zero-based) | all | "i,j,…"
+    std::string router = "topk";             // topk (token choice) | expert_choice
+    int k = 2;                               // experts per token (topk)
+    double capacity_factor = 2.0;            // training; capacity = ceil(k·tokens·cf/E); ≤ 0: no limit
+    double eval_capacity_factor = 2.0;       // evaluation
+    std::string combine = "softmax_topk";    // softmax_topk (the paper's) | renormalized
+    std::string priority = "token_order";    // which tokens overflow first: token_order | probability
+    double aux_loss_coef = 0.01;             // Switch load balancing E·Σ f_e·P_e
+    double z_loss_coef = 0.001;              // router z-loss mean(logsumexp(logits)²)
+};
+
 struct ModelConfig {
     std::string arch = "gpt";  // gpt (vit comes later)
     int vocab_size = 256;      // V; byte-level text by default
@@ -19,7 +33,12 @@ struct ModelConfig {
     int channels = 128;        // C
     int layers = 4;            // L
     int heads = 4;             // H
+    MoeConfig moe;             // experts = 0: dense
 };
+
+// The zero-based block indices whose MLP is an MoE layer (empty for a dense model).
+// Throws UserError (file = source, key model.moe.layers) if the list is malformed.
+std::vector<int> moe_layer_indices(const ModelConfig& model, const std::string& source = "");
 
 struct DataConfig {
     std::string source = "kjv";             // kjv | synthetic | text

@@ -1,10 +1,23 @@
 #include "core/flops.h"
 
+#include <algorithm>
+
 namespace upcycle {
+
+double active_experts_per_token(const MoeConfig& moe) {
+    if (moe.experts <= 0) return 1.0;
+    if (moe.router == "topk") return moe.k;
+    return moe.capacity_factor > 0 ? std::min<double>(moe.capacity_factor, moe.experts) : moe.experts;
+}
 
 FlopsPerToken flops_per_token(const ModelConfig& m) {
     const double C = m.channels, L = m.layers, T = m.context, V = m.vocab_size;
-    const double matmul_weights = L * 12.0 * C * C + V * C;
+    const double moe_blocks = static_cast<double>(moe_layer_indices(m).size());
+    const double dense_blocks = L - moe_blocks;
+    const double E = m.moe.experts;
+    const double moe_block_weights =
+        4.0 * C * C + active_experts_per_token(m.moe) * 8.0 * C * C + E * C;
+    const double matmul_weights = dense_blocks * 12.0 * C * C + moe_blocks * moe_block_weights + V * C;
     const double attention = L * 4.0 * T * C;
     FlopsPerToken f;
     f.forward = 2.0 * matmul_weights + attention;
@@ -14,13 +27,15 @@ FlopsPerToken flops_per_token(const ModelConfig& m) {
 
 int64_t parameter_count(const ModelConfig& m) {
     const int64_t C = m.channels, L = m.layers, T = m.context, V = m.vocab_size;
-    const int64_t per_block = 2 * C                 // ln1
-                              + 3 * C * C + 3 * C   // qkv
-                              + C * C + C           // attn proj
-                              + 2 * C               // ln2
-                              + 4 * C * C + 4 * C   // fc
-                              + 4 * C * C + C;      // mlp proj
-    return V * C + T * C + L * per_block + 2 * C;
+    const int64_t attention_block = 2 * C              // ln1
+                                    + 3 * C * C + 3 * C  // qkv
+                                    + C * C + C          // attn proj
+                                    + 2 * C;             // ln2
+    const int64_t mlp = 4 * C * C + 4 * C + 4 * C * C + C;  // fc + proj
+    const auto moe_blocks = static_cast<int64_t>(moe_layer_indices(m).size());
+    const int64_t E = m.moe.experts;
+    return V * C + T * C + L * attention_block + (L - moe_blocks) * mlp +
+           moe_blocks * (E * C + E * mlp) + 2 * C;
 }
 
 }  // namespace upcycle

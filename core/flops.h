@@ -7,6 +7,9 @@
 //     attention        = L · 4·T·C  (q·kᵀ and p·v over the full context; no causal discount)
 //   training per token = 3 × forward (backward = 2 × forward)
 // Embedding lookups, layernorms, biases and pointwise ops are not counted.
+// MoE blocks count the ACTIVE expert FLOPs: the MLP's 8C² per routed (token, expert) pair —
+// k pairs per token for topk, capacity_factor (E when unlimited) for expert_choice, the
+// nominal count whether or not some pairs overflow capacity — plus the router's E·C.
 #include "core/config.h"
 
 namespace upcycle {
@@ -17,6 +20,10 @@ struct FlopsPerToken {
 };
 
 FlopsPerToken flops_per_token(const ModelConfig& model);
+
+// Expert MLP applications per token in an MoE block (k for topk; cf, or E when unlimited,
+// for expert_choice).
+double active_experts_per_token(const MoeConfig& moe);
 
 // Number of parameters (all tensors, embeddings included).
 int64_t parameter_count(const ModelConfig& model);

@@ -103,6 +103,21 @@ TrainSummary train(Backend& backend, const RunConfig& config, const TrainOptions
         summary.resumed_from_step = state.step;
         truncate_log_after(log_path, state.step);
         message("resuming from " + ckpt_path.string() + " at step " + std::to_string(state.step));
+    } else if (!options.init_from.empty()) {
+        const Checkpoint ckpt = read_checkpoint(options.init_from);
+        const auto diff = first_difference(to_json(ckpt.config)["model"], to_json(config)["model"]);
+        if (!diff.empty()) {
+            throw UserError(options.init_from.string(), "model." + diff,
+                            "the checkpoint's model differs from the run's config");
+        }
+        load_into(ckpt, model, &optimizer);
+        state = ckpt.state;
+        data_rng.set_state(state.data_rng);
+        summary.initialized_from_checkpoint = true;
+        std::ofstream(log_path, std::ios::trunc);
+        message("starting from " + options.init_from.string() + " at step " +
+                std::to_string(state.step) +
+                (ckpt.has_optimizer ? " with its optimizer state" : " with a fresh optimizer"));
     } else {
         model.init_weights(tc.seed);
         std::ofstream(log_path, std::ios::trunc);
@@ -180,12 +195,25 @@ TrainSummary train(Backend& backend, const RunConfig& config, const TrainOptions
             record.tokens_per_second = interval > 0 ? static_cast<double>(interval_tokens) / interval : 0;
             interval_start = Clock::now();
             interval_tokens = 0;
-            log << nlohmann::json{{"kind", "train"},       {"step", step},
-                                  {"loss", record.loss},    {"lr", lr},
-                                  {"grad_norm", opt.grad_norm}, {"tokens", state.tokens},
-                                  {"flops", state.flops},   {"seconds", state.seconds}}
-                       .dump()
-                << '\n';
+            nlohmann::json line{{"kind", "train"},       {"step", step},
+                                {"loss", record.loss},    {"lr", lr},
+                                {"grad_norm", opt.grad_norm}, {"tokens", state.tokens},
+                                {"flops", state.flops},   {"seconds", state.seconds}};
+            if (!model.moe_layers().empty()) {
+                // the objective also had the MoE auxiliary losses; routing per MoE block
+                line["aux_loss"] = stats.aux_loss;
+                const auto routing = model.routing_stats();
+                for (std::size_t i = 0; i < routing.size(); ++i) {
+                    const auto& r = routing[i];
+                    line["routing"].push_back({{"layer", model.moe_layers()[i]},
+                                               {"tokens_per_expert", r.tokens_per_expert},
+                                               {"dropped_fraction", r.dropped_fraction},
+                                               {"router_entropy", r.router_entropy},
+                                               {"aux_loss", r.aux_loss},
+                                               {"z_loss", r.z_loss}});
+                }
+            }
+            log << line.dump() << '\n';
             if (observer.on_step) observer.on_step(record);
         }
         const bool last = step == tc.steps;

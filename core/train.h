@@ -46,6 +46,11 @@ struct TrainOptions {
     std::filesystem::path out_dir;                // checkpoint.safetensors and log.jsonl go here
     bool resume = true;                           // continue from out_dir's checkpoint if any
     const std::atomic<bool>* stop_requested = nullptr;  // set by a signal handler: checkpoint, return
+    // Start from this checkpoint (e.g. one made by surgery) instead of a fresh init: its
+    // weights, optimizer moments if it has them (else AdamW starts fresh) and training state
+    // (step counter, tokens, FLOPs, seconds, data stream). Its model config must equal the
+    // run's. Ignored when out_dir already holds a checkpoint to resume.
+    std::filesystem::path init_from;
 };
 
 struct TrainSummary {
@@ -53,6 +58,7 @@ struct TrainSummary {
     bool completed = false;          // false if stopped early
     bool resumed = false;
     int64_t resumed_from_step = 0;
+    bool initialized_from_checkpoint = false;
     std::optional<EvalResult> final_eval;
     TrainingState state;
     std::filesystem::path checkpoint;

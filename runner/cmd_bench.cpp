@@ -1,10 +1,14 @@
 // upcycle bench --model NAME [--steps N] [--warmup N] [--batch B] [--json] [--device cpu]
+//               [--experts E --k K --capacity-factor CF --router topk|expert_choice]
 // Times whole training steps (forward + backward + AdamW) of a preset model on random tokens
 // and, in the same process, OpenBLAS sgemm at the model's MLP shape, so the ratio between
-// the two is meaningful on a shared, noisy machine.
+// the two is meaningful on a shared, noisy machine. With --experts, every other block's MLP
+// becomes an MoE layer and the dense preset is timed in the same process too, the two
+// interleaved in rounds, so the MoE/dense ratio is fair.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <memory>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -30,6 +34,10 @@ struct BenchArgs {
     int batch = 0;   // 0: the preset's
     bool json = false;
     std::string device = "cpu";
+    int experts = 0;  // > 0: every other block's MLP becomes an MoE layer
+    int k = 2;
+    double capacity_factor = 1.25;
+    std::string router = "topk";
 };
 
 double median(std::vector<double> values) {
@@ -38,72 +46,146 @@ double median(std::vector<double> values) {
     return n % 2 ? values[n / 2] : 0.5 * (values[n / 2 - 1] + values[n / 2]);
 }
 
+// One model under test: its training step, timed.
+class StepTimer {
+public:
+    StepTimer(Backend& backend, const ModelConfig& config, int B)
+        : backend_(&backend), config_(config), B_(B), model_(backend, config, B),
+          optimizer_(backend, model_.num_parameters()) {
+        model_.init_weights(1);
+        Rng rng(7);
+        const auto n = static_cast<std::size_t>(B) * config.context;
+        inputs_.resize(n);
+        targets_.resize(n);
+        const auto V = static_cast<uint64_t>(config.vocab_size);
+        for (auto& x : inputs_) x = static_cast<int32_t>(rng.below(V));
+        for (auto& x : targets_) x = static_cast<int32_t>(rng.below(V));
+    }
+    void run(int steps, bool record) {
+        using Clock = std::chrono::steady_clock;
+        for (int i = 0; i < steps; ++i) {
+            const auto start = Clock::now();
+            model_.forward(inputs_, targets_, B_, Pass::Train);
+            model_.backward();
+            optimizer_.update(model_.layout(), model_.parameters(), model_.gradients(), train_, 1e-4);
+            backend_->synchronize();
+            if (record) seconds_.push_back(std::chrono::duration<double>(Clock::now() - start).count());
+        }
+    }
+    double median_step() const { return median(seconds_); }
+    std::size_t timed() const { return seconds_.size(); }
+    double tokens_per_step() const { return static_cast<double>(B_) * config_.context; }
+    double flops_per_step() const { return flops_per_token(config_).training * tokens_per_step(); }
+    const Gpt& model() const { return model_; }
+
+private:
+    Backend* backend_;
+    ModelConfig config_;
+    int B_;
+    Gpt model_;
+    AdamW optimizer_;
+    TrainConfig train_;  // defaults: AdamW betas, clip 1.0, weight decay 0.1
+    std::vector<int32_t> inputs_, targets_;
+    std::vector<double> seconds_;
+};
+
+nlohmann::json figures(const StepTimer& t) {
+    const double step = t.median_step();
+    return {{"median_step_seconds", step},
+            {"steps_timed", t.timed()},
+            {"tokens_per_second", t.tokens_per_step() / step},
+            {"training_flops_per_token", t.flops_per_step() / t.tokens_per_step()},
+            {"achieved_gflops", t.flops_per_step() / step / 1e9},
+            {"parameters", t.model().num_parameters()}};
+}
+
+void print_figures(const std::string& label, const StepTimer& t) {
+    const double step = t.median_step();
+    fmt::print("{}: {} parameters, median step of {} {:.2f} ms, {:.0f} tokens/s, "
+               "{:.4g} FLOPs/token, {:.1f} GFLOP/s\n",
+               label, t.model().num_parameters(), t.timed(), step * 1e3,
+               t.tokens_per_step() / step, t.flops_per_step() / t.tokens_per_step(),
+               t.flops_per_step() / step / 1e9);
+}
+
 int run_bench(const BenchArgs& args) {
     const ModelPreset& preset = find_model_preset(args.model);
-    const ModelConfig& mc = preset.model;
+    const ModelConfig dense_config = preset.model;
+    ModelConfig moe_config = dense_config;
+    const bool moe = args.experts > 0;
+    if (moe) {
+        moe_config.moe.experts = args.experts;
+        moe_config.moe.k = args.k;
+        moe_config.moe.router = args.router;
+        moe_config.moe.capacity_factor = args.capacity_factor;
+        moe_config.moe.eval_capacity_factor = args.capacity_factor;
+        RunConfig check;
+        check.model = moe_config;
+        validate(check, "--experts");
+    }
     const int B = args.batch > 0 ? args.batch : preset.batch_size;
-    const int T = mc.context;
-    const double flops_token = flops_per_token(mc).training;
-    const int steps = args.steps > 0 ? args.steps : (flops_token * B * T > 1e12 ? 3 : 20);
+    const int T = dense_config.context;
+    const double dense_flops = flops_per_token(dense_config).training * B * T;
+    const int steps = args.steps > 0 ? args.steps : (dense_flops > 1e12 ? 3 : 20);
     auto backend = make_backend(args.device);
 
-    Gpt model(*backend, mc, B);
-    model.init_weights(1);
-    AdamW optimizer(*backend, model.num_parameters());
-    TrainConfig train;  // defaults: AdamW betas, clip 1.0, weight decay 0.1
-    Rng rng(7);
-    std::vector<int32_t> inputs(static_cast<std::size_t>(B) * T), targets(inputs.size());
-    for (auto& x : inputs) x = static_cast<int32_t>(rng.below(static_cast<uint64_t>(mc.vocab_size)));
-    for (auto& x : targets) x = static_cast<int32_t>(rng.below(static_cast<uint64_t>(mc.vocab_size)));
-
-    using Clock = std::chrono::steady_clock;
-    std::vector<double> step_seconds;
-    double last_loss = 0;
-    for (int i = 0; i < args.warmup + steps; ++i) {
-        const auto start = Clock::now();
-        const auto stats = model.forward(inputs, targets, B, Pass::Train);
-        model.backward();
-        optimizer.update(model.layout(), model.parameters(), model.gradients(), train, 1e-4);
-        backend->synchronize();
-        const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
-        if (i >= args.warmup) step_seconds.push_back(seconds);
-        last_loss = stats.mean_loss();
+    StepTimer dense(*backend, dense_config, B);
+    std::unique_ptr<StepTimer> sparse;
+    if (moe) sparse = std::make_unique<StepTimer>(*backend, moe_config, B);
+    dense.run(args.warmup, false);
+    if (sparse) sparse->run(args.warmup, false);
+    // interleave in rounds so both models see the same machine conditions
+    const int rounds = std::min(steps, 4);
+    for (int r = 0; r < rounds; ++r) {
+        const int n = steps / rounds + (r < steps % rounds ? 1 : 0);
+        dense.run(n, true);
+        if (sparse) sparse->run(n, true);
     }
-    const double step = median(step_seconds);
-    const double tokens_per_second = B * T / step;
-    const double gflops = flops_token * B * T / step / 1e9;
     // sgemm at the MLP up-projection: [B·T, C] · [4C, C]ᵀ
-    const int M = B * T, N = 4 * mc.channels, K = mc.channels;
+    const int M = B * T, N = 4 * dense_config.channels, K = dense_config.channels;
     const double sgemm_gflops = measure_sgemm_gflops(M, N, K, 1.0);
+    const StepTimer& main = sparse ? *sparse : dense;
+    const double main_gflops = main.flops_per_step() / main.median_step() / 1e9;
+    const double dense_gflops = dense.flops_per_step() / dense.median_step() / 1e9;
 
     if (args.json) {
-        fmt::print("{}\n", nlohmann::json{{"model", preset.name},
-                                          {"batch", B},
-                                          {"context", T},
-                                          {"steps_timed", steps},
-                                          {"median_step_seconds", step},
-                                          {"tokens_per_second", tokens_per_second},
-                                          {"training_flops_per_token", flops_token},
-                                          {"achieved_gflops", gflops},
-                                          {"sgemm_shape", {M, N, K}},
-                                          {"sgemm_gflops", sgemm_gflops},
-                                          {"fraction_of_sgemm", gflops / sgemm_gflops},
-                                          {"threads", omp_get_max_threads()},
-                                          {"backend", backend->describe()},
-                                          {"last_loss", last_loss}}
-                               .dump(2));
+        nlohmann::json out{{"model", preset.name},
+                           {"batch", B},
+                           {"context", T},
+                           {"threads", omp_get_max_threads()},
+                           {"backend", backend->describe()},
+                           {"sgemm_shape", {M, N, K}},
+                           {"sgemm_gflops", sgemm_gflops},
+                           {"dense", figures(dense)},
+                           {"fraction_of_sgemm", main_gflops / sgemm_gflops}};
+        if (sparse) {
+            out["moe"] = figures(*sparse);
+            out["moe"]["experts"] = moe_config.moe.experts;
+            out["moe"]["router"] = moe_config.moe.router;
+            out["moe"]["k"] = moe_config.moe.k;
+            out["moe"]["capacity_factor"] = moe_config.moe.capacity_factor;
+            out["moe_over_dense_gflops"] = main_gflops / dense_gflops;
+        }
+        fmt::print("{}\n", out.dump(2));
         return 0;
     }
-    fmt::print("model {} (L={} C={} H={} T={} V={}), batch {}, {} parameters\n", preset.name,
-               mc.layers, mc.channels, mc.heads, T, mc.vocab_size, B, model.num_parameters());
+    fmt::print("model {} (L={} C={} H={} T={} V={}), batch {}, training steps (forward + "
+               "backward + AdamW) on random tokens\n",
+               preset.name, dense_config.layers, dense_config.channels, dense_config.heads, T,
+               dense_config.vocab_size, B);
     fmt::print("backend {}\n", backend->describe());
-    fmt::print("training step (forward + backward + AdamW), median of {}: {:.2f} ms\n", steps,
-               step * 1e3);
-    fmt::print("tokens/s            {:.0f}\n", tokens_per_second);
-    fmt::print("FLOPs per token     {:.4g} (training = 3 × forward, core/flops.h)\n", flops_token);
-    fmt::print("achieved            {:.1f} GFLOP/s\n", gflops);
-    fmt::print("sgemm {}x{}x{}  {:.1f} GFLOP/s (same process)\n", M, N, K, sgemm_gflops);
-    fmt::print("fraction of sgemm   {:.1f}%\n", 100.0 * gflops / sgemm_gflops);
+    print_figures("dense", dense);
+    if (sparse) {
+        fmt::print("MoE {} experts, {} k={}, capacity factor {}, blocks {} (FLOPs count active "
+                   "experts and the router)\n",
+                   moe_config.moe.experts, moe_config.moe.router, moe_config.moe.k,
+                   moe_config.moe.capacity_factor, moe_config.moe.layers);
+        print_figures("moe  ", *sparse);
+        fmt::print("MoE / dense achieved GFLOP/s: {:.1f}%\n", 100.0 * main_gflops / dense_gflops);
+    }
+    fmt::print("sgemm {}x{}x{}: {:.1f} GFLOP/s (same process)\n", M, N, K, sgemm_gflops);
+    fmt::print("{} fraction of sgemm: {:.1f}%\n", sparse ? "MoE" : "dense",
+               100.0 * main_gflops / sgemm_gflops);
     return 0;
 }
 
@@ -118,6 +200,11 @@ Command add_bench_command(CLI::App& app) {
     sub->add_option("--batch", args->batch, "batch size (default: the preset's)");
     sub->add_flag("--json", args->json, "print JSON");
     sub->add_option("--device", args->device, "cpu | cuda[:N]");
+    sub->add_option("--experts", args->experts,
+                    "also time the preset with every other block's MLP an MoE layer of E experts");
+    sub->add_option("--k", args->k, "experts per token (topk)");
+    sub->add_option("--capacity-factor", args->capacity_factor, "expert capacity factor (≤ 0: no limit)");
+    sub->add_option("--router", args->router, "topk | expert_choice");
     return [args] { return run_bench(*args); };
 }
 

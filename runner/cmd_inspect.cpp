@@ -56,6 +56,29 @@ int run_inspect(const InspectArgs& args) {
     for (const auto& e : header.entries) {
         fmt::print("  {:<{}}  {}  {}\n", e.name, width, e.dtype, shape_string(e.shape));
     }
+    // the MoE structure, from the stored config
+    if (const auto it = header.metadata.find("upcycle.config"); it != header.metadata.end()) {
+        const auto config = metadata_value(it->second);
+        if (config.is_object() && config.contains("model") && config["model"].contains("moe")) {
+            const auto& moe = config["model"]["moe"];
+            if (moe.value("experts", 0) > 0) {
+                int moe_blocks = 0;
+                std::string blocks;
+                for (const auto& e : header.entries) {
+                    const auto pos = e.name.find(".mlp.router.weight");
+                    if (pos == std::string::npos) continue;
+                    blocks += (moe_blocks++ ? "," : "") + e.name.substr(7, pos - 7);
+                }
+                fmt::print("MoE: {} experts in blocks {} | router {} k={} | capacity factor {} "
+                           "(eval {}) | combine {} | aux {} z {}\n",
+                           moe["experts"].get<int>(), blocks, moe["router"].get<std::string>(),
+                           moe["k"].get<int>(), moe["capacity_factor"].get<double>(),
+                           moe["eval_capacity_factor"].get<double>(),
+                           moe["combine"].get<std::string>(), moe["aux_loss_coef"].get<double>(),
+                           moe["z_loss_coef"].get<double>());
+            }
+        }
+    }
     fmt::print("metadata:\n");
     for (const auto& [key, value] : header.metadata) {
         const auto parsed = metadata_value(value);

@@ -5,7 +5,9 @@
 
 #include <fmt/format.h>
 
+#include "core/checkpoint.h"
 #include "core/config.h"
+#include "core/errors.h"
 #include "core/flops.h"
 #include "core/train.h"
 #include "kernels/backend_factory.h"
@@ -25,10 +27,20 @@ struct TrainArgs {
     std::string out;
     std::string device = "cpu";
     bool restart = false;
+    std::string from;
 };
 
 int run_train(const TrainArgs& args) {
-    const RunConfig config = load_run_config(args.config, args.overrides);
+    RunConfig config;
+    if (!args.config.empty()) {
+        config = load_run_config(args.config, args.overrides);
+    } else if (!args.from.empty()) {
+        // the checkpoint's own config (JSON is YAML), with the --set overrides
+        const Checkpoint source = read_checkpoint(args.from);
+        config = parse_run_config(to_json(source.config).dump(), args.from, args.overrides);
+    } else {
+        throw UserError("", "config", "give a CONFIG.yaml, or --from CHECKPOINT to continue one");
+    }
     auto backend = make_backend(args.device);
     const std::string out = args.out.empty() ? "results/train/" + config.name : args.out;
     const auto flops = flops_per_token(config.model);
@@ -68,6 +80,7 @@ int run_train(const TrainArgs& args) {
     options.out_dir = out;
     options.resume = !args.restart;
     options.stop_requested = &g_stop;
+    options.init_from = args.from;
     const TrainSummary summary = train(*backend, config, options, observer);
     if (!summary.completed) {
         fmt::print(stderr, "stopped at step {}; run the same command again to resume\n",
@@ -87,7 +100,11 @@ int run_train(const TrainArgs& args) {
 Command add_train_command(CLI::App& app) {
     auto args = std::make_shared<TrainArgs>();
     auto* sub = app.add_subcommand("train", "Train one model from a YAML config");
-    sub->add_option("config", args->config, "run config (YAML)")->required()->check(CLI::ExistingFile);
+    sub->add_option("config", args->config, "run config (YAML); optional with --from")
+        ->check(CLI::ExistingFile);
+    sub->add_option("--from", args->from,
+                    "continue from this checkpoint (e.g. made by `upcycle surgery`): its weights, "
+                    "optimizer state and step counter; without CONFIG its own config is used");
     sub->add_option("--set", args->overrides, "override a config key: key.path=value (repeatable)");
     sub->add_option("--out", args->out, "output directory (default results/train/NAME)");
     sub->add_option("--device", args->device, "cpu | cuda[:N]");

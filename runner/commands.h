@@ -13,5 +13,6 @@ Command add_train_command(CLI::App& app);
 Command add_eval_command(CLI::App& app);
 Command add_inspect_command(CLI::App& app);
 Command add_bench_command(CLI::App& app);
+Command add_surgery_command(CLI::App& app);
 
 }  // namespace upcycle::cli

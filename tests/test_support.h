@@ -36,7 +36,7 @@ private:
 inline RunConfig tiny_synthetic_config() {
     RunConfig c;
     c.name = "tiny";
-    c.model = ModelConfig{"gpt", 256, 16, 32, 2, 2};
+    c.model = ModelConfig{"gpt", 256, 16, 32, 2, 2, {}};
     c.data.source = "synthetic";
     c.data.synthetic_bytes = 1 << 16;
     c.train.batch_size = 8;

@@ -1,5 +1,6 @@
 #include "core/model/gpt.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/errors.h"
@@ -9,6 +10,7 @@ namespace upcycle {
 
 std::vector<ParamInfo> gpt_parameter_layout(const ModelConfig& config) {
     const int64_t V = config.vocab_size, T = config.context, C = config.channels;
+    const std::vector<int> moe_layers = moe_layer_indices(config);
     std::vector<ParamInfo> layout;
     std::size_t offset = 0;
     auto add = [&](std::string name, std::vector<int64_t> shape) {
@@ -33,10 +35,22 @@ std::vector<ParamInfo> gpt_parameter_layout(const ModelConfig& config) {
         add(b + "attn.proj.bias", {C});
         add(b + "ln2.weight", {C});
         add(b + "ln2.bias", {C});
-        add(b + "mlp.fc.weight", {4 * C, C});
-        add(b + "mlp.fc.bias", {4 * C});
-        add(b + "mlp.proj.weight", {C, 4 * C});
-        add(b + "mlp.proj.bias", {C});
+        if (std::find(moe_layers.begin(), moe_layers.end(), l) != moe_layers.end()) {
+            const int64_t E = config.moe.experts;
+            add(b + "mlp.router.weight", {E, C});
+            for (int64_t e = 0; e < E; ++e) {
+                const std::string x = b + "mlp.experts." + std::to_string(e) + ".";
+                add(x + "fc.weight", {4 * C, C});
+                add(x + "fc.bias", {4 * C});
+                add(x + "proj.weight", {C, 4 * C});
+                add(x + "proj.bias", {C});
+            }
+        } else {
+            add(b + "mlp.fc.weight", {4 * C, C});
+            add(b + "mlp.fc.bias", {4 * C});
+            add(b + "mlp.proj.weight", {C, 4 * C});
+            add(b + "mlp.proj.bias", {C});
+        }
     }
     add("lnf.weight", {C});
     add("lnf.bias", {C});
@@ -60,7 +74,13 @@ Gpt::Gpt(Backend& backend, const ModelConfig& config, int max_batch)
     targets_ = Tensor(backend, {B, T}, DType::I32);
     for (int l = 0; l <= config.layers; ++l) residuals_.emplace_back(backend, std::vector<int64_t>{N, C});
     layers_.resize(static_cast<std::size_t>(config.layers));
-    for (auto& a : layers_) {
+    moe_layer_indices_ = moe_layer_indices(config);
+    moe_.resize(static_cast<std::size_t>(config.layers));
+    for (const int l : moe_layer_indices_) {
+        moe_[l] = std::make_unique<MoeLayer>(backend, config, static_cast<int>(N));
+    }
+    for (int l = 0; l < config.layers; ++l) {
+        auto& a = layers_[l];
         a.ln1 = Tensor(backend, {N, C});
         a.ln1_mean = Tensor(backend, {N});
         a.ln1_rstd = Tensor(backend, {N});
@@ -71,8 +91,10 @@ Gpt::Gpt(Backend& backend, const ModelConfig& config, int max_batch)
         a.ln2 = Tensor(backend, {N, C});
         a.ln2_mean = Tensor(backend, {N});
         a.ln2_rstd = Tensor(backend, {N});
-        a.fch = Tensor(backend, {N, 4 * C});
-        a.fch_gelu = Tensor(backend, {N, 4 * C});
+        if (!moe_[l]) {
+            a.fch = Tensor(backend, {N, 4 * C});
+            a.fch_gelu = Tensor(backend, {N, 4 * C});
+        }
     }
     lnf = Tensor(backend, {N, C});
     lnf_mean = Tensor(backend, {N});
@@ -111,8 +133,11 @@ void Gpt::init_weights(uint64_t seed) {
     for (const auto& info : layout_) {
         float* dst = host.data() + info.offset;
         if (info.is_matrix) {
+            // projections back into the residual stream: attention, MLP and every expert's
             const bool residual_out = ends_with(info.name, "attn.proj.weight") ||
-                                      ends_with(info.name, "mlp.proj.weight");
+                                      ends_with(info.name, "mlp.proj.weight") ||
+                                      (info.name.find(".mlp.experts.") != std::string::npos &&
+                                       ends_with(info.name, ".proj.weight"));
             const float std = residual_out ? std_residual : std_base;
             for (std::size_t i = 0; i < info.numel; ++i) dst[i] = std * rng.normal();
         } else if (ends_with(info.name, ".weight")) {  // LayerNorm gain
@@ -158,11 +183,17 @@ ForwardStats Gpt::forward(std::span<const int32_t> inputs, std::span<const int32
         be.add(a.residual2.f32(), residual, scratch_.f32(), static_cast<std::size_t>(N) * C);
         be.layernorm_forward(a.ln2.f32(), a.ln2_mean.f32(), a.ln2_rstd.f32(), a.residual2.f32(),
                              p(b + "ln2.weight"), p(b + "ln2.bias"), N, C);
-        be.matmul_forward(a.fch.f32(), a.ln2.f32(), p(b + "mlp.fc.weight"), p(b + "mlp.fc.bias"),
-                          N, C, 4 * C);
-        be.gelu_forward(a.fch_gelu.f32(), a.fch.f32(), static_cast<std::size_t>(N) * 4 * C);
-        be.matmul_forward(scratch_.f32(), a.fch_gelu.f32(), p(b + "mlp.proj.weight"),
-                          p(b + "mlp.proj.bias"), N, 4 * C, C);
+        if (moe_[l]) {
+            const double cf = pass == Pass::Train ? config_.moe.capacity_factor
+                                                  : config_.moe.eval_capacity_factor;
+            moe_[l]->forward(scratch_.f32(), a.ln2.f32(), N, moe_tensors(l, parameters_), cf);
+        } else {
+            be.matmul_forward(a.fch.f32(), a.ln2.f32(), p(b + "mlp.fc.weight"),
+                              p(b + "mlp.fc.bias"), N, C, 4 * C);
+            be.gelu_forward(a.fch_gelu.f32(), a.fch.f32(), static_cast<std::size_t>(N) * 4 * C);
+            be.matmul_forward(scratch_.f32(), a.fch_gelu.f32(), p(b + "mlp.proj.weight"),
+                              p(b + "mlp.proj.bias"), N, 4 * C, C);
+        }
         be.add(residuals_[l + 1].f32(), a.residual2.f32(), scratch_.f32(),
                static_cast<std::size_t>(N) * C);
     }
@@ -183,6 +214,7 @@ ForwardStats Gpt::forward(std::span<const int32_t> inputs, std::span<const int32
     be.download(losses.data(), losses_.f32(), sizeof(float) * N);
     for (float x : losses) stats.loss_sum += x;
     stats.tokens = predicted;
+    for (const int l : moe_layer_indices_) stats.aux_loss += moe_[l]->auxiliary_loss();
     if (!train) {
         std::vector<int32_t> argmax(static_cast<std::size_t>(N));
         be.download(argmax.data(), argmax_.i32(), sizeof(int32_t) * N);
@@ -213,16 +245,22 @@ void Gpt::backward() {
     for (int l = config_.layers - 1; l >= 0; --l) {
         const std::string b = "blocks." + std::to_string(l) + ".";
         LayerActivations& a = layers_[l];
-        // MLP branch: residual3 = residual2 + proj(gelu(fc(ln2(residual2))))
-        be.zero(dfch_gelu_.f32(), NC * 4 * sizeof(float));
-        be.matmul_backward(dfch_gelu_.f32(), g(b + "mlp.proj.weight"), g(b + "mlp.proj.bias"),
-                           dresidual_.f32(), a.fch_gelu.f32(), p(b + "mlp.proj.weight"), N, 4 * C,
-                           C);
-        be.zero(dfch_.f32(), NC * 4 * sizeof(float));
-        be.gelu_backward(dfch_.f32(), a.fch.f32(), dfch_gelu_.f32(), NC * 4);
+        // MLP branch: residual3 = residual2 + mlp(ln2(residual2)), mlp dense or MoE
         be.zero(dln_.f32(), NC * sizeof(float));
-        be.matmul_backward(dln_.f32(), g(b + "mlp.fc.weight"), g(b + "mlp.fc.bias"), dfch_.f32(),
-                           a.ln2.f32(), p(b + "mlp.fc.weight"), N, C, 4 * C);
+        if (moe_[l]) {
+            MoeTensors grads = moe_tensors(l, gradients_);
+            moe_[l]->backward(dln_.f32(), dresidual_.f32(), a.ln2.f32(), moe_tensors(l, parameters_),
+                              grads);
+        } else {
+            be.zero(dfch_gelu_.f32(), NC * 4 * sizeof(float));
+            be.matmul_backward(dfch_gelu_.f32(), g(b + "mlp.proj.weight"), g(b + "mlp.proj.bias"),
+                               dresidual_.f32(), a.fch_gelu.f32(), p(b + "mlp.proj.weight"), N,
+                               4 * C, C);
+            be.zero(dfch_.f32(), NC * 4 * sizeof(float));
+            be.gelu_backward(dfch_.f32(), a.fch.f32(), dfch_gelu_.f32(), NC * 4);
+            be.matmul_backward(dln_.f32(), g(b + "mlp.fc.weight"), g(b + "mlp.fc.bias"),
+                               dfch_.f32(), a.ln2.f32(), p(b + "mlp.fc.weight"), N, C, 4 * C);
+        }
         be.layernorm_backward(dresidual_.f32(), g(b + "ln2.weight"), g(b + "ln2.bias"),
                               dln_.f32(), a.residual2.f32(), p(b + "ln2.weight"),
                               a.ln2_mean.f32(), a.ln2_rstd.f32(), N, C);
@@ -243,6 +281,27 @@ void Gpt::backward() {
     be.embedding_backward(g("wte.weight"), g("wpe.weight"), dresidual_.f32(), inputs_.i32(), B, T,
                           C);
     have_train_forward_ = false;  // dlogits are consumed
+}
+
+MoeTensors Gpt::moe_tensors(int layer, Tensor& flat) {
+    const std::string b = "blocks." + std::to_string(layer) + ".mlp.";
+    auto at = [&](const std::string& name) { return flat.f32() + param_info(name).offset; };
+    MoeTensors t;
+    t.router = at(b + "router.weight");
+    for (int e = 0; e < config_.moe.experts; ++e) {
+        const std::string x = b + "experts." + std::to_string(e) + ".";
+        t.experts.fc_weight.push_back(at(x + "fc.weight"));
+        t.experts.fc_bias.push_back(at(x + "fc.bias"));
+        t.experts.proj_weight.push_back(at(x + "proj.weight"));
+        t.experts.proj_bias.push_back(at(x + "proj.bias"));
+    }
+    return t;
+}
+
+std::vector<RoutingStats> Gpt::routing_stats() const {
+    std::vector<RoutingStats> out;
+    for (const int l : moe_layer_indices_) out.push_back(moe_[l]->stats());
+    return out;
 }
 
 std::vector<float> Gpt::logits_host() const {

@@ -1,18 +1,22 @@
 #pragma once
 // GPT: byte-level tokens, learned positions, pre-LayerNorm blocks, causal multi-head
 // attention, MLP 4·C with tanh-GELU, final LayerNorm, output head tied to the token
-// embedding. Forward and hand-written backward on any Backend.
+// embedding. Forward and hand-written backward on any Backend. With model.moe.experts > 0
+// the MLP of the blocks model.moe.layers selects is an MoE layer (core/moe/moe_layer.h);
+// the training objective is then mean cross-entropy + the MoE auxiliary losses.
 //
 // Parameters live in one flat buffer (so the optimizer and the gradient norm are single
 // calls) in the order of parameter_layout(); names and shapes are the checkpoint's
 // (PyTorch nn.Linear layout, [out, in]).
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
 #include "core/config.h"
+#include "core/moe/moe_layer.h"
 #include "core/tensor.h"
 
 namespace upcycle {
@@ -33,6 +37,7 @@ struct ForwardStats {
     double loss_sum = 0;    // Σ of per-token cross-entropy (nats)
     int64_t tokens = 0;     // predictions counted (targets ≥ 0)
     int64_t correct = 0;    // argmax == target (only when requested)
+    double aux_loss = 0;    // Σ over MoE layers of the coefficient-weighted aux + z losses
     double mean_loss() const { return tokens ? loss_sum / static_cast<double>(tokens) : 0.0; }
 };
 
@@ -70,6 +75,13 @@ public:
     // Logits of the last forward, [B, T, V], on the host (for tests and tools).
     std::vector<float> logits_host() const;
 
+    // Blocks whose MLP is an MoE layer, and their routing statistics from the last forward
+    // (same order).
+    const std::vector<int>& moe_layers() const { return moe_layer_indices_; }
+    std::vector<RoutingStats> routing_stats() const;
+    // The MoE layer of block l (null for a dense block), for tests and tools.
+    const MoeLayer* moe_layer(int l) const { return moe_[static_cast<std::size_t>(l)].get(); }
+
 private:
     struct LayerActivations {
         Tensor ln1, ln1_mean, ln1_rstd;  // [N,C], [N], [N]
@@ -78,8 +90,9 @@ private:
         Tensor lse;                      // [B,H,T]
         Tensor residual2;                // [N,C] after the attention branch
         Tensor ln2, ln2_mean, ln2_rstd;  // [N,C], [N], [N]
-        Tensor fch, fch_gelu;            // [N,4C]
+        Tensor fch, fch_gelu;            // [N,4C] (dense MLP blocks only)
     };
+    MoeTensors moe_tensors(int layer, Tensor& flat);
     const float* p(const std::string& name) const;
     float* g(const std::string& name);
 
@@ -98,6 +111,8 @@ private:
     Tensor inputs_, targets_;    // [B,T] int32
     std::vector<Tensor> residuals_;  // L+1 × [N,C]: input of each block, then the final stream
     std::vector<LayerActivations> layers_;
+    std::vector<int> moe_layer_indices_;
+    std::vector<std::unique_ptr<MoeLayer>> moe_;  // per block; null where the MLP is dense
     Tensor lnf, lnf_mean, lnf_rstd;  // [N,C], [N], [N]
     Tensor logits_;                  // [N,V]; holds dlogits after a Train forward
     Tensor losses_;                  // [N]

@@ -45,6 +45,16 @@ public:
     void softmax_crossentropy(float* losses, float* dlogits, int32_t* argmax,
                               const float* logits, const int32_t* targets, int N, int V,
                               float grad_scale) override;
+    void gather_rows(float* out, const float* inp, const int32_t* row_token, int R,
+                     int C) override;
+    void gather_rows_backward(float* dinp, const float* dout, const int32_t* token_offsets,
+                              const int32_t* token_rows, int N, int C) override;
+    void combine_rows(float* out, const float* src, const float* weights,
+                      const int32_t* token_offsets, const int32_t* token_rows, int N,
+                      int C) override;
+    void combine_rows_backward(float* dsrc, float* dweights, const float* dout, const float* src,
+                               const float* weights, const int32_t* token_offsets,
+                               const int32_t* token_rows, int N, int C) override;
     void adamw_update(float* params, const float* grads, float* m, float* v, std::size_t n,
                       float lr, float beta1, float beta2, float eps, float weight_decay,
                       float grad_scale, int64_t step) override;

@@ -9,6 +9,7 @@
 
 #include "core/checkpoint.h"
 #include "core/errors.h"
+#include "core/surgery/upcycle.h"
 #include "core/train.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "test_support.h"
@@ -167,6 +168,57 @@ TEST(Train, CheckpointWhoseTensorsDoNotMatchItsConfigIsRejected) {
     } catch (const UserError& e) {
         EXPECT_NE(std::string(e.what()).find("blocks.2."), std::string::npos) << e.what();
         EXPECT_NE(std::string(e.what()).find("forged.safetensors"), std::string::npos) << e.what();
+    }
+}
+
+// Continuation: an upcycled checkpoint trains on from the dense step counter, with its MoE
+// config, and the step-0 loss equals the dense model's (copy init, renormalized, no limit).
+TEST(Train, ContinuesFromASurgeryCheckpoint) {
+    CpuBackend backend;
+    RunConfig config = tiny_synthetic_config();
+    config.train.steps = 4;
+    config.model.layers = 2;
+    TempDir dense_dir, moe_dir;
+    TrainOptions dense_options;
+    dense_options.out_dir = dense_dir.path();
+    const auto dense = train(backend, config, dense_options);
+
+    UpcycleOptions upcycle;
+    upcycle.moe.experts = 4;
+    upcycle.moe.combine = "renormalized";
+    upcycle.moe.capacity_factor = 0;
+    upcycle.moe.eval_capacity_factor = 0;
+    const auto moe = upcycle_checkpoint(read_checkpoint(checkpoint_path(dense_dir.path())), upcycle);
+    const auto moe_path = dense_dir / "moe.safetensors";
+    write_checkpoint(moe_path, moe, backend);
+
+    RunConfig continued = moe.config;
+    continued.train.steps = 7;
+    TrainOptions options;
+    options.out_dir = moe_dir.path();
+    options.init_from = moe_path;
+    std::vector<double> losses;
+    std::vector<EvalResult> evals;
+    TrainObserver observer;
+    observer.on_step = [&](const StepRecord& r) { losses.push_back(r.loss); };
+    const auto summary = train(backend, continued, options, observer);
+    EXPECT_TRUE(summary.initialized_from_checkpoint);
+    EXPECT_EQ(summary.state.step, 7);
+    EXPECT_EQ(losses.size(), 3u);  // steps 5, 6, 7
+    EXPECT_EQ(summary.state.tokens,
+              7 * config.train.batch_size * config.model.context);
+    EXPECT_GT(summary.state.flops, dense.state.flops);
+
+    // a run whose model differs from the checkpoint's is refused, naming the key
+    RunConfig mismatched = continued;
+    mismatched.model.moe.experts = 2;
+    TempDir other;
+    options.out_dir = other.path();
+    try {
+        train(backend, mismatched, options);
+        FAIL() << "expected a UserError";
+    } catch (const UserError& e) {
+        EXPECT_NE(std::string(e.what()).find("model.moe.experts"), std::string::npos) << e.what();
     }
 }
 

@@ -15,7 +15,7 @@
 namespace upcycle {
 namespace {
 
-ModelConfig tiny_model() { return ModelConfig{"gpt", 256, 8, 16, 2, 2}; }
+ModelConfig tiny_model() { return ModelConfig{"gpt", 256, 8, 16, 2, 2, {}}; }
 
 struct Batch {
     std::vector<int32_t> inputs, targets;
@@ -148,7 +148,7 @@ TEST(Gpt, FutureTokensDoNotChangeEarlierLogits) {
 
 TEST(Gpt, InitIsDeterministicWithTheDocumentedScales) {
     CpuBackend backend;
-    const ModelConfig config{"gpt", 256, 32, 64, 4, 4};
+    const ModelConfig config{"gpt", 256, 32, 64, 4, 4, {}};
     Gpt a(backend, config, 1), b(backend, config, 1), c(backend, config, 1);
     a.init_weights(7);
     b.init_weights(7);
@@ -177,7 +177,7 @@ TEST(Gpt, InitIsDeterministicWithTheDocumentedScales) {
 }
 
 TEST(Gpt, LayoutUsesTheCheckpointNamesAndShapes) {
-    const auto layout = gpt_parameter_layout(ModelConfig{"gpt", 256, 64, 48, 3, 4});
+    const auto layout = gpt_parameter_layout(ModelConfig{"gpt", 256, 64, 48, 3, 4, {}});
     ASSERT_EQ(layout.size(), 2u + 3u * 12u + 2u);
     EXPECT_EQ(layout[0].name, "wte.weight");
     EXPECT_EQ(layout[0].shape, (std::vector<int64_t>{256, 48}));
@@ -194,7 +194,7 @@ TEST(Gpt, LayoutUsesTheCheckpointNamesAndShapes) {
 // at init to within 0.3 nats of the entropy rate on held-out windows.
 TEST(Gpt, LearnsSyntheticMarkovText) {
     CpuBackend backend;
-    const ModelConfig config{"gpt", 256, 32, 64, 2, 4};
+    const ModelConfig config{"gpt", 256, 32, 64, 2, 4, {}};
     const int B = 16;
     Gpt model(backend, config, B);
     model.init_weights(1);

@@ -46,13 +46,13 @@ TEST(Schedule, ConstantHoldsAfterWarmup) {
 }
 
 TEST(Flops, MatchesTheDocumentedFormula) {
-    const ModelConfig m{"gpt", 256, 128, 128, 4, 4};
+    const ModelConfig m{"gpt", 256, 128, 128, 4, 4, {}};
     // 2·(L·12·C² + V·C) + L·4·T·C
     const double forward = 2.0 * (4 * 12.0 * 128 * 128 + 256.0 * 128) + 4 * 4.0 * 128 * 128;
     EXPECT_DOUBLE_EQ(flops_per_token(m).forward, forward);
     EXPECT_DOUBLE_EQ(flops_per_token(m).training, 3 * forward);
     // GPT-2 small: 124.4M parameters with the padded 50304 vocabulary
-    const ModelConfig gpt2{"gpt", 50304, 1024, 768, 12, 12};
+    const ModelConfig gpt2{"gpt", 50304, 1024, 768, 12, 12, {}};
     EXPECT_EQ(parameter_count(gpt2), 124475904);
 }
 

@@ -1,0 +1,406 @@
+// The MoE layer: capacity arithmetic, routing on hand-built cases, dispatch/combine
+// identities, finite-difference gradients with the routing held fixed, and the MoE GPT.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <numeric>
+
+#include "core/data/synthetic.h"
+#include "core/data/text_batches.h"
+#include "core/flops.h"
+#include "core/model/gpt.h"
+#include "core/moe/moe_layer.h"
+#include "core/optim/adamw.h"
+#include "core/optim/schedule.h"
+#include "core/rng.h"
+#include "kernels/cpu/cpu_backend.h"
+
+namespace upcycle {
+namespace {
+
+MoeConfig moe_config(const std::string& router, int E, int k, double cf, const std::string& combine) {
+    MoeConfig m;
+    m.experts = E;
+    m.router = router;
+    m.k = k;
+    m.capacity_factor = cf;
+    m.eval_capacity_factor = cf;
+    m.combine = combine;
+    return m;
+}
+
+TEST(MoeRouting, CapacityArithmetic) {
+    EXPECT_EQ(expert_capacity(moe_config("topk", 8, 2, 1.25, "softmax_topk"), 10, 1.25), 4);  // ⌈3.125⌉
+    EXPECT_EQ(expert_capacity(moe_config("topk", 8, 2, 1.0, "softmax_topk"), 16, 1.0), 4);    // exact
+    EXPECT_EQ(expert_capacity(moe_config("topk", 4, 1, 0, "softmax_topk"), 10, 0), 10);       // no limit
+    EXPECT_EQ(expert_capacity(moe_config("expert_choice", 4, 1, 2, "softmax_topk"), 10, 2.0), 5);
+    EXPECT_EQ(expert_capacity(moe_config("expert_choice", 4, 1, 4, "softmax_topk"), 10, 4.0), 10);
+}
+
+// Four tokens all prefer expert 0 (probabilities rising with the token index); capacity 2.
+TEST(MoeRouting, TopkDropsOverflowInTokenOrderOrByProbability) {
+    auto m = moe_config("topk", 2, 1, 1.0, "softmax_topk");
+    const std::vector<float> logits = {1.0f, 0.0f, 1.5f, 0.0f, 2.0f, 0.0f, 2.5f, 0.0f};
+    const auto in_order = route(m, logits, 4, 1.0);
+    ASSERT_EQ(in_order.assignments.size(), 2u);
+    EXPECT_EQ(in_order.assignments[0].token, 0);
+    EXPECT_EQ(in_order.assignments[1].token, 1);
+    EXPECT_DOUBLE_EQ(in_order.stats.dropped_fraction, 0.5);
+    EXPECT_EQ(in_order.stats.tokens_per_expert, (std::vector<int64_t>{2, 0}));
+
+    m.priority = "probability";
+    const auto by_probability = route(m, logits, 4, 1.0);
+    ASSERT_EQ(by_probability.assignments.size(), 2u);
+    EXPECT_EQ(by_probability.assignments[0].token, 2);  // the two most confident tokens
+    EXPECT_EQ(by_probability.assignments[1].token, 3);
+    EXPECT_NEAR(by_probability.assignments[1].weight, 1.0 / (1.0 + std::exp(-2.5)), 1e-6);
+}
+
+// Every first choice claims a slot before any second choice.
+TEST(MoeRouting, TopkClaimsSlotsRankByRank) {
+    auto m = moe_config("topk", 3, 2, 1.0, "renormalized");  // capacity ⌈2·3·1/3⌉ = 2
+    // token 0: 0 > 1 > 2;  token 1: 0 > 2 > 1;  token 2: 1 > 0 > 2
+    const std::vector<float> logits = {3, 2, 1, 3, 1, 2, 2, 3, 1};
+    const auto d = route(m, logits, 3, 1.0);
+    // rank 0: t0→0, t1→0, t2→1 (all kept); rank 1: t0→1 (kept), t1→2 (kept), t2→0 (full)
+    ASSERT_EQ(d.assignments.size(), 5u);
+    EXPECT_EQ(d.stats.tokens_per_expert, (std::vector<int64_t>{2, 2, 1}));
+    EXPECT_EQ(d.stats.assignments_wanted, 6);
+    // Σ tokens per expert = k·N − dropped
+    const auto kept = std::accumulate(d.stats.tokens_per_expert.begin(), d.stats.tokens_per_expert.end(), int64_t{0});
+    EXPECT_EQ(kept, 6 - 1);
+    // renormalized over the token's top-2 even though one of them was dropped
+    const auto& t2 = d.assignments.back();
+    EXPECT_EQ(t2.token, 2);
+    EXPECT_EQ(t2.expert, 1);
+    EXPECT_NEAR(t2.weight, std::exp(3.0) / (std::exp(3.0) + std::exp(2.0)), 1e-6);
+}
+
+TEST(MoeRouting, ExpertChoiceGivesEveryExpertExactlyItsCapacity) {
+    const int N = 37, E = 4;
+    auto m = moe_config("expert_choice", E, 1, 2.0, "softmax_topk");
+    Rng rng(3);
+    std::vector<float> logits(N * E);
+    for (auto& x : logits) x = rng.normal();
+    const auto d = route(m, logits, N, 2.0);
+    const int64_t capacity = expert_capacity(m, N, 2.0);  // ⌈37·2/4⌉ = 19
+    EXPECT_EQ(capacity, 19);
+    for (int e = 0; e < E; ++e) EXPECT_EQ(d.stats.tokens_per_expert[e], capacity);
+    // each expert's tokens are its most probable ones
+    for (int e = 0; e < E; ++e) {
+        float min_taken = 2, max_left = -1;
+        std::vector<char> taken(N, 0);
+        for (const auto& a : d.assignments) if (a.expert == e) taken[a.token] = 1;
+        for (int n = 0; n < N; ++n) {
+            const float p = d.probabilities[n * E + e];
+            if (taken[n]) min_taken = std::min(min_taken, p);
+            else max_left = std::max(max_left, p);
+        }
+        EXPECT_GE(min_taken, max_left) << "expert " << e;
+    }
+}
+
+// Dispatch then combine with unit weights reproduces the input exactly.
+TEST(MoeDispatch, GatherThenCombineWithUnitWeightsIsTheIdentity) {
+    CpuBackend be;
+    const int N = 9, C = 5, E = 3;
+    Rng rng(5);
+    std::vector<Assignment> assignments;
+    for (int n = 0; n < N; ++n) assignments.push_back({n, static_cast<int32_t>(rng.below(E)), 1.0f, 0.5f});
+    const auto plan = plan_dispatch(assignments, N, E);
+    // rows grouped by expert and in token order within each expert
+    for (int e = 0; e < E; ++e) {
+        for (int r = plan.expert_offsets[e] + 1; r < plan.expert_offsets[e + 1]; ++r) {
+            EXPECT_LT(plan.row_token[r - 1], plan.row_token[r]);
+        }
+    }
+    std::vector<float> x(N * C);
+    for (auto& v : x) v = rng.normal();
+    auto dx = Tensor::from_host(be, {N, C}, x);
+    auto rows = Tensor(be, {N, C});
+    auto out = Tensor(be, {N, C});
+    auto row_token = Tensor::from_host_i32(be, {N}, plan.row_token);
+    auto offsets = Tensor::from_host_i32(be, {N + 1}, plan.token_offsets);
+    auto token_rows = Tensor::from_host_i32(be, {N}, plan.token_rows);
+    auto weights = Tensor::from_host(be, {N}, plan.weights);
+    be.gather_rows(rows.f32(), dx.f32(), row_token.i32(), N, C);
+    be.combine_rows(out.f32(), rows.f32(), weights.f32(), offsets.i32(), token_rows.i32(), N, C);
+    EXPECT_EQ(out.to_host(), x);
+}
+
+struct LayerCase {
+    std::string router;
+    std::string combine;
+    double capacity_factor;
+    bool expect_drops;
+};
+
+class MoeLayerGradient : public ::testing::TestWithParam<LayerCase> {};
+
+// L = Σ dout ∘ MoE(x) + aux_coef·aux + z_coef·z. Finite differences of L in x, the router
+// and every expert weight against the backward, with the routing held fixed: an element
+// whose ±ε perturbation changes the routing decision is skipped (the loss is not
+// differentiable there), and the test requires that most elements were checked.
+TEST_P(MoeLayerGradient, MatchesFiniteDifferences) {
+    const auto c = GetParam();
+    CpuBackend be;
+    const int N = 12, C = 6, E = 4;
+    ModelConfig model;
+    model.channels = C;
+    model.moe = moe_config(c.router, E, 2, c.capacity_factor, c.combine);
+    model.moe.aux_loss_coef = 0.1;
+    model.moe.z_loss_coef = 0.05;
+    MoeLayer layer(be, model, N);
+    Rng rng(17);
+    auto randn = [&](std::size_t n, float scale) {
+        std::vector<float> v(n);
+        for (auto& x : v) x = scale * rng.normal();
+        return v;
+    };
+    // parameters: router then per expert fc.w, fc.b, proj.w, proj.b, in one host vector
+    const std::size_t router_n = E * C, fc_w = 4 * C * C, fc_b = 4 * C, pj_w = 4 * C * C, pj_b = C;
+    const std::size_t per_expert = fc_w + fc_b + pj_w + pj_b;
+    std::vector<float> params = randn(router_n + E * per_expert, 0.5f);
+    std::vector<float> x = randn(N * C, 1.0f);
+    const std::vector<float> dout = randn(N * C, 1.0f);
+
+    auto p_dev = Tensor::from_host(be, {static_cast<int64_t>(params.size())}, params);
+    auto g_dev = Tensor::zeros(be, {static_cast<int64_t>(params.size())});
+    auto views = [&](Tensor& flat) {
+        MoeTensors t;
+        t.router = flat.f32();
+        for (int e = 0; e < E; ++e) {
+            float* base = flat.f32() + router_n + e * per_expert;
+            t.experts.fc_weight.push_back(base);
+            t.experts.fc_bias.push_back(base + fc_w);
+            t.experts.proj_weight.push_back(base + fc_w + fc_b);
+            t.experts.proj_bias.push_back(base + fc_w + fc_b + pj_w);
+        }
+        return t;
+    };
+    auto x_dev = Tensor::from_host(be, {N, C}, x);
+    auto out = Tensor(be, {N, C});
+    auto loss = [&](std::vector<Assignment>* decisions) {
+        layer.forward(out.f32(), x_dev.f32(), N, views(p_dev), c.capacity_factor);
+        const auto y = out.to_host();
+        double l = layer.auxiliary_loss();
+        for (std::size_t i = 0; i < y.size(); ++i) l += static_cast<double>(dout[i]) * y[i];
+        if (decisions) *decisions = layer.decision().assignments;
+        return l;
+    };
+    std::vector<Assignment> base_routing;
+    loss(&base_routing);
+    EXPECT_EQ(layer.stats().dropped_fraction > 0, c.expect_drops);
+    auto dout_dev = Tensor::from_host(be, {N, C}, dout);
+    auto dx_dev = Tensor::zeros(be, {N, C});
+    MoeTensors grads = views(g_dev);
+    layer.backward(dx_dev.f32(), dout_dev.f32(), x_dev.f32(), views(p_dev), grads);
+    const auto dparams = g_dev.to_host();
+    const auto dx = dx_dev.to_host();
+
+    auto same_routing = [&](const std::vector<Assignment>& a) {
+        if (a.size() != base_routing.size()) return false;
+        for (std::size_t i = 0; i < a.size(); ++i) {
+            if (a[i].token != base_routing[i].token || a[i].expert != base_routing[i].expert) return false;
+        }
+        return true;
+    };
+    const double eps = 5e-3;
+    int checked = 0, skipped = 0;
+    auto check = [&](std::vector<float>& values, Tensor& device, std::size_t i, double analytic,
+                     const std::string& what) {
+        const float saved = values[i];
+        std::vector<Assignment> up_routing, down_routing;
+        values[i] = saved + static_cast<float>(eps);
+        device.copy_from_host(values);
+        const double up = loss(&up_routing);
+        values[i] = saved - static_cast<float>(eps);
+        device.copy_from_host(values);
+        const double down = loss(&down_routing);
+        values[i] = saved;
+        device.copy_from_host(values);
+        if (!same_routing(up_routing) || !same_routing(down_routing)) {
+            ++skipped;
+            return;
+        }
+        ++checked;
+        const double numeric = (up - down) / (2 * eps);
+        // relative 2%, with a floor: float rounding of the ~70-term loss is ~1e-6, i.e. ~1e-4
+        // in the finite difference
+        const double scale = std::max({std::fabs(analytic), std::fabs(numeric), 5e-2});
+        EXPECT_LT(std::fabs(analytic - numeric) / scale, 2e-2)
+            << what << "[" << i << "]: analytic " << analytic << " numeric " << numeric;
+    };
+    for (std::size_t i = 0; i < x.size(); i += 5) check(x, x_dev, i, dx[i], "x");
+    for (std::size_t i = 0; i < router_n; ++i) check(params, p_dev, i, dparams[i], "router");
+    for (std::size_t i = router_n; i < params.size(); i += 23) check(params, p_dev, i, dparams[i], "expert");
+    EXPECT_GT(checked, 5 * skipped) << "routing flipped too often for a meaningful check";
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    RoutersAndCombines, MoeLayerGradient,
+    ::testing::Values(LayerCase{"topk", "softmax_topk", 0.0, false},
+                      LayerCase{"topk", "renormalized", 0.0, false},
+                      LayerCase{"topk", "softmax_topk", 0.5, true},
+                      LayerCase{"topk", "renormalized", 0.5, true},
+                      LayerCase{"expert_choice", "softmax_topk", 1.0, true},
+                      LayerCase{"expert_choice", "renormalized", 1.0, true},
+                      LayerCase{"expert_choice", "renormalized", 0.0, false}),
+    [](const ::testing::TestParamInfo<LayerCase>& info) {
+        return info.param.router + "_" + info.param.combine + (info.param.expect_drops ? "_drops" : "_nodrops");
+    });
+
+ModelConfig tiny_moe_gpt(const std::string& combine, double cf) {
+    ModelConfig m{"gpt", 256, 8, 16, 2, 2, {}};
+    m.moe = moe_config("topk", 4, 2, cf, combine);
+    m.moe.layers = "every_other";
+    return m;
+}
+
+// A dense GPT and an MoE GPT whose experts are copies of the dense MLPs (renormalized
+// combine, no capacity limit) compute the same logits: the upcycling invariant.
+TEST(MoeGpt, CopiedExpertsWithRenormalizedCombinePreserveTheDenseFunction) {
+    CpuBackend be;
+    const ModelConfig dense_config{"gpt", 256, 16, 32, 2, 4, {}};
+    ModelConfig moe_config_ = dense_config;
+    moe_config_.moe = moe_config("topk", 4, 2, 0.0, "renormalized");
+    Gpt dense(be, dense_config, 2), moe(be, moe_config_, 2);
+    dense.init_weights(1);
+    moe.init_weights(2);  // router random; everything else overwritten below
+    const auto dense_params = dense.parameters().to_host();
+    auto moe_params = moe.parameters().to_host();
+    for (const auto& info : moe.layout()) {
+        std::string source = info.name;
+        const auto experts = source.find(".mlp.experts.");
+        if (source.find(".mlp.router.") != std::string::npos) continue;
+        if (experts != std::string::npos) {
+            const auto tail = source.substr(source.find('.', experts + 13) + 1);  // fc.weight …
+            source = source.substr(0, experts) + ".mlp." + tail;
+        }
+        const auto& from = dense.param_info(source);
+        ASSERT_EQ(from.numel, info.numel) << info.name;
+        std::copy_n(dense_params.begin() + static_cast<std::ptrdiff_t>(from.offset), info.numel,
+                    moe_params.begin() + static_cast<std::ptrdiff_t>(info.offset));
+    }
+    moe.parameters().copy_from_host(moe_params);
+    Rng rng(4);
+    std::vector<int32_t> tokens(32), targets(32);
+    for (auto& t : tokens) t = static_cast<int32_t>(rng.below(256));
+    for (auto& t : targets) t = static_cast<int32_t>(rng.below(256));
+    dense.forward(tokens, targets, 2, Pass::Evaluate);
+    moe.forward(tokens, targets, 2, Pass::Evaluate);
+    const auto a = dense.logits_host(), b = moe.logits_host();
+    double max_diff = 0;
+    for (std::size_t i = 0; i < a.size(); ++i) max_diff = std::max(max_diff, static_cast<double>(std::fabs(a[i] - b[i])));
+    EXPECT_LT(max_diff, 1e-5);
+}
+
+// Whole MoE GPT: the directional finite-difference check of test_gpt, over every tensor.
+TEST(MoeGpt, GradientsMatchFiniteDifferences) {
+    CpuBackend be;
+    const ModelConfig config = tiny_moe_gpt("renormalized", 0.0);
+    Gpt model(be, config, 2);
+    model.init_weights(3);
+    Rng rng(9);
+    auto theta = model.parameters().to_host();
+    for (auto& x : theta) x += 0.1f * rng.normal();
+    model.parameters().copy_from_host(theta);
+    std::vector<int32_t> tokens(16), targets(16);
+    for (auto& t : tokens) t = static_cast<int32_t>(rng.below(256));
+    for (auto& t : targets) t = static_cast<int32_t>(rng.below(256));
+    auto objective = [&] {
+        const auto s = model.forward(tokens, targets, 2, Pass::Train);
+        return s.mean_loss() + s.aux_loss;
+    };
+    objective();
+    model.backward();
+    const auto grads = model.gradients().to_host();
+    const double eps = 1e-3;
+    int checked = 0;
+    for (const auto& info : model.layout()) {
+        // unit direction along the gradient plus a random component
+        std::vector<double> d(info.numel);
+        double gn = 0, norm = 0;
+        for (std::size_t i = 0; i < info.numel; ++i) gn += static_cast<double>(grads[info.offset + i]) * grads[info.offset + i];
+        gn = std::sqrt(gn) + 1e-30;
+        for (std::size_t i = 0; i < info.numel; ++i) {
+            d[i] = grads[info.offset + i] / gn + rng.normal() / std::sqrt(static_cast<double>(info.numel));
+            norm += d[i] * d[i];
+        }
+        double analytic = 0;
+        for (std::size_t i = 0; i < info.numel; ++i) {
+            d[i] /= std::sqrt(norm);
+            analytic += grads[info.offset + i] * d[i];
+        }
+        auto shifted = theta;
+        for (std::size_t i = 0; i < info.numel; ++i) shifted[info.offset + i] = static_cast<float>(theta[info.offset + i] + eps * d[i]);
+        model.parameters().copy_from_host(shifted);
+        const double up = objective();
+        for (std::size_t i = 0; i < info.numel; ++i) shifted[info.offset + i] = static_cast<float>(theta[info.offset + i] - eps * d[i]);
+        model.parameters().copy_from_host(shifted);
+        const double down = objective();
+        model.parameters().copy_from_host(theta);
+        const double numeric = (up - down) / (2 * eps);
+        if (std::fabs(analytic) < 1e-4) continue;  // an expert no token reached
+        ++checked;
+        EXPECT_LT(std::fabs(analytic - numeric) / std::max(std::fabs(analytic), std::fabs(numeric)), 3e-2)
+            << info.name << ": analytic " << analytic << " numeric " << numeric;
+    }
+    EXPECT_GT(checked, 20);
+}
+
+// An MoE GPT learns the Markov text and its routing statistics add up at every step.
+TEST(MoeGpt, TrainsAndItsRoutingStatisticsAddUp) {
+    CpuBackend be;
+    ModelConfig config{"gpt", 256, 32, 64, 2, 4, {}};
+    config.moe = moe_config("topk", 4, 2, 1.25, "softmax_topk");
+    const int B = 16;
+    Gpt model(be, config, B);
+    model.init_weights(1);
+    AdamW optimizer(be, model.num_parameters());
+    TrainConfig train;
+    train.lr = 3e-3;
+    train.warmup_steps = 20;
+    train.schedule = "constant";
+    const auto text = make_synthetic_text(1 << 17, 3);
+    Rng rng(1);
+    std::vector<int32_t> inputs, targets;
+    double first_loss = 0, last_loss = 0;
+    const int64_t N = static_cast<int64_t>(B) * config.context;
+    for (int64_t step = 1; step <= 300; ++step) {
+        sample_text_batch(text.text, B, config.context, rng, inputs, targets);
+        const auto s = model.forward(inputs, targets, B, Pass::Train);
+        (step == 1 ? first_loss : last_loss) = s.mean_loss();
+        model.backward();
+        optimizer.update(model.layout(), model.parameters(), model.gradients(), train,
+                         learning_rate(train, step));
+        for (const auto& r : model.routing_stats()) {
+            const auto kept = std::accumulate(r.tokens_per_expert.begin(), r.tokens_per_expert.end(), int64_t{0});
+            ASSERT_EQ(kept, r.assignments_kept);
+            ASSERT_EQ(r.assignments_wanted, 2 * N);
+            ASSERT_NEAR(r.dropped_fraction, 1.0 - static_cast<double>(kept) / (2 * N), 1e-12);
+            for (const auto t : r.tokens_per_expert) ASSERT_LE(t, expert_capacity(config.moe, N, 1.25));
+            ASSERT_GE(r.router_entropy, 0.0);
+            ASSERT_LE(r.router_entropy, std::log(4.0) + 1e-9);
+            ASSERT_GE(r.aux_loss, 0.0);
+        }
+    }
+    EXPECT_GT(first_loss, 5.0);
+    EXPECT_LT(last_loss, text.entropy_rate_nats + 0.4);
+}
+
+TEST(MoeFlops, CountsActiveExpertsAndTheRouter) {
+    ModelConfig dense{"gpt", 256, 128, 128, 4, 4, {}};
+    ModelConfig moe = dense;
+    moe.moe = moe_config("topk", 8, 2, 1.25, "softmax_topk");  // blocks 1 and 3
+    const double C = 128;
+    // each MoE block adds one more MLP (k=2 vs 1) and the router: 2·(8C² + 8C) per token
+    EXPECT_DOUBLE_EQ(flops_per_token(moe).forward - flops_per_token(dense).forward,
+                     2 * 2.0 * (8 * C * C + 8 * C));
+    // parameters: 2 MoE blocks each with 8 expert MLPs instead of 1, plus an [8,C] router
+    const double mlp = 8 * C * C + 5 * C;
+    EXPECT_EQ(parameter_count(moe) - parameter_count(dense), static_cast<int64_t>(2 * (7 * mlp + 8 * C)));
+}
+
+}  // namespace
+}  // namespace upcycle
