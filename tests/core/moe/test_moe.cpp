@@ -250,6 +250,56 @@ INSTANTIATE_TEST_SUITE_P(
         return info.param.router + "_" + info.param.combine + (info.param.expect_drops ? "_drops" : "_nodrops");
     });
 
+// With identical experts, no capacity limit and softmax_topk combine, the MoE output is the
+// dense MLP's output scaled by each token's sum of top-k router probabilities.
+TEST(MoeLayerOutput, IdenticalExpertsWithSoftmaxTopkScaleTheMlpByTheTopkMass) {
+    CpuBackend be;
+    const int N = 10, C = 8, E = 4, H = 4 * C;
+    ModelConfig model;
+    model.channels = C;
+    model.moe = moe_config("topk", E, 2, 0.0, "softmax_topk");
+    MoeLayer layer(be, model, N);
+    Rng rng(21);
+    auto randn = [&](std::size_t n) {
+        std::vector<float> v(n);
+        for (auto& x : v) x = 0.3f * rng.normal();
+        return v;
+    };
+    auto router = Tensor::from_host(be, {E, C}, randn(E * C));
+    auto fc_w = Tensor::from_host(be, {H, C}, randn(H * C));
+    auto fc_b = Tensor::from_host(be, {H}, randn(H));
+    auto pj_w = Tensor::from_host(be, {C, H}, randn(C * H));
+    auto pj_b = Tensor::from_host(be, {C}, randn(C));
+    MoeTensors w;
+    w.router = router.f32();
+    for (int e = 0; e < E; ++e) {  // every expert is the same MLP
+        w.experts.fc_weight.push_back(fc_w.f32());
+        w.experts.fc_bias.push_back(fc_b.f32());
+        w.experts.proj_weight.push_back(pj_w.f32());
+        w.experts.proj_bias.push_back(pj_b.f32());
+    }
+    auto x = Tensor::from_host(be, {N, C}, randn(N * C));
+    auto out = Tensor(be, {N, C});
+    layer.forward(out.f32(), x.f32(), N, w, 0.0);
+    // the dense MLP on the same input
+    auto h = Tensor(be, {N, H}), g = Tensor(be, {N, H}), mlp = Tensor(be, {N, C});
+    be.matmul_forward(h.f32(), x.f32(), fc_w.f32(), fc_b.f32(), N, C, H);
+    be.gelu_forward(g.f32(), h.f32(), static_cast<std::size_t>(N) * H);
+    be.matmul_forward(mlp.f32(), g.f32(), pj_w.f32(), pj_b.f32(), N, H, C);
+    const auto y = out.to_host(), reference = mlp.to_host();
+    const auto& d = layer.decision();
+    for (int n = 0; n < N; ++n) {
+        double mass = 0;
+        for (int j = d.selected_offsets[n]; j < d.selected_offsets[n + 1]; ++j) {
+            mass += d.probabilities[n * E + d.selected_experts[j]];
+        }
+        EXPECT_LT(mass, 1.0);  // two of four experts: strictly less than all the mass
+        for (int c = 0; c < C; ++c) {
+            EXPECT_NEAR(y[n * C + c], reference[n * C + c] * mass, 1e-6) << "token " << n;
+        }
+    }
+}
+
 ModelConfig tiny_moe_gpt(const std::string& combine, double cf) {
     ModelConfig m{"gpt", 256, 8, 16, 2, 2, {}};
     m.moe = moe_config("topk", 4, 2, cf, combine);
