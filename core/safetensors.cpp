@@ -19,6 +19,7 @@
 #include <sstream>
 
 #include "core/errors.h"
+#include "core/tensor.h"
 
 namespace upcycle {
 
@@ -47,15 +48,6 @@ struct FileCloser {
 using FilePtr = std::unique_ptr<std::FILE, FileCloser>;
 
 std::string errno_text() { return std::strerror(errno); }
-
-std::string shape_string(const std::vector<int64_t>& shape) {
-    std::string out = "[";
-    for (std::size_t i = 0; i < shape.size(); ++i) {
-        if (i) out += ", ";
-        out += std::to_string(shape[i]);
-    }
-    return out + "]";
-}
 
 std::string hex32(uint32_t value) {
     char buf[9];

@@ -1,6 +1,10 @@
 #pragma once
 // Shared helpers for the test suite.
+#include <sys/wait.h>
+
 #include <atomic>
+#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <random>
 #include <string>
@@ -31,6 +35,27 @@ public:
 private:
     std::filesystem::path path_;
 };
+
+// Runs the `upcycle` binary that ctest names in UPCYCLE_BIN with these arguments; stdout and
+// stderr together. exit_code is -1 if it could not run (or UPCYCLE_BIN is unset).
+struct CliResult {
+    int exit_code = -1;
+    std::string output;
+};
+
+inline CliResult run_cli(const std::string& args) {
+    const char* bin = std::getenv("UPCYCLE_BIN");
+    if (!bin) return {-1, "UPCYCLE_BIN is not set (run the tests through ctest)"};
+    CliResult r;
+    FILE* pipe = popen((std::string(bin) + " " + args + " 2>&1").c_str(), "r");
+    if (!pipe) return r;
+    char buffer[4096];
+    std::size_t n;
+    while ((n = fread(buffer, 1, sizeof(buffer), pipe)) > 0) r.output.append(buffer, n);
+    const int status = pclose(pipe);
+    r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    return r;
+}
 
 // A tiny GPT on synthetic Markov text: trains in well under a second per few dozen steps.
 inline RunConfig tiny_synthetic_config() {

@@ -16,30 +16,14 @@
 #include "core/errors.h"
 #include "core/rng.h"
 
+#include "test_support.h"
+
 namespace upcycle {
 namespace {
 
 namespace fs = std::filesystem;
 
-class TempDir {
-public:
-    TempDir() {
-        static std::atomic<int> counter{0};
-        path_ =
-            fs::temp_directory_path() / ("upcycle-test-safetensors-" + std::to_string(::getpid()) +
-                                         "-" + std::to_string(counter++));
-        fs::remove_all(path_);
-        fs::create_directories(path_);
-    }
-    ~TempDir() {
-        std::error_code ignored;
-        fs::remove_all(path_, ignored);
-    }
-    const fs::path& path() const { return path_; }
-
-private:
-    fs::path path_;
-};
+using upcycle::testing::TempDir;
 
 std::string read_bytes(const fs::path& p) {
     std::ifstream in(p, std::ios::binary);

@@ -2,8 +2,6 @@
 // and the one-line errors with non-zero exits that bad input gets.
 #include <gtest/gtest.h>
 
-#include <sys/wait.h>
-
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -15,26 +13,8 @@
 namespace upcycle {
 namespace {
 
+using testing::run_cli;
 using testing::TempDir;
-
-struct Result {
-    int exit_code = -1;
-    std::string output;  // stdout and stderr together
-};
-
-Result run(const std::string& args) {
-    const char* bin = std::getenv("UPCYCLE_BIN");
-    if (!bin) return {-1, "UPCYCLE_BIN is not set (run the tests through ctest)"};
-    Result r;
-    FILE* pipe = popen((std::string(bin) + " " + args + " 2>&1").c_str(), "r");
-    if (!pipe) return r;
-    char buffer[4096];
-    std::size_t n;
-    while ((n = fread(buffer, 1, sizeof(buffer), pipe)) > 0) r.output.append(buffer, n);
-    const int status = pclose(pipe);
-    r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    return r;
-}
 
 void write(const std::filesystem::path& path, const std::string& text) {
     std::ofstream(path) << text;
@@ -59,13 +39,13 @@ TEST_F(Cli, TrainEvalInspect) {
     TempDir dir;
     write(dir / "tiny.yaml", kTinyConfig);
     const auto out = (dir / "run").string();
-    const auto trained = run("train " + (dir / "tiny.yaml").string() + " --out " + out);
+    const auto trained = run_cli("train " + (dir / "tiny.yaml").string() + " --out " + out);
     ASSERT_EQ(trained.exit_code, 0) << trained.output;
     EXPECT_NE(trained.output.find("final validation loss"), std::string::npos) << trained.output;
     EXPECT_NE(trained.output.find("step     12/12"), std::string::npos) << trained.output;
 
     const auto ckpt = out + "/checkpoint.safetensors";
-    const auto evaluated = run("eval --ckpt " + ckpt + " --json");
+    const auto evaluated = run_cli("eval --ckpt " + ckpt + " --json");
     ASSERT_EQ(evaluated.exit_code, 0) << evaluated.output;
     const auto json = nlohmann::json::parse(evaluated.output);
     EXPECT_EQ(json["step"], 12);
@@ -74,20 +54,20 @@ TEST_F(Cli, TrainEvalInspect) {
 
     // --text: windows of T+1 = 17 bytes every 16 bytes; 100 bytes → 6 windows, 96 bytes
     write(dir / "sample.txt", std::string(100, 'a'));
-    const auto on_text = run("eval --ckpt " + ckpt + " --text " + (dir / "sample.txt").string() + " --json");
+    const auto on_text = run_cli("eval --ckpt " + ckpt + " --text " + (dir / "sample.txt").string() + " --json");
     ASSERT_EQ(on_text.exit_code, 0) << on_text.output;
     const auto text_json = nlohmann::json::parse(on_text.output);
     EXPECT_EQ(text_json["windows"], 6);
     EXPECT_EQ(text_json["tokens"], 96);
 
-    const auto inspected = run("inspect " + ckpt);
+    const auto inspected = run_cli("inspect " + ckpt);
     ASSERT_EQ(inspected.exit_code, 0) << inspected.output;
     EXPECT_NE(inspected.output.find("blocks.1.mlp.proj.weight"), std::string::npos);
     EXPECT_NE(inspected.output.find("[32, 128]"), std::string::npos);
     EXPECT_NE(inspected.output.find("upcycle.provenance"), std::string::npos);
 
     // Running the same command again finds the finished checkpoint and does no training.
-    const auto again = run("train " + (dir / "tiny.yaml").string() + " --out " + out);
+    const auto again = run_cli("train " + (dir / "tiny.yaml").string() + " --out " + out);
     ASSERT_EQ(again.exit_code, 0) << again.output;
     EXPECT_NE(again.output.find("resuming from"), std::string::npos) << again.output;
     EXPECT_EQ(again.output.find("step      4/12"), std::string::npos) << again.output;
@@ -96,31 +76,31 @@ TEST_F(Cli, TrainEvalInspect) {
 TEST_F(Cli, BadInputGetsOneClearLineAndExitCode2) {
     TempDir dir;
     write(dir / "bad.yaml", "train:\n  stpes: 10\n");
-    const auto bad = run("train " + (dir / "bad.yaml").string() + " --out " + (dir / "o").string());
+    const auto bad = run_cli("train " + (dir / "bad.yaml").string() + " --out " + (dir / "o").string());
     EXPECT_EQ(bad.exit_code, 2) << bad.output;
     EXPECT_NE(bad.output.find("bad.yaml"), std::string::npos) << bad.output;
     EXPECT_NE(bad.output.find("train.stpes"), std::string::npos) << bad.output;
     EXPECT_NE(bad.output.find("did you mean 'steps'"), std::string::npos) << bad.output;
 
     write(dir / "ok.yaml", kTinyConfig);
-    const auto bad_set = run("train " + (dir / "ok.yaml").string() + " --set model.heads=3");
+    const auto bad_set = run_cli("train " + (dir / "ok.yaml").string() + " --set model.heads=3");
     EXPECT_EQ(bad_set.exit_code, 2) << bad_set.output;
     EXPECT_NE(bad_set.output.find("model.heads"), std::string::npos) << bad_set.output;
 
-    const auto missing = run("eval --ckpt " + (dir / "nope.safetensors").string());
+    const auto missing = run_cli("eval --ckpt " + (dir / "nope.safetensors").string());
     EXPECT_EQ(missing.exit_code, 2) << missing.output;
     EXPECT_NE(missing.output.find("nope.safetensors"), std::string::npos) << missing.output;
 
     write(dir / "short.safetensors", std::string("\x10\x00\x00", 3));
-    const auto truncated = run("inspect " + (dir / "short.safetensors").string());
+    const auto truncated = run_cli("inspect " + (dir / "short.safetensors").string());
     EXPECT_EQ(truncated.exit_code, 2) << truncated.output;
     EXPECT_NE(truncated.output.find("short.safetensors"), std::string::npos) << truncated.output;
 
-    const auto device = run("bench --model gpt-tiny --device tpu");
+    const auto device = run_cli("bench --model gpt-tiny --device tpu");
     EXPECT_EQ(device.exit_code, 2) << device.output;
     EXPECT_NE(device.output.find("--device"), std::string::npos) << device.output;
 
-    const auto preset = run("bench --model gpt-tyni");
+    const auto preset = run_cli("bench --model gpt-tyni");
     EXPECT_EQ(preset.exit_code, 2) << preset.output;
     EXPECT_NE(preset.output.find("did you mean 'gpt-tiny'"), std::string::npos) << preset.output;
 }

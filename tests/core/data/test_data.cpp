@@ -19,29 +19,14 @@
 #include "core/data/synthetic.h"
 #include "core/errors.h"
 
+#include "test_support.h"
+
 namespace upcycle {
 namespace {
 
 namespace fs = std::filesystem;
 
-class TempDir {
-public:
-    TempDir() {
-        static std::atomic<int> counter{0};
-        path_ = fs::temp_directory_path() / ("upcycle-test-data-" + std::to_string(::getpid()) +
-                                             "-" + std::to_string(counter++));
-        fs::remove_all(path_);
-        fs::create_directories(path_);
-    }
-    ~TempDir() {
-        std::error_code ignored;
-        fs::remove_all(path_, ignored);
-    }
-    const fs::path& path() const { return path_; }
-
-private:
-    fs::path path_;
-};
+using upcycle::testing::TempDir;
 
 template <typename F>
 std::string error_of(F&& f) {

@@ -528,22 +528,7 @@ TEST_F(Surgery, Refusals) {
 
 // ---- the command line (through ctest, which sets UPCYCLE_BIN) --------------------------------
 
-struct Result {
-    int exit_code = -1;
-    std::string output;
-};
-
-Result run_cli(const std::string& args) {
-    Result r;
-    FILE* pipe = popen((std::string(std::getenv("UPCYCLE_BIN")) + " " + args + " 2>&1").c_str(), "r");
-    if (!pipe) return r;
-    char buffer[4096];
-    std::size_t n;
-    while ((n = fread(buffer, 1, sizeof(buffer), pipe)) > 0) r.output.append(buffer, n);
-    const int status = pclose(pipe);
-    r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    return r;
-}
+using testing::run_cli;
 
 TEST_F(Surgery, CommandLine) {
     if (!std::getenv("UPCYCLE_BIN")) GTEST_SKIP() << "UPCYCLE_BIN not set; run through ctest";
@@ -551,7 +536,7 @@ TEST_F(Surgery, CommandLine) {
     const std::string in = dense().path.string();
     const std::string out = (dir / "moe.safetensors").string();
 
-    Result r = run_cli("surgery --method upcycle --in " + in + " --out " + out +
+    auto r = run_cli("surgery --method upcycle --in " + in + " --out " + out +
                        " --experts 4 --k 1 --init drop --drop-ratio 0.25 --optimizer-state copy --seed 3");
     ASSERT_EQ(r.exit_code, 0) << r.output;
     EXPECT_NE(r.output.find("E=4"), std::string::npos) << r.output;
@@ -581,7 +566,7 @@ TEST_F(Surgery, CommandLine) {
 
     const std::string bad_out = " --out " + (dir / "bad.safetensors").string();
     auto refused = [&](const std::string& args, const std::string& option) {
-        const Result bad = run_cli("surgery " + args + bad_out + (args.find("--in ") == std::string::npos ? " --in " + in : ""));
+        const auto bad = run_cli("surgery " + args + bad_out + (args.find("--in ") == std::string::npos ? " --in " + in : ""));
         EXPECT_EQ(bad.exit_code, 2) << args << ": " << bad.output;
         EXPECT_NE(bad.output.find("'" + option + "'"), std::string::npos) << args << ": " << bad.output;
     };
