@@ -2,7 +2,13 @@
 // and the one-line errors with non-zero exits that bad input gets.
 #include <gtest/gtest.h>
 
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
 #include <cstdio>
+#include <thread>
 #include <cstdlib>
 #include <fstream>
 
@@ -71,6 +77,53 @@ TEST_F(Cli, TrainEvalInspect) {
     ASSERT_EQ(again.exit_code, 0) << again.output;
     EXPECT_NE(again.output.find("resuming from"), std::string::npos) << again.output;
     EXPECT_EQ(again.output.find("step      4/12"), std::string::npos) << again.output;
+}
+
+// kill -9 in the middle of training: the same command again resumes from the last checkpoint
+// and ends exactly where an uninterrupted run ends (same final loss, bit for bit).
+TEST_F(Cli, KilledTrainingResumesToTheSameResult) {
+    TempDir dir;
+    write(dir / "tiny.yaml", std::string(kTinyConfig) +
+                                 "# longer, checkpoint often\n");
+    const std::string config = (dir / "tiny.yaml").string();
+    const std::string overrides = " --set train.steps=400 --set checkpoint.every=20 --set train.log_every=10";
+    const auto straight = run_cli("train " + config + overrides + " --out " + (dir / "straight").string());
+    ASSERT_EQ(straight.exit_code, 0) << straight.output;
+
+    const auto killed_dir = dir / "killed";
+    const pid_t child = fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+        const std::string command = std::string(std::getenv("UPCYCLE_BIN")) + " train " + config +
+                                    overrides + " --out " + killed_dir.string() + " > /dev/null 2>&1";
+        execl("/bin/sh", "sh", "-c", ("exec " + command).c_str(), static_cast<char*>(nullptr));
+        _exit(127);
+    }
+    // wait until a checkpoint exists and training is past it, then kill without warning
+    const auto ckpt = killed_dir / "checkpoint.safetensors";
+    bool killed_mid_run = false;
+    for (int i = 0; i < 2000; ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        if (std::filesystem::exists(ckpt)) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(30));
+            killed_mid_run = kill(child, SIGKILL) == 0;
+            break;
+        }
+    }
+    int status = 0;
+    waitpid(child, &status, 0);
+    ASSERT_TRUE(killed_mid_run) << "the run finished or never checkpointed";
+    ASSERT_TRUE(WIFSIGNALED(status)) << "the run ended before the kill";
+
+    const auto resumed = run_cli("train " + config + overrides + " --out " + killed_dir.string());
+    ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+    EXPECT_NE(resumed.output.find("resuming from"), std::string::npos) << resumed.output;
+    auto final_line = [](const std::string& out) {
+        const auto at = out.find("final validation loss");
+        return at == std::string::npos ? std::string() : out.substr(at, out.find(" | ", at + 30) - at);
+    };
+    EXPECT_FALSE(final_line(straight.output).empty());
+    EXPECT_EQ(final_line(straight.output), final_line(resumed.output));
 }
 
 TEST_F(Cli, BadInputGetsOneClearLineAndExitCode2) {
