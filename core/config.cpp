@@ -336,6 +336,12 @@ RunConfig parse_run_config(const std::string& yaml_text, const std::string& sour
     return config;
 }
 
+RunConfig run_config_from_yaml(const YAML::Node& root, const std::string& source) {
+    RunConfig config = read_run_config(root, source);
+    validate(config, source);
+    return config;
+}
+
 RunConfig load_run_config(const std::filesystem::path& file,
                           const std::vector<std::string>& overrides) {
     std::ifstream in(file);

@@ -10,6 +10,10 @@
 
 #include <nlohmann/json.hpp>
 
+namespace YAML {
+class Node;
+}
+
 namespace upcycle {
 
 // Mixture-of-Experts: which blocks' MLPs are MoE layers and how they route.
@@ -90,6 +94,10 @@ RunConfig load_run_config(const std::filesystem::path& file,
 // Same, from YAML text (source names it in errors).
 RunConfig parse_run_config(const std::string& yaml_text, const std::string& source,
                            const std::vector<std::string>& overrides = {});
+
+// Same, from an already-parsed YAML mapping holding only run-config keys (e.g. the run part
+// of a sweep file): errors keep the lines of the original file.
+RunConfig run_config_from_yaml(const YAML::Node& root, const std::string& source);
 
 nlohmann::json to_json(const RunConfig& config);
 // Reads a config written by to_json (e.g. from a checkpoint); source names it in errors.

@@ -14,5 +14,7 @@ Command add_eval_command(CLI::App& app);
 Command add_inspect_command(CLI::App& app);
 Command add_bench_command(CLI::App& app);
 Command add_surgery_command(CLI::App& app);
+Command add_status_command(CLI::App& app);
+Command add_query_command(CLI::App& app);
 
 }  // namespace upcycle::cli

@@ -27,6 +27,8 @@ int main(int argc, char** argv) {
     add(upcycle::cli::add_inspect_command);
     add(upcycle::cli::add_bench_command);
     add(upcycle::cli::add_surgery_command);
+    add(upcycle::cli::add_status_command);
+    add(upcycle::cli::add_query_command);
 
     try {
         app.parse(argc, argv);

@@ -8,7 +8,7 @@ packages=(
   g++ cmake make pkg-config git
   # libraries
   libyaml-cpp-dev libsqlitecpp-dev libsqlite3-dev libfmt-dev libcli11-dev nlohmann-json3-dev
-  libopenblas-openmp-dev zlib1g-dev libgtest-dev libgmock-dev libbenchmark-dev
+  libssl-dev libopenblas-openmp-dev zlib1g-dev libgtest-dev libgmock-dev libbenchmark-dev
   # data: the King James Bible (`bible`) and Fashion-MNIST (IDX files)
   bible-kjv dataset-fashion-mnist
 )

@@ -1,0 +1,890 @@
+#include "core/sweep/sweep.h"
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include <yaml-cpp/yaml.h>
+
+#include "core/errors.h"
+#include "core/flops.h"
+#include "core/optim/schedule.h"
+#include "core/sweep/sha256.h"
+
+namespace upcycle {
+
+namespace {
+
+using json = nlohmann::json;
+
+// scratch has no sunk cost: it also runs to the largest budget plus this (percent)
+constexpr double kScratchExtraPercent = 100.0;
+// a sweep that expands to more points than this is surely a typo in a grid
+constexpr std::size_t kMaxSweepPoints = 100000;
+const std::vector<double> kDefaultBudgets = {10, 25, 50, 100};
+const std::vector<std::string> kTopLevelKeys = {"name",     "model",    "data", "train", "eval",
+                                                "checkpoint", "pretrain", "continue", "grid",
+                                                "zip",      "seeds"};
+const std::vector<std::string> kRunSections = {"name", "model", "data", "train", "eval", "checkpoint"};
+const std::vector<std::string> kContinueKeys = {"budget_unit", "budgets", "methods"};
+const std::vector<std::string> kBudgetUnits = {"flops", "seconds", "steps"};
+const char* const kTrainStepsHint =
+    "a sweep sets the pretraining length with pretrain.steps, and the continuations' lengths "
+    "come from continue.budgets";
+const char* const kModelMoeHint =
+    "the pretrained model is dense: set MoE options under continue.methods.upcycle and "
+    "continue.methods.scratch";
+
+// ---- small helpers ------------------------------------------------------------------------
+
+std::string line_of(const YAML::Node& node) {
+    if (!node.IsDefined()) return "";
+    const auto mark = node.Mark();
+    if (mark.line < 0) return "";
+    return " (line " + std::to_string(mark.line + 1) + ")";
+}
+
+// The message of a UserError without the "file: 'key': " prefix it composes.
+std::string message_of(const UserError& e) {
+    std::string prefix;
+    if (!e.file().empty()) prefix += e.file() + ": ";
+    if (!e.key().empty()) prefix += "'" + e.key() + "': ";
+    const std::string what = e.what();
+    return what.rfind(prefix, 0) == 0 ? what.substr(prefix.size()) : what;
+}
+
+std::vector<std::string> split(const std::string& text, char sep) {
+    std::vector<std::string> parts;
+    std::string part;
+    std::istringstream in(text);
+    while (std::getline(in, part, sep)) parts.push_back(part);
+    if (!text.empty() && text.back() == sep) parts.emplace_back();
+    return parts;
+}
+
+std::string join(const std::vector<std::string>& parts, const std::string& sep) {
+    std::string out;
+    for (const auto& p : parts) out += (out.empty() ? "" : sep) + p;
+    return out;
+}
+
+bool contains(const std::vector<std::string>& list, const std::string& word) {
+    return std::find(list.begin(), list.end(), word) != list.end();
+}
+
+// "a, b or c"
+std::string one_of(const std::vector<std::string>& choices) {
+    std::string out;
+    for (std::size_t i = 0; i < choices.size(); ++i) {
+        if (i > 0) out += i + 1 == choices.size() ? " or " : ", ";
+        out += choices[i];
+    }
+    return out;
+}
+
+[[noreturn]] void unknown_key(const std::string& source, const std::string& key,
+                              const std::string& leaf, const std::vector<std::string>& known,
+                              const std::string& where) {
+    std::string message = "unknown key" + where;
+    const std::string suggestion = closest_match(leaf, known);
+    if (!suggestion.empty()) message += "; did you mean '" + suggestion + "'?";
+    else if (known.empty()) message += "; it takes no keys";
+    else message += "; expected one of: " + join(known, " ");
+    throw UserError(source, key, message);
+}
+
+void require_choice(const std::string& value, const std::vector<std::string>& choices,
+                    const std::string& source, const std::string& key, const std::string& where) {
+    if (contains(choices, value)) return;
+    std::string message = "expected " + one_of(choices) + ", found '" + value + "'" + where;
+    const std::string suggestion = closest_match(value, choices);
+    if (!suggestion.empty()) message += "; did you mean '" + suggestion + "'?";
+    throw UserError(source, key, message);
+}
+
+// The entries of a mapping by key (YAML keys are scalars here).
+std::string key_text(const YAML::Node& key) { return key.IsScalar() ? key.Scalar() : "?"; }
+
+// The key node of `key` in a mapping (for its line), or an undefined node.
+YAML::Node key_node(const YAML::Node& map, const std::string& key) {
+    if (!map.IsDefined() || !map.IsMap()) return YAML::Node(YAML::NodeType::Undefined);
+    for (const auto& entry : map) {
+        if (key_text(entry.first) == key) return entry.first;
+    }
+    return YAML::Node(YAML::NodeType::Undefined);
+}
+
+YAML::Node child(const YAML::Node& map, const std::string& key) {
+    if (!map.IsDefined() || !map.IsMap()) return YAML::Node(YAML::NodeType::Undefined);
+    for (const auto& entry : map) {
+        if (key_text(entry.first) == key) return entry.second;
+    }
+    return YAML::Node(YAML::NodeType::Undefined);
+}
+
+bool present(const YAML::Node& node) { return node.IsDefined() && !node.IsNull(); }
+
+// A copy of `node` with no source marks: values from --set have no line in the file.
+YAML::Node without_marks(const YAML::Node& node) {
+    switch (node.Type()) {
+        case YAML::NodeType::Scalar: return YAML::Node(node.Scalar());
+        case YAML::NodeType::Sequence: {
+            YAML::Node out(YAML::NodeType::Sequence);
+            for (const auto& item : node) out.push_back(without_marks(item));
+            return out;
+        }
+        case YAML::NodeType::Map: {
+            YAML::Node out(YAML::NodeType::Map);
+            for (const auto& entry : node) out[without_marks(entry.first)] = without_marks(entry.second);
+            return out;
+        }
+        default: return YAML::Node();
+    }
+}
+
+// The tree with tree[keys[0]][keys[1]]… = value, sharing every untouched node with `tree`
+// (so their lines are kept) and copying the mappings along the path (so `tree` is unchanged).
+// With unmarked_key the last key is a new node without a line (for --set: errors about the
+// key then name no line of the file).
+YAML::Node with_value(const YAML::Node& tree, const std::vector<std::string>& keys, std::size_t i,
+                      const YAML::Node& value, const std::string& source, bool unmarked_key = false) {
+    if (i == keys.size()) return value;
+    if (present(tree) && !tree.IsMap()) {
+        std::vector<std::string> head(keys.begin(), keys.begin() + static_cast<std::ptrdiff_t>(i));
+        throw UserError(source, join(head, "."), "expected a mapping" + line_of(tree));
+    }
+    YAML::Node copy(YAML::NodeType::Map);
+    bool found = false;
+    if (present(tree)) {
+        for (const auto& entry : tree) {
+            if (key_text(entry.first) == keys[i]) {
+                YAML::Node replaced = with_value(entry.second, keys, i + 1, value, source, unmarked_key);
+                if (unmarked_key && i + 1 == keys.size()) copy[keys[i]] = replaced;
+                else copy[entry.first] = replaced;
+                found = true;
+            } else {
+                copy[entry.first] = entry.second;
+            }
+        }
+    }
+    if (!found) copy[keys[i]] = with_value(YAML::Node(), keys, i + 1, value, source, unmarked_key);
+    return copy;
+}
+
+std::string flow_text(const YAML::Node& node) {
+    if (node.IsScalar()) return node.Scalar();
+    YAML::Emitter out;
+    out << YAML::Flow << node;
+    return out.c_str();
+}
+
+// A dotted key as a path in the sweep tree. Shorthands: a path may start with a method name
+// (upcycle.experts → continue.methods.upcycle.experts) or a continue key (budgets →
+// continue.budgets).
+std::vector<std::string> sweep_path(const std::string& dotted) {
+    std::vector<std::string> keys = split(dotted, '.');
+    if (keys.empty()) return keys;
+    if (contains(continuation_methods(), keys[0])) keys.insert(keys.begin(), {"continue", "methods"});
+    else if (keys[0] == "budgets" || keys[0] == "budget_unit") keys.insert(keys.begin(), "continue");
+    return keys;
+}
+
+// ---- typed reading, by the type of the default value -------------------------------------
+
+template <class T>
+std::optional<T> integral_value(const YAML::Node& node) {
+    try {
+        return node.as<T>();
+    } catch (const YAML::BadConversion&) {
+    }
+    try {  // yaml-cpp reads "1e3" as no integer type; accept integral-valued numbers too
+        const double value = node.as<double>();
+        const bool in_range = value >= static_cast<double>(std::numeric_limits<T>::min()) &&
+                              value <= static_cast<double>(std::numeric_limits<T>::max());
+        if (std::floor(value) == value && in_range) return static_cast<T>(value);
+    } catch (const YAML::BadConversion&) {
+    }
+    return std::nullopt;
+}
+
+// `node` read as the type of `like` (the default); key names it in errors.
+json read_like(const YAML::Node& node, const json& like, const std::string& key,
+               const std::string& source) {
+    const auto fail = [&](const std::string& expected) -> json {
+        std::string message = "expected " + expected;
+        if (node.IsScalar()) message += ", found '" + node.Scalar() + "'";
+        throw UserError(source, key, message + line_of(node));
+    };
+    if (like.is_string()) {
+        if (node.IsScalar()) return node.Scalar();
+        if (node.IsSequence()) {  // a list of scalars is kept as "a,b,c" (e.g. layers: [1, 3])
+            std::vector<std::string> items;
+            for (const auto& item : node) {
+                if (!item.IsScalar()) fail("a string or a list of scalars");
+                items.push_back(item.Scalar());
+            }
+            return join(items, ",");
+        }
+        return fail("a string");
+    }
+    if (!node.IsScalar()) {
+        return fail(like.is_number_float() ? "a number" : like.is_boolean() ? "true or false" : "an integer");
+    }
+    if (like.is_boolean()) {
+        try {
+            return node.as<bool>();
+        } catch (const YAML::BadConversion&) {
+            return fail("true or false");
+        }
+    }
+    if (like.is_number_unsigned()) {
+        if (!node.Scalar().empty() && node.Scalar()[0] == '-') return fail("a non-negative integer");
+        const auto value = integral_value<uint64_t>(node);
+        return value ? json(*value) : fail("a non-negative integer");
+    }
+    if (like.is_number_integer()) {
+        const auto value = integral_value<int64_t>(node);
+        return value ? json(*value) : fail("an integer");
+    }
+    if (like.is_number_float()) {
+        try {
+            return node.as<double>();
+        } catch (const YAML::BadConversion&) {
+            return fail("a number");
+        }
+    }
+    return fail("a value");
+}
+
+std::vector<std::string> keys_of(const json& object) {
+    std::vector<std::string> keys;
+    for (const auto& [key, value] : object.items()) keys.push_back(key);
+    return keys;
+}
+
+// Reads the mapping `node` into `options`, whose keys and value types are the only ones
+// allowed; prefix is the dotted path of `node` for errors.
+void read_options(const YAML::Node& node, json& options, const std::string& prefix,
+                  const std::string& source) {
+    if (!present(node)) return;
+    if (!node.IsMap()) throw UserError(source, prefix, "expected a mapping" + line_of(node));
+    for (const auto& entry : node) {
+        const std::string key = key_text(entry.first);
+        if (!options.contains(key)) {
+            unknown_key(source, prefix + "." + key, key, keys_of(options), line_of(entry.first));
+        }
+        if (!present(entry.second)) continue;
+        options[key] = read_like(entry.second, options[key], prefix + "." + key, source);
+    }
+}
+
+// ---- method options as JSON --------------------------------------------------------------
+
+json moe_to_json(const MoeConfig& moe) {
+    RunConfig config;
+    config.model.moe = moe;
+    return to_json(config)["model"]["moe"];
+}
+
+MoeConfig moe_from_json(const json& options) {
+    json moe = moe_to_json(MoeConfig{});
+    for (auto& [key, value] : moe.items()) {
+        if (options.contains(key)) value = options[key];
+    }
+    return run_config_from_json({{"model", {{"moe", moe}}}}, "options").model.moe;
+}
+
+json upcycle_defaults(uint64_t seed) {
+    const UpcycleOptions d;
+    json o = moe_to_json(d.moe);
+    o["router_init"] = d.router_init;
+    o["expert_init"] = d.expert_init;
+    o["noise_std"] = d.noise_std;
+    o["drop_ratio"] = d.drop_ratio;
+    o["optimizer_state"] = d.optimizer_state;
+    o["seed"] = seed;
+    return o;
+}
+
+// scratch's MoE keys default to upcycle's (the same architecture), when upcycle runs
+json scratch_defaults(uint64_t seed, const json* upcycle) {
+    json o = moe_to_json(ScratchOptions{}.moe);
+    if (upcycle) {
+        for (auto& [key, value] : o.items()) value = upcycle->at(key);
+    }
+    o["seed"] = seed;
+    return o;
+}
+
+json warmstart_defaults() {
+    const WarmstartOptions d;
+    return {{"depth_multiplier", d.depth_multiplier},
+            {"tiling", d.tiling},
+            {"optimizer_state", d.optimizer_state}};
+}
+
+// The keys a grid, zip or --set may address; leaves are the defaults (their values unused).
+const json& sweep_schema() {
+    static const json schema = [] {
+        json s = to_json(RunConfig{});
+        s["model"].erase("moe");
+        s["model"]["preset"] = "";
+        s["train"].erase("steps");
+        s["pretrain"] = {{"steps", TrainConfig{}.steps}};
+        s["continue"] = {{"budget_unit", ""},
+                         {"budgets", ""},
+                         {"methods",
+                          {{"dense", json::object()},
+                           {"upcycle", upcycle_defaults(0)},
+                           {"scratch", scratch_defaults(0, nullptr)},
+                           {"warmstart", warmstart_defaults()}}}};
+        return s;
+    }();
+    return schema;
+}
+
+// Throws unless `path` (spelled `key` in the file, at `where`) names a key of the schema.
+void check_sweep_path(const std::vector<std::string>& path, const std::string& key,
+                      const std::string& source, const std::string& where) {
+    if (path.size() >= 2 && path[0] == "train" && path[1] == "steps") {
+        throw UserError(source, key, std::string(kTrainStepsHint) + where);
+    }
+    if (path.size() >= 2 && path[0] == "model" && path[1] == "moe") {
+        throw UserError(source, key, std::string(kModelMoeHint) + where);
+    }
+    const json* node = &sweep_schema();
+    for (const auto& part : path) {
+        if (!node->is_object()) {
+            throw UserError(source, key, "'" + part + "' is below a value, not a section" + where);
+        }
+        if (!node->contains(part)) unknown_key(source, key, part, keys_of(*node), where);
+        node = &node->at(part);
+    }
+}
+
+RunConfig continuation_run_config(const RunConfig& pretrain, const std::string& method,
+                                  const json& options) {
+    RunConfig config = pretrain;
+    if (method == "upcycle") config.model.moe = upcycle_options_from_json(options).moe;
+    else if (method == "scratch") config.model.moe = scratch_options_from_json(options).moe;
+    else if (method == "warmstart") config.model.layers *= warmstart_options_from_json(options).depth_multiplier;
+    return config;
+}
+
+json canonical_run_json(const RunConfig& config) {
+    json out = to_json(config);
+    out.erase("name");  // names are labels, not identity: sweeps share identical trials
+    return out;
+}
+
+// percent/100 of the pretraining's cost, in continuation steps (see steps_for_budget).
+std::optional<int64_t> extra_steps(const std::string& unit, const RunConfig& pretrain,
+                                   const ModelConfig& continuation, double percent) {
+    double steps = 0;
+    if (unit == "seconds") return std::nullopt;
+    const double pretrain_steps = static_cast<double>(pretrain.train.steps);
+    if (unit == "steps") {
+        steps = percent / 100.0 * pretrain_steps;
+    } else {
+        UPCYCLE_ASSERT(unit == "flops", "unknown budget unit " + unit);
+        // both runs take batch × context tokens per step, so the tokens cancel
+        const double tokens_per_step =
+            static_cast<double>(pretrain.train.batch_size) * pretrain.model.context;
+        const double sunk = flops_per_token(pretrain.model).training * tokens_per_step * pretrain_steps;
+        const double per_step = flops_per_token(continuation).training * tokens_per_step;
+        steps = percent / 100.0 * sunk / per_step;
+    }
+    // the fewest whole steps that reach it; the relative slack absorbs rounding in the ratio
+    constexpr double kSlack = 1e-12;
+    return std::max<int64_t>(1, static_cast<int64_t>(std::ceil(steps * (1.0 - kSlack))));
+}
+
+// ---- one point of the sweep ------------------------------------------------------------
+
+struct Axis {
+    std::string key;                // as written
+    std::vector<std::string> path;  // in the tree
+    std::vector<YAML::Node> values;
+};
+
+// Rethrows a validate() error about model.moe.* (or model.layers) as one about the method's
+// own key, with its line in the file (else the method's line).
+[[noreturn]] void rethrow_as_method_error(const UserError& e, const std::string& prefix,
+                                          const YAML::Node& method_key,
+                                          const YAML::Node& method_node) {
+    const std::string moe_prefix = "model.moe.";
+    std::string leaf;
+    if (e.key().rfind(moe_prefix, 0) == 0) leaf = e.key().substr(moe_prefix.size());
+    else if (e.key() == "model.layers") leaf = "depth_multiplier";
+    if (leaf.empty()) throw e;
+    const YAML::Node at = key_node(method_node, leaf);
+    const std::string where = at.IsDefined() ? line_of(at) : line_of(method_key);
+    throw UserError(e.file(), prefix + "." + leaf, message_of(e) + where);
+}
+
+json resolve_method(const std::string& method, const YAML::Node& method_key,
+                    const YAML::Node& node, const RunConfig& pretrain, const json* upcycle,
+                    const std::string& source) {
+    const std::string prefix = "continue.methods." + method;
+    const uint64_t seed = pretrain.train.seed;  // the sweep's seed also seeds the surgery
+    json options = method == "upcycle"   ? upcycle_defaults(seed)
+                   : method == "scratch" ? scratch_defaults(seed, upcycle)
+                   : method == "warmstart" ? warmstart_defaults()
+                                           : json::object();
+    read_options(node, options, prefix, source);
+    auto where = [&](const std::string& key) {
+        const YAML::Node at = key_node(node, key);
+        return at.IsDefined() ? line_of(at) : line_of(method_key);
+    };
+    auto text = [&](const std::string& key) { return options[key].get<std::string>(); };
+    if (method == "upcycle" || method == "scratch") {
+        const int experts = options["experts"].get<int>();
+        if (experts < 1) {
+            throw UserError(source, prefix + ".experts",
+                            "expected at least one expert, found " + std::to_string(experts) +
+                                where("experts"));
+        }
+    }
+    if (method == "upcycle") {
+        require_choice(text("router_init"), {"normal", "zeros"}, source, prefix + ".router_init",
+                       where("router_init"));
+        require_choice(text("expert_init"), {"copy", "noise", "drop"}, source,
+                       prefix + ".expert_init", where("expert_init"));
+        const double noise_std = options["noise_std"].get<double>();
+        if (!std::isfinite(noise_std) || noise_std < 0) {
+            throw UserError(source, prefix + ".noise_std",
+                            "expected a finite non-negative number (σ relative to each tensor's "
+                            "std)" + where("noise_std"));
+        }
+        const double drop_ratio = options["drop_ratio"].get<double>();
+        if (!(drop_ratio >= 0 && drop_ratio <= 1)) {
+            throw UserError(source, prefix + ".drop_ratio",
+                            "expected a fraction of the hidden neurons in [0, 1]" + where("drop_ratio"));
+        }
+    }
+    if (method == "upcycle" || method == "warmstart") {
+        require_choice(text("optimizer_state"), {"reset", "copy"}, source,
+                       prefix + ".optimizer_state", where("optimizer_state"));
+    }
+    if (method == "warmstart") {
+        const int64_t multiplier = options["depth_multiplier"].get<int64_t>();
+        if (multiplier < 2 || multiplier > INT_MAX / pretrain.model.layers) {
+            throw UserError(source, prefix + ".depth_multiplier",
+                            "expected an integer ≥ 2 (the deeper model has depth_multiplier × " +
+                                std::to_string(pretrain.model.layers) + " blocks), found " +
+                                std::to_string(multiplier) + where("depth_multiplier"));
+        }
+        require_choice(text("tiling"), {"stack", "interleave"}, source, prefix + ".tiling",
+                       where("tiling"));
+    }
+    try {
+        validate(continuation_run_config(pretrain, method, options), source);
+    } catch (const UserError& e) {
+        rethrow_as_method_error(e, prefix, method_key, node);
+    }
+    return options;
+}
+
+void read_continue(const YAML::Node& node, SweepPoint& point, const std::string& source) {
+    point.budget_unit = "flops";
+    point.budgets = kDefaultBudgets;
+    if (!present(node)) return;
+    if (!node.IsMap()) throw UserError(source, "continue", "expected a mapping" + line_of(node));
+    for (const auto& entry : node) {
+        const std::string key = key_text(entry.first);
+        if (!contains(kContinueKeys, key)) {
+            unknown_key(source, "continue." + key, key, kContinueKeys, line_of(entry.first));
+        }
+    }
+    const YAML::Node unit = child(node, "budget_unit");
+    if (present(unit)) {
+        point.budget_unit = read_like(unit, "", "continue.budget_unit", source).get<std::string>();
+        require_choice(point.budget_unit, kBudgetUnits, source, "continue.budget_unit", line_of(unit));
+    }
+    const YAML::Node budgets = child(node, "budgets");
+    if (present(budgets)) {
+        if (!budgets.IsSequence() || budgets.size() == 0) {
+            throw UserError(source, "continue.budgets",
+                            "expected a non-empty list of budgets (percent of the pretraining "
+                            "cost)" + line_of(budgets));
+        }
+        point.budgets.clear();
+        for (const auto& item : budgets) {
+            const double b = read_like(item, 0.0, "continue.budgets", source).get<double>();
+            if (!std::isfinite(b) || b <= 0) {
+                throw UserError(source, "continue.budgets",
+                                "expected budgets > 0 (percent of the pretraining cost), found " +
+                                    item.Scalar() + line_of(item));
+            }
+            point.budgets.push_back(b);
+        }
+        std::sort(point.budgets.begin(), point.budgets.end());
+        point.budgets.erase(std::unique(point.budgets.begin(), point.budgets.end()), point.budgets.end());
+    }
+}
+
+SweepPoint resolve_point(const YAML::Node& tree, const std::string& source, const std::string& name,
+                         std::optional<uint64_t> seed) {
+    SweepPoint point;
+    for (const auto& entry : tree) {
+        const std::string key = key_text(entry.first);
+        if (!contains(kTopLevelKeys, key)) unknown_key(source, key, key, kTopLevelKeys, line_of(entry.first));
+    }
+    // the dense pretraining: RunConfig's sections, read and validated by core/config
+    YAML::Node run(YAML::NodeType::Map);
+    for (const auto& entry : tree) {
+        if (contains(kRunSections, key_text(entry.first))) run[entry.first] = entry.second;
+    }
+    const YAML::Node train_steps = key_node(child(tree, "train"), "steps");
+    if (train_steps.IsDefined()) throw UserError(source, "train.steps", kTrainStepsHint + line_of(train_steps));
+    const YAML::Node model_moe = key_node(child(tree, "model"), "moe");
+    if (model_moe.IsDefined()) throw UserError(source, "model.moe", kModelMoeHint + line_of(model_moe));
+    RunConfig pretrain = run_config_from_yaml(run, source);
+
+    json pretrain_options = {{"steps", TrainConfig{}.steps}};
+    read_options(child(tree, "pretrain"), pretrain_options, "pretrain", source);
+    const int64_t steps = pretrain_options["steps"].get<int64_t>();
+    if (steps <= 0) {
+        throw UserError(source, "pretrain.steps",
+                        "expected a positive integer, found " + std::to_string(steps) +
+                            line_of(child(child(tree, "pretrain"), "steps")));
+    }
+    pretrain.train.steps = steps;
+    if (seed) pretrain.train.seed = *seed;
+    pretrain.name = name;
+    point.pretrain = pretrain;
+
+    const YAML::Node cont = child(tree, "continue");
+    read_continue(cont, point, source);
+    if (schedule_depends_on_horizon(pretrain.train.schedule) && point.budget_unit == "seconds") {
+        throw UserError(source, "continue.budget_unit",
+                        "a " + pretrain.train.schedule + " schedule needs its horizon in steps before "
+                        "the run starts, and a seconds budget is only known while it runs: use "
+                        "budget_unit flops or steps, or a horizon-free schedule (constant, rsqrt)" +
+                            line_of(key_node(cont, "budget_unit")));
+    }
+    const YAML::Node methods = child(cont, "methods");
+    if (present(methods)) {
+        if (!methods.IsMap()) {
+            throw UserError(source, "continue.methods", "expected a mapping of methods" + line_of(methods));
+        }
+        for (const auto& entry : methods) {
+            const std::string method = key_text(entry.first);
+            if (!contains(continuation_methods(), method)) {
+                unknown_key(source, "continue.methods." + method, method, continuation_methods(),
+                            line_of(entry.first));
+            }
+        }
+        for (const auto& method : continuation_methods()) {
+            const YAML::Node key = key_node(methods, method);
+            if (!key.IsDefined()) continue;
+            const json* upcycle = point.methods.contains("upcycle") ? &point.methods["upcycle"] : nullptr;
+            point.methods[method] =
+                resolve_method(method, key, child(methods, method), pretrain, upcycle, source);
+        }
+    }
+    return point;
+}
+
+std::vector<Axis> read_axes(const YAML::Node& map, const std::string& section,
+                            const YAML::Node& base, const std::string& source) {
+    std::vector<Axis> axes;
+    if (!map.IsMap()) {
+        throw UserError(source, section, "expected a mapping of dotted keys to lists of values" +
+                                             line_of(map));
+    }
+    for (const auto& entry : map) {
+        Axis axis;
+        axis.key = key_text(entry.first);
+        axis.path = sweep_path(axis.key);
+        const std::string where = line_of(entry.first);
+        const std::string named = section + "." + axis.key;
+        if (axis.key.empty() || contains(axis.path, "")) {
+            throw UserError(source, named, "expected a dotted key such as model.channels" + where);
+        }
+        check_sweep_path(axis.path, named, source, where);
+        if (axis.path.size() > 3 && axis.path[0] == "continue" && axis.path[1] == "methods" &&
+            !key_node(child(child(base, "continue"), "methods"), axis.path[2]).IsDefined()) {
+            throw UserError(source, named,
+                            "this sweep does not run " + axis.path[2] + ": add it under "
+                            "continue.methods" + where);
+        }
+        if (!entry.second.IsSequence()) {
+            throw UserError(source, named, "expected a list of values" + line_of(entry.second));
+        }
+        if (entry.second.size() == 0) {
+            throw UserError(source, named, "an empty list: an axis needs at least one value" +
+                                               line_of(entry.second));
+        }
+        for (const auto& value : entry.second) axis.values.push_back(value);
+        axes.push_back(std::move(axis));
+    }
+    return axes;
+}
+
+std::string path_text(const std::vector<std::string>& path) { return join(path, "."); }
+
+}  // namespace
+
+// ---- public ---------------------------------------------------------------------------------
+
+SweepSpec parse_sweep(const std::string& yaml_text, const std::string& source,
+                      const std::vector<std::string>& overrides) {
+    YAML::Node root;
+    try {
+        root = YAML::Load(yaml_text);
+    } catch (const YAML::ParserException& e) {
+        throw UserError(source, "", "not valid YAML: " + std::string(e.what()));
+    }
+    if (!present(root)) root = YAML::Node(YAML::NodeType::Map);
+    if (!root.IsMap()) throw UserError(source, "", "expected a mapping at the top level");
+
+    for (const auto& assignment : overrides) {
+        const auto eq = assignment.find('=');
+        if (eq == std::string::npos || eq == 0) {
+            throw UserError("--set", assignment, "an override must look like key.path=value");
+        }
+        const std::string key = assignment.substr(0, eq);
+        const std::string text = assignment.substr(eq + 1);
+        std::vector<std::string> path;
+        if (key.rfind("grid.", 0) == 0) path = {"grid", key.substr(5)};
+        else path = sweep_path(key);
+        if (contains(path, "")) throw UserError("--set", key, "expected a dotted key such as train.lr");
+        YAML::Node value;
+        try {
+            value = without_marks(YAML::Load(text));
+        } catch (const YAML::Exception&) {
+            throw UserError("--set", key, "cannot parse override value '" + text + "'");
+        }
+        // reset() rebinds the handle; `=` would overwrite the node it shares with the tree
+        root.reset(with_value(root, path, 0, value, "--set", /*unmarked_key=*/true));
+    }
+
+    for (const auto& entry : root) {
+        const std::string key = key_text(entry.first);
+        if (!contains(kTopLevelKeys, key)) unknown_key(source, key, key, kTopLevelKeys, line_of(entry.first));
+    }
+
+    SweepSpec spec;
+    spec.source = source;
+    spec.name = std::filesystem::path(source).stem().string();
+    if (spec.name.empty()) spec.name = "sweep";
+    const YAML::Node name = child(root, "name");
+    if (present(name)) spec.name = read_like(name, "", "name", source).get<std::string>();
+
+    // the axes: grid (cartesian), zip groups (advanced together), seeds
+    std::vector<Axis> grid;
+    const YAML::Node grid_node = child(root, "grid");
+    if (present(grid_node)) grid = read_axes(grid_node, "grid", root, source);
+    std::vector<std::vector<Axis>> zips;
+    const YAML::Node zip_node = child(root, "zip");
+    if (present(zip_node)) {
+        std::vector<YAML::Node> groups;
+        if (zip_node.IsMap()) groups.push_back(zip_node);
+        else if (zip_node.IsSequence()) for (const auto& g : zip_node) groups.push_back(g);
+        else throw UserError(source, "zip", "expected a list of mappings of keys to equally long lists" + line_of(zip_node));
+        for (const auto& group_node : groups) {
+            auto group = read_axes(group_node, "zip", root, source);
+            for (const auto& axis : group) {
+                if (axis.values.size() != group.front().values.size()) {
+                    throw UserError(source, "zip." + axis.key,
+                                    "zip lists must be equally long: '" + group.front().key + "' has " +
+                                        std::to_string(group.front().values.size()) + " values" +
+                                        line_of(key_node(group_node, group.front().key)) + ", '" +
+                                        axis.key + "' has " + std::to_string(axis.values.size()) +
+                                        line_of(key_node(group_node, axis.key)));
+                }
+            }
+            zips.push_back(std::move(group));
+        }
+    }
+    std::vector<std::optional<uint64_t>> seeds;
+    const YAML::Node seeds_node = child(root, "seeds");
+    if (present(seeds_node)) {
+        if (!seeds_node.IsSequence() || seeds_node.size() == 0) {
+            throw UserError(source, "seeds", "expected a non-empty list of seeds" + line_of(seeds_node));
+        }
+        for (const auto& item : seeds_node) {
+            seeds.emplace_back(read_like(item, json(uint64_t{0}), "seeds", source).get<uint64_t>());
+        }
+    } else {
+        seeds.emplace_back(std::nullopt);  // train.seed as given
+    }
+    // every key at most once, and seeds: owns train.seed
+    std::set<std::string> varied;
+    std::vector<const Axis*> all_axes;
+    for (const auto& axis : grid) all_axes.push_back(&axis);
+    for (const auto& group : zips) for (const auto& axis : group) all_axes.push_back(&axis);
+    for (const Axis* axis : all_axes) {
+        const std::string path = path_text(axis->path);
+        if (!varied.insert(path).second) {
+            throw UserError(source, axis->key, "is varied twice (by grid and zip, or twice in them)");
+        }
+        if (present(seeds_node) && path == "train.seed") {
+            throw UserError(source, axis->key, "train.seed is set by seeds:" + line_of(seeds_node));
+        }
+        spec.axes.push_back(axis->key);
+    }
+    if (present(seeds_node)) spec.axes.push_back("train.seed");
+
+    std::size_t count = seeds.size();
+    for (const auto& axis : grid) count *= axis.values.size();
+    for (const auto& group : zips) count *= group.front().values.size();
+    if (count > kMaxSweepPoints) {
+        throw UserError(source, "grid", "the sweep expands to " + std::to_string(count) +
+                                            " points, more than " + std::to_string(kMaxSweepPoints));
+    }
+
+    // expand: seeds outermost, then the grid in file order, then the zip groups; the last
+    // axis varies fastest
+    std::vector<std::size_t> sizes;
+    for (const auto& axis : grid) sizes.push_back(axis.values.size());
+    for (const auto& group : zips) sizes.push_back(group.front().values.size());
+    for (const auto& seed : seeds) {
+        std::vector<std::size_t> index(sizes.size(), 0);
+        while (true) {
+            YAML::Node tree = root;
+            std::vector<std::pair<std::string, std::string>> assignments;
+            auto assign = [&](const Axis& axis, std::size_t i) {
+                tree.reset(with_value(tree, axis.path, 0, axis.values[i], source));
+                assignments.emplace_back(axis.key, flow_text(axis.values[i]));
+            };
+            std::size_t a = 0;
+            for (const auto& axis : grid) assign(axis, index[a++]);
+            for (const auto& group : zips) {
+                for (const auto& axis : group) assign(axis, index[a]);
+                ++a;
+            }
+            if (seed) assignments.emplace_back("train.seed", std::to_string(*seed));
+            try {
+                SweepPoint point = resolve_point(tree, source, spec.name, seed);
+                point.assignments = std::move(assignments);
+                spec.points.push_back(std::move(point));
+            } catch (const UserError& e) {
+                if (assignments.empty()) throw;
+                std::vector<std::string> parts;
+                for (const auto& [k, v] : assignments) parts.push_back(k + "=" + v);
+                throw UserError(e.file(), e.key(),
+                                message_of(e) + " [at the sweep point " + join(parts, ", ") + "]");
+            }
+            // odometer
+            std::size_t d = sizes.size();
+            while (d > 0 && ++index[d - 1] == sizes[d - 1]) index[--d] = 0;
+            if (d == 0) break;
+        }
+    }
+    return spec;
+}
+
+SweepSpec load_sweep(const std::filesystem::path& file, const std::vector<std::string>& overrides) {
+    std::ifstream in(file);
+    if (!in) throw UserError(file.string(), "", "cannot open the sweep file");
+    std::stringstream text;
+    text << in.rdbuf();
+    return parse_sweep(text.str(), file.string(), overrides);
+}
+
+std::string trial_hash(const nlohmann::json& canonical_config) {
+    return sha256_hex(canonical_config.dump());
+}
+
+bool restarts_step_counter(const std::string& method) { return method == "scratch"; }
+
+std::vector<PlannedTrial> plan_sweep(const SweepSpec& spec) {
+    std::vector<PlannedTrial> trials;
+    std::set<std::string> seen;
+    auto add = [&](PlannedTrial trial) {
+        if (seen.insert(trial.hash).second) trials.push_back(std::move(trial));
+    };
+    for (const SweepPoint& point : spec.points) {
+        PlannedTrial pretrain;
+        pretrain.method = "pretrain";
+        pretrain.config = {{"method", "pretrain"}, {"run", canonical_run_json(point.pretrain)}};
+        pretrain.hash = trial_hash(pretrain.config);
+        const std::string parent = pretrain.hash;
+        add(std::move(pretrain));
+
+        const bool one_per_budget = schedule_depends_on_horizon(point.pretrain.train.schedule);
+        for (const auto& method : continuation_methods()) {
+            if (!point.methods.contains(method)) continue;
+            const json& options = point.methods.at(method);
+            RunConfig run = continuation_run_config(point.pretrain, method, options);
+            std::vector<double> milestones = point.budgets;
+            if (method == "scratch") milestones.push_back(milestones.back() + kScratchExtraPercent);
+            std::vector<std::vector<double>> groups;
+            if (one_per_budget) for (double m : milestones) groups.push_back({m});
+            else groups.push_back(milestones);
+            for (const auto& group : groups) {
+                const double horizon = group.back();
+                const auto extra = extra_steps(point.budget_unit, point.pretrain, run.model, horizon);
+                run.train.steps = !extra ? 0
+                                  : restarts_step_counter(method) ? *extra
+                                                                  : point.pretrain.train.steps + *extra;
+                PlannedTrial trial;
+                trial.method = method;
+                trial.parent_hash = parent;
+                trial.milestones = group;
+                trial.horizon_percent = horizon;
+                trial.config = {{"method", method},
+                                {"run", canonical_run_json(run)},
+                                {"options", options},
+                                {"budget",
+                                 {{"unit", point.budget_unit},
+                                  {"milestones", group},
+                                  {"horizon_percent", horizon}}},
+                                {"parent", parent}};
+                trial.hash = trial_hash(trial.config);
+                add(std::move(trial));
+            }
+        }
+    }
+    return trials;
+}
+
+RunConfig trial_run_config(const PlannedTrial& trial) {
+    RunConfig config = run_config_from_json(trial.config.at("run"), "trial " + trial.hash);
+    config.name = trial.method + "-" + trial.hash.substr(0, 12);
+    return config;
+}
+
+UpcycleOptions upcycle_options_from_json(const nlohmann::json& o) {
+    UpcycleOptions u;
+    u.moe = moe_from_json(o);
+    u.router_init = o.value("router_init", u.router_init);
+    u.expert_init = o.value("expert_init", u.expert_init);
+    u.noise_std = o.value("noise_std", u.noise_std);
+    u.drop_ratio = o.value("drop_ratio", u.drop_ratio);
+    u.optimizer_state = o.value("optimizer_state", u.optimizer_state);
+    u.seed = o.value("seed", u.seed);
+    return u;
+}
+
+ScratchOptions scratch_options_from_json(const nlohmann::json& o) {
+    ScratchOptions s;
+    s.moe = moe_from_json(o);
+    s.seed = o.value("seed", s.seed);
+    return s;
+}
+
+WarmstartOptions warmstart_options_from_json(const nlohmann::json& o) {
+    WarmstartOptions w;
+    w.depth_multiplier = o.value("depth_multiplier", w.depth_multiplier);
+    w.tiling = o.value("tiling", w.tiling);
+    w.optimizer_state = o.value("optimizer_state", w.optimizer_state);
+    return w;
+}
+
+std::optional<int64_t> steps_for_budget(const PlannedTrial& trial, const PlannedTrial& parent,
+                                        double percent) {
+    UPCYCLE_ASSERT(trial.parent_hash == parent.hash && parent.method == "pretrain",
+                   "steps_for_budget needs a continuation and its pretraining parent");
+    const RunConfig pretrain = run_config_from_json(parent.config.at("run"), "trial " + parent.hash);
+    const RunConfig run = run_config_from_json(trial.config.at("run"), "trial " + trial.hash);
+    return extra_steps(trial.config.at("budget").at("unit").get<std::string>(), pretrain, run.model,
+                       percent);
+}
+
+}  // namespace upcycle

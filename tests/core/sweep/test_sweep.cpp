@@ -1,0 +1,464 @@
+// Sweeps: SHA-256, YAML reading and --set overrides, grid × zip × seeds expansion, planning
+// (shared pretraining, one trial per budget under cosine, scratch's longer horizon), stable
+// hashes, budgets in steps, and the errors a person sees.
+#include <gtest/gtest.h>
+
+#include <map>
+#include <set>
+#include <string>
+
+#include "core/errors.h"
+#include "core/flops.h"
+#include "core/sweep/sha256.h"
+#include "core/sweep/sweep.h"
+
+namespace upcycle {
+namespace {
+
+std::string error_of(const std::string& yaml, const std::vector<std::string>& overrides = {}) {
+    try {
+        parse_sweep(yaml, "sweep.yaml", overrides);
+    } catch (const UserError& e) {
+        return e.what();
+    }
+    return "";
+}
+
+std::map<std::string, int> count_methods(const std::vector<PlannedTrial>& trials) {
+    std::map<std::string, int> counts;
+    for (const auto& t : trials) ++counts[t.method];
+    return counts;
+}
+
+const PlannedTrial& find_method(const std::vector<PlannedTrial>& trials, const std::string& method) {
+    for (const auto& t : trials) {
+        if (t.method == method) return t;
+    }
+    throw std::runtime_error("no " + method + " trial");
+}
+
+// parents come before their children, every parent is a planned pretraining, hashes unique
+void expect_well_formed(const std::vector<PlannedTrial>& trials) {
+    std::map<std::string, const PlannedTrial*> by_hash;
+    for (const auto& t : trials) {
+        EXPECT_EQ(t.hash, trial_hash(t.config));
+        EXPECT_EQ(t.hash.size(), 64u);
+        EXPECT_TRUE(by_hash.emplace(t.hash, &t).second) << "duplicate " << t.hash;
+        if (t.method == "pretrain") {
+            EXPECT_TRUE(t.parent_hash.empty());
+            EXPECT_TRUE(t.milestones.empty());
+        } else {
+            ASSERT_TRUE(by_hash.count(t.parent_hash)) << t.method << " before its parent";
+            EXPECT_EQ(by_hash[t.parent_hash]->method, "pretrain");
+            EXPECT_EQ(t.config["parent"], t.parent_hash);
+            ASSERT_FALSE(t.milestones.empty());
+            EXPECT_TRUE(std::is_sorted(t.milestones.begin(), t.milestones.end()));
+            EXPECT_DOUBLE_EQ(t.horizon_percent, t.milestones.back());
+        }
+    }
+}
+
+constexpr const char* kTiny = R"(name: tiny
+model:
+  preset: gpt-tiny
+train:
+  batch_size: 4
+pretrain:
+  steps: 100
+continue:
+  budgets: [10, 50]
+  methods:
+    dense: {}
+    upcycle: {}
+    scratch: {}
+    warmstart: {}
+)";
+
+// ---- SHA-256 --------------------------------------------------------------------------------
+
+TEST(Sha256, StandardVectors) {
+    EXPECT_EQ(sha256_hex(""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    EXPECT_EQ(sha256_hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    EXPECT_EQ(sha256_hex("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"),  // 448 bits
+              "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+    EXPECT_EQ(sha256_hex("abcdefghbcdefghicdefghijdefghijkefghijklfghijklmghijklmnhijklmnoijklmnopjk"
+                         "lmnopqklmnopqrlmnopqrsmnopqrstnopqrstu"),  // 896 bits
+              "cf5b16a778af8380036ce59e7b0492370b249b11e8f07a51afac45037afee9d1");
+    EXPECT_EQ(sha256_hex(std::string(1000000, 'a')),
+              "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+}
+
+TEST(Sha256, PaddingBoundaries) {
+    // 55 bytes fit the length in one block; 56 and 63 need a second; 64 is one full block
+    const std::map<std::size_t, std::string> expected = {
+        {55, "9f4390f8d30c2dd92ec9f095b65e2b9ae9b0a925a5258e241c9f1e910f734318"},
+        {56, "b35439a4ac6f0948b6d6f9e3c6af0f5f590ce20f1bde7090ef7970686ec6738a"},
+        {63, "7d3e74a05d7db15bce4ad9ec0658ea98e3f06eeecf16b4c6fff2da457ddc2f34"},
+        {64, "ffe054fe7ae0cb6dc65c3af9b61d5209f439851db43d0ba5997337df154668eb"},
+        {119, "31eba51c313a5c08226adf18d4a359cfdfd8d2e816b13f4af952f7ea6584dcfb"},
+        {120, "2f3d335432c70b580af0e8e1b3674a7c020d683aa5f73aaaedfdc55af904c21c"},
+    };
+    for (const auto& [n, digest] : expected) EXPECT_EQ(sha256_hex(std::string(n, 'a')), digest) << n;
+}
+
+// ---- reading and expansion --------------------------------------------------------------------
+
+TEST(Sweep, ReadsSectionsAndFillsThePapersDefaults) {
+    const auto spec = parse_sweep(kTiny, "tiny.yaml");
+    EXPECT_EQ(spec.name, "tiny");
+    ASSERT_EQ(spec.points.size(), 1u);
+    const SweepPoint& p = spec.points[0];
+    EXPECT_TRUE(p.assignments.empty());
+    EXPECT_EQ(p.pretrain.model.channels, 128);  // gpt-tiny
+    EXPECT_EQ(p.pretrain.train.batch_size, 4);
+    EXPECT_EQ(p.pretrain.train.steps, 100);
+    EXPECT_EQ(p.pretrain.train.schedule, "rsqrt");
+    EXPECT_EQ(p.budget_unit, "flops");
+    EXPECT_EQ(p.budgets, (std::vector<double>{10, 50}));
+    const auto up = upcycle_options_from_json(p.methods["upcycle"]);
+    EXPECT_EQ(up.moe.experts, 8);
+    EXPECT_EQ(up.moe.k, 2);
+    EXPECT_EQ(up.moe.router, "topk");
+    EXPECT_EQ(up.moe.layers, "every_other");
+    EXPECT_EQ(up.expert_init, "copy");
+    EXPECT_EQ(up.router_init, "normal");
+    EXPECT_EQ(up.optimizer_state, "reset");
+    EXPECT_EQ(up.seed, 1u);  // the sweep's train.seed
+    const auto ws = warmstart_options_from_json(p.methods["warmstart"]);
+    EXPECT_EQ(ws.depth_multiplier, 2);
+    EXPECT_EQ(ws.tiling, "stack");
+    EXPECT_EQ(p.methods["dense"], nlohmann::json::object());
+    // a file without a name is named by its stem; no continue section: pretraining only
+    const auto bare = parse_sweep("pretrain: {steps: 10}\n", "dir/my_sweep.yaml");
+    EXPECT_EQ(bare.name, "my_sweep");
+    EXPECT_EQ(plan_sweep(bare).size(), 1u);
+}
+
+TEST(Sweep, GridZipAndSeedsExpandInOrder) {
+    const std::string yaml = std::string(kTiny) + R"(grid:
+  model.channels: [64, 128]
+  upcycle.experts: [4, 8, 16]
+zip:
+  - train.lr: [0.001, 0.002]
+    train.warmup_steps: [10, 20]
+seeds: [1, 2, 3]
+)";
+    const auto spec = parse_sweep(yaml, "s.yaml");
+    ASSERT_EQ(spec.points.size(), 3u * 2 * 3 * 2);
+    EXPECT_EQ(spec.axes, (std::vector<std::string>{"model.channels", "upcycle.experts", "train.lr",
+                                                   "train.warmup_steps", "train.seed"}));
+    // seeds outermost, the last axis fastest; zip lists advance together
+    const auto& first = spec.points[0];
+    EXPECT_EQ(first.assignments,
+              (std::vector<std::pair<std::string, std::string>>{{"model.channels", "64"},
+                                                               {"upcycle.experts", "4"},
+                                                               {"train.lr", "0.001"},
+                                                               {"train.warmup_steps", "10"},
+                                                               {"train.seed", "1"}}));
+    EXPECT_EQ(spec.points[1].pretrain.train.warmup_steps, 20);
+    EXPECT_DOUBLE_EQ(spec.points[1].pretrain.train.lr, 0.002);
+    EXPECT_EQ(spec.points[2].methods["upcycle"]["experts"], 8);
+    EXPECT_EQ(spec.points[6].pretrain.model.channels, 128);
+    EXPECT_EQ(spec.points[12].pretrain.train.seed, 2u);
+    EXPECT_EQ(spec.points[12].methods["upcycle"]["seed"], 2u);  // the seed seeds the surgery
+    EXPECT_EQ(spec.points[35].pretrain.train.seed, 3u);
+    // scratch takes upcycle's MoE (the same architecture)
+    EXPECT_EQ(spec.points[2].methods["scratch"]["experts"], 8);
+
+    const auto trials = plan_sweep(spec);
+    expect_well_formed(trials);
+    const auto counts = count_methods(trials);
+    // pretraining and the dense and warmstart continuations do not depend on upcycle.experts
+    EXPECT_EQ(counts.at("pretrain"), 2 * 2 * 3);
+    EXPECT_EQ(counts.at("dense"), 2 * 2 * 3);
+    EXPECT_EQ(counts.at("warmstart"), 2 * 2 * 3);
+    EXPECT_EQ(counts.at("upcycle"), 36);
+    EXPECT_EQ(counts.at("scratch"), 36);
+}
+
+TEST(Sweep, OverridesApplyBeforeAnythingElse) {
+    const auto spec = parse_sweep(kTiny, "tiny.yaml",
+                                  {"train.lr=0.5", "upcycle.experts=4", "continue.methods.upcycle.k=1",
+                                   "budgets=[5, 20]", "grid.model.layers=[2, 6]", "seeds=[7]",
+                                   "pretrain.steps=1e3"});
+    ASSERT_EQ(spec.points.size(), 2u);
+    const auto& p = spec.points[1];
+    EXPECT_DOUBLE_EQ(p.pretrain.train.lr, 0.5);
+    EXPECT_EQ(p.pretrain.train.steps, 1000);
+    EXPECT_EQ(p.pretrain.model.layers, 6);
+    EXPECT_EQ(p.pretrain.train.seed, 7u);
+    EXPECT_EQ(p.methods["upcycle"]["experts"], 4);
+    EXPECT_EQ(p.methods["upcycle"]["k"], 1);
+    EXPECT_EQ(p.budgets, (std::vector<double>{5, 20}));
+    // a method can be switched on from the command line
+    const auto more = parse_sweep("pretrain: {steps: 10}\n", "x.yaml", {"continue.methods.dense={}"});
+    EXPECT_EQ(count_methods(plan_sweep(more)).at("dense"), 1);
+
+    const auto bad = error_of(kTiny, {"upcycle.expertz=4"});
+    EXPECT_NE(bad.find("continue.methods.upcycle.expertz"), std::string::npos) << bad;
+    EXPECT_NE(bad.find("did you mean 'experts'"), std::string::npos) << bad;
+    EXPECT_EQ(bad.find("(line"), std::string::npos) << bad;  // not from the file: no line
+    const auto overridden = error_of("continue:\n  methods:\n    upcycle:\n      k: 2\n", {"upcycle.k=9"});
+    EXPECT_NE(overridden.find("1 ≤ k ≤ experts (8), found 9"), std::string::npos) << overridden;
+    EXPECT_EQ(overridden.find("(line"), std::string::npos) << overridden;
+    EXPECT_NE(error_of(kTiny, {"train.lr"}).find("key.path=value"), std::string::npos);
+    EXPECT_NE(error_of(kTiny, {"train.lr=-1"}).find("positive"), std::string::npos);
+}
+
+TEST(Sweep, CanonicalConfigFillsEveryDefault) {
+    // the same sweep written with every default explicit, other key orders and another name
+    const std::string explicit_yaml = R"(name: another_name
+model: {preset: gpt-tiny, channels: 128, moe_free: null}
+train: {batch_size: 4, lr: 0.001, schedule: rsqrt, seed: 1}
+eval: {every: 250}
+pretrain: {steps: 100}
+continue:
+  budget_unit: flops
+  budgets: [50, 10, 10]
+  methods:
+    warmstart: {depth_multiplier: 2, tiling: stack, optimizer_state: reset}
+    scratch: {experts: 8, seed: 1}
+    upcycle: {experts: 8, k: 2, capacity_factor: 2, layers: every_other, router_init: normal,
+              expert_init: copy, noise_std: 0.01, seed: 1}
+    dense:
+)";
+    EXPECT_NE(error_of(explicit_yaml).find("model.moe_free"), std::string::npos);  // typo check works
+    std::string yaml = explicit_yaml;
+    yaml.replace(yaml.find(", moe_free: null"), std::string(", moe_free: null").size(), "");
+    const auto a = plan_sweep(parse_sweep(kTiny, "a.yaml"));
+    const auto b = plan_sweep(parse_sweep(yaml, "b.yaml"));
+    ASSERT_EQ(a.size(), b.size());
+    for (std::size_t i = 0; i < a.size(); ++i) {
+        EXPECT_EQ(a[i].hash, b[i].hash) << a[i].method << "\n" << a[i].config.dump(1) << "\n"
+                                        << b[i].config.dump(1);
+    }
+    // the canonical config holds every key, defaults included, and no name
+    const auto& up = find_method(a, "upcycle").config;
+    EXPECT_FALSE(up["run"].contains("name"));
+    EXPECT_EQ(up["run"]["model"]["moe"]["experts"], 8);
+    EXPECT_EQ(up["run"]["train"]["beta2"], 0.95);
+    EXPECT_EQ(up["options"]["z_loss_coef"], 0.001);
+    EXPECT_EQ(up["options"]["drop_ratio"], 0.5);
+    EXPECT_EQ(up["budget"]["unit"], "flops");
+    // a changed value is another trial
+    const auto c = plan_sweep(parse_sweep(kTiny, "c.yaml", {"upcycle.noise_std=0.02"}));
+    EXPECT_EQ(c[0].hash, a[0].hash);
+    EXPECT_NE(find_method(c, "upcycle").hash, find_method(a, "upcycle").hash);
+}
+
+TEST(Sweep, HashesAreStable) {
+    // Written down once. If this fails, a change altered every stored trial's identity: make
+    // sure that is intended (old results will not be reused), then update the literals.
+    const auto trials = plan_sweep(parse_sweep(kTiny, "tiny.yaml"));
+    ASSERT_EQ(trials.size(), 5u);
+    EXPECT_EQ(trials[0].method, "pretrain");
+    EXPECT_EQ(trials[0].hash, "1fbafd96c88b20512193d39fa407df0bc483de35c7c54f4cf416803b6184def5");
+    EXPECT_EQ(find_method(trials, "upcycle").hash,
+              "7c6d2cb1ebad31173d9c05076891be96690692fc7360e848cdb3ef662cb10dcd");
+    // the same text twice: the same hashes
+    const auto again = plan_sweep(parse_sweep(kTiny, "tiny.yaml"));
+    for (std::size_t i = 0; i < trials.size(); ++i) EXPECT_EQ(trials[i].hash, again[i].hash);
+}
+
+// ---- planning ---------------------------------------------------------------------------------
+
+TEST(Sweep, SharedPretrainingCollapsesToOneTrial) {
+    const auto spec = parse_sweep(std::string(kTiny) + "grid:\n  upcycle.experts: [4, 8, 16]\n", "s.yaml");
+    ASSERT_EQ(spec.points.size(), 3u);
+    const auto trials = plan_sweep(spec);
+    expect_well_formed(trials);
+    EXPECT_EQ(count_methods(trials),
+              (std::map<std::string, int>{{"pretrain", 1}, {"dense", 1}, {"upcycle", 3},
+                                          {"scratch", 3}, {"warmstart", 1}}));
+    for (const auto& t : trials) {
+        if (t.method != "pretrain") {
+            EXPECT_EQ(t.parent_hash, trials[0].hash);
+        }
+    }
+    // another sweep with the same pretraining (another name, other methods) shares it
+    const auto other = plan_sweep(parse_sweep(
+        "name: other\nmodel: {preset: gpt-tiny}\ntrain: {batch_size: 4}\npretrain: {steps: 100}\n"
+        "continue: {budgets: [100], methods: {upcycle: {expert_init: drop}}}\n",
+        "other.yaml"));
+    EXPECT_EQ(other[0].hash, trials[0].hash);
+}
+
+TEST(Sweep, HorizonFreeScheduleMakesOneTrialPerMethodAndScratchRunsLonger) {
+    const auto trials = plan_sweep(parse_sweep(kTiny, "tiny.yaml"));
+    expect_well_formed(trials);
+    EXPECT_EQ(count_methods(trials),
+              (std::map<std::string, int>{{"pretrain", 1}, {"dense", 1}, {"upcycle", 1},
+                                          {"scratch", 1}, {"warmstart", 1}}));
+    for (const auto& t : trials) {
+        if (t.method == "pretrain") continue;
+        if (t.method == "scratch") {
+            EXPECT_EQ(t.milestones, (std::vector<double>{10, 50, 150}));
+            EXPECT_DOUBLE_EQ(t.horizon_percent, 150);
+        } else {
+            EXPECT_EQ(t.milestones, (std::vector<double>{10, 50})) << t.method;
+            EXPECT_DOUBLE_EQ(t.horizon_percent, 50);
+        }
+        EXPECT_EQ(t.config["budget"]["milestones"], nlohmann::json(t.milestones));
+    }
+}
+
+TEST(Sweep, CosineMakesOneTrialPerBudget) {
+    const auto trials = plan_sweep(parse_sweep(kTiny, "tiny.yaml", {"train.schedule=cosine"}));
+    expect_well_formed(trials);
+    EXPECT_EQ(count_methods(trials),
+              (std::map<std::string, int>{{"pretrain", 1}, {"dense", 2}, {"upcycle", 2},
+                                          {"scratch", 3}, {"warmstart", 2}}));
+    std::set<double> scratch_horizons;
+    for (const auto& t : trials) {
+        if (t.method == "pretrain") continue;
+        ASSERT_EQ(t.milestones.size(), 1u);
+        if (t.method == "scratch") scratch_horizons.insert(t.horizon_percent);
+    }
+    EXPECT_EQ(scratch_horizons, (std::set<double>{10, 50, 150}));
+    EXPECT_NE(error_of(kTiny, {"train.schedule=cosine", "budget_unit=seconds"}).find("horizon"),
+              std::string::npos);
+}
+
+TEST(Sweep, BudgetsInStepsFlopsAndSeconds) {
+    // steps: a percentage of the pretraining's steps; the step counter carries on except in scratch
+    const auto by_steps = plan_sweep(parse_sweep(kTiny, "t.yaml", {"budget_unit=steps"}));
+    const PlannedTrial& pre = by_steps[0];
+    const PlannedTrial& dense = find_method(by_steps, "dense");
+    EXPECT_EQ(steps_for_budget(dense, pre, 10), 10);
+    EXPECT_EQ(steps_for_budget(dense, pre, 50), 50);
+    EXPECT_EQ(steps_for_budget(dense, pre, 12.3), 13);  // rounded up
+    EXPECT_EQ(trial_run_config(dense).train.steps, 150);
+    EXPECT_EQ(trial_run_config(find_method(by_steps, "scratch")).train.steps, 150);  // restarts at 0
+    EXPECT_EQ(trial_run_config(pre).train.steps, 100);
+
+    // flops: the continuation's FLOPs reach the percentage of the pretraining's
+    const auto trials = plan_sweep(parse_sweep(kTiny, "t.yaml"));
+    const RunConfig dense_run = trial_run_config(trials[0]);
+    const double sunk = flops_per_token(dense_run.model).training * 100;  // per token × steps
+    EXPECT_EQ(steps_for_budget(find_method(trials, "dense"), trials[0], 50), 50);
+    for (const std::string method : {"upcycle", "scratch", "warmstart"}) {
+        const PlannedTrial& t = find_method(trials, method);
+        const RunConfig run = trial_run_config(t);
+        const double per_step = flops_per_token(run.model).training;
+        const int64_t n = *steps_for_budget(t, trials[0], 50);
+        EXPECT_GE(n * per_step, 0.5 * sunk * (1 - 1e-12)) << method;
+        EXPECT_LT((n - 1) * per_step, 0.5 * sunk) << method;
+        EXPECT_LT(n, 50) << method;  // every continuation model costs more per token
+    }
+    const RunConfig up = trial_run_config(find_method(trials, "upcycle"));
+    EXPECT_EQ(up.model.moe.experts, 8);
+    EXPECT_EQ(trial_run_config(find_method(trials, "warmstart")).model.layers, 8);
+    EXPECT_EQ(trial_run_config(find_method(trials, "dense")).model.moe.experts, 0);
+    EXPECT_EQ(up.train.steps, 100 + *steps_for_budget(find_method(trials, "upcycle"), trials[0], 50));
+    EXPECT_EQ(up.name.substr(0, 8), "upcycle-");
+
+    // seconds: only known while running
+    const auto timed = plan_sweep(parse_sweep(kTiny, "t.yaml", {"budget_unit=seconds"}));
+    EXPECT_FALSE(steps_for_budget(find_method(timed, "upcycle"), timed[0], 10).has_value());
+    EXPECT_EQ(find_method(timed, "upcycle").config["run"]["train"]["steps"], 0);
+}
+
+// ---- errors ---------------------------------------------------------------------------------
+
+void expect_error(const std::string& error, const std::vector<std::string>& parts) {
+    EXPECT_FALSE(error.empty()) << "accepted";
+    for (const auto& part : parts) EXPECT_NE(error.find(part), std::string::npos) << error << "\n  lacks: " << part;
+}
+
+TEST(SweepErrors, UnknownKeysNameFileKeyLineAndSuggestion) {
+    expect_error(error_of("pretrian:\n  steps: 10\n"),
+                 {"sweep.yaml", "'pretrian'", "line 1", "did you mean 'pretrain'"});
+    expect_error(error_of("train:\n  lr: 0.1\n  warmup_step: 10\n"),
+                 {"sweep.yaml", "train.warmup_step", "line 3", "did you mean 'warmup_steps'"});
+    expect_error(error_of("continue:\n  budgets: [10]\n  methods:\n    upcycle:\n      expertz: 4\n"),
+                 {"continue.methods.upcycle.expertz", "line 5", "did you mean 'experts'"});
+    expect_error(error_of("continue:\n  methods:\n    upcycel: {}\n"),
+                 {"continue.methods.upcycel", "line 3", "did you mean 'upcycle'"});
+    expect_error(error_of("continue:\n  budget: [10]\n"), {"continue.budget", "did you mean 'budgets'"});
+    expect_error(error_of("pretrain:\n  step: 10\n"), {"pretrain.step", "line 2", "did you mean 'steps'"});
+    expect_error(error_of("continue:\n  methods:\n    dense: {lr: 1}\n"),
+                 {"continue.methods.dense.lr", "takes no keys"});
+    expect_error(error_of("grid:\n  model.chanels: [64]\n"),
+                 {"grid.model.chanels", "line 2", "did you mean 'channels'"});
+    expect_error(error_of("continue: {methods: {dense: {}}}\ngrid:\n  upcycle.experts: [4]\n"),
+                 {"grid.upcycle.experts", "line 3", "does not run upcycle"});
+}
+
+TEST(SweepErrors, WrongTypesAndBadValues) {
+    expect_error(error_of("pretrain:\n  steps: lots\n"), {"pretrain.steps", "expected an integer", "'lots'", "line 2"});
+    expect_error(error_of("pretrain:\n  steps: 0\n"), {"pretrain.steps", "positive"});
+    expect_error(error_of("continue:\n  budgets: [10, 0]\n"), {"continue.budgets", "> 0", "line 2"});
+    expect_error(error_of("continue:\n  budgets: [-5]\n"), {"continue.budgets", "> 0"});
+    expect_error(error_of("continue:\n  budgets: []\n"), {"continue.budgets", "non-empty"});
+    expect_error(error_of("continue:\n  budget_unit: flop\n"), {"continue.budget_unit", "did you mean 'flops'"});
+    expect_error(error_of("continue:\n  methods:\n    upcycle: {expert_init: nosie}\n"),
+                 {"continue.methods.upcycle.expert_init", "line 3", "did you mean 'noise'"});
+    expect_error(error_of("continue:\n  methods:\n    upcycle: {experts: many}\n"),
+                 {"continue.methods.upcycle.experts", "expected an integer"});
+    expect_error(error_of("continue:\n  methods:\n    warmstart: {depth_multiplier: 1}\n"),
+                 {"continue.methods.warmstart.depth_multiplier", "≥ 2"});
+    expect_error(error_of("train:\n  steps: 10\n"), {"train.steps", "pretrain.steps", "line 2"});
+    expect_error(error_of("model:\n  moe: {experts: 8}\n"), {"model.moe", "dense", "line 2"});
+    expect_error(error_of("seeds: 3\n"), {"seeds", "list"});
+    expect_error(error_of("seeds: [1]\ngrid: {train.seed: [1, 2]}\n"), {"train.seed", "seeds"});
+}
+
+TEST(SweepErrors, ImpossibleCombinations) {
+    // expert choice would leak future tokens in a GPT: validate()'s message, at the method's key
+    expect_error(error_of("continue:\n  methods:\n    upcycle:\n      router: expert_choice\n"),
+                 {"continue.methods.upcycle.router", "line 4", "leaks the future"});
+    expect_error(error_of("continue:\n  methods:\n    scratch: {router: expert_choice}\n"),
+                 {"continue.methods.scratch.router", "leaks the future"});
+    // k > E
+    expect_error(error_of("continue:\n  methods:\n    upcycle:\n      experts: 4\n      k: 5\n"),
+                 {"continue.methods.upcycle.k", "line 5", "1 ≤ k ≤ experts (4)"});
+    expect_error(error_of("continue:\n  methods:\n    upcycle: {experts: 0}\n"),
+                 {"continue.methods.upcycle.experts", "at least one expert"});
+    // only at one grid point: the error names the point
+    expect_error(error_of("continue:\n  methods:\n    upcycle: {}\ngrid:\n  upcycle.experts: [4, 1]\n"),
+                 {"continue.methods.upcycle.k", "1 ≤ k ≤ experts (1)", "[at the sweep point upcycle.experts=1]"});
+    expect_error(error_of("grid:\n  model.heads: [4, 3]\n"), {"model.heads", "divisible", "model.heads=3"});
+}
+
+TEST(SweepErrors, GridAndZipShapes) {
+    expect_error(error_of("grid:\n  train.lr: []\n"), {"grid.train.lr", "empty", "line 2"});
+    expect_error(error_of("grid:\n  train.lr: 0.1\n"), {"grid.train.lr", "list of values", "line 2"});
+    expect_error(error_of("zip:\n  - train.lr: [0.1, 0.2]\n    train.warmup_steps: [1, 2, 3]\n"),
+                 {"zip lists must be equally long", "'train.lr' has 2 values (line 2)",
+                  "'train.warmup_steps' has 3 (line 3)"});
+    expect_error(error_of("grid:\n  train.lr: [0.1]\nzip:\n  - train.lr: [0.2]\n"), {"train.lr", "twice"});
+    expect_error(error_of("grid:\n  train.lr.x: [1]\n"), {"grid.train.lr.x", "not a section"});
+    expect_error(error_of("grid:\n  train.steps: [10]\n"), {"grid.train.steps", "pretrain.steps"});
+}
+
+// ---- the shipped sweeps -------------------------------------------------------------------
+
+TEST(Sweep, ExperimentFilesParseAndPlan) {
+    const std::map<std::string, std::map<std::string, int>> expected = {
+        {"experiments/quickstart.yaml",
+         {{"pretrain", 1}, {"dense", 1}, {"upcycle", 1}, {"scratch", 1}, {"warmstart", 1}}},
+        {"experiments/paper_lm.yaml",
+         {{"pretrain", 2}, {"dense", 2}, {"upcycle", 6}, {"scratch", 6}, {"warmstart", 2}}},
+        {"experiments/ablations.yaml", {{"pretrain", 1}, {"dense", 1}, {"upcycle", 12}}},
+    };
+    std::map<std::string, std::vector<PlannedTrial>> plans;
+    for (const auto& [file, counts] : expected) {
+        SCOPED_TRACE(file);
+        const auto trials = plan_sweep(load_sweep(file));
+        expect_well_formed(trials);
+        EXPECT_EQ(count_methods(trials), counts);
+        plans[file] = trials;
+    }
+    // the quickstart's pretraining, dense continuation and paper-recipe upcycle are the
+    // ablations' too: run once, shared
+    const auto& quick = plans["experiments/quickstart.yaml"];
+    const auto& ablations = plans["experiments/ablations.yaml"];
+    EXPECT_EQ(quick[0].hash, ablations[0].hash);
+    EXPECT_EQ(find_method(quick, "dense").hash, find_method(ablations, "dense").hash);
+    std::set<std::string> ablation_hashes;
+    for (const auto& t : ablations) ablation_hashes.insert(t.hash);
+    EXPECT_TRUE(ablation_hashes.count(find_method(quick, "upcycle").hash));
+}
+
+}  // namespace
+}  // namespace upcycle
