@@ -158,7 +158,20 @@ TrainSummary train(Backend& backend, const RunConfig& config, const TrainOptions
         return record.result;
     };
 
-    while (state.step < tc.steps) {
+    // milestones already behind a resumed (or initial) state are not redone
+    auto reached = [&](const Milestone& m) {
+        return (m.step >= 0 && state.step >= m.step) ||
+               (m.seconds >= 0 && state.seconds - options.seconds_origin >= m.seconds);
+    };
+    std::size_t next_milestone = 0;
+    while (next_milestone < options.milestones.size() && reached(options.milestones[next_milestone])) {
+        ++next_milestone;
+    }
+    bool all_milestones_done =
+        options.stop_at_last_milestone && !options.milestones.empty() &&
+        next_milestone == options.milestones.size();
+
+    while (state.step < tc.steps && !all_milestones_done) {
         if (options.stop_requested && options.stop_requested->load()) {
             message("stop requested: checkpointing at step " + std::to_string(state.step));
             save();
@@ -193,6 +206,9 @@ TrainSummary train(Backend& backend, const RunConfig& config, const TrainOptions
             record.seconds = state.seconds;
             const double interval = std::chrono::duration<double>(Clock::now() - interval_start).count();
             record.tokens_per_second = interval > 0 ? static_cast<double>(interval_tokens) / interval : 0;
+            record.aux_loss = stats.aux_loss;
+            record.moe_layers = model.moe_layers();
+            record.routing = model.routing_stats();
             interval_start = Clock::now();
             interval_tokens = 0;
             nlohmann::json line{{"kind", "train"},       {"step", step},
@@ -216,8 +232,27 @@ TrainSummary train(Backend& backend, const RunConfig& config, const TrainOptions
             log << line.dump() << '\n';
             if (observer.on_step) observer.on_step(record);
         }
-        const bool last = step == tc.steps;
-        if (last || (config.eval.every > 0 && step % config.eval.every == 0)) {
+        bool milestone_now = false;
+        std::optional<EvalResult> milestone_eval;
+        while (next_milestone < options.milestones.size() && reached(options.milestones[next_milestone])) {
+            if (!milestone_eval) milestone_eval = run_eval();
+            EvalRecord record;
+            record.step = state.step;
+            record.flops = state.flops;
+            record.seconds = state.seconds;
+            record.result = *milestone_eval;
+            if (observer.on_milestone) observer.on_milestone(options.milestones[next_milestone], record);
+            ++next_milestone;
+            milestone_now = true;
+        }
+        all_milestones_done = options.stop_at_last_milestone && !options.milestones.empty() &&
+                              next_milestone == options.milestones.size();
+        const bool last = step == tc.steps || all_milestones_done;
+        if (milestone_eval) {
+            if (last) summary.final_eval = milestone_eval;
+            interval_start = Clock::now();
+            interval_tokens = 0;
+        } else if (last || (config.eval.every > 0 && step % config.eval.every == 0)) {
             const auto result = run_eval();
             if (last) summary.final_eval = result;
             interval_start = Clock::now();  // evaluation time is not training throughput
@@ -225,7 +260,8 @@ TrainSummary train(Backend& backend, const RunConfig& config, const TrainOptions
         }
         const double since_checkpoint =
             std::chrono::duration<double>(Clock::now() - last_checkpoint_time).count();
-        if (last || (config.checkpoint.every > 0 && step % config.checkpoint.every == 0) ||
+        if (last || milestone_now ||
+            (config.checkpoint.every > 0 && step % config.checkpoint.every == 0) ||
             (config.checkpoint.every_seconds > 0 && since_checkpoint >= config.checkpoint.every_seconds)) {
             save();
             interval_start = Clock::now();

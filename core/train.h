@@ -12,6 +12,7 @@
 #include "core/checkpoint.h"
 #include "core/config.h"
 #include "core/eval.h"
+#include "core/moe/router.h"
 
 namespace upcycle {
 
@@ -25,6 +26,17 @@ struct StepRecord {
     double flops = 0;            // cumulative training FLOPs
     double seconds = 0;          // cumulative training wall seconds
     double tokens_per_second = 0;  // over the last logging interval
+    double aux_loss = 0;           // MoE auxiliary losses of this step (coefficient-weighted)
+    std::vector<int> moe_layers;               // blocks with an MoE layer
+    std::vector<RoutingStats> routing;         // their routing statistics, same order
+};
+
+// A budget milestone: evaluate (and checkpoint) once the run reaches this step, or once it
+// has trained this many seconds since `TrainOptions::seconds_origin`.
+struct Milestone {
+    double percent = 0;    // the budget it stands for (% of the sunk cost), for reports
+    int64_t step = -1;     // reached when the step counter is ≥ step (if ≥ 0)
+    double seconds = -1;   // reached when training seconds − seconds_origin ≥ this (if ≥ 0)
 };
 
 struct EvalRecord {
@@ -40,6 +52,7 @@ struct TrainObserver {
     std::function<void(const EvalRecord&)> on_eval;
     std::function<void(const std::filesystem::path&, int64_t step)> on_checkpoint;
     std::function<void(const std::string&)> on_message;
+    std::function<void(const Milestone&, const EvalRecord&)> on_milestone;
 };
 
 struct TrainOptions {
@@ -51,6 +64,12 @@ struct TrainOptions {
     // (step counter, tokens, FLOPs, seconds, data stream). Its model config must equal the
     // run's. Ignored when out_dir already holds a checkpoint to resume.
     std::filesystem::path init_from;
+    // Budget milestones, ascending; each is evaluated and checkpointed when reached (and not
+    // again after a resume past it). With stop_at_last_milestone the run completes there
+    // (used for budgets in seconds, where train.steps is only an upper bound).
+    std::vector<Milestone> milestones;
+    double seconds_origin = 0;
+    bool stop_at_last_milestone = false;
 };
 
 struct TrainSummary {

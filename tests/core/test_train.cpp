@@ -171,6 +171,45 @@ TEST(Train, CheckpointWhoseTensorsDoNotMatchItsConfigIsRejected) {
     }
 }
 
+// Budget milestones: evaluated and checkpointed when reached, once, and a resumed run does not
+// repeat the ones behind it; with stop_at_last_milestone the run completes at the last one.
+TEST(Train, MilestonesAreEvaluatedOnceAndCanEndTheRun) {
+    CpuBackend backend;
+    RunConfig config = tiny_synthetic_config();
+    config.train.steps = 100;  // an upper bound: the milestones end it
+    config.eval.every = 0;
+    TempDir dir;
+    std::atomic<bool> stop{false};
+    std::vector<std::pair<double, int64_t>> seen;
+    TrainObserver observer;
+    observer.on_milestone = [&](const Milestone& m, const EvalRecord& r) {
+        seen.emplace_back(m.percent, r.step);
+        EXPECT_GT(r.result.tokens, 0);
+    };
+    observer.on_step = [&](const StepRecord& r) {
+        if (r.step == 5) stop = true;
+    };
+    TrainOptions options;
+    options.out_dir = dir.path();
+    options.milestones = {{10, 3, -1}, {25, 8, -1}, {50, 12, -1}};
+    options.stop_at_last_milestone = true;
+    options.stop_requested = &stop;
+    const auto first = train(backend, config, options, observer);
+    EXPECT_FALSE(first.completed);
+    ASSERT_EQ(seen.size(), 1u);
+    EXPECT_EQ(seen[0], (std::pair<double, int64_t>{10, 3}));
+
+    stop = false;
+    observer.on_step = nullptr;
+    const auto second = train(backend, config, options, observer);
+    EXPECT_TRUE(second.completed);
+    EXPECT_EQ(second.steps, 12);
+    ASSERT_EQ(seen.size(), 3u);
+    EXPECT_EQ(seen[1], (std::pair<double, int64_t>{25, 8}));
+    EXPECT_EQ(seen[2], (std::pair<double, int64_t>{50, 12}));
+    EXPECT_EQ(read_checkpoint(checkpoint_path(dir.path())).state.step, 12);
+}
+
 // Continuation: an upcycled checkpoint trains on from the dense step counter, with its MoE
 // config, and the step-0 loss equals the dense model's (copy init, renormalized, no limit).
 TEST(Train, ContinuesFromASurgeryCheckpoint) {
