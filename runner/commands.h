@@ -16,5 +16,6 @@ Command add_bench_command(CLI::App& app);
 Command add_surgery_command(CLI::App& app);
 Command add_status_command(CLI::App& app);
 Command add_query_command(CLI::App& app);
+Command add_run_command(CLI::App& app);
 
 }  // namespace upcycle::cli

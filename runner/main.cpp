@@ -29,6 +29,7 @@ int main(int argc, char** argv) {
     add(upcycle::cli::add_surgery_command);
     add(upcycle::cli::add_status_command);
     add(upcycle::cli::add_query_command);
+    add(upcycle::cli::add_run_command);
 
     try {
         app.parse(argc, argv);
