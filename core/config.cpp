@@ -307,7 +307,7 @@ RunConfig read_run_config(const YAML::Node& root, const std::string& source) {
         }
         YAML::Node rest(YAML::NodeType::Map);
         for (const auto& entry : model) {
-            if (entry.first.as<std::string>() != "preset") rest[entry.first] = entry.second;
+            if (entry.first.as<std::string>() != "preset") rest[entry.first.as<std::string>()] = entry.second;
         }
         model = rest;
     }

@@ -17,5 +17,7 @@ Command add_surgery_command(CLI::App& app);
 Command add_status_command(CLI::App& app);
 Command add_query_command(CLI::App& app);
 Command add_run_command(CLI::App& app);
+Command add_results_command(CLI::App& app);
+Command add_plot_command(CLI::App& app);
 
 }  // namespace upcycle::cli

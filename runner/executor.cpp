@@ -23,6 +23,7 @@
 #include "core/train.h"
 #include "kernels/backend_factory.h"
 #include "runner/format.h"
+#include "runner/progress.h"
 #include "runner/store/store.h"
 
 namespace upcycle {
@@ -91,7 +92,8 @@ class Worker {
 public:
     Worker(const ExecutorOptions& options, int64_t sweep_id, std::string id, const std::atomic<bool>& stop)
         : options_(options), sweep_id_(sweep_id), id_(std::move(id)), host_(host_name()), stop_(stop),
-          store_(options.db, Store::Mode::ReadWrite), backend_(make_backend(options.device)) {}
+          store_(options.db, Store::Mode::ReadWrite), backend_(make_backend(options.device)),
+          progress_("[" + id_ + "] ") {}
 
     // Claims and runs trials until none is left (or a stop is requested).
     void run() {
@@ -120,9 +122,7 @@ public:
     }
 
 private:
-    void log(const std::string& text) {
-        fmt::print(stderr, "[{}] {}\n", id_, text);
-    }
+    void log(const std::string& text) { progress_.note(text); }
 
     void run_claimed(const TrialRecord& record) {
         const std::string label = record.method + "-" + record.hash.substr(0, 12);
@@ -158,11 +158,13 @@ private:
         std::atomic<bool> stop_training{false};
         train_options.stop_requested = &stop_training;
         TrainingState origin;  // the state the trial starts from: its own compute counts from here
+        double sunk_flops = 0;  // the parent pretraining's FLOPs (for the budget display)
 
         if (record.method != "pretrain") {
             const auto parent = store_.trial(record.parent.value());
             UPCYCLE_ASSERT(parent.has_value(), "a continuation's parent is in the store");
             const PlannedTrial parent_planned = planned_from(*parent);
+            sunk_flops = parent->flops;
             const auto parent_ckpt = checkpoint_path(trial_directory(options_.runs_dir, parent->hash));
             train_options.init_from = make_initial_checkpoint(record, planned, parent_ckpt, dir);
             origin = read_checkpoint(train_options.init_from).state;
@@ -213,10 +215,16 @@ private:
             if (pending.size() >= kMetricBatch) flush();
             const double remaining = static_cast<double>(r.total_steps - r.step) *
                                      (r.step > origin.step ? (r.seconds - origin.seconds) / static_cast<double>(r.step - origin.step) : 0);
-            log(fmt::format("{} step {}/{} loss {:.4f} {} tok/s{}", label, r.step,
-                            r.total_steps >= kUnboundedSteps ? std::string("?") : std::to_string(r.total_steps),
-                            r.loss, cli::format_count(r.tokens_per_second),
-                            r.total_steps >= kUnboundedSteps ? "" : " eta " + cli::format_duration(remaining)));
+            const bool bounded = r.total_steps < kUnboundedSteps;
+            // the budget spent so far, as % of the sunk cost, when the trial has milestones
+            std::string budget;
+            if (!train_options.milestones.empty() && sunk_flops > 0) {
+                budget = fmt::format(" | budget {:.0f}%", 100.0 * flops / sunk_flops);
+            }
+            progress_.update(fmt::format("{} step {}/{} | loss {:.4f}{} | {} tok/s{}", label, r.step,
+                                         bounded ? std::to_string(r.total_steps) : std::string("?"),
+                                         r.loss, budget, cli::format_count(r.tokens_per_second),
+                                         bounded ? " | eta " + cli::format_duration(remaining) : ""));
         };
         observer.on_eval = [&](const EvalRecord& r) {
             const auto [flops, seconds] = own(r.flops, r.seconds);
@@ -289,6 +297,7 @@ private:
     const std::atomic<bool>& stop_;
     Store store_;
     std::unique_ptr<Backend> backend_;
+    cli::Progress progress_;
 };
 
 std::string read_file(const std::filesystem::path& path) {

@@ -30,6 +30,8 @@ int main(int argc, char** argv) {
     add(upcycle::cli::add_status_command);
     add(upcycle::cli::add_query_command);
     add(upcycle::cli::add_run_command);
+    add(upcycle::cli::add_results_command);
+    add(upcycle::cli::add_plot_command);
 
     try {
         app.parse(argc, argv);

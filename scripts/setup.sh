@@ -11,6 +11,8 @@ packages=(
   libssl-dev libopenblas-openmp-dev zlib1g-dev libgtest-dev libgmock-dev libbenchmark-dev
   # data: the King James Bible (`bible`) and Fashion-MNIST (IDX files)
   bible-kjv dataset-fashion-mnist
+  # figures: `upcycle plot` draws with gnuplot (pngcairo and svg terminals)
+  gnuplot-nox
 )
 
 missing=()

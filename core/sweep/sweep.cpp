@@ -138,17 +138,19 @@ YAML::Node without_marks(const YAML::Node& node) {
         }
         case YAML::NodeType::Map: {
             YAML::Node out(YAML::NodeType::Map);
-            for (const auto& entry : node) out[without_marks(entry.first)] = without_marks(entry.second);
+            for (const auto& entry : node) out[key_text(entry.first)] = without_marks(entry.second);
             return out;
         }
         default: return YAML::Node();
     }
 }
 
-// The tree with tree[keys[0]][keys[1]]… = value, sharing every untouched node with `tree`
-// (so their lines are kept) and copying the mappings along the path (so `tree` is unchanged).
-// With unmarked_key the last key is a new node without a line (for --set: errors about the
-// key then name no line of the file).
+// A copy of the tree with tree[keys[0]][keys[1]]… = value; `tree` itself is unchanged.
+// YAML::Clone keeps every node's line, so errors still point into the file. (Sharing nodes
+// between trees, or inserting with a Node as key, crashes yaml-cpp 0.7: its memory holders
+// are not merged by force_insert and Node-key lookups convert every key.) With unmarked_key
+// the last key is a new node without a line (for --set: errors about the key then name no
+// line of the file).
 YAML::Node with_value(const YAML::Node& tree, const std::vector<std::string>& keys, std::size_t i,
                       const YAML::Node& value, const std::string& source, bool unmarked_key = false) {
     if (i == keys.size()) return value;
@@ -156,22 +158,23 @@ YAML::Node with_value(const YAML::Node& tree, const std::vector<std::string>& ke
         std::vector<std::string> head(keys.begin(), keys.begin() + static_cast<std::ptrdiff_t>(i));
         throw UserError(source, join(head, "."), "expected a mapping" + line_of(tree));
     }
-    YAML::Node copy(YAML::NodeType::Map);
-    bool found = false;
-    if (present(tree)) {
-        for (const auto& entry : tree) {
-            if (key_text(entry.first) == keys[i]) {
-                YAML::Node replaced = with_value(entry.second, keys, i + 1, value, source, unmarked_key);
-                if (unmarked_key && i + 1 == keys.size()) copy[keys[i]] = replaced;
-                else copy[entry.first] = replaced;
-                found = true;
-            } else {
-                copy[entry.first] = entry.second;
-            }
+    YAML::Node root = present(tree) ? YAML::Clone(tree) : YAML::Node(YAML::NodeType::Map);
+    YAML::Node current;
+    current.reset(root);
+    for (std::size_t j = i; j + 1 < keys.size(); ++j) {
+        YAML::Node next = current[keys[j]];
+        if (!present(next)) {
+            current[keys[j]] = YAML::Node(YAML::NodeType::Map);
+        } else if (!next.IsMap()) {
+            std::vector<std::string> head(keys.begin(), keys.begin() + static_cast<std::ptrdiff_t>(j + 1));
+            throw UserError(source, join(head, "."), "expected a mapping" + line_of(next));
         }
+        YAML::Node child_node = current[keys[j]];
+        current.reset(child_node);
     }
-    if (!found) copy[keys[i]] = with_value(YAML::Node(), keys, i + 1, value, source, unmarked_key);
-    return copy;
+    if (unmarked_key) current.remove(keys.back());
+    current[keys.back()] = YAML::Clone(value);
+    return root;
 }
 
 std::string flow_text(const YAML::Node& node) {
@@ -536,7 +539,7 @@ SweepPoint resolve_point(const YAML::Node& tree, const std::string& source, cons
     // the dense pretraining: RunConfig's sections, read and validated by core/config
     YAML::Node run(YAML::NodeType::Map);
     for (const auto& entry : tree) {
-        if (contains(kRunSections, key_text(entry.first))) run[entry.first] = entry.second;
+        if (contains(kRunSections, key_text(entry.first))) run[key_text(entry.first)] = entry.second;
     }
     const YAML::Node train_steps = key_node(child(tree, "train"), "steps");
     if (train_steps.IsDefined()) throw UserError(source, "train.steps", kTrainStepsHint + line_of(train_steps));

@@ -433,6 +433,30 @@ TEST(SweepErrors, GridAndZipShapes) {
 
 // ---- the shipped sweeps -------------------------------------------------------------------
 
+// Regression: a model written key by key (no preset) with grid axes in other sections used
+// to crash yaml-cpp (nodes shared between the expanded trees) or misread the file.
+TEST(Sweep, ExplicitModelKeysWithGridsElsewhereExpand) {
+    const auto a = parse_sweep(
+        "name: x\nmodel:\n  channels: 32\ncontinue:\n  methods:\n    dense: {}\n"
+        "grid:\n  train.lr: [1, 2]\n",
+        "x.yaml");
+    ASSERT_EQ(a.points.size(), 2u);
+    EXPECT_EQ(a.points[1].pretrain.model.channels, 32);
+    EXPECT_DOUBLE_EQ(a.points[1].pretrain.train.lr, 2.0);
+    const auto b = parse_sweep(
+        "name: x\nmodel:\n  channels: 32\ntrain: {lr: 1}\ncontinue:\n  methods:\n    dense: {}\n"
+        "grid:\n  train.lr: [1, 2]\n",
+        "x.yaml");
+    EXPECT_EQ(b.points.size(), 2u);
+    const auto c = parse_sweep(
+        "name: y\nmodel: {vocab_size: 256, context: 16, channels: 32, layers: 2, heads: 2}\n"
+        "pretrain: {steps: 3}\ncontinue:\n  budgets: [50]\n  methods:\n    dense: {}\n"
+        "    upcycle: {experts: 4}\ngrid:\n  upcycle.experts: [2, 4]\nseeds: [1, 2]\n",
+        "y.yaml");
+    EXPECT_EQ(c.points.size(), 4u);
+    EXPECT_EQ(plan_sweep(c).size(), 8u);  // 2 pretrainings (seeds) × (dense + 2 upcycles)
+}
+
 TEST(Sweep, ExperimentFilesParseAndPlan) {
     const std::map<std::string, std::map<std::string, int>> expected = {
         {"experiments/quickstart.yaml",

@@ -1,0 +1,615 @@
+#include "runner/store/plot.h"
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <map>
+#include <set>
+#include <stdexcept>
+
+#include <fmt/format.h>
+
+#include "core/errors.h"
+#include "core/sweep/sweep.h"
+#include "runner/store/report.h"
+
+namespace upcycle {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr const char* kFont = "sans,11";
+constexpr const char* kPretrainColor = "#000000";
+constexpr double kShadeSpread = 0.7;  // variants of a method: from lighter to darker
+constexpr double kLogPad = 1.25;      // comparison x range: budgets ÷ and × this
+constexpr std::size_t kMaxUniformGuides = 16;  // expert_load: 1/E guides up to this many experts
+constexpr int kCurvesWidth = 1100, kCurvesHeight = 900;
+constexpr int kComparisonWidth = 1100, kComparisonHeight = 720;
+constexpr int kPanelWidth = 560, kPanelHeight = 340, kTitleHeight = 70;
+
+// Okabe–Ito colours, one per method; variants are shades of their method's.
+std::string method_color(const std::string& method) {
+    if (method == "pretrain") return kPretrainColor;
+    if (method == "dense") return "#0072B2";
+    if (method == "upcycle") return "#D55E00";
+    if (method == "scratch") return "#009E73";
+    if (method == "warmstart") return "#CC79A7";
+    return "#E69F00";
+}
+
+// Shade k of n of a colour: the middle one is the colour itself.
+std::string shade(const std::string& hex, std::size_t k, std::size_t n) {
+    if (n <= 1) return hex;
+    const double t = (static_cast<double>(k) / static_cast<double>(n - 1) - 0.5) * kShadeSpread;
+    std::string out = "#";
+    for (int c = 0; c < 3; ++c) {
+        const double v = std::stoi(hex.substr(1 + 2 * c, 2), nullptr, 16);
+        const double mixed = t < 0 ? v + (255.0 - v) * -t : v * (1.0 - t);
+        out += fmt::format("{:02X}", static_cast<int>(std::lround(std::clamp(mixed, 0.0, 255.0))));
+    }
+    return out;
+}
+
+// Point types that read apart: filled circle, square, triangle, diamond, pentagon, …
+int point_type(std::size_t k) {
+    static const int types[] = {7, 5, 9, 13, 15, 11, 3, 1};
+    return types[k % (sizeof(types) / sizeof(types[0]))];
+}
+
+// The 12 colours that expert bands cycle through.
+const char* const kBandColors[] = {"#4E79A7", "#F28E2B", "#E15759", "#76B7B2", "#59A14F", "#EDC948",
+                                   "#B07AA1", "#FF9DA7", "#9C755F", "#BAB0AC", "#86BCB6", "#D37295"};
+
+// A gnuplot double-quoted string.
+std::string gp_string(const std::string& text) {
+    std::string out = "\"";
+    for (char c : text) {
+        if (c == '\\' || c == '"') out += '\\';
+        if (c == '\n') {
+            out += "\\n";
+            continue;
+        }
+        out += c;
+    }
+    return out + "\"";
+}
+
+std::string number(double v) {
+    if (!std::isfinite(v)) return "NaN";
+    return fmt::format("{:.10g}", v);
+}
+
+std::string format_flops(double flops) {
+    const char* units[] = {"", "K", "M", "G", "T", "P", "E"};
+    int u = 0;
+    while (flops >= 1000 && u < 6) {
+        flops /= 1000;
+        ++u;
+    }
+    return fmt::format("{:.3g} {}FLOP", flops, units[u]);
+}
+
+// Letters, digits, '.', '-' and '_'; anything else becomes '-'.
+std::string slug(const std::string& text) {
+    std::string out;
+    for (char c : text) {
+        const bool keep = std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-';
+        if (keep) out += c;
+        else if (!out.empty() && out.back() != '-') out += '-';
+    }
+    while (!out.empty() && out.back() == '-') out.pop_back();
+    return out;
+}
+
+void write_text(const fs::path& path, const std::string& text) {
+    std::ofstream out(path, std::ios::binary);
+    out << text;
+    out.close();
+    if (!out) throw UserError(path.string(), "", "cannot write this file");
+}
+
+// The terminals every script writes, around the figure's drawing commands.
+std::string terminals_loop(const std::string& name, int width, int height, const std::string& body) {
+    return fmt::format(
+        "do for [ext in \"png svg\"] {{\n"
+        "    if (ext eq \"png\") {{\n"
+        "        set terminal pngcairo size {w},{h} font \"{font}\" noenhanced\n"
+        "    }} else {{\n"
+        "        set terminal svg size {w},{h} font \"{font}\" noenhanced dynamic background "
+        "\"white\"\n"
+        "    }}\n"
+        "    set output \"{name}.\".ext\n"
+        "{body}"
+        "    set output\n"
+        "}}\n",
+        fmt::arg("w", width), fmt::arg("h", height), fmt::arg("font", kFont),
+        fmt::arg("name", name), fmt::arg("body", body));
+}
+
+std::string script_header(const std::string& name, const std::string& what,
+                          const std::string& sweep) {
+    return fmt::format(
+        "# {what}: sweep '{sweep}', written by `upcycle plot`.\n"
+        "# Data: {name}.dat (blocks separated by two blank lines; `index N` picks block N).\n"
+        "# Edit and re-draw in this directory: gnuplot {name}.gp  (writes {name}.png and "
+        "{name}.svg)\n"
+        "reset\n"
+        "set encoding utf8\n",
+        fmt::arg("what", what), fmt::arg("sweep", sweep), fmt::arg("name", name));
+}
+
+struct GnuplotRun {
+    int exit_code = -1;
+    std::string output;
+};
+
+// Runs `gnuplot SCRIPT` in `dir`, stdout and stderr captured together.
+GnuplotRun run_gnuplot(const fs::path& gnuplot, const fs::path& dir, const std::string& script) {
+    int pipe_fds[2];
+    if (pipe(pipe_fds) != 0) throw std::runtime_error("pipe() failed");
+    const pid_t pid = fork();
+    if (pid < 0) throw std::runtime_error("fork() failed");
+    if (pid == 0) {
+        close(pipe_fds[0]);
+        dup2(pipe_fds[1], STDOUT_FILENO);
+        dup2(pipe_fds[1], STDERR_FILENO);
+        close(pipe_fds[1]);
+        if (chdir(dir.c_str()) != 0) _exit(126);
+        const std::string program = gnuplot.string();
+        execl(program.c_str(), program.c_str(), script.c_str(), static_cast<char*>(nullptr));
+        _exit(127);
+    }
+    close(pipe_fds[1]);
+    GnuplotRun run;
+    char buffer[4096];
+    ssize_t n;
+    while ((n = read(pipe_fds[0], buffer, sizeof(buffer))) > 0) run.output.append(buffer, n);
+    close(pipe_fds[0]);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    run.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    return run;
+}
+
+class FigureWriter {
+public:
+    FigureWriter(fs::path dir, fs::path gnuplot, PlotOutput& output)
+        : dir_(std::move(dir)), gnuplot_(std::move(gnuplot)), output_(output) {}
+
+    // Writes NAME.dat and NAME.gp, runs gnuplot, records the files.
+    void draw(const std::string& name, const std::string& data, const std::string& script) {
+        const fs::path dat = dir_ / (name + ".dat"), gp = dir_ / (name + ".gp");
+        write_text(dat, data);
+        write_text(gp, script);
+        output_.sources.push_back(gp);
+        output_.sources.push_back(dat);
+        const GnuplotRun run = run_gnuplot(gnuplot_, dir_, name + ".gp");
+        if (run.exit_code != 0) {
+            throw std::runtime_error(fmt::format("gnuplot failed on {} (exit {}):\n{}", gp.string(),
+                                                 run.exit_code, run.output));
+        }
+        for (const char* ext : {".png", ".svg"}) output_.figures.push_back(dir_ / (name + ext));
+    }
+
+private:
+    fs::path dir_, gnuplot_;
+    PlotOutput& output_;
+};
+
+// Colour and point type of every report row, by label.
+struct Style {
+    std::string color;
+    int point = 7;
+};
+
+std::map<std::string, Style> row_styles(const std::vector<std::pair<std::string, std::string>>& rows) {
+    // rows: (method, label) in report order
+    std::map<std::string, std::size_t> per_method;
+    for (const auto& [method, label] : rows) ++per_method[method];
+    std::map<std::string, std::size_t> seen;
+    std::map<std::string, Style> styles;
+    for (const auto& [method, label] : rows) {
+        if (styles.count(label)) continue;
+        const std::size_t k = seen[method]++;
+        styles[label] = {shade(method_color(method), k, per_method[method]), point_type(k)};
+    }
+    return styles;
+}
+
+// "validation loss" of "validation loss, nats/token": the description without its unit.
+std::string metric_name(const std::string& metric) {
+    const std::string description = metric_description(metric);
+    return description.substr(0, description.find(','));
+}
+
+std::string unit_phrase(const std::string& unit) {
+    if (unit == "steps") return "extra training steps";
+    if (unit == "seconds") return "extra training seconds";
+    return "extra training FLOPs";
+}
+
+// ---- comparison ----------------------------------------------------------------------------
+
+void draw_comparison(const Store& store, const std::string& sweep, const PlotOptions& options,
+                     const Report& report, FigureWriter& writer, PlotOutput& output) {
+    std::vector<std::pair<std::string, std::string>> labelled;
+    for (const auto& row : report.rows) labelled.emplace_back(row.method, row.label);
+    const auto styles = row_styles(labelled);
+
+    std::vector<double> budgets;
+    for (double b : report.budgets) {
+        if (b > 0) budgets.push_back(b);
+    }
+    bool any_continuation = false;
+    for (const auto& row : report.rows) {
+        if (row.method == "pretrain") continue;
+        for (const auto& cell : row.cells) any_continuation |= cell.mean.has_value();
+    }
+    if (!any_continuation || budgets.empty()) {
+        output.notes.push_back(fmt::format(
+            "comparison: skipped (no continuation of sweep '{}' has recorded {} yet)", sweep,
+            options.metric));
+        return;
+    }
+    const double lo = budgets.front() / kLogPad, hi = budgets.back() * kLogPad;
+
+    std::string data, plots;
+    int index = 0;
+    auto add_plot = [&](const std::string& command) {
+        plots += (plots.empty() ? "    plot " : ", \\\n         ") + command;
+    };
+    for (const auto& row : report.rows) {
+        const Style& style = styles.at(row.label);
+        if (row.method == "pretrain") {
+            const ReportCell* cell = row.cell(0);
+            if (!cell || !cell->mean) continue;
+            data += fmt::format("# {}: the dense checkpoint (mean over {} seed{}), drawn across "
+                                "the budgets\n# budget_percent {}\n{} {}\n{} {}\n\n\n",
+                                row.label, cell->n, cell->n == 1 ? "" : "s", options.metric,
+                                number(lo), number(*cell->mean), number(hi), number(*cell->mean));
+            add_plot(fmt::format("\"comparison.dat\" index {} using 1:2 with lines dt 2 lw 2 "
+                                 "lc rgb \"{}\" title {}",
+                                 index++, style.color, gp_string(row.label)));
+            continue;
+        }
+        std::string block;
+        bool bars = false, incomplete = false;
+        for (const auto& cell : row.cells) {
+            incomplete |= cell.n < cell.planned;
+            if (!cell.mean) continue;
+            bars |= cell.std.has_value();
+            block += fmt::format("{} {} {} {}\n", number(cell.budget_percent), number(*cell.mean),
+                                 number(cell.std.value_or(0.0)), cell.n);
+        }
+        if (block.empty()) continue;
+        data += fmt::format("# {}\n# budget_percent mean std n_seeds\n{}\n\n", row.label, block);
+        std::string title = row.method == "scratch" ? row.label + " (total compute)" : row.label;
+        if (incomplete) title += " (seeds missing)";
+        const std::string dash = row.method == "scratch" ? " dt 4" : "";
+        add_plot(fmt::format("\"comparison.dat\" index {} using 1:2{} with {} lw 2 pt {} ps 1.1{} "
+                             "lc rgb \"{}\" title {}",
+                             index++, bars ? ":3" : "", bars ? "yerrorlines" : "linespoints",
+                             style.point, dash, style.color, gp_string(title)));
+    }
+
+    std::string tics;
+    for (double b : budgets) {
+        // tic labels are format strings to gnuplot: "%%" is a percent sign
+        tics += fmt::format("{}{} {}", tics.empty() ? "" : ", ",
+                            gp_string(fmt::format("{}%%", b)), number(b));
+    }
+    double sunk = 0;
+    int pretrainings = 0;
+    for (const auto& t : store.trials(sweep)) {
+        if (t.method == "pretrain" && t.flops > 0) {
+            sunk += t.flops;
+            ++pretrainings;
+        }
+    }
+    std::string subtitle = "mean over seeds, bars ± 1 std where 2 or more seeds";
+    if (pretrainings > 0) subtitle += "; sunk cost " + format_flops(sunk / pretrainings) + " of dense pretraining";
+    std::string script = script_header("comparison", "Continuation methods compared", sweep);
+    script += fmt::format(
+        "set title {}\n"
+        "set xlabel {}\n"
+        "set ylabel {}\n"
+        "set logscale x\n"
+        "set xrange [{}:{}]\n"
+        "set xtics ({})\n"
+        "set mxtics default\n"
+        "set grid xtics ytics\n"
+        "set key below box height 1.5\n"
+        "set bars small\n",
+        gp_string(fmt::format("{}: {} against extra compute\n{}", sweep,
+                              metric_name(options.metric), subtitle)),
+        gp_string(unit_phrase(report.budget_unit) +
+                  ", % of the sunk cost (scratch: its total compute, log scale)"),
+        gp_string(metric_description(options.metric) +
+                  (report.lower_is_better ? " (lower is better)" : " (higher is better)")),
+        number(lo), number(hi), tics);
+    script += terminals_loop("comparison", kComparisonWidth, kComparisonHeight, plots + "\n");
+    writer.draw("comparison", data, script);
+}
+
+// ---- training curves -----------------------------------------------------------------------
+
+void draw_training_curves(const Store& store, const std::string& sweep, FigureWriter& writer,
+                          PlotOutput& output) {
+    const std::vector<TrialRecord> trials = store.trials(sweep);
+    const std::vector<TrialLabel> labels = label_trials(trials);
+    // The report's rows give the colours (as in the comparison) and the drawing order.
+    const Report report = build_report(store, sweep, "val_loss");
+    std::vector<std::pair<std::string, std::string>> labelled;
+    for (const auto& row : report.rows) labelled.emplace_back(row.method, row.label);
+    const auto styles = row_styles(labelled);
+
+    std::map<int64_t, double> total_flops;  // a trial's training FLOPs so far
+    std::map<int64_t, std::vector<MetricRow>> train, val;
+    for (const auto& t : trials) {
+        train[t.id] = store.metrics(t.id, "train_loss");
+        val[t.id] = store.metrics(t.id, "val_loss");
+        double flops = t.flops;
+        for (const auto& m : train[t.id]) flops = std::max(flops, m.flops);
+        total_flops[t.id] = flops;
+    }
+    auto offset_of = [&](const TrialRecord& t) {
+        if (t.method == "pretrain" || restarts_step_counter(t.method) || !t.parent) return 0.0;
+        if (const auto it = total_flops.find(*t.parent); it != total_flops.end()) return it->second;
+        const auto parent = store.trial(*t.parent);
+        return parent ? parent->flops : 0.0;
+    };
+
+    // Draw order: as the report's rows (pretrainings first), then by trial id.
+    std::vector<std::size_t> order(trials.size());
+    for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::map<std::string, std::size_t> row_rank;
+    for (std::size_t r = 0; r < report.rows.size(); ++r) row_rank[report.rows[r].label] = r;
+    std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+        return row_rank[labels[a].label] < row_rank[labels[b].label];
+    });
+
+    std::string data, lines, points;
+    int index = 0;
+    std::set<std::string> titled;
+    std::set<double> checkpoints;
+    double continuation_start = -1;
+    for (std::size_t i : order) {
+        const TrialRecord& t = trials[i];
+        const double offset = offset_of(t);
+        if (offset > 0) {
+            checkpoints.insert(offset);
+            continuation_start = continuation_start < 0 ? offset : std::min(continuation_start, offset);
+        }
+        const Style& style = styles.at(labels[i].label);
+        const std::string who = fmt::format("trial {} {} seed {}", t.id, labels[i].label, labels[i].seed);
+        auto block = [&](const std::vector<MetricRow>& rows, const std::string& key) {
+            std::string text = fmt::format("# {} ({}; FLOPs offset {} = its checkpoint's)\n"
+                                           "# flops_cumulative step {} trial_flops\n",
+                                           who, key, number(offset), key);
+            for (const auto& m : rows) {
+                text += fmt::format("{} {} {} {}\n", number(m.flops + offset), m.step,
+                                    number(m.value), number(m.flops));
+            }
+            return text + "\n\n";
+        };
+        if (!train[t.id].empty()) {
+            data += block(train[t.id], "train_loss");
+            const bool first = titled.insert(labels[i].label).second;
+            lines += fmt::format("{}\"training_curves.dat\" index {} using 1:3 with lines lw 1.5 "
+                                 "lc rgb \"{}\" {}",
+                                 lines.empty() ? "" : ", \\\n             ", index++, style.color,
+                                 first ? "title " + gp_string(labels[i].label) : "notitle");
+        }
+        if (!val[t.id].empty()) {
+            data += block(val[t.id], "val_loss");
+            points += fmt::format(", \\\n             \"training_curves.dat\" index {} using 1:3 "
+                                  "with points pt {} ps 1.1 lc rgb \"{}\" notitle",
+                                  index++, style.point, style.color);
+        }
+    }
+    if (lines.empty() && points.empty()) {
+        output.notes.push_back(fmt::format(
+            "training_curves: skipped (no trial of sweep '{}' has logged train_loss or val_loss "
+            "yet)",
+            sweep));
+        return;
+    }
+    if (lines.empty()) points = points.substr(std::string(", \\\n             ").size());
+    const std::string plot = "        plot " + lines + points + "\n";
+
+    std::string arrows;
+    for (double c : checkpoints) {
+        arrows += fmt::format("set arrow from {0}, graph 0 to {0}, graph 1 nohead dt 3 lw 1.5 "
+                              "lc rgb \"#555555\"\n",
+                              number(c));
+    }
+    const bool zoom = continuation_start > 0;
+    std::string body = fmt::format(
+        "    set multiplot layout {},1 title {}\n"
+        "        set lmargin at screen 0.08\n"
+        "        set rmargin at screen 0.74\n"
+        "        set key at screen 0.99, screen 0.93 right top box opaque\n"
+        "        set title \"the whole of training\"\n"
+        "{}"
+        "        unset key\n",
+        zoom ? 2 : 1,
+        gp_string(fmt::format("{}: training loss (lines) and validation loss (points)\n"
+                              "continuations start at their dense checkpoint's FLOPs (dotted "
+                              "line), scratch at 0",
+                              sweep)),
+        plot);
+    if (zoom) {
+        body += fmt::format(
+            "        set title \"continuations (from the dense checkpoint on)\"\n"
+            "        set xrange [{}:*]\n"
+            "{}"
+            "    unset multiplot\n"
+            "    set xrange [*:*]\n",
+            number(continuation_start * 0.98), plot);
+    } else {
+        body += "    unset multiplot\n";
+    }
+    std::string script = script_header("training_curves", "Training curves", sweep);
+    script += fmt::format(
+        "set xlabel \"training FLOPs, cumulative (a continuation adds its checkpoint's)\"\n"
+        "set ylabel \"loss (nats/token)\"\n"
+        "set format x \"%.1te%T\"\n"
+        "set grid\n"
+        "{}",
+        arrows);
+    script += terminals_loop("training_curves", kCurvesWidth, zoom ? kCurvesHeight : kCurvesHeight / 2 + 100,
+                             body);
+    writer.draw("training_curves", data, script);
+}
+
+// ---- expert load ---------------------------------------------------------------------------
+
+void draw_expert_load(const Store& store, const std::string& sweep, FigureWriter& writer,
+                      PlotOutput& output) {
+    const std::vector<TrialRecord> trials = store.trials(sweep);
+    const std::vector<TrialLabel> labels = label_trials(trials);
+    int drawn = 0;
+    for (std::size_t i = 0; i < trials.size(); ++i) {
+        const TrialRecord& t = trials[i];
+        const std::vector<RoutingRow> routing = store.routing(t.id);
+        if (routing.empty()) continue;
+        std::map<int, std::vector<const RoutingRow*>> by_layer;
+        std::size_t experts = 0;
+        for (const auto& r : routing) {
+            if (!r.tokens_per_expert.is_array() || r.tokens_per_expert.empty()) continue;
+            by_layer[r.layer].push_back(&r);
+            experts = std::max(experts, r.tokens_per_expert.size());
+        }
+        if (by_layer.empty()) continue;
+
+        const std::string name = fmt::format("expert_load_{}_seed{}_trial{}", slug(labels[i].label),
+                                             slug(labels[i].seed), t.id);
+        std::string data;
+        std::string panels;
+        int index = 0;
+        for (const auto& [layer, rows] : by_layer) {
+            data += fmt::format("# layer {}: step, then the stacked boundaries of experts 0..{} "
+                                "(fraction of routed tokens), dropped_fraction\n",
+                                layer, experts - 1);
+            double dropped = 0;
+            int counted = 0;
+            for (const RoutingRow* r : rows) {
+                double total = 0;
+                for (const auto& c : r->tokens_per_expert) total += c.is_number() ? c.get<double>() : 0.0;
+                if (total <= 0) continue;
+                std::string line = fmt::format("{} 0", r->step);
+                double cumulative = 0;
+                for (std::size_t e = 0; e < experts; ++e) {
+                    const auto& c = e < r->tokens_per_expert.size() ? r->tokens_per_expert[e] : nlohmann::json(0);
+                    cumulative += (c.is_number() ? c.get<double>() : 0.0) / total;
+                    line += " " + number(cumulative);
+                }
+                data += line + " " + number(r->dropped_fraction) + "\n";
+                if (std::isfinite(r->dropped_fraction)) {
+                    dropped += r->dropped_fraction;
+                    ++counted;
+                }
+            }
+            data += "\n\n";
+            const std::string title = counted > 0
+                ? fmt::format("layer {} (mean dropped fraction {:.1f}%)", layer, 100.0 * dropped / counted)
+                : fmt::format("layer {}", layer);
+            panels += fmt::format(
+                "        set title {}\n"
+                "        plot for [e=0:{}] \"{}.dat\" index {} using 1:(column(e+2)):(column(e+3)) "
+                "with filledcurves fs solid 0.9 noborder lc (e % 12) + 1 notitle{}\n",
+                gp_string(title), experts - 1, name, index++,
+                experts >= 2 && experts <= kMaxUniformGuides
+                    ? fmt::format(", for [k=1:{}] k/{}.0 with lines dt 2 lw 1 lc rgb \"#333333\" notitle",
+                                  experts - 1, experts)
+                    : "");
+        }
+        const int layers = static_cast<int>(by_layer.size());
+        const int cols = layers >= 2 ? 2 : 1;
+        const int rows = (layers + cols - 1) / cols;
+        std::string script = script_header(name, "Expert load", sweep);
+        for (int c = 0; c < 12; ++c) {
+            script += fmt::format("set linetype {} lc rgb \"{}\"\n", c + 1, kBandColors[c]);
+        }
+        script += fmt::format(
+            "set xlabel \"training step\"\n"
+            "set ylabel \"fraction of routed tokens\"\n"
+            "set yrange [0:1]\n"
+            "set xrange [*:*] noextend\n"
+            "set ytics 0.25\n"
+            "set grid front\n"
+            "set samples 200\n");
+        const std::string body = fmt::format(
+            "    set multiplot layout {},{} title {}\n{}    unset multiplot\n", rows, cols,
+            gp_string(fmt::format("{}: expert load of trial {}, {} seed {} ({} experts)\n"
+                                  "bands: experts 0 (bottom) to {} (top); dashed: the uniform "
+                                  "share 1/{}",
+                                  sweep, t.id, labels[i].label, labels[i].seed, experts,
+                                  experts - 1, experts)),
+            panels);
+        script += terminals_loop(name, kPanelWidth * cols + 40, kPanelHeight * rows + kTitleHeight, body);
+        writer.draw(name, data, script);
+        ++drawn;
+    }
+    if (drawn == 0) {
+        output.notes.push_back(fmt::format(
+            "expert_load: skipped (no MoE trial of sweep '{}' has logged routing statistics yet)",
+            sweep));
+    }
+}
+
+}  // namespace
+
+std::optional<fs::path> find_gnuplot(const std::string& program) {
+    auto executable = [](const fs::path& p) {
+        std::error_code ec;
+        return fs::is_regular_file(p, ec) && access(p.c_str(), X_OK) == 0;
+    };
+    if (program.find('/') != std::string::npos) {
+        if (executable(program)) return fs::path(program);
+        return std::nullopt;
+    }
+    const char* path = std::getenv("PATH");
+    if (!path) return std::nullopt;
+    std::string dirs = path;
+    std::size_t start = 0;
+    while (start <= dirs.size()) {
+        const std::size_t end = std::min(dirs.find(':', start), dirs.size());
+        const std::string dir = dirs.substr(start, end - start);
+        const fs::path candidate = fs::path(dir.empty() ? "." : dir) / program;
+        if (executable(candidate)) return candidate;
+        start = end + 1;
+    }
+    return std::nullopt;
+}
+
+PlotOutput make_plots(const Store& store, const std::string& sweep, const PlotOptions& options) {
+    // an unknown sweep or metric is a UserError before anything is written
+    const Report report = build_report(store, sweep, options.metric);
+    const auto gnuplot = find_gnuplot(options.gnuplot);
+    if (!gnuplot) {
+        throw UserError("", "gnuplot",
+                        fmt::format("'{}' was not found: `upcycle plot` draws with gnuplot; install "
+                                    "the Debian package gnuplot-nox (scripts/setup.sh does)",
+                                    options.gnuplot));
+    }
+    std::error_code ec;
+    fs::create_directories(options.out_dir, ec);
+    if (ec) throw UserError(options.out_dir.string(), "--out", "cannot create the directory: " + ec.message());
+    // gnuplot runs in the output directory: the scripts name their files relative to it.
+    const fs::path gnuplot_path = fs::absolute(*gnuplot);
+
+    PlotOutput output;
+    FigureWriter writer(options.out_dir, gnuplot_path, output);
+    draw_comparison(store, sweep, options, report, writer, output);
+    draw_training_curves(store, sweep, writer, output);
+    draw_expert_load(store, sweep, writer, output);
+    return output;
+}
+
+}  // namespace upcycle

@@ -1,0 +1,49 @@
+#pragma once
+// Figures of one sweep (`upcycle plot`), drawn by gnuplot (Debian package gnuplot-nox): for
+// each figure a data file (.dat) and a gnuplot script (.gp) are written into the output
+// directory and kept, so that a researcher can edit them and run `gnuplot NAME.gp` there
+// again; each script writes NAME.png (pngcairo) and NAME.svg.
+//
+//   comparison       the metric against extra compute as % of the sunk cost: one line per
+//                    report row (runner/store/report.h), the mean over seeds with ± std bars
+//                    where two or more seeds were evaluated, and the pretrained checkpoint's
+//                    value as a dashed horizontal reference.
+//   training_curves  train_loss (lines) and val_loss (points) against cumulative training
+//                    FLOPs, every trial of the sweep; a continuation that reuses the dense
+//                    checkpoint starts at its parent's FLOPs (scratch starts at 0). A lower
+//                    panel zooms in on the continuations.
+//   expert_load_*    one figure per MoE trial: per MoE layer a panel of the fraction of routed
+//                    tokens each expert received, stacked, over training steps.
+//
+// A figure without data (no evaluations yet, no MoE trial) is skipped with a note.
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "runner/store/store.h"
+
+namespace upcycle {
+
+struct PlotOptions {
+    std::filesystem::path out_dir;     // created when missing
+    std::string metric = "val_loss";   // of the comparison figure
+    std::string gnuplot = "gnuplot";   // a program name looked up on PATH, or a path
+};
+
+struct PlotOutput {
+    std::vector<std::filesystem::path> figures;  // the PNG and SVG files written
+    std::vector<std::filesystem::path> sources;  // the .gp scripts and .dat files kept
+    std::vector<std::string> notes;              // figures skipped, and why
+};
+
+// The gnuplot executable: `program` itself when it holds a '/', else the first match on
+// PATH; nullopt when there is none.
+std::optional<std::filesystem::path> find_gnuplot(const std::string& program);
+
+// An unknown sweep is a UserError naming the database and its sweeps; no gnuplot is a
+// UserError saying to install gnuplot-nox. gnuplot failing on a script is a runtime_error
+// with its output (a bug in the script written here).
+PlotOutput make_plots(const Store& store, const std::string& sweep, const PlotOptions& options);
+
+}  // namespace upcycle

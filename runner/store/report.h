@@ -1,0 +1,105 @@
+#pragma once
+// The paper's comparison over one sweep of the results store (`upcycle results`), and the
+// grouping of a sweep's trials into report rows that the plots share (runner/store/plot.h).
+//
+// Rows are methods — the dense pretraining ("pretrained (0%)", the checkpoint every
+// continuation starts from), then dense, upcycle, scratch, warmstart — split by the config
+// values that vary between the trials of one method (e.g. "upcycle experts=16"), and averaged
+// over seeds (run.train.seed). Columns are the budgets: extra compute as % of the sunk cost
+// (for scratch, which reuses none, its total compute). A cell is the mean ± sample std of the
+// metric over the seeds evaluated there, and its difference to dense continuation at the same
+// budget.
+//
+// Which values vary is found by comparing the canonical trial configs (core/sweep/sweep.h):
+// every leaf path whose value differs between trials of one method is a candidate, except the
+// seeds (run.train.seed, options.seed), the parent hash, the budget and the step count (both
+// follow from the budget). A path whose value follows from paths already chosen is left out
+// (run.model.moe.experts follows from options.experts), options come first, and a value that
+// most variants share strictly more often than any other (the recipe a zip varies one key
+// at a time from) is not spelled out. Keys that vary between the pretrainings (a grid over
+// model.channels) split every row, the pretrained one included, and a continuation belongs
+// with its parent's.
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "runner/store/store.h"
+
+namespace upcycle {
+
+// How a trial reads in a report.
+struct TrialLabel {
+    std::string method;   // as stored: pretrain | dense | upcycle | scratch | warmstart
+    std::string base;     // the pretraining's varying keys ("model.channels=256"); "" if none
+    std::string variant;  // the method's varying keys ("experts=16"); "" if none
+    std::string label;    // the row label: "upcycle experts=16", "pretrained (0%)"
+    std::string seed;     // run.train.seed as text ("" when the config has none)
+    // Sorts rows: the base's then the variant's values, numbers by value.
+    std::vector<nlohmann::json> base_key, variant_key;
+};
+
+// One label per trial, in the same order.
+std::vector<TrialLabel> label_trials(const std::vector<TrialRecord>& trials);
+
+// The report row label of the dense pretraining.
+inline constexpr const char* kPretrainedLabel = "pretrained (0%)";
+
+struct ReportCell {
+    double budget_percent = 0;
+    int planned = 0;  // trials of the row that evaluate at this budget (usually one per seed)
+    int n = 0;        // evaluations recorded here
+    int failed = 0;   // planned trials that failed without recording it
+    std::optional<double> mean;            // over the n values; NaN when one of them is NaN
+    std::optional<double> std;             // sample standard deviation, when n >= 2
+    std::optional<double> delta_vs_dense;  // mean − the dense row's mean at this budget
+};
+
+struct ReportRow {
+    std::string method;   // "pretrain" for the pretrained reference row
+    std::string base, variant, label;
+    std::vector<ReportCell> cells;  // ascending budget: planned or recorded ones only
+    bool has_dense_reference = false;  // a dense row of the same base gives the deltas
+
+    const ReportCell* cell(double budget_percent) const;  // nullptr when not in this row
+    // "experts=16", the base first: what distinguishes the row within its method.
+    std::string variant_text() const;
+};
+
+struct Report {
+    std::string sweep, metric;
+    std::string database;     // the store's path, as given
+    std::string budget_unit;  // flops | steps | seconds (of the continuations' budgets)
+    bool lower_is_better = true;
+    std::vector<double> budgets;     // every column, ascending (0: the pretrained reference)
+    std::vector<ReportRow> rows;     // pretrained, dense, upcycle, scratch, warmstart, others
+    std::map<std::string, int64_t> status_counts;  // trials of the sweep by status
+};
+
+// The metrics a report may use without any evaluation recording them yet.
+inline const std::vector<std::string>& standard_report_metrics() {
+    static const std::vector<std::string> metrics{"val_loss", "val_accuracy"};
+    return metrics;
+}
+
+// An unknown sweep is a UserError naming the database and the sweeps it has; so is a metric
+// that no evaluation of the sweep records (other than the standard ones).
+Report build_report(const Store& store, const std::string& sweep, const std::string& metric);
+
+// Aligned for a terminal: a caption, one line per row and a "Δ vs dense" line under each
+// continuation with a dense reference, a legend; "…" marks cells not evaluated yet.
+std::string report_table(const Report& report);
+// A GitHub table with the same rows ("↳ Δ vs dense" rows), under a one-line caption.
+std::string report_markdown(const Report& report);
+// One line per (row, budget): method,variant,budget_percent,n,mean,std,delta_vs_dense;
+// a missing value is an empty field.
+std::string report_csv(const Report& report);
+// The same as an array of objects; a missing value is null.
+std::string report_json(const Report& report);
+
+// Text helpers shared with the plots.
+std::string format_percent(double percent);  // 10 → "10%", 12.5 → "12.5%"
+std::string metric_description(const std::string& metric);  // "validation loss, nats/token"
+
+}  // namespace upcycle

@@ -1,0 +1,569 @@
+// `upcycle results` and `upcycle plot` on a fixture store built the way the executor fills it:
+// a real sweep plan (grid upcycle.experts [4, 8] × seeds [1, 2]) with known evaluations, one
+// trial still running and two pending; the comparison in every format, the row labels that
+// varying grid values make, and gnuplot figures with their kept scripts.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include "core/errors.h"
+#include "core/sweep/sweep.h"
+#include "runner/store/plot.h"
+#include "runner/store/report.h"
+#include "runner/store/store.h"
+#include "test_support.h"
+
+namespace upcycle {
+namespace {
+
+using testing::run_cli;
+using testing::TempDir;
+
+constexpr const char* kSweep = "fixture";
+constexpr double kFresh = 3600.0;
+constexpr double kPretrainFlops = 2e10;
+constexpr int64_t kPretrainSteps = 20;
+
+const char* kFixtureYaml = R"(name: fixture
+model:
+  preset: gpt-tiny
+data:
+  source: synthetic
+train:
+  batch_size: 4
+  schedule: rsqrt
+  warmup_steps: 2
+  seed: 1
+pretrain:
+  steps: 20
+continue:
+  budget_unit: flops
+  budgets: [10, 50, 100]
+  methods:
+    dense: {}
+    upcycle:
+      experts: 4
+    scratch: {}
+    warmstart: {}
+grid:
+  upcycle.experts: [4, 8]
+seeds: [1, 2]
+)";
+
+// The known validation loss of a method (and expert count) at a budget, before the seed's
+// offset: seed 1 is 0.01 below it, seed 2 0.01 above, so two seeds average to it exactly
+// with a sample std of 0.01·√2.
+double base_loss(const std::string& method, int experts, double budget) {
+    static const std::map<std::string, std::map<double, double>> table{
+        {"dense", {{10, 2.40}, {50, 2.30}, {100, 2.20}}},
+        {"upcycle4", {{10, 2.35}, {50, 2.20}, {100, 2.05}}},
+        {"upcycle8", {{10, 2.38}, {50, 2.18}, {100, 2.00}}},
+        {"scratch4", {{10, 3.00}, {50, 2.60}, {100, 2.30}, {200, 2.10}}},
+        {"scratch8", {{10, 2.90}, {50, 2.50}, {100, 2.25}, {200, 2.05}}},
+        {"warmstart", {{10, 2.39}, {50, 2.27}, {100, 2.15}}},
+    };
+    if (method == "pretrain") return 2.50;
+    const std::string key = method == "upcycle" || method == "scratch"
+                                ? method + std::to_string(experts) : method;
+    return table.at(key).at(budget);
+}
+
+double seed_offset(int seed) { return seed == 1 ? -0.01 : 0.01; }
+
+struct FixtureTrial {
+    std::string method;
+    int experts = 0, seed = 0;
+};
+
+FixtureTrial describe(const PlannedTrial& t) {
+    FixtureTrial f;
+    f.method = t.method;
+    f.seed = t.config.at("run").at("train").at("seed").get<int>();
+    if (t.config.contains("options") && t.config["options"].contains("experts")) {
+        f.experts = t.config["options"]["experts"].get<int>();
+    }
+    return f;
+}
+
+// Training curves, validation points and (MoE) routing as the executor logs them: the loss
+// falls from where the method starts towards its value at the end of its budget.
+void log_series(Store& store, int64_t id, const FixtureTrial& f, int64_t first_step,
+                int64_t steps) {
+    std::vector<MetricRow> rows;
+    const double flops_per_step = kPretrainFlops / kPretrainSteps;
+    const bool pretrain = f.method == "pretrain";
+    const double start = pretrain || f.method == "scratch" ? 5.5 : 2.6;
+    const double end = pretrain ? 2.45 : base_loss(f.method, f.experts, f.method == "scratch" ? 200 : 100) - 0.05;
+    for (int64_t s = 0; s <= steps; s += 2) {
+        const double loss = end + (start - end) * std::exp(-double(s) / 6.0) + 0.01 * f.seed;
+        const double flops = double(s) * flops_per_step;
+        rows.push_back({"train_loss", first_step + s, flops, 0.1 * double(s), loss});
+        rows.push_back({"lr", first_step + s, flops, 0.1 * double(s), 1e-3});
+        if (s % 10 == 0) rows.push_back({"val_loss", first_step + s, flops, 0.1 * double(s), loss + 0.05});
+    }
+    store.add_metrics(id, rows);
+    if (f.experts == 0) return;
+    std::vector<RoutingRow> routing;
+    for (int64_t s = 0; s <= steps; s += 4) {
+        for (int layer : {1, 3}) {
+            nlohmann::json counts = nlohmann::json::array();
+            for (int e = 0; e < f.experts; ++e) counts.push_back(100 + 10 * e + 5 * layer + (e == 0 ? 15 * s : 0));
+            routing.push_back({first_step + s, layer, counts, 0.02, 1.3, 1.01, 0.5});
+        }
+    }
+    store.add_routing(id, routing);
+}
+
+// The fixture: every trial done, except upcycle experts=8 seed 2 and scratch experts=8 seed 2
+// (pending) and scratch experts=8 seed 1 (running, evaluated at 10% and 50% so far).
+void build_fixture(const std::filesystem::path& db) {
+    const SweepSpec spec = parse_sweep(kFixtureYaml, "fixture.yaml");
+    const std::vector<PlannedTrial> planned = plan_sweep(spec);
+    ASSERT_EQ(planned.size(), 14u);  // per seed: pretrain, dense, 2 upcycle, 2 scratch, warmstart
+    Store store(db, Store::Mode::ReadWrite);
+    const int64_t sweep = store.upsert_sweep(kSweep, kFixtureYaml, "h1", nullptr);
+    std::map<std::string, FixtureTrial> by_hash;
+    for (const auto& t : planned) {
+        store.add_trial(sweep, t.hash, t.method, t.config,
+                        t.parent_hash.empty() ? std::nullopt : std::optional(t.parent_hash));
+        by_hash[t.hash] = describe(t);
+    }
+    std::vector<int64_t> to_release;
+    while (const auto claimed = store.claim_next("fixture-worker", "host", kFresh, sweep)) {
+        const FixtureTrial& f = by_hash.at(claimed->hash);
+        const bool e8 = f.experts == 8;
+        if (f.method == "upcycle" && e8 && f.seed == 2) {
+            to_release.push_back(claimed->id);
+            continue;
+        }
+        if (f.method == "scratch" && e8 && f.seed == 2) {
+            to_release.push_back(claimed->id);
+            continue;
+        }
+        const double offset = seed_offset(f.seed);
+        const int64_t first = f.method == "pretrain" || f.method == "scratch" ? 0 : kPretrainSteps;
+        log_series(store, claimed->id, f, first, kPretrainSteps);
+        if (f.method == "pretrain") {
+            store.add_evaluation(claimed->id, 0, kPretrainSteps, kPretrainFlops, 2.0,
+                                 {{"val_loss", base_loss("pretrain", 0, 0) + offset},
+                                  {"val_accuracy", 0.30 - offset}});
+            store.finish(claimed->id, {kPretrainSteps, kPretrainFlops, 2.0, 1280});
+            continue;
+        }
+        const bool running = f.method == "scratch" && e8 && f.seed == 1;
+        for (const auto& m : claimed->config.at("budget").at("milestones")) {
+            const double b = m.get<double>();
+            if (running && b > 50) break;
+            const double loss = base_loss(f.method, f.experts, b) + offset;
+            store.add_evaluation(claimed->id, b, first + int64_t(b / 5), kPretrainFlops * b / 100,
+                                 b / 50, {{"val_loss", loss}, {"val_accuracy", 1.0 - loss / 4.0}});
+        }
+        if (!running) store.finish(claimed->id, {first + 20, kPretrainFlops, 2.0, 1280});
+    }
+    for (int64_t id : to_release) store.release(id);
+    // A second sweep with nothing run yet: every figure is skipped, no error.
+    const int64_t empty = store.upsert_sweep("empty", "name: empty", "h2", nullptr);
+    store.add_trial(empty, "e0", "pretrain", {{"method", "pretrain"}, {"run", {{"train", {{"seed", 1}}}}}},
+                    std::nullopt);
+}
+
+class Reports : public ::testing::Test {
+protected:
+    static void SetUpTestSuite() {
+        dir_ = new TempDir;
+        build_fixture(db());
+    }
+    static void TearDownTestSuite() {
+        delete dir_;
+        dir_ = nullptr;
+    }
+    static std::filesystem::path db() { return *dir_ / "upcycle.db"; }
+    static Report report(const std::string& metric = "val_loss") {
+        const Store store(db(), Store::Mode::ReadOnly);
+        return build_report(store, kSweep, metric);
+    }
+    static inline TempDir* dir_ = nullptr;
+};
+
+template <class F>
+std::string user_error_of(F&& f) {
+    try {
+        f();
+    } catch (const UserError& e) {
+        return e.what();
+    }
+    return "(no UserError)";
+}
+
+std::vector<std::string> lines_of(const std::string& text) {
+    std::vector<std::string> lines;
+    std::istringstream in(text);
+    for (std::string line; std::getline(in, line);) lines.push_back(line);
+    return lines;
+}
+
+TEST_F(Reports, RowsAreMethodsAndTheGridValuesThatVary) {
+    const Report r = report();
+    std::vector<std::string> labels;
+    for (const auto& row : r.rows) labels.push_back(row.label);
+    EXPECT_EQ(labels, (std::vector<std::string>{"pretrained (0%)", "dense", "upcycle experts=4",
+                                                "upcycle experts=8", "scratch experts=4",
+                                                "scratch experts=8", "warmstart"}));
+    EXPECT_EQ(r.budgets, (std::vector<double>{0, 10, 50, 100, 200}));
+    EXPECT_EQ(r.budget_unit, "flops");
+    EXPECT_EQ(r.status_counts.at(kDone), 11);
+    EXPECT_EQ(r.status_counts.at(kRunning), 1);
+    EXPECT_EQ(r.status_counts.at(kPending), 2);
+
+    const ReportRow& upcycle4 = r.rows[2];
+    const ReportCell* c = upcycle4.cell(50);
+    ASSERT_NE(c, nullptr);
+    EXPECT_EQ(c->n, 2);
+    EXPECT_EQ(c->planned, 2);
+    EXPECT_NEAR(*c->mean, 2.20, 1e-12);
+    EXPECT_NEAR(*c->std, 0.01 * std::sqrt(2.0), 1e-12);
+    EXPECT_NEAR(*c->delta_vs_dense, -0.10, 1e-12);
+    // one seed evaluated of two: its value, no std
+    const ReportCell* partial = r.rows[3].cell(100);
+    EXPECT_EQ(partial->n, 1);
+    EXPECT_EQ(partial->planned, 2);
+    EXPECT_NEAR(*partial->mean, 1.99, 1e-12);
+    EXPECT_FALSE(partial->std.has_value());
+    // scratch experts=8 at 200%: planned, nothing evaluated; dense has no 200% cell
+    const ReportCell* missing = r.rows[5].cell(200);
+    ASSERT_NE(missing, nullptr);
+    EXPECT_EQ(missing->n, 0);
+    EXPECT_FALSE(missing->mean.has_value());
+    EXPECT_EQ(r.rows[1].cell(200), nullptr);
+    EXPECT_FALSE(r.rows[4].cell(200)->delta_vs_dense.has_value());
+}
+
+TEST_F(Reports, Table) {
+    const std::string expected =
+        "fixture: val_loss (validation loss, nats/token; lower is better), mean ± std over seeds\n"
+        "columns: extra training FLOPs as % of the sunk cost (the dense pretraining); Δ vs dense: "
+        "difference to dense continuation at the same budget\n" +
+        db().string() + ", 14 trials: 11 done, 1 running, 2 pending\n" + R"(
+method                          0%                 10%                 50%                100%             200%
+-----------------  ---------------  ------------------  ------------------  ------------------  ---------------
+pretrained (0%)    2.5000 ± 0.0141
+dense                                  2.4000 ± 0.0141     2.3000 ± 0.0141     2.2000 ± 0.0141
+upcycle experts=4                      2.3500 ± 0.0141     2.2000 ± 0.0141     2.0500 ± 0.0141
+  Δ vs dense                                   -0.0500             -0.1000             -0.1500
+upcycle experts=8                   2.3700 (1/2 seeds)  2.1700 (1/2 seeds)  1.9900 (1/2 seeds)
+  Δ vs dense                                   -0.0300             -0.1300             -0.2100
+scratch experts=4                      3.0000 ± 0.0141     2.6000 ± 0.0141     2.3000 ± 0.0141  2.1000 ± 0.0141
+  Δ vs dense                                   +0.6000             +0.3000             +0.1000
+scratch experts=8                   2.8900 (1/2 seeds)  2.4900 (1/2 seeds)                   …                …
+  Δ vs dense                                   +0.4900             +0.1900                   …
+warmstart                              2.3900 ± 0.0141     2.2700 ± 0.0141     2.1500 ± 0.0141
+  Δ vs dense                                   -0.0100             -0.0300             -0.0500
+
+…  not evaluated yet (trial pending or running)
+(1/2 seeds)  seeds evaluated there, of those planned
+scratch reuses no sunk cost: its budget is its total compute
+)";
+    EXPECT_EQ(report_table(report()), expected) << report_table(report());
+}
+
+TEST_F(Reports, Markdown) {
+    const std::string text = report_markdown(report());
+    const auto lines = lines_of(text);
+    ASSERT_GE(lines.size(), 4u);
+    EXPECT_EQ(lines[0].rfind("**fixture** · `val_loss` (validation loss, nats/token; lower is "
+                             "better), mean ± std over seeds · columns: extra training FLOPs",
+                             0),
+              0u)
+        << lines[0];
+    EXPECT_EQ(lines[1], "");
+    EXPECT_EQ(lines[2], "| method | 0% | 10% | 50% | 100% | 200% |");
+    EXPECT_EQ(lines[3], "| :--- | ---: | ---: | ---: | ---: | ---: |");
+    const std::vector<std::string> body(lines.begin() + 4, lines.end());
+    EXPECT_EQ(body, (std::vector<std::string>{
+                        "| pretrained (0%) | 2.5000 ± 0.0141 | | | | |",
+                        "| dense | | 2.4000 ± 0.0141 | 2.3000 ± 0.0141 | 2.2000 ± 0.0141 | |",
+                        "| upcycle experts=4 | | 2.3500 ± 0.0141 | 2.2000 ± 0.0141 | 2.0500 ± 0.0141 | |",
+                        "| ↳ Δ vs dense | | -0.0500 | -0.1000 | -0.1500 | |",
+                        "| upcycle experts=8 | | 2.3700 (1/2 seeds) | 2.1700 (1/2 seeds) | 1.9900 (1/2 seeds) | |",
+                        "| ↳ Δ vs dense | | -0.0300 | -0.1300 | -0.2100 | |",
+                        "| scratch experts=4 | | 3.0000 ± 0.0141 | 2.6000 ± 0.0141 | 2.3000 ± 0.0141 | 2.1000 ± 0.0141 |",
+                        "| ↳ Δ vs dense | | +0.6000 | +0.3000 | +0.1000 | |",
+                        "| scratch experts=8 | | 2.8900 (1/2 seeds) | 2.4900 (1/2 seeds) | … | … |",
+                        "| ↳ Δ vs dense | | +0.4900 | +0.1900 | … | |",
+                        "| warmstart | | 2.3900 ± 0.0141 | 2.2700 ± 0.0141 | 2.1500 ± 0.0141 | |",
+                        "| ↳ Δ vs dense | | -0.0100 | -0.0300 | -0.0500 | |",
+                    }))
+        << text;
+}
+
+TEST_F(Reports, Csv) {
+    const auto lines = lines_of(report_csv(report()));
+    ASSERT_FALSE(lines.empty());
+    EXPECT_EQ(lines[0], "method,variant,budget_percent,n,mean,std,delta_vs_dense");
+    // pretrained 1 + dense 3 + upcycle 3 + 3 + scratch 4 + 4 + warmstart 3
+    EXPECT_EQ(lines.size(), 1u + 21u);
+    for (const auto& line : lines) {
+        EXPECT_EQ(std::count(line.begin(), line.end(), ','), 6) << line;
+    }
+    // method,variant,budget_percent → the other fields
+    std::map<std::string, std::vector<std::string>> rows;
+    for (std::size_t i = 1; i < lines.size(); ++i) {
+        std::vector<std::string> fields;
+        std::stringstream in(lines[i]);
+        for (std::string field; std::getline(in, field, ',');) fields.push_back(field);
+        if (lines[i].back() == ',') fields.push_back("");
+        ASSERT_EQ(fields.size(), 7u) << lines[i];
+        rows[fields[0] + "," + fields[1] + "," + fields[2]] = {fields[3], fields[4], fields[5], fields[6]};
+    }
+    EXPECT_EQ(rows.size(), 21u);
+    auto expect_row = [&](const std::string& key, const std::string& n, std::optional<double> mean,
+                          std::optional<double> std, std::optional<double> delta) {
+        SCOPED_TRACE(key);
+        ASSERT_TRUE(rows.count(key));
+        const auto& f = rows[key];
+        EXPECT_EQ(f[0], n);
+        const std::optional<double> expected[] = {mean, std, delta};
+        for (int i = 0; i < 3; ++i) {
+            if (!expected[i]) EXPECT_EQ(f[i + 1], "") << i;
+            else EXPECT_NEAR(std::stod(f[i + 1]), *expected[i], 1e-12) << i;
+        }
+    };
+    const double s2 = 0.01 * std::sqrt(2.0);
+    expect_row("pretrain,,0", "2", 2.5, s2, std::nullopt);
+    expect_row("dense,,10", "2", 2.4, s2, 0.0);
+    expect_row("upcycle,experts=4,50", "2", 2.2, s2, -0.1);
+    expect_row("upcycle,experts=8,100", "1", 1.99, std::nullopt, -0.21);
+    expect_row("scratch,experts=4,200", "2", 2.1, s2, std::nullopt);  // dense has no 200%
+    expect_row("scratch,experts=8,50", "1", 2.49, std::nullopt, 0.19);
+    expect_row("scratch,experts=8,200", "0", std::nullopt, std::nullopt, std::nullopt);
+    expect_row("warmstart,,100", "2", 2.15, s2, -0.05);
+}
+
+TEST_F(Reports, Json) {
+    const auto rows = nlohmann::json::parse(report_json(report()));
+    ASSERT_TRUE(rows.is_array());
+    EXPECT_EQ(rows.size(), 21u);
+    for (const auto& row : rows) {
+        for (const char* key : {"method", "variant", "budget_percent", "n", "mean", "std",
+                                "delta_vs_dense"}) {
+            EXPECT_TRUE(row.contains(key)) << key << " " << row.dump();
+        }
+    }
+    auto find = [&](const std::string& method, const std::string& variant, double budget) {
+        for (const auto& row : rows) {
+            if (row["method"] == method && row["variant"] == variant && row["budget_percent"] == budget) {
+                return row;
+            }
+        }
+        return nlohmann::json();
+    };
+    const auto up = find("upcycle", "experts=4", 100);
+    EXPECT_EQ(up["n"], 2);
+    EXPECT_NEAR(up["mean"].get<double>(), 2.05, 1e-12);
+    EXPECT_NEAR(up["delta_vs_dense"].get<double>(), -0.15, 1e-12);
+    const auto missing = find("scratch", "experts=8", 200);
+    EXPECT_EQ(missing["n"], 0);
+    EXPECT_TRUE(missing["mean"].is_null());
+    EXPECT_TRUE(missing["std"].is_null());
+    EXPECT_TRUE(missing["delta_vs_dense"].is_null());
+    EXPECT_TRUE(find("upcycle", "experts=8", 10)["std"].is_null());  // one seed
+}
+
+TEST_F(Reports, AccuracyIsHigherIsBetter) {
+    const Report r = report("val_accuracy");
+    EXPECT_FALSE(r.lower_is_better);
+    const std::string table = report_table(r);
+    EXPECT_NE(table.find("(validation accuracy; higher is better)"), std::string::npos) << table;
+    // 1 − 2.05/4 for upcycle experts=4 at 100%, and dense 1 − 2.2/4: +0.0375
+    EXPECT_NEAR(*r.rows[2].cell(100)->mean, 1.0 - 2.05 / 4.0, 1e-12);
+    EXPECT_NEAR(*r.rows[2].cell(100)->delta_vs_dense, 0.0375, 1e-12);
+}
+
+TEST_F(Reports, UnknownSweepOrMetricIsAUserError) {
+    const Store store(db(), Store::Mode::ReadOnly);
+    const std::string sweep = user_error_of([&] { build_report(store, "nope", "val_loss"); });
+    EXPECT_NE(sweep.find(db().string()), std::string::npos) << sweep;
+    EXPECT_NE(sweep.find("no sweep named 'nope'"), std::string::npos) << sweep;
+    EXPECT_NE(sweep.find("empty, fixture"), std::string::npos) << sweep;
+    const std::string metric = user_error_of([&] { build_report(store, kSweep, "bleu"); });
+    EXPECT_NE(metric.find("--metric"), std::string::npos) << metric;
+    EXPECT_NE(metric.find("val_accuracy, val_loss"), std::string::npos) << metric;
+    // a sweep with nothing evaluated still reports its planned rows
+    const Report empty = build_report(store, "empty", "val_loss");
+    ASSERT_EQ(empty.rows.size(), 1u);
+    EXPECT_NE(report_table(empty).find("…"), std::string::npos);
+}
+
+TEST_F(Reports, Cli) {
+    if (!std::getenv("UPCYCLE_BIN")) GTEST_SKIP() << "UPCYCLE_BIN not set; run through ctest";
+    const std::string where = " --db " + db().string();
+    const auto table = run_cli(std::string("results ") + kSweep + where);
+    EXPECT_EQ(table.exit_code, 0) << table.output;
+    EXPECT_EQ(table.output, report_table(report()));
+    const auto csv = run_cli(std::string("results ") + kSweep + where + " --format csv");
+    EXPECT_EQ(csv.output, report_csv(report()));
+    const auto md = run_cli(std::string("results ") + kSweep + where + " --format markdown");
+    EXPECT_EQ(md.output, report_markdown(report()));
+    const auto json = run_cli(std::string("results ") + kSweep + where + " --format json --metric val_accuracy");
+    EXPECT_EQ(json.output, report_json(report("val_accuracy")));
+    const auto unknown = run_cli("results nope" + where);
+    EXPECT_EQ(unknown.exit_code, 2) << unknown.output;
+    EXPECT_NE(unknown.output.find("no sweep named 'nope'"), std::string::npos) << unknown.output;
+    EXPECT_NE(unknown.output.find(db().string()), std::string::npos) << unknown.output;
+    const auto format = run_cli(std::string("results ") + kSweep + where + " --format xml");
+    EXPECT_EQ(format.exit_code, 2) << format.output;
+}
+
+// ---- labels of other sweep shapes -----------------------------------------------------------
+
+std::vector<TrialRecord> records_of(const std::string& yaml) {
+    std::vector<TrialRecord> records;
+    for (const auto& t : plan_sweep(parse_sweep(yaml, "labels.yaml"))) {
+        TrialRecord r;
+        r.id = static_cast<int64_t>(records.size()) + 1;
+        r.hash = t.hash;
+        r.method = t.method;
+        r.config = t.config;
+        if (!t.parent_hash.empty()) r.parent_hash = t.parent_hash;
+        records.push_back(std::move(r));
+    }
+    return records;
+}
+
+std::set<std::string> label_set(const std::vector<TrialRecord>& records) {
+    std::set<std::string> labels;
+    for (const auto& l : label_trials(records)) labels.insert(l.label);
+    return labels;
+}
+
+TEST(ReportLabels, AZipNamesOnlyWhatDiffersFromTheRecipe) {
+    const auto records = records_of(R"(name: abl
+model:
+  preset: gpt-tiny
+data:
+  source: synthetic
+continue:
+  methods:
+    dense: {}
+    upcycle:
+      experts: 4
+grid:
+  upcycle.capacity_factor: [1.0, 2.0]
+zip:
+  - upcycle.layers: [every_other, all, every_other]
+    upcycle.expert_init: [copy, copy, noise]
+)");
+    EXPECT_EQ(label_set(records),
+              (std::set<std::string>{"pretrained (0%)", "dense", "upcycle capacity_factor=1.0",
+                                     "upcycle capacity_factor=1.0 layers=all",
+                                     "upcycle capacity_factor=1.0 expert_init=noise",
+                                     "upcycle capacity_factor=2.0",
+                                     "upcycle capacity_factor=2.0 layers=all",
+                                     "upcycle capacity_factor=2.0 expert_init=noise"}));
+}
+
+TEST(ReportLabels, AGridOverThePretrainingSplitsEveryRow) {
+    const auto records = records_of(R"(name: width
+model:
+  preset: gpt-tiny
+data:
+  source: synthetic
+continue:
+  methods:
+    dense: {}
+    warmstart: {}
+grid:
+  model.channels: [32, 64]
+seeds: [1, 2]
+)");
+    EXPECT_EQ(label_set(records),
+              (std::set<std::string>{"pretrained (0%) model.channels=32",
+                                     "pretrained (0%) model.channels=64",
+                                     "dense model.channels=32", "dense model.channels=64",
+                                     "warmstart model.channels=32",
+                                     "warmstart model.channels=64"}));
+    for (const auto& l : label_trials(records)) EXPECT_TRUE(l.seed == "1" || l.seed == "2");
+}
+
+// ---- plots -----------------------------------------------------------------------------------
+
+std::string head_of(const std::filesystem::path& file, std::size_t bytes) {
+    std::ifstream in(file, std::ios::binary);
+    std::string text(bytes, '\0');
+    in.read(text.data(), static_cast<std::streamsize>(bytes));
+    text.resize(static_cast<std::size_t>(in.gcount()));
+    return text;
+}
+
+TEST_F(Reports, PlotsEveryFigureAndKeepsTheScripts) {
+    if (!find_gnuplot("gnuplot")) GTEST_SKIP() << "gnuplot is not installed (gnuplot-nox)";
+    const Store store(db(), Store::Mode::ReadOnly);
+    PlotOptions options;
+    options.out_dir = *dir_ / "plots" / kSweep;
+    // To look at the figures: UPCYCLE_TEST_PLOT_DIR=DIR test_reports --gtest_filter='*Plots*'
+    if (const char* keep = std::getenv("UPCYCLE_TEST_PLOT_DIR")) options.out_dir = keep;
+    const PlotOutput out = make_plots(store, kSweep, options);
+    EXPECT_TRUE(out.notes.empty()) << out.notes.front();
+
+    std::set<std::string> figures;
+    for (const auto& f : out.figures) {
+        ASSERT_TRUE(std::filesystem::exists(f)) << f;
+        figures.insert(f.filename().string());
+        if (f.extension() == ".png") {
+            EXPECT_EQ(head_of(f, 8), std::string("\x89PNG\r\n\x1a\n", 8)) << f;
+        } else {
+            EXPECT_NE(head_of(f, 4096).find("<svg"), std::string::npos) << f;
+        }
+    }
+    for (const char* name : {"comparison", "training_curves"}) {
+        for (const char* ext : {".png", ".svg"}) {
+            EXPECT_TRUE(figures.count(std::string(name) + ext)) << name << ext;
+        }
+        EXPECT_TRUE(std::filesystem::exists(options.out_dir / (std::string(name) + ".gp")));
+        EXPECT_TRUE(std::filesystem::exists(options.out_dir / (std::string(name) + ".dat")));
+    }
+    // one expert-load figure per MoE trial that logged routing: upcycle 4 ×2 seeds, upcycle 8
+    // ×1, scratch 4 ×2, scratch 8 ×1 (running)
+    int expert_load = 0;
+    for (const auto& name : figures) {
+        if (name.rfind("expert_load_", 0) == 0 && name.size() > 4 &&
+            name.substr(name.size() - 4) == ".png") {
+            ++expert_load;
+            const std::string stem = name.substr(0, name.size() - 4);
+            EXPECT_TRUE(figures.count(stem + ".svg")) << stem;
+            EXPECT_TRUE(std::filesystem::exists(options.out_dir / (stem + ".gp"))) << stem;
+        }
+    }
+    EXPECT_EQ(expert_load, 6);
+    EXPECT_TRUE(figures.count("expert_load_upcycle-experts-4_seed1_trial3.png"));
+    // the scripts re-draw in their own directory
+    const std::string gp = head_of(options.out_dir / "comparison.gp", 1 << 16);
+    EXPECT_NE(gp.find("\"comparison.dat\""), std::string::npos);
+    EXPECT_EQ(gp.find(options.out_dir.string()), std::string::npos);
+}
+
+TEST_F(Reports, PlotSkipsFiguresWithoutDataAndNeedsGnuplot) {
+    const Store store(db(), Store::Mode::ReadOnly);
+    PlotOptions options;
+    options.out_dir = *dir_ / "plots" / "empty";
+    if (find_gnuplot("gnuplot")) {
+        const PlotOutput out = make_plots(store, "empty", options);
+        EXPECT_TRUE(out.figures.empty());
+        ASSERT_EQ(out.notes.size(), 3u);
+        EXPECT_EQ(out.notes[0].rfind("comparison: skipped", 0), 0u) << out.notes[0];
+        EXPECT_EQ(out.notes[1].rfind("training_curves: skipped", 0), 0u) << out.notes[1];
+        EXPECT_EQ(out.notes[2].rfind("expert_load: skipped", 0), 0u) << out.notes[2];
+    }
+    options.gnuplot = (*dir_ / "no-such-gnuplot").string();
+    const std::string missing = user_error_of([&] { make_plots(store, kSweep, options); });
+    EXPECT_NE(missing.find("gnuplot-nox"), std::string::npos) << missing;
+    const std::string sweep = user_error_of([&] { make_plots(store, "nope", options); });
+    EXPECT_NE(sweep.find("no sweep named 'nope'"), std::string::npos) << sweep;
+}
+
+}  // namespace
+}  // namespace upcycle
