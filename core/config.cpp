@@ -152,18 +152,6 @@ std::vector<std::string> section_names() {
     return names;
 }
 
-[[noreturn]] void unknown_key(const std::string& source, const std::string& key,
-                              const std::string& leaf, const std::vector<std::string>& known,
-                              const std::string& where) {
-    std::string message = "unknown key" + where;
-    const std::string suggestion = closest_match(leaf, known);
-    if (!suggestion.empty()) message += "; did you mean '" + suggestion + "'?";
-    else {
-        message += "; expected one of:";
-        for (const auto& k : known) message += " " + k;
-    }
-    throw UserError(source, key, message);
-}
 
 template <class Section>
 void read_section(const YAML::Node& node, Section& section, const std::string& prefix,
@@ -197,7 +185,7 @@ void read_section(const YAML::Node& node, Section& section, const std::string& p
     for (const auto& entry : node) {
         const std::string key = entry.first.as<std::string>();
         if (!known.count(key)) {
-            unknown_key(source, prefix + "." + key, key, field_names(section),
+            throw_unknown_key(source, prefix + "." + key, key, field_names(section),
                         line_of(entry.first));
         }
     }
@@ -292,7 +280,7 @@ RunConfig read_run_config(const YAML::Node& root, const std::string& source) {
     for (const auto& entry : root) {
         const std::string key = entry.first.as<std::string>();
         if (std::find(known.begin(), known.end(), key) == known.end()) {
-            unknown_key(source, key, key, known, line_of(entry.first));
+            throw_unknown_key(source, key, key, known, line_of(entry.first));
         }
     }
     if (root["name"]) config.name = yaml_scalar<std::string>(root["name"], "name", source);
@@ -496,6 +484,21 @@ const ModelPreset& find_model_preset(const std::string& name) {
         for (const auto& n : names) message += " " + n;
     }
     throw UserError("", "model", message);
+}
+
+void throw_unknown_key(const std::string& source, const std::string& key, const std::string& leaf,
+                       const std::vector<std::string>& known, const std::string& where) {
+    std::string message = "unknown key" + where;
+    const std::string suggestion = closest_match(leaf, known);
+    if (!suggestion.empty()) {
+        message += "; did you mean '" + suggestion + "'?";
+    } else if (known.empty()) {
+        message += "; it takes no keys";
+    } else {
+        message += "; expected one of:";
+        for (const auto& k : known) message += " " + k;
+    }
+    throw UserError(source, key, message);
 }
 
 std::string closest_match(const std::string& word, const std::vector<std::string>& candidates) {

@@ -115,6 +115,13 @@ struct ModelPreset {
 const std::vector<ModelPreset>& model_presets();
 const ModelPreset& find_model_preset(const std::string& name);  // UserError if unknown
 
+// Throws the UserError for an unknown key: file = source, key = its full path, the line
+// (`where`, e.g. " (line 3)"), and a "did you mean" for `leaf` among `known` where one fits
+// (else the list of known keys).
+[[noreturn]] void throw_unknown_key(const std::string& source, const std::string& key,
+                                    const std::string& leaf, const std::vector<std::string>& known,
+                                    const std::string& where);
+
 // The closest candidate by edit distance, or "" if none is close ("did you mean").
 std::string closest_match(const std::string& word, const std::vector<std::string>& candidates);
 

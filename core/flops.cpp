@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include <fmt/format.h>
+
 namespace upcycle {
 
 double active_experts_per_token(const MoeConfig& moe) {
@@ -23,6 +25,16 @@ FlopsPerToken flops_per_token(const ModelConfig& m) {
     f.forward = 2.0 * matmul_weights + attention;
     f.training = 3.0 * f.forward;
     return f;
+}
+
+std::string format_flops(double flops) {
+    const char* units[] = {"", "K", "M", "G", "T", "P", "E"};
+    int u = 0;
+    while (flops >= 1000 && u < 6) {
+        flops /= 1000;
+        ++u;
+    }
+    return fmt::format("{:.3g} {}FLOP", flops, units[u]);
 }
 
 int64_t parameter_count(const ModelConfig& m) {

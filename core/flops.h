@@ -10,6 +10,8 @@
 // MoE blocks count the ACTIVE expert FLOPs: the MLP's 8C² per routed (token, expert) pair —
 // k pairs per token for topk, capacity_factor (E when unlimited) for expert_choice, the
 // nominal count whether or not some pairs overflow capacity — plus the router's E·C.
+#include <string>
+
 #include "core/config.h"
 
 namespace upcycle {
@@ -24,6 +26,9 @@ FlopsPerToken flops_per_token(const ModelConfig& model);
 // Expert MLP applications per token in an MoE block (k for topk; cf, or E when unlimited,
 // for expert_choice).
 double active_experts_per_token(const MoeConfig& moe);
+
+// "17.5 TFLOP", "4.56 GFLOP": FLOPs for people (3 significant digits, SI prefix).
+std::string format_flops(double flops);
 
 // Number of parameters (all tensors, embeddings included).
 int64_t parameter_count(const ModelConfig& model);

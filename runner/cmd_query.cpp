@@ -9,6 +9,7 @@
 
 #include "core/errors.h"
 #include "runner/commands.h"
+#include "runner/store/report.h"
 #include "runner/store/store.h"
 
 namespace upcycle::cli {
@@ -93,16 +94,6 @@ void print_table(const QueryResult& result, std::size_t max_width) {
     fmt::print("({} row{})\n", result.rows.size(), result.rows.size() == 1 ? "" : "s");
 }
 
-// RFC 4180: a field with a comma, quote or line break is quoted, quotes doubled; NULL is empty.
-std::string csv_field(const std::string& text) {
-    if (text.find_first_of(",\"\r\n") == std::string::npos) return text;
-    std::string out = "\"";
-    for (char c : text) {
-        if (c == '"') out += '"';
-        out += c;
-    }
-    return out + "\"";
-}
 
 void print_csv(const QueryResult& result) {
     std::string line;

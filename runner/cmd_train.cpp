@@ -49,7 +49,7 @@ int run_train(const TrainArgs& args) {
                config.name, config.model.layers, config.model.channels, config.model.heads,
                config.model.context, config.model.vocab_size,
                format_count(static_cast<double>(parameter_count(config.model))),
-               format_flops(flops.training));
+               upcycle::format_flops(flops.training));
     fmt::print(stderr, "  data {} | {} steps × batch {} | schedule {} lr {:g} | {} | out {}\n",
                config.data.source, config.train.steps, config.train.batch_size,
                config.train.schedule, config.train.lr, backend->describe(), out);
@@ -90,7 +90,7 @@ int run_train(const TrainArgs& args) {
     const auto& e = *summary.final_eval;
     fmt::print("final validation loss {:.4f} | accuracy {:.4f} | {} steps | {} | {:.1f}s | "
                "checkpoint {}\n",
-               e.loss, e.accuracy, summary.steps, format_flops(summary.state.flops),
+               e.loss, e.accuracy, summary.steps, upcycle::format_flops(summary.state.flops),
                summary.state.seconds, summary.checkpoint.string());
     return 0;
 }

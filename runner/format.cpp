@@ -24,14 +24,5 @@ std::string format_count(double value) {
     return u == 0 ? fmt::format("{:.0f}", value) : fmt::format("{:.2f}{}", value, units[u]);
 }
 
-std::string format_flops(double flops) {
-    const char* units[] = {"", "K", "M", "G", "T", "P", "E"};
-    int u = 0;
-    while (flops >= 1000 && u < 6) {
-        flops /= 1000;
-        ++u;
-    }
-    return fmt::format("{:.3g} {}FLOP", flops, units[u]);
-}
 
 }  // namespace upcycle::cli

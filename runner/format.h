@@ -6,6 +6,5 @@ namespace upcycle::cli {
 
 std::string format_duration(double seconds);   // "1h02m", "3m05s", "12.3s"
 std::string format_count(double value);        // "1.23M", "456K", "12"
-std::string format_flops(double flops);        // "1.23 PFLOP", "4.56 GFLOP"
 
 }  // namespace upcycle::cli

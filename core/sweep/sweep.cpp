@@ -85,16 +85,6 @@ std::string one_of(const std::vector<std::string>& choices) {
     return out;
 }
 
-[[noreturn]] void unknown_key(const std::string& source, const std::string& key,
-                              const std::string& leaf, const std::vector<std::string>& known,
-                              const std::string& where) {
-    std::string message = "unknown key" + where;
-    const std::string suggestion = closest_match(leaf, known);
-    if (!suggestion.empty()) message += "; did you mean '" + suggestion + "'?";
-    else if (known.empty()) message += "; it takes no keys";
-    else message += "; expected one of: " + join(known, " ");
-    throw UserError(source, key, message);
-}
 
 void require_choice(const std::string& value, const std::vector<std::string>& choices,
                     const std::string& source, const std::string& key, const std::string& where) {
@@ -277,7 +267,7 @@ void read_options(const YAML::Node& node, json& options, const std::string& pref
     for (const auto& entry : node) {
         const std::string key = key_text(entry.first);
         if (!options.contains(key)) {
-            unknown_key(source, prefix + "." + key, key, keys_of(options), line_of(entry.first));
+            throw_unknown_key(source, prefix + "." + key, key, keys_of(options), line_of(entry.first));
         }
         if (!present(entry.second)) continue;
         options[key] = read_like(entry.second, options[key], prefix + "." + key, source);
@@ -363,7 +353,7 @@ void check_sweep_path(const std::vector<std::string>& path, const std::string& k
         if (!node->is_object()) {
             throw UserError(source, key, "'" + part + "' is below a value, not a section" + where);
         }
-        if (!node->contains(part)) unknown_key(source, key, part, keys_of(*node), where);
+        if (!node->contains(part)) throw_unknown_key(source, key, part, keys_of(*node), where);
         node = &node->at(part);
     }
 }
@@ -499,7 +489,7 @@ void read_continue(const YAML::Node& node, SweepPoint& point, const std::string&
     for (const auto& entry : node) {
         const std::string key = key_text(entry.first);
         if (!contains(kContinueKeys, key)) {
-            unknown_key(source, "continue." + key, key, kContinueKeys, line_of(entry.first));
+            throw_unknown_key(source, "continue." + key, key, kContinueKeys, line_of(entry.first));
         }
     }
     const YAML::Node unit = child(node, "budget_unit");
@@ -534,7 +524,7 @@ SweepPoint resolve_point(const YAML::Node& tree, const std::string& source, cons
     SweepPoint point;
     for (const auto& entry : tree) {
         const std::string key = key_text(entry.first);
-        if (!contains(kTopLevelKeys, key)) unknown_key(source, key, key, kTopLevelKeys, line_of(entry.first));
+        if (!contains(kTopLevelKeys, key)) throw_unknown_key(source, key, key, kTopLevelKeys, line_of(entry.first));
     }
     // the dense pretraining: RunConfig's sections, read and validated by core/config
     YAML::Node run(YAML::NodeType::Map);
@@ -577,7 +567,7 @@ SweepPoint resolve_point(const YAML::Node& tree, const std::string& source, cons
         for (const auto& entry : methods) {
             const std::string method = key_text(entry.first);
             if (!contains(continuation_methods(), method)) {
-                unknown_key(source, "continue.methods." + method, method, continuation_methods(),
+                throw_unknown_key(source, "continue.methods." + method, method, continuation_methods(),
                             line_of(entry.first));
             }
         }
@@ -668,7 +658,7 @@ SweepSpec parse_sweep(const std::string& yaml_text, const std::string& source,
 
     for (const auto& entry : root) {
         const std::string key = key_text(entry.first);
-        if (!contains(kTopLevelKeys, key)) unknown_key(source, key, key, kTopLevelKeys, line_of(entry.first));
+        if (!contains(kTopLevelKeys, key)) throw_unknown_key(source, key, key, kTopLevelKeys, line_of(entry.first));
     }
 
     SweepSpec spec;

@@ -14,6 +14,7 @@
 #include <fmt/format.h>
 
 #include "core/errors.h"
+#include "core/flops.h"
 #include "core/sweep/sweep.h"
 #include "runner/store/report.h"
 
@@ -84,15 +85,6 @@ std::string number(double v) {
     return fmt::format("{:.10g}", v);
 }
 
-std::string format_flops(double flops) {
-    const char* units[] = {"", "K", "M", "G", "T", "P", "E"};
-    int u = 0;
-    while (flops >= 1000 && u < 6) {
-        flops /= 1000;
-        ++u;
-    }
-    return fmt::format("{:.3g} {}FLOP", flops, units[u]);
-}
 
 // Letters, digits, '.', '-' and '_'; anything else becomes '-'.
 std::string slug(const std::string& text) {

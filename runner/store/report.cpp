@@ -287,15 +287,6 @@ std::string columns_caption(const Report& report) {
                        unit_phrase(report.budget_unit), kDeltaLabel);
 }
 
-std::string csv_field(const std::string& text) {
-    if (text.find_first_of(",\"\r\n") == std::string::npos) return text;
-    std::string out = "\"";
-    for (char c : text) {
-        if (c == '"') out += '"';
-        out += c;
-    }
-    return out + "\"";
-}
 
 std::string csv_number(const std::optional<double>& v) { return v ? fmt::format("{}", *v) : ""; }
 
@@ -624,6 +615,17 @@ std::string report_json(const Report& report) {
         }
     }
     return rows.dump(2, ' ', false, ordered::error_handler_t::replace) + "\n";
+}
+
+// RFC 4180: a field with a comma, quote or line break is quoted, quotes doubled.
+std::string csv_field(const std::string& text) {
+    if (text.find_first_of(",\"\r\n") == std::string::npos) return text;
+    std::string out = "\"";
+    for (char c : text) {
+        if (c == '"') out += '"';
+        out += c;
+    }
+    return out + "\"";
 }
 
 }  // namespace upcycle

@@ -78,7 +78,9 @@ TEST_F(Run, RunsEveryMethodAndARerunDoesNoWork) {
         }
         for (const auto& e : evals) EXPECT_GT(e.metrics["val_loss"].get<double>(), 0.5);
         EXPECT_EQ(store.artifacts(t.id).size(), 1u);
-        if (t.method == "upcycle" || t.method == "scratch") EXPECT_FALSE(store.routing(t.id).empty());
+        if (t.method == "upcycle" || t.method == "scratch") {
+            EXPECT_FALSE(store.routing(t.id).empty()) << t.method;
+        }
     }
 
     const auto second = run_cli(run_args());
