@@ -121,6 +121,25 @@ public:
                                        const int32_t* token_offsets, const int32_t* token_rows,
                                        int N, int C) = 0;
 
+    // ---- vision -------------------------------------------------------------------------
+    // Patch rows of grey images (a pure rearrangement, no backward): images[B,H,W] →
+    // out[B·P, p·p], P = (H/p)·(W/p); patches in row-major order over the image, pixels
+    // row-major within each patch. H and W are multiples of p.
+    virtual void patch_embed_input(float* out, const float* images, int B, int H, int W,
+                                   int p) = 0;
+    // Token sequence with the class token first: out[B, 1+P, C] with
+    //   out[b,0,:] = cls + wpe[0,:];  out[b,1+i,:] = patch_emb[b·P+i,:] + wpe[1+i,:]
+    virtual void assemble_tokens(float* out, const float* patch_emb, const float* cls,
+                                 const float* wpe, int B, int P, int C) = 0;
+    // dpatch_emb[b·P+i,:] += dout[b,1+i,:];  dcls += Σ_b dout[b,0,:];
+    // dwpe[t,:] += Σ_b dout[b,t,:]   (sums over b in order; any pointer may be null)
+    virtual void assemble_tokens_backward(float* dpatch_emb, float* dcls, float* dwpe,
+                                          const float* dout, int B, int P, int C) = 0;
+    // out[b,:] = x[b,0,:] for x[B,T,C]
+    virtual void gather_class_tokens(float* out, const float* x, int B, int T, int C) = 0;
+    // dx[b,0,:] += dout[b,:]
+    virtual void scatter_class_tokens(float* dx, const float* dout, int B, int T, int C) = 0;
+
     // ---- optimizer ----------------------------------------------------------------------
     // AdamW (decoupled weight decay, bias-corrected, step ≥ 1) on n parameters:
     //   g = grads · grad_scale;  m = β1·m + (1-β1)·g;  v = β2·v + (1-β2)·g²

@@ -55,6 +55,15 @@ public:
     void combine_rows_backward(float* dsrc, float* dweights, const float* dout, const float* src,
                                const float* weights, const int32_t* token_offsets,
                                const int32_t* token_rows, int N, int C) override;
+    // vision
+    void patch_embed_input(float* out, const float* images, int B, int H, int W,
+                           int p) override;
+    void assemble_tokens(float* out, const float* patch_emb, const float* cls, const float* wpe,
+                         int B, int P, int C) override;
+    void assemble_tokens_backward(float* dpatch_emb, float* dcls, float* dwpe, const float* dout,
+                                  int B, int P, int C) override;
+    void gather_class_tokens(float* out, const float* x, int B, int T, int C) override;
+    void scatter_class_tokens(float* dx, const float* dout, int B, int T, int C) override;
     void adamw_update(float* params, const float* grads, float* m, float* v, std::size_t n,
                       float lr, float beta1, float beta2, float eps, float weight_decay,
                       float grad_scale, int64_t step) override;

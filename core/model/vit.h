@@ -1,0 +1,128 @@
+#pragma once
+// ViT: an image is cut into p×p patches, each flattened (row-major) and linearly embedded
+// (patch.weight [C, p·p]); a learned class token (cls [C]) is prepended and learned positions
+// (wpe.weight [1+P, C]) added; then the GPT's pre-LayerNorm blocks WITHOUT the causal mask
+// (MoE blocks through the same MoeLayer when model.moe.experts > 0; expert_choice routing is
+// fine here because no token may not see another), a final LayerNorm and a linear head
+// (head.weight [classes, C]) on the class token. Training objective: mean cross-entropy over
+// the examples + the MoE auxiliary losses.
+//
+// Takes the model fields it needs from ModelConfig (channels, layers, heads, moe; vocab_size
+// and context are ignored) plus the patch size, the (square) image size and the class count.
+// Parameters live in one flat buffer in vit_parameter_layout() order, with the checkpoint's
+// names and PyTorch nn.Linear shapes.
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "core/config.h"
+#include "core/model/gpt.h"  // ParamInfo, ForwardStats, Pass
+#include "core/moe/moe_layer.h"
+#include "core/tensor.h"
+
+namespace upcycle {
+
+struct VitShape {
+    int patch = 7;     // p
+    int image = 28;    // image side (square, grey)
+    int classes = 10;
+    int patches() const { return (image / patch) * (image / patch); }  // P
+    int tokens() const { return 1 + patches(); }                       // T = 1 + P
+};
+
+// Names, shapes and offsets of every parameter, in buffer order:
+// patch.{weight,bias}, cls, wpe.weight, blocks.{i}.* (as the GPT's), lnf.*, head.*.
+std::vector<ParamInfo> vit_parameter_layout(const ModelConfig& model, const VitShape& shape);
+
+class Vit {
+public:
+    // Allocates parameters, gradients and activations for batches of up to max_batch images.
+    Vit(Backend& backend, const ModelConfig& model, int patch, int image, int classes,
+        int max_batch);
+
+    const ModelConfig& config() const { return config_; }
+    const VitShape& shape() const { return shape_; }
+    Backend& backend() const { return *backend_; }
+    int max_batch() const { return max_batch_; }
+    const std::vector<ParamInfo>& layout() const { return layout_; }
+    const ParamInfo& param_info(const std::string& name) const;
+    std::size_t num_parameters() const { return num_parameters_; }
+    Tensor& parameters() { return parameters_; }
+    Tensor& gradients() { return gradients_; }
+
+    // Normal(0, 0.02) for every matrix (patch.weight, wpe.weight, the blocks' and
+    // head.weight — not zero-initialised) and for cls; the residual output projections
+    // (attn.proj, mlp.proj, experts' proj) scaled by 1/sqrt(2·layers); zero biases;
+    // LayerNorm weight 1. Deterministic.
+    void init_weights(uint64_t seed);
+
+    // images: host [B, image, image] floats (already normalised); labels: host [B] in
+    // [0, classes), a negative label is not predicted. B ≤ max_batch. ForwardStats.tokens
+    // counts the predicted examples; correct is filled on Evaluate passes.
+    ForwardStats forward(std::span<const float> images, std::span<const int32_t> labels, int B,
+                         Pass pass);
+    // Zeroes and fills gradients() with d(mean loss + aux losses)/d(parameters) of the last
+    // Train forward.
+    void backward();
+
+    // Logits of the last forward, [B, classes], on the host (for tests and tools). After a
+    // Train forward they are not available (the buffer holds dlogits).
+    std::vector<float> logits_host() const;
+    // The class token's residual stream after the last block, [B, C] (before lnf).
+    std::vector<float> class_tokens_host() const;
+
+    const std::vector<int>& moe_layers() const { return moe_layer_indices_; }
+    std::vector<RoutingStats> routing_stats() const;
+    const MoeLayer* moe_layer(int l) const { return moe_[static_cast<std::size_t>(l)].get(); }
+
+private:
+    struct LayerActivations {
+        Tensor ln1, ln1_mean, ln1_rstd;  // [N,C], [N], [N]
+        Tensor qkv;                      // [N,3C]
+        Tensor atty;                     // [N,C]
+        Tensor lse;                      // [B,H,T]
+        Tensor residual2;                // [N,C]
+        Tensor ln2, ln2_mean, ln2_rstd;  // [N,C], [N], [N]
+        Tensor fch, fch_gelu;            // [N,4C] (dense MLP blocks only)
+    };
+    MoeTensors moe_tensors(int layer, Tensor& flat);
+    const float* p(const std::string& name) const;
+    float* g(const std::string& name);
+
+    Backend* backend_;
+    ModelConfig config_;
+    VitShape shape_;
+    int max_batch_;
+    std::vector<ParamInfo> layout_;
+    std::unordered_map<std::string, std::size_t> index_;
+    std::size_t num_parameters_ = 0;
+    Tensor parameters_, gradients_;
+
+    int batch_ = 0;
+    bool have_train_forward_ = false;
+    bool logits_valid_ = false;
+    Tensor images_, labels_;         // [B,H,W] f32, [B] int32
+    Tensor patches_;                 // [B·P, p·p]
+    Tensor patch_emb_;               // [B·P, C]
+    std::vector<Tensor> residuals_;  // L+1 × [N,C]
+    std::vector<LayerActivations> layers_;
+    std::vector<int> moe_layer_indices_;
+    std::vector<std::unique_ptr<MoeLayer>> moe_;
+    Tensor cls_out_;                 // [B,C] class tokens of the final stream
+    Tensor lnf, lnf_mean, lnf_rstd;  // [B,C], [B], [B]
+    Tensor logits_;                  // [B,classes]; holds dlogits after a Train forward
+    Tensor losses_;                  // [B]
+    Tensor argmax_;                  // [B] int32
+    Tensor scratch_;                 // [N,C]
+    // backward scratch
+    Tensor dcls_out_, dlnf_;          // [B,C]
+    Tensor dresidual_, dln_, datty_;  // [N,C]
+    Tensor dqkv_;                     // [N,3C]
+    Tensor dfch_gelu_, dfch_;         // [N,4C]
+    Tensor dpatch_emb_;               // [B·P, C]
+};
+
+}  // namespace upcycle
