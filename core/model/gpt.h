@@ -16,18 +16,11 @@
 #include <vector>
 
 #include "core/config.h"
-#include "core/moe/moe_layer.h"
+#include "core/model/blocks.h"
 #include "core/tensor.h"
 
 namespace upcycle {
 
-struct ParamInfo {
-    std::string name;             // e.g. "blocks.0.attn.qkv.weight"
-    std::vector<int64_t> shape;   // e.g. [3C, C]
-    std::size_t offset = 0;       // into the flat buffer, in floats
-    std::size_t numel = 0;
-    bool is_matrix = false;       // 2-D: gets weight decay and normal init
-};
 
 // Names, shapes and offsets of every parameter of this configuration, in buffer order.
 std::vector<ParamInfo> gpt_parameter_layout(const ModelConfig& config);
@@ -41,10 +34,6 @@ struct ForwardStats {
     double mean_loss() const { return tokens ? loss_sum / static_cast<double>(tokens) : 0.0; }
 };
 
-enum class Pass {
-    Train,     // keeps activations and writes dlogits for backward()
-    Evaluate,  // loss and next-token accuracy, no gradient
-};
 
 class Gpt {
 public:
@@ -56,7 +45,7 @@ public:
     Backend& backend() const { return *backend_; }
     int max_batch() const { return max_batch_; }
     const std::vector<ParamInfo>& layout() const { return layout_; }
-    const ParamInfo& param_info(const std::string& name) const;
+    const ParamInfo& param_info(const std::string& name) const { return index_.at(name); }
     std::size_t num_parameters() const { return num_parameters_; }
     Tensor& parameters() { return parameters_; }
     Tensor& gradients() { return gradients_; }
@@ -77,22 +66,12 @@ public:
 
     // Blocks whose MLP is an MoE layer, and their routing statistics from the last forward
     // (same order).
-    const std::vector<int>& moe_layers() const { return moe_layer_indices_; }
-    std::vector<RoutingStats> routing_stats() const;
+    const std::vector<int>& moe_layers() const { return blocks_.moe_layers(); }
+    std::vector<RoutingStats> routing_stats() const { return blocks_.routing_stats(); }
     // The MoE layer of block l (null for a dense block), for tests and tools.
-    const MoeLayer* moe_layer(int l) const { return moe_[static_cast<std::size_t>(l)].get(); }
+    const MoeLayer* moe_layer(int l) const { return blocks_.moe_layer(l); }
 
 private:
-    struct LayerActivations {
-        Tensor ln1, ln1_mean, ln1_rstd;  // [N,C], [N], [N]
-        Tensor qkv;                      // [N,3C]
-        Tensor atty;                     // [N,C] attention output before the projection
-        Tensor lse;                      // [B,H,T]
-        Tensor residual2;                // [N,C] after the attention branch
-        Tensor ln2, ln2_mean, ln2_rstd;  // [N,C], [N], [N]
-        Tensor fch, fch_gelu;            // [N,4C] (dense MLP blocks only)
-    };
-    MoeTensors moe_tensors(int layer, Tensor& flat);
     const float* p(const std::string& name) const;
     float* g(const std::string& name);
 
@@ -100,28 +79,21 @@ private:
     ModelConfig config_;
     int max_batch_;
     std::vector<ParamInfo> layout_;
-    std::unordered_map<std::string, std::size_t> index_;  // name → layout_ position
+    ParameterIndex index_;
     std::size_t num_parameters_ = 0;
     Tensor parameters_, gradients_;
+    TransformerBlocks blocks_;
 
     // activations for the last forward
     int batch_ = 0;              // B of the last forward
-    int64_t predicted_ = 0;      // targets ≥ 0 in the last forward
     bool have_train_forward_ = false;
     Tensor inputs_, targets_;    // [B,T] int32
-    std::vector<Tensor> residuals_;  // L+1 × [N,C]: input of each block, then the final stream
-    std::vector<LayerActivations> layers_;
-    std::vector<int> moe_layer_indices_;
-    std::vector<std::unique_ptr<MoeLayer>> moe_;  // per block; null where the MLP is dense
     Tensor lnf, lnf_mean, lnf_rstd;  // [N,C], [N], [N]
     Tensor logits_;                  // [N,V]; holds dlogits after a Train forward
     Tensor losses_;                  // [N]
     Tensor argmax_;                  // [N] int32
-    Tensor scratch_;                 // [N,C] branch outputs before the residual add
     // backward scratch
-    Tensor dresidual_, dln_, datty_;  // [N,C]
-    Tensor dqkv_;                     // [N,3C]
-    Tensor dfch_gelu_, dfch_;         // [N,4C]
+    Tensor dresidual_, dln_;         // [N,C]
 };
 
 }  // namespace upcycle

@@ -1,0 +1,113 @@
+#pragma once
+// The stack of pre-LayerNorm transformer blocks that the GPT (causal attention) and the ViT
+// (full attention) share: their parameters' names and shapes, their activations, and the
+// forward and backward passes over the residual stream. Each block is
+//   x += proj(attention(qkv(ln1(x))));   x += mlp(ln2(x))
+// where mlp is the dense MLP (fc 4C, tanh-GELU, proj) or, in the blocks model.moe selects,
+// an MoE layer (core/moe/moe_layer.h).
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "core/config.h"
+#include "core/moe/moe_layer.h"
+#include "core/tensor.h"
+
+namespace upcycle {
+
+struct ParamInfo {
+    std::string name;             // e.g. "blocks.0.attn.qkv.weight"
+    std::vector<int64_t> shape;   // e.g. [3C, C]
+    std::size_t offset = 0;       // into the flat buffer, in floats
+    std::size_t numel = 0;
+    bool is_matrix = false;       // 2-D: gets weight decay and normal init
+};
+
+enum class Pass {
+    Train,     // keeps activations and writes dlogits for backward()
+    Evaluate,  // loss and accuracy, no gradient
+};
+
+// Builds a parameter layout: names, shapes and offsets into one flat buffer, in order.
+class LayoutBuilder {
+public:
+    void add(std::string name, std::vector<int64_t> shape);
+    // blocks.{0..L-1}.*: ln1, attn.qkv, attn.proj, ln2, then mlp.fc/mlp.proj or, in MoE
+    // blocks, mlp.router and mlp.experts.{e}.fc/proj.
+    void add_blocks(const ModelConfig& model);
+    std::vector<ParamInfo> take() { return std::move(layout_); }
+
+private:
+    std::vector<ParamInfo> layout_;
+    std::size_t offset_ = 0;
+};
+
+// Name → parameter lookup over a layout.
+class ParameterIndex {
+public:
+    explicit ParameterIndex(const std::vector<ParamInfo>& layout);
+    const ParamInfo& at(const std::string& name) const;  // UserError if there is none
+
+private:
+    const std::vector<ParamInfo>* layout_;
+    std::unordered_map<std::string, std::size_t> index_;
+};
+
+// Normal(0, 0.02) for matrices (and for the vectors named in extra_normal, e.g. a class
+// token), the residual output projections (attn.proj, mlp.proj, every expert's proj) scaled
+// by 1/sqrt(2·layers), LayerNorm gains 1, everything else 0. Deterministic for a seed.
+std::vector<float> init_parameters(const std::vector<ParamInfo>& layout, int layers, uint64_t seed,
+                                   const std::vector<std::string>& extra_normal = {});
+
+class TransformerBlocks {
+public:
+    // Activations for batches of up to max_batch sequences of T tokens.
+    TransformerBlocks(Backend& backend, const ModelConfig& model, int max_batch, int T, bool causal);
+
+    // The residual stream: stream(0) is the blocks' input [N,C] (the caller writes it),
+    // stream(L) their output after forward().
+    float* stream(int l) { return residuals_[static_cast<std::size_t>(l)].f32(); }
+    const float* stream(int l) const { return residuals_[static_cast<std::size_t>(l)].f32(); }
+
+    void forward(const ParameterIndex& index, Tensor& parameters, int B, Pass pass);
+    // dstream [N,C]: dL/d(stream(L)) in, dL/d(stream(0)) out (in place); parameter
+    // gradients are accumulated into `gradients` (same layout as `parameters`).
+    void backward(const ParameterIndex& index, Tensor& parameters, Tensor& gradients,
+                  float* dstream);
+
+    const std::vector<int>& moe_layers() const { return moe_layer_indices_; }
+    std::vector<RoutingStats> routing_stats() const;
+    // Σ over MoE blocks of the coefficient-weighted aux + z losses of the last forward.
+    double auxiliary_loss() const;
+    const MoeLayer* moe_layer(int l) const { return moe_[static_cast<std::size_t>(l)].get(); }
+
+private:
+    struct LayerActivations {
+        Tensor ln1, ln1_mean, ln1_rstd;  // [N,C], [N], [N]
+        Tensor qkv;                      // [N,3C]
+        Tensor atty;                     // [N,C] attention output before the projection
+        Tensor lse;                      // [B,H,T]
+        Tensor residual2;                // [N,C] after the attention branch
+        Tensor ln2, ln2_mean, ln2_rstd;  // [N,C], [N], [N]
+        Tensor fch, fch_gelu;            // [N,4C] (dense MLP blocks only)
+    };
+    MoeTensors moe_tensors(const ParameterIndex& index, int layer, Tensor& flat) const;
+
+    Backend* backend_;
+    ModelConfig config_;
+    int max_batch_, T_;
+    bool causal_;
+    int batch_ = 0;
+    std::vector<Tensor> residuals_;  // L+1 × [N,C]
+    std::vector<LayerActivations> layers_;
+    std::vector<int> moe_layer_indices_;
+    std::vector<std::unique_ptr<MoeLayer>> moe_;  // per block; null where the MLP is dense
+    Tensor scratch_;                  // [N,C] branch outputs before the residual add
+    Tensor dln_, datty_;              // [N,C]
+    Tensor dqkv_;                     // [N,3C]
+    Tensor dfch_gelu_, dfch_;         // [N,4C]
+};
+
+}  // namespace upcycle
