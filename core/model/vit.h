@@ -48,7 +48,7 @@ public:
     Backend& backend() const { return *backend_; }
     int max_batch() const { return max_batch_; }
     const std::vector<ParamInfo>& layout() const { return layout_; }
-    const ParamInfo& param_info(const std::string& name) const;
+    const ParamInfo& param_info(const std::string& name) const { return index_.at(name); }
     std::size_t num_parameters() const { return num_parameters_; }
     Tensor& parameters() { return parameters_; }
     Tensor& gradients() { return gradients_; }
@@ -74,21 +74,11 @@ public:
     // The class token's residual stream after the last block, [B, C] (before lnf).
     std::vector<float> class_tokens_host() const;
 
-    const std::vector<int>& moe_layers() const { return moe_layer_indices_; }
-    std::vector<RoutingStats> routing_stats() const;
-    const MoeLayer* moe_layer(int l) const { return moe_[static_cast<std::size_t>(l)].get(); }
+    const std::vector<int>& moe_layers() const { return blocks_.moe_layers(); }
+    std::vector<RoutingStats> routing_stats() const { return blocks_.routing_stats(); }
+    const MoeLayer* moe_layer(int l) const { return blocks_.moe_layer(l); }
 
 private:
-    struct LayerActivations {
-        Tensor ln1, ln1_mean, ln1_rstd;  // [N,C], [N], [N]
-        Tensor qkv;                      // [N,3C]
-        Tensor atty;                     // [N,C]
-        Tensor lse;                      // [B,H,T]
-        Tensor residual2;                // [N,C]
-        Tensor ln2, ln2_mean, ln2_rstd;  // [N,C], [N], [N]
-        Tensor fch, fch_gelu;            // [N,4C] (dense MLP blocks only)
-    };
-    MoeTensors moe_tensors(int layer, Tensor& flat);
     const float* p(const std::string& name) const;
     float* g(const std::string& name);
 
@@ -97,9 +87,10 @@ private:
     VitShape shape_;
     int max_batch_;
     std::vector<ParamInfo> layout_;
-    std::unordered_map<std::string, std::size_t> index_;
+    ParameterIndex index_;
     std::size_t num_parameters_ = 0;
     Tensor parameters_, gradients_;
+    TransformerBlocks blocks_;
 
     int batch_ = 0;
     bool have_train_forward_ = false;
@@ -107,21 +98,14 @@ private:
     Tensor images_, labels_;         // [B,H,W] f32, [B] int32
     Tensor patches_;                 // [B·P, p·p]
     Tensor patch_emb_;               // [B·P, C]
-    std::vector<Tensor> residuals_;  // L+1 × [N,C]
-    std::vector<LayerActivations> layers_;
-    std::vector<int> moe_layer_indices_;
-    std::vector<std::unique_ptr<MoeLayer>> moe_;
     Tensor cls_out_;                 // [B,C] class tokens of the final stream
     Tensor lnf, lnf_mean, lnf_rstd;  // [B,C], [B], [B]
     Tensor logits_;                  // [B,classes]; holds dlogits after a Train forward
     Tensor losses_;                  // [B]
     Tensor argmax_;                  // [B] int32
-    Tensor scratch_;                 // [N,C]
     // backward scratch
     Tensor dcls_out_, dlnf_;          // [B,C]
-    Tensor dresidual_, dln_, datty_;  // [N,C]
-    Tensor dqkv_;                     // [N,3C]
-    Tensor dfch_gelu_, dfch_;         // [N,4C]
+    Tensor dresidual_;                // [N,C]
     Tensor dpatch_emb_;               // [B·P, C]
 };
 
