@@ -127,6 +127,23 @@ void save_checkpoint(const std::filesystem::path& path, const RunConfig& config,
     write_safetensors(path, views, metadata);
 }
 
+namespace {
+TrainingState training_state_from(const std::map<std::string, std::string>& meta,
+                                  const std::filesystem::path& path) {
+    TrainingState state;
+    state.step = parse_number<int64_t>(required(meta, path, kStepKey), path, kStepKey);
+    state.data_rng = rng_from_string(required(meta, path, kRngKey), path);
+    state.tokens = parse_number<int64_t>(required(meta, path, kTokensKey), path, kTokensKey);
+    state.flops = parse_number<double>(required(meta, path, kFlopsKey), path, kFlopsKey);
+    state.seconds = parse_number<double>(required(meta, path, kSecondsKey), path, kSecondsKey);
+    return state;
+}
+}  // namespace
+
+TrainingState read_training_state(const std::filesystem::path& path) {
+    return training_state_from(read_safetensors_header(path).metadata, path);
+}
+
 Checkpoint read_checkpoint(const std::filesystem::path& path) {
     Checkpoint ckpt;
     ckpt.path = path;
@@ -141,11 +158,7 @@ Checkpoint read_checkpoint(const std::filesystem::path& path) {
     }
     ckpt.config = run_config_from_json(config_json, path.string() + " (" + kConfigKey + ")");
     validate(ckpt.config, path.string() + " (" + kConfigKey + ")");
-    ckpt.state.step = parse_number<int64_t>(required(meta, path, kStepKey), path, kStepKey);
-    ckpt.state.data_rng = rng_from_string(required(meta, path, kRngKey), path);
-    ckpt.state.tokens = parse_number<int64_t>(required(meta, path, kTokensKey), path, kTokensKey);
-    ckpt.state.flops = parse_number<double>(required(meta, path, kFlopsKey), path, kFlopsKey);
-    ckpt.state.seconds = parse_number<double>(required(meta, path, kSecondsKey), path, kSecondsKey);
+    ckpt.state = training_state_from(meta, path);
     for (const auto& name : ckpt.file.order) {
         if (name.rfind("optimizer.", 0) == 0) ckpt.has_optimizer = true;
     }

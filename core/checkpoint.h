@@ -55,6 +55,9 @@ struct Checkpoint {
 // present with the right shape and dtype, nothing unexpected. Throws UserError.
 Checkpoint read_checkpoint(const std::filesystem::path& path);
 
+// Only the training state, from the header (no tensor data is read).
+TrainingState read_training_state(const std::filesystem::path& path);
+
 // Writes a checkpoint held in memory (e.g. made by surgery): its config, state, metadata
 // (provenance replaced by this process's, the source's kept as "upcycle.parent_provenance"
 // when the metadata has none yet) and every tensor in file order. Atomic.

@@ -407,8 +407,8 @@ void validate(const RunConfig& c, const std::string& source) {
     require(c.model.channels % c.model.heads == 0, "model.heads",
             "channels (" + std::to_string(c.model.channels) + ") must be divisible by heads (" +
                 std::to_string(c.model.heads) + ")");
-    const bool byte_data = true;  // every data source here is bytes
-    require(!byte_data || c.model.vocab_size >= 256, "model.vocab_size",
+    // every data source here is bytes
+    require(c.model.vocab_size >= 256, "model.vocab_size",
             "byte-level text needs at least 256, found " + std::to_string(c.model.vocab_size));
     const MoeConfig& moe = c.model.moe;
     require(moe.experts >= 0, "model.moe.experts", "expected a non-negative integer (0: dense)");
@@ -428,7 +428,7 @@ void validate(const RunConfig& c, const std::string& source) {
                 "model.moe.priority", "expected token_order or probability, found '" + moe.priority + "'");
         require(moe.aux_loss_coef >= 0, "model.moe.aux_loss_coef", "expected a non-negative number");
         require(moe.z_loss_coef >= 0, "model.moe.z_loss_coef", "expected a non-negative number");
-        moe_layer_indices(c.model, source);  // throws on a malformed list
+        // throws on a malformed list
         require(!moe_layer_indices(c.model, source).empty(), "model.moe.layers",
                 "selects no block of a " + std::to_string(c.model.layers) + "-layer model");
     }

@@ -215,13 +215,12 @@ TrainSummary train(Backend& backend, const RunConfig& config, const TrainOptions
                                 {"loss", record.loss},    {"lr", lr},
                                 {"grad_norm", opt.grad_norm}, {"tokens", state.tokens},
                                 {"flops", state.flops},   {"seconds", state.seconds}};
-            if (!model.moe_layers().empty()) {
+            if (!record.moe_layers.empty()) {
                 // the objective also had the MoE auxiliary losses; routing per MoE block
                 line["aux_loss"] = stats.aux_loss;
-                const auto routing = model.routing_stats();
-                for (std::size_t i = 0; i < routing.size(); ++i) {
-                    const auto& r = routing[i];
-                    line["routing"].push_back({{"layer", model.moe_layers()[i]},
+                for (std::size_t i = 0; i < record.routing.size(); ++i) {
+                    const auto& r = record.routing[i];
+                    line["routing"].push_back({{"layer", record.moe_layers[i]},
                                                {"tokens_per_expert", r.tokens_per_expert},
                                                {"dropped_fraction", r.dropped_fraction},
                                                {"router_entropy", r.router_entropy},

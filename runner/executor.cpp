@@ -167,7 +167,7 @@ private:
             sunk_flops = parent->flops;
             const auto parent_ckpt = checkpoint_path(trial_directory(options_.runs_dir, parent->hash));
             train_options.init_from = make_initial_checkpoint(record, planned, parent_ckpt, dir);
-            origin = read_checkpoint(train_options.init_from).state;
+            origin = read_training_state(train_options.init_from);
             const std::string unit = planned.config["budget"]["unit"].get<std::string>();
             const int64_t base = restarts_step_counter(record.method) ? 0 : parent_planned.config["run"]["train"]["steps"].get<int64_t>();
             for (const double percent : planned.milestones) {

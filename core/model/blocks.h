@@ -63,19 +63,20 @@ std::vector<float> init_parameters(const std::vector<ParamInfo>& layout, int lay
 
 class TransformerBlocks {
 public:
-    // Activations for batches of up to max_batch sequences of T tokens.
-    TransformerBlocks(Backend& backend, const ModelConfig& model, int max_batch, int T, bool causal);
+    // Activations for batches of up to max_batch sequences of T tokens. The blocks'
+    // parameter offsets are looked up in `index` once, here, not in every step.
+    TransformerBlocks(Backend& backend, const ModelConfig& model, const ParameterIndex& index,
+                      int max_batch, int T, bool causal);
 
     // The residual stream: stream(0) is the blocks' input [N,C] (the caller writes it),
     // stream(L) their output after forward().
     float* stream(int l) { return residuals_[static_cast<std::size_t>(l)].f32(); }
     const float* stream(int l) const { return residuals_[static_cast<std::size_t>(l)].f32(); }
 
-    void forward(const ParameterIndex& index, Tensor& parameters, int B, Pass pass);
+    void forward(Tensor& parameters, int B, Pass pass);
     // dstream [N,C]: dL/d(stream(L)) in, dL/d(stream(0)) out (in place); parameter
     // gradients are accumulated into `gradients` (same layout as `parameters`).
-    void backward(const ParameterIndex& index, Tensor& parameters, Tensor& gradients,
-                  float* dstream);
+    void backward(Tensor& parameters, Tensor& gradients, float* dstream);
 
     const std::vector<int>& moe_layers() const { return moe_layer_indices_; }
     std::vector<RoutingStats> routing_stats() const;
@@ -93,7 +94,15 @@ private:
         Tensor ln2, ln2_mean, ln2_rstd;  // [N,C], [N], [N]
         Tensor fch, fch_gelu;            // [N,4C] (dense MLP blocks only)
     };
-    MoeTensors moe_tensors(const ParameterIndex& index, int layer, Tensor& flat) const;
+    // Offsets (in floats) of one block's parameters in the flat buffer.
+    struct LayerOffsets {
+        std::size_t ln1_weight, ln1_bias, qkv_weight, qkv_bias, attn_proj_weight, attn_proj_bias;
+        std::size_t ln2_weight, ln2_bias;
+        std::size_t fc_weight = 0, fc_bias = 0, mlp_proj_weight = 0, mlp_proj_bias = 0;  // dense
+        std::size_t router = 0;                                                         // MoE
+        std::vector<std::size_t> expert_fc_weight, expert_fc_bias, expert_proj_weight, expert_proj_bias;
+    };
+    MoeTensors moe_tensors(int layer, Tensor& flat) const;
 
     Backend* backend_;
     ModelConfig config_;
@@ -102,6 +111,7 @@ private:
     int batch_ = 0;
     std::vector<Tensor> residuals_;  // L+1 × [N,C]
     std::vector<LayerActivations> layers_;
+    std::vector<LayerOffsets> offsets_;
     std::vector<int> moe_layer_indices_;
     std::vector<std::unique_ptr<MoeLayer>> moe_;  // per block; null where the MLP is dense
     Tensor scratch_;                  // [N,C] branch outputs before the residual add

@@ -28,7 +28,7 @@ Gpt::Gpt(Backend& backend, const ModelConfig& config, int max_batch)
       num_parameters_(layout_.back().offset + layout_.back().numel),
       parameters_(Tensor::zeros(backend, {static_cast<int64_t>(num_parameters_)})),
       gradients_(Tensor::zeros(backend, {static_cast<int64_t>(num_parameters_)})),
-      blocks_(backend, config, max_batch, config.context, /*causal=*/true) {
+      blocks_(backend, config, index_, max_batch, config.context, /*causal=*/true) {
     UPCYCLE_ASSERT(max_batch > 0, "max_batch must be positive");
     UPCYCLE_ASSERT(config.channels % config.heads == 0, "channels must divide into heads");
     const int64_t B = max_batch, T = config.context, C = config.channels;
@@ -75,7 +75,7 @@ ForwardStats Gpt::forward(std::span<const int32_t> inputs, std::span<const int32
 
     be.embedding_forward(blocks_.stream(0), inputs_.i32(), p("wte.weight"), p("wpe.weight"), B,
                          T, C);
-    blocks_.forward(index_, parameters_, B, pass);
+    blocks_.forward(parameters_, B, pass);
     be.layernorm_forward(lnf.f32(), lnf_mean.f32(), lnf_rstd.f32(), blocks_.stream(config_.layers),
                          p("lnf.weight"), p("lnf.bias"), N, C);
     be.matmul_forward(logits_.f32(), lnf.f32(), p("wte.weight"), nullptr, N, C, V);
@@ -119,7 +119,7 @@ void Gpt::backward() {
     be.layernorm_backward(dresidual_.f32(), g("lnf.weight"), g("lnf.bias"), dln_.f32(),
                           blocks_.stream(config_.layers), p("lnf.weight"), lnf_mean.f32(),
                           lnf_rstd.f32(), N, C);
-    blocks_.backward(index_, parameters_, gradients_, dresidual_.f32());
+    blocks_.backward(parameters_, gradients_, dresidual_.f32());
     be.embedding_backward(g("wte.weight"), g("wpe.weight"), dresidual_.f32(), inputs_.i32(), B, T,
                           C);
     have_train_forward_ = false;  // dlogits are consumed

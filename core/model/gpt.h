@@ -9,10 +9,8 @@
 // calls) in the order of parameter_layout(); names and shapes are the checkpoint's
 // (PyTorch nn.Linear layout, [out, in]).
 #include <cstdint>
-#include <memory>
 #include <span>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
 #include "core/config.h"

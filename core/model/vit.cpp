@@ -35,7 +35,7 @@ Vit::Vit(Backend& backend, const ModelConfig& model, int patch, int image, int c
       num_parameters_(layout_.back().offset + layout_.back().numel),
       parameters_(Tensor::zeros(backend, {static_cast<int64_t>(num_parameters_)})),
       gradients_(Tensor::zeros(backend, {static_cast<int64_t>(num_parameters_)})),
-      blocks_(backend, model, max_batch, shape_.tokens(), /*causal=*/false) {
+      blocks_(backend, model, index_, max_batch, shape_.tokens(), /*causal=*/false) {
     UPCYCLE_ASSERT(max_batch > 0, "max_batch must be positive");
     UPCYCLE_ASSERT(patch > 0 && image > 0 && image % patch == 0,
                    "the image side must be a multiple of the patch size");
@@ -92,7 +92,7 @@ ForwardStats Vit::forward(std::span<const float> images, std::span<const int32_t
     be.matmul_forward(patch_emb_.f32(), patches_.f32(), p("patch.weight"), p("patch.bias"), B * P,
                       ps * ps, C);
     be.assemble_tokens(blocks_.stream(0), patch_emb_.f32(), p("cls"), p("wpe.weight"), B, P, C);
-    blocks_.forward(index_, parameters_, B, pass);
+    blocks_.forward(parameters_, B, pass);
     be.gather_class_tokens(cls_out_.f32(), blocks_.stream(config_.layers), B, T, C);
     be.layernorm_forward(lnf.f32(), lnf_mean.f32(), lnf_rstd.f32(), cls_out_.f32(),
                          p("lnf.weight"), p("lnf.bias"), B, C);
@@ -140,7 +140,7 @@ void Vit::backward() {
     be.zero(dresidual_.f32(), NC * sizeof(float));
     be.scatter_class_tokens(dresidual_.f32(), dcls_out_.f32(), B, T, C);
 
-    blocks_.backward(index_, parameters_, gradients_, dresidual_.f32());
+    blocks_.backward(parameters_, gradients_, dresidual_.f32());
     const std::size_t PC = static_cast<std::size_t>(B) * P * C;
     be.zero(dpatch_emb_.f32(), PC * sizeof(float));
     be.assemble_tokens_backward(dpatch_emb_.f32(), g("cls"), g("wpe.weight"), dresidual_.f32(), B,

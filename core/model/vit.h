@@ -12,10 +12,8 @@
 // Parameters live in one flat buffer in vit_parameter_layout() order, with the checkpoint's
 // names and PyTorch nn.Linear shapes.
 #include <cstdint>
-#include <memory>
 #include <span>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
 #include "core/config.h"
