@@ -72,7 +72,7 @@ Rng::State rng_from_string(const std::string& text, const std::filesystem::path&
 std::vector<std::pair<std::string, std::vector<int64_t>>> expected_checkpoint_tensors(
     const ModelConfig& model, bool with_optimizer) {
     std::vector<std::pair<std::string, std::vector<int64_t>>> expected;
-    const auto layout = gpt_parameter_layout(model);
+    const auto layout = parameter_layout(model);
     for (const auto& info : layout) expected.emplace_back(info.name, info.shape);
     if (with_optimizer) {
         for (const auto& info : layout) {
@@ -95,7 +95,7 @@ std::map<std::string, std::string> make_provenance(const Backend& backend) {
             {"backend", backend.describe()}};
 }
 
-void save_checkpoint(const std::filesystem::path& path, const RunConfig& config, Gpt& model,
+void save_checkpoint(const std::filesystem::path& path, const RunConfig& config, Model& model,
                      AdamW* optimizer, const TrainingState& state) {
     const auto params = model.parameters().to_host();
     std::vector<float> m, v;
@@ -194,8 +194,8 @@ void write_checkpoint(const std::filesystem::path& path, const Checkpoint& ckpt,
     write_safetensors(path, views, metadata);
 }
 
-void load_into(const Checkpoint& ckpt, Gpt& model, AdamW* optimizer) {
-    const auto layout = gpt_parameter_layout(ckpt.config.model);
+void load_into(const Checkpoint& ckpt, Model& model, AdamW* optimizer) {
+    const auto layout = parameter_layout(ckpt.config.model);
     UPCYCLE_ASSERT(model.num_parameters() == layout.back().offset + layout.back().numel,
                    "model does not match the checkpoint's configuration");
     std::vector<float> flat(model.num_parameters());

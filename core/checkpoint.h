@@ -16,7 +16,7 @@
 #include <string>
 
 #include "core/config.h"
-#include "core/model/gpt.h"
+#include "core/model/model.h"
 #include "core/optim/adamw.h"
 #include "core/rng.h"
 #include "core/safetensors.h"
@@ -38,7 +38,7 @@ struct TrainingState {
 // Provenance of this process: git revision, build type, compiler, host, UTC time, backend.
 std::map<std::string, std::string> make_provenance(const Backend& backend);
 
-void save_checkpoint(const std::filesystem::path& path, const RunConfig& config, Gpt& model,
+void save_checkpoint(const std::filesystem::path& path, const RunConfig& config, Model& model,
                      AdamW* optimizer, const TrainingState& state);
 
 struct Checkpoint {
@@ -70,6 +70,6 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> expected_checkpoint_te
 
 // Copies the weights (and, if optimizer is given and the file has them, the moments and the
 // step counter) into a model built from checkpoint.config.model.
-void load_into(const Checkpoint& checkpoint, Gpt& model, AdamW* optimizer);
+void load_into(const Checkpoint& checkpoint, Model& model, AdamW* optimizer);
 
 }  // namespace upcycle

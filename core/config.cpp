@@ -36,6 +36,9 @@ void visit_fields(ModelConfig& c, Visitor&& v) {
     v("layers", c.layers);
     v("heads", c.heads);
     v("moe", c.moe);  // a nested section
+    v("patch", c.patch);
+    v("image_size", c.image_size);
+    v("classes", c.classes);
 }
 template <class Visitor>
 void visit_fields(DataConfig& c, Visitor&& v) {
@@ -44,6 +47,10 @@ void visit_fields(DataConfig& c, Visitor&& v) {
     v("validation_fraction", c.validation_fraction);
     v("synthetic_bytes", c.synthetic_bytes);
     v("synthetic_seed", c.synthetic_seed);
+    v("validation_images", c.validation_images);
+    v("train_images", c.train_images);
+    v("augment", c.augment);
+    v("crop_padding", c.crop_padding);
 }
 template <class Visitor>
 void visit_fields(TrainConfig& c, Visitor&& v) {
@@ -65,6 +72,10 @@ template <class Visitor>
 void visit_fields(EvalConfig& c, Visitor&& v) {
     v("every", c.every);
     v("max_windows", c.max_windows);
+    v("max_images", c.max_images);
+    v("probe_shots", c.probe_shots);
+    v("probe_seeds", c.probe_seeds);
+    v("probe_ridge", c.probe_ridge);
 }
 template <class Visitor>
 void visit_fields(CheckpointConfig& c, Visitor&& v) {
@@ -349,6 +360,37 @@ nlohmann::json to_json(const RunConfig& config_in) {
     return out;
 }
 
+namespace {
+
+// Keys (section, field) that only one architecture reads.
+struct ArchSpecificKey {
+    const char* section;
+    const char* field;
+};
+constexpr ArchSpecificKey kTextOnlyKeys[] = {
+    {"model", "vocab_size"},   {"model", "context"},          {"data", "path"},
+    {"data", "validation_fraction"}, {"data", "synthetic_bytes"}, {"data", "synthetic_seed"},
+    {"eval", "max_windows"},
+};
+constexpr ArchSpecificKey kImageOnlyKeys[] = {
+    {"model", "patch"},       {"model", "image_size"},  {"model", "classes"},
+    {"data", "validation_images"}, {"data", "train_images"}, {"data", "augment"},
+    {"data", "crop_padding"}, {"eval", "max_images"},   {"eval", "probe_shots"},
+    {"eval", "probe_seeds"},  {"eval", "probe_ridge"},
+};
+
+}  // namespace
+
+nlohmann::json to_identity_json(const RunConfig& config) {
+    nlohmann::json out = to_json(config);
+    auto erase = [&](const auto& keys) {
+        for (const auto& key : keys) out[key.section].erase(key.field);
+    };
+    if (config.model.arch == "vit") erase(kTextOnlyKeys);
+    else erase(kImageOnlyKeys);
+    return out;
+}
+
 RunConfig run_config_from_json(const nlohmann::json& json, const std::string& source) {
     RunConfig config;
     if (!json.is_object()) throw UserError(source, "config", "expected a JSON object");
@@ -357,6 +399,59 @@ RunConfig run_config_from_json(const nlohmann::json& json, const std::string& so
         if (json.contains(section_key)) section_from_json(json[section_key], section, section_key, source);
     });
     return config;
+}
+
+int tokens_per_example(const ModelConfig& model) {
+    if (model.arch == "vit") {
+        const int side = model.image_size / model.patch;
+        return 1 + side * side;
+    }
+    return model.context;
+}
+
+std::string describe_model(const ModelConfig& m) {
+    const auto n = [](int value) { return std::to_string(value); };
+    std::string text = m.arch == "vit" ? "ViT" : "GPT";
+    text += " L=" + n(m.layers) + " C=" + n(m.channels) + " H=" + n(m.heads);
+    if (m.arch == "vit") {
+        text += " patch=" + n(m.patch);
+        text += " T=" + n(tokens_per_example(m));
+    } else {
+        text += " T=" + n(m.context);
+        text += " V=" + n(m.vocab_size);
+    }
+    if (m.moe.experts > 0) {
+        text += ", MoE E=" + n(m.moe.experts) + " " + m.moe.router;
+        if (m.moe.router == "topk") text += " k=" + n(m.moe.k);
+        text += " on blocks";
+        const auto layers = moe_layer_indices(m);
+        for (std::size_t i = 0; i < layers.size(); ++i) {
+            text += i ? "," : " ";
+            text += n(layers[i]);
+        }
+    }
+    return text;
+}
+
+std::vector<int> probe_shot_counts(const EvalConfig& eval, const std::string& source) {
+    std::vector<int> shots;
+    if (eval.probe_shots.empty()) return shots;
+    for (const auto& part : split(eval.probe_shots, ',')) {
+        std::size_t used = 0;
+        int value = 0;
+        try {
+            value = std::stoi(part, &used);
+        } catch (const std::exception&) {
+            used = 0;
+        }
+        if (used == 0 || part.find_first_not_of(' ', used) != std::string::npos || value < 1) {
+            throw UserError(source, "eval.probe_shots",
+                            "expected a list of positive examples-per-class counts such as "
+                            "[1, 5, 10] (or \"\" for no probe), found '" + eval.probe_shots + "'");
+        }
+        shots.push_back(value);
+    }
+    return shots;
 }
 
 std::vector<int> moe_layer_indices(const ModelConfig& model, const std::string& source) {
@@ -398,7 +493,9 @@ void validate(const RunConfig& c, const std::string& source) {
     auto require = [&](bool ok, const std::string& key, const std::string& expected) {
         if (!ok) throw UserError(source, key, expected);
     };
-    require(c.model.arch == "gpt", "model.arch", "expected 'gpt', found '" + c.model.arch + "'");
+    const bool vit = c.model.arch == "vit";
+    require(c.model.arch == "gpt" || vit, "model.arch",
+            "expected gpt or vit, found '" + c.model.arch + "'");
     require(c.model.vocab_size > 0, "model.vocab_size", "expected a positive integer");
     require(c.model.context > 0, "model.context", "expected a positive integer");
     require(c.model.channels > 0, "model.channels", "expected a positive integer");
@@ -407,9 +504,36 @@ void validate(const RunConfig& c, const std::string& source) {
     require(c.model.channels % c.model.heads == 0, "model.heads",
             "channels (" + std::to_string(c.model.channels) + ") must be divisible by heads (" +
                 std::to_string(c.model.heads) + ")");
-    // every data source here is bytes
-    require(c.model.vocab_size >= 256, "model.vocab_size",
-            "byte-level text needs at least 256, found " + std::to_string(c.model.vocab_size));
+    if (vit) {
+        require(c.model.patch > 0, "model.patch", "expected a positive integer");
+        require(c.model.image_size > 0 && c.model.image_size % c.model.patch == 0, "model.patch",
+                "the patch side (" + std::to_string(c.model.patch) +
+                    ") must divide model.image_size (" + std::to_string(c.model.image_size) + ")");
+        require(c.model.classes >= 2, "model.classes", "expected at least 2");
+        require(c.data.source == "fashion_mnist", "data.source",
+                "a vit trains on images: expected fashion_mnist, found '" + c.data.source + "'");
+        require(c.model.image_size == 28, "model.image_size",
+                "Fashion-MNIST images are 28×28, found " + std::to_string(c.model.image_size));
+        require(c.model.classes == 10, "model.classes",
+                "Fashion-MNIST has 10 classes, found " + std::to_string(c.model.classes));
+        require(c.data.validation_images >= c.model.classes, "data.validation_images",
+                "expected at least one image per class (" + std::to_string(c.model.classes) + ")");
+        require(c.data.train_images >= 0, "data.train_images", "expected a non-negative integer (0: all)");
+        require(c.data.augment == "none" || c.data.augment == "crop_flip", "data.augment",
+                "expected none or crop_flip, found '" + c.data.augment + "'");
+        require(c.data.crop_padding >= 0, "data.crop_padding", "expected a non-negative integer");
+        require(c.eval.max_images >= 0, "eval.max_images", "expected a non-negative integer (0: all)");
+        probe_shot_counts(c.eval, source);  // throws on a malformed list
+        require(c.eval.probe_seeds >= 1, "eval.probe_seeds", "expected a positive integer");
+        require(c.eval.probe_ridge > 0, "eval.probe_ridge", "expected a positive number");
+    } else {
+        // every text source here is bytes
+        require(c.model.vocab_size >= 256, "model.vocab_size",
+                "byte-level text needs at least 256, found " + std::to_string(c.model.vocab_size));
+        require(c.data.source == "kjv" || c.data.source == "synthetic" || c.data.source == "text",
+                "data.source",
+                "a gpt trains on text: expected kjv, synthetic or text, found '" + c.data.source + "'");
+    }
     const MoeConfig& moe = c.model.moe;
     require(moe.experts >= 0, "model.moe.experts", "expected a non-negative integer (0: dense)");
     if (moe.experts > 0) {
@@ -432,8 +556,6 @@ void validate(const RunConfig& c, const std::string& source) {
         require(!moe_layer_indices(c.model, source).empty(), "model.moe.layers",
                 "selects no block of a " + std::to_string(c.model.layers) + "-layer model");
     }
-    require(c.data.source == "kjv" || c.data.source == "synthetic" || c.data.source == "text",
-            "data.source", "expected kjv, synthetic or text, found '" + c.data.source + "'");
     require(c.data.source != "text" || !c.data.path.empty(), "data.path",
             "data.source: text needs data.path (a text file)");
     require(c.data.validation_fraction > 0 && c.data.validation_fraction < 1,
@@ -466,6 +588,8 @@ const std::vector<ModelPreset>& model_presets() {
         {"gpt-tiny", ModelConfig{"gpt", 256, 128, 128, 4, 4, {}}, 16},
         {"gpt-small", ModelConfig{"gpt", 256, 256, 512, 8, 8, {}}, 8},
         {"gpt-124m", ModelConfig{"gpt", 50304, 1024, 768, 12, 12, {}}, 8},
+        // the vision issue's benchmark shape: patch 4 on 28×28 (T = 50), C 128, L 6, H 4
+        {"vit-tiny", ModelConfig{.arch = "vit", .channels = 128, .layers = 6, .heads = 4, .moe = {}, .patch = 4}, 128},
     };
     return presets;
 }

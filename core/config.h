@@ -31,25 +31,40 @@ struct MoeConfig {
 };
 
 struct ModelConfig {
-    std::string arch = "gpt";  // gpt (vit comes later)
-    int vocab_size = 256;      // V; byte-level text by default
-    int context = 128;         // T
+    std::string arch = "gpt";  // gpt (text, causal) | vit (images, encoder)
+    int vocab_size = 256;      // V; byte-level text by default (gpt)
+    int context = 128;         // T (gpt); a ViT's T is 1 + (image_size/patch)², see tokens_per_example
     int channels = 128;        // C
     int layers = 4;            // L
     int heads = 4;             // H
     MoeConfig moe;             // experts = 0: dense
+    int patch = 4;             // p: ViT patch side in pixels (vit)
+    int image_size = 28;       // ViT input side (square, grey), fixed by the data (vit)
+    int classes = 10;          // ViT head outputs (vit)
 };
+
+// Tokens one example occupies: the context for a GPT, 1 (class token) + patches for a ViT.
+int tokens_per_example(const ModelConfig& model);
+
+// One line for people: "GPT L=4 C=128 H=4 T=128 V=256" or "ViT L=6 C=128 H=4 patch=4 T=50",
+// with ", MoE E=8 topk k=2 on blocks 1,3" when it has experts.
+std::string describe_model(const ModelConfig& model);
 
 // The zero-based block indices whose MLP is an MoE layer (empty for a dense model).
 // Throws UserError (file = source, key model.moe.layers) if the list is malformed.
 std::vector<int> moe_layer_indices(const ModelConfig& model, const std::string& source = "");
 
 struct DataConfig {
-    std::string source = "kjv";             // kjv | synthetic | text
+    std::string source = "kjv";             // kjv | synthetic | text (gpt); fashion_mnist (vit)
     std::string path;                       // the file, for source: text
     double validation_fraction = 0.05;      // for text and synthetic (tail of the file)
     int64_t synthetic_bytes = 1 << 20;      // for source: synthetic
     uint64_t synthetic_seed = 1;
+    // images (fashion_mnist): a fixed, class-balanced validation split carved from train
+    int validation_images = 5000;
+    int64_t train_images = 0;               // keep a class-balanced subset of train (0: all)
+    std::string augment = "none";           // none | crop_flip (random crop + horizontal flip)
+    int crop_padding = 2;                   // pixels of padding for the random crop
 };
 
 struct TrainConfig {
@@ -70,8 +85,17 @@ struct TrainConfig {
 
 struct EvalConfig {
     int64_t every = 250;     // steps between evaluations (0: only at the end)
-    int64_t max_windows = 512;  // evenly spaced validation windows per evaluation (0: all)
+    int64_t max_windows = 512;  // evenly spaced validation windows per evaluation (0: all) (text)
+    // images: validation images per evaluation (evenly spaced; 0: all). At budget milestones and
+    // at the end a ViT is also measured on the test split: accuracy and the few-shot probe.
+    int64_t max_images = 0;
+    std::string probe_shots = "1,5,10";  // examples per class of the ridge probe ("": no probe)
+    int probe_seeds = 3;                 // draws of the few-shot examples, averaged
+    double probe_ridge = 1e-2;           // ridge λ (times the number of examples)
 };
+
+// The shot counts eval.probe_shots lists (empty for ""). UserError naming eval.probe_shots.
+std::vector<int> probe_shot_counts(const EvalConfig& eval, const std::string& source = "");
 
 struct CheckpointConfig {
     int64_t every = 500;         // steps between checkpoints (0: only at the end)
@@ -100,13 +124,18 @@ RunConfig parse_run_config(const std::string& yaml_text, const std::string& sour
 RunConfig run_config_from_yaml(const YAML::Node& root, const std::string& source);
 
 nlohmann::json to_json(const RunConfig& config);
+// to_json without the keys that do not apply to the config's model.arch (a GPT has no patch
+// size, a ViT no vocabulary): a trial's identity, so adding a key for one architecture does
+// not change the identity of the other's trials.
+nlohmann::json to_identity_json(const RunConfig& config);
 // Reads a config written by to_json (e.g. from a checkpoint); source names it in errors.
 RunConfig run_config_from_json(const nlohmann::json& json, const std::string& source);
 
 // Throws UserError (file = source) if the configuration is impossible.
 void validate(const RunConfig& config, const std::string& source);
 
-// Named model shapes for `bench` and configs (`model.preset`): gpt-tiny, gpt-small, gpt-124m.
+// Named model shapes for `bench` and configs (`model.preset`): gpt-tiny, gpt-small, gpt-124m,
+// vit-tiny.
 struct ModelPreset {
     std::string name;
     ModelConfig model;

@@ -1,5 +1,8 @@
 #pragma once
-// Evaluation: mean next-token cross-entropy and accuracy over fixed windows of a text.
+// Evaluation results, and the text evaluation: mean next-token cross-entropy and accuracy
+// over fixed windows of a text.
+#include <map>
+#include <string>
 #include <string_view>
 
 #include "core/model/gpt.h"
@@ -7,10 +10,13 @@
 namespace upcycle {
 
 struct EvalResult {
-    double loss = 0;        // mean cross-entropy per predicted byte (nats)
-    double accuracy = 0;    // fraction of bytes whose argmax prediction is right
-    int64_t tokens = 0;     // predicted bytes
-    int64_t windows = 0;
+    double loss = 0;        // mean cross-entropy per prediction (nats): a byte, or an image
+    double accuracy = 0;    // fraction of predictions whose argmax is right
+    int64_t tokens = 0;     // predictions: bytes, or images
+    int64_t windows = 0;    // text windows, or image batches
+    // Metrics beyond the validation split's, by their store key (e.g. test_accuracy,
+    // probe_10shot_accuracy): only from full evaluations of tasks that have them.
+    std::map<std::string, double> extra;
 };
 
 // Windows of T+1 bytes every T bytes (final partial dropped); max_windows > 0 evaluates that

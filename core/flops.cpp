@@ -13,13 +13,21 @@ double active_experts_per_token(const MoeConfig& moe) {
 }
 
 FlopsPerToken flops_per_token(const ModelConfig& m) {
-    const double C = m.channels, L = m.layers, T = m.context, V = m.vocab_size;
+    const double C = m.channels, L = m.layers, T = tokens_per_example(m), V = m.vocab_size;
     const double moe_blocks = static_cast<double>(moe_layer_indices(m).size());
     const double dense_blocks = L - moe_blocks;
     const double E = m.moe.experts;
     const double moe_block_weights =
         4.0 * C * C + active_experts_per_token(m.moe) * 8.0 * C * C + E * C;
-    const double matmul_weights = dense_blocks * 12.0 * C * C + moe_blocks * moe_block_weights + V * C;
+    const double block_weights = dense_blocks * 12.0 * C * C + moe_blocks * moe_block_weights;
+    // GPT: the tied head, V·C per token. ViT: the patch embedding (P·p²·C) and the head on the
+    // class token (classes·C) happen once per image, spread over its T tokens.
+    double edge_weights = V * C;
+    if (m.arch == "vit") {
+        const double P = T - 1, patch_pixels = static_cast<double>(m.patch) * m.patch;
+        edge_weights = (P * patch_pixels * C + m.classes * C) / T;
+    }
+    const double matmul_weights = block_weights + edge_weights;
     const double attention = L * 4.0 * T * C;
     FlopsPerToken f;
     f.forward = 2.0 * matmul_weights + attention;
@@ -38,7 +46,7 @@ std::string format_flops(double flops) {
 }
 
 int64_t parameter_count(const ModelConfig& m) {
-    const int64_t C = m.channels, L = m.layers, T = m.context, V = m.vocab_size;
+    const int64_t C = m.channels, L = m.layers, T = tokens_per_example(m), V = m.vocab_size;
     const int64_t attention_block = 2 * C              // ln1
                                     + 3 * C * C + 3 * C  // qkv
                                     + C * C + C          // attn proj
@@ -46,8 +54,14 @@ int64_t parameter_count(const ModelConfig& m) {
     const int64_t mlp = 4 * C * C + 4 * C + 4 * C * C + C;  // fc + proj
     const auto moe_blocks = static_cast<int64_t>(moe_layer_indices(m).size());
     const int64_t E = m.moe.experts;
-    return V * C + T * C + L * attention_block + (L - moe_blocks) * mlp +
-           moe_blocks * (E * C + E * mlp) + 2 * C;
+    const int64_t blocks = L * attention_block + (L - moe_blocks) * mlp + moe_blocks * (E * C + E * mlp);
+    const int64_t lnf = 2 * C;
+    if (m.arch == "vit") {
+        const int64_t patch_pixels = static_cast<int64_t>(m.patch) * m.patch, K = m.classes;
+        // patch.{weight,bias}, cls, wpe, blocks, lnf, head.{weight,bias}
+        return patch_pixels * C + C + C + T * C + blocks + lnf + K * C + K;
+    }
+    return V * C + T * C + blocks + lnf;
 }
 
 }  // namespace upcycle

@@ -4,6 +4,8 @@
 // Convention (as PaLM and nanoGPT/llm.c MFU): a multiply-add is 2 FLOPs; only matmuls count.
 //   forward per token  = 2 · (matmul weights) + attention
 //     matmul weights   = L · 12·C²  (qkv 3C², proj C², fc 4C², fc-proj 4C²) + V·C (tied head)
+//                        (ViT: + (P·p²·C patch embedding + classes·C head) / T, both once per
+//                        image; T = 1 + P tokens per image, see tokens_per_example)
 //     attention        = L · 4·T·C  (q·kᵀ and p·v over the full context; no causal discount)
 //   training per token = 3 × forward (backward = 2 × forward)
 // Embedding lookups, layernorms, biases and pointwise ops are not counted.

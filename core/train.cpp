@@ -6,13 +6,11 @@
 
 #include <nlohmann/json.hpp>
 
-#include "core/data/kjv.h"
-#include "core/data/text_batches.h"
 #include "core/errors.h"
 #include "core/flops.h"
-#include "core/model/gpt.h"
 #include "core/optim/adamw.h"
 #include "core/optim/schedule.h"
+#include "core/task/task.h"
 
 namespace upcycle {
 
@@ -72,14 +70,8 @@ TrainSummary train(Backend& backend, const RunConfig& config, const TrainOptions
     };
     const ModelConfig& mc = config.model;
     const TrainConfig& tc = config.train;
-    const TextCorpus corpus = load_text_corpus(config.data, config.name);
-    const std::size_t window = static_cast<std::size_t>(mc.context) + 1;
-    if (corpus.train.size() <= window || corpus.validation.size() < window) {
-        throw UserError(config.name, "data", "the text is too short for windows of " +
-                                                 std::to_string(window) + " bytes");
-    }
-
-    Gpt model(backend, mc, tc.batch_size);
+    const auto task = make_training_task(backend, config, config.name);
+    Model& model = task->model();
     AdamW optimizer(backend, model.num_parameters());
     TrainingState state;
     Rng data_rng(tc.seed ^ kDataStreamSalt);
@@ -124,9 +116,9 @@ TrainSummary train(Backend& backend, const RunConfig& config, const TrainOptions
     }
     std::ofstream log(log_path, std::ios::app);
 
+    const int64_t tokens_per_step = task->tokens_per_step();
     const double flops_per_step =
-        flops_per_token(mc).training * static_cast<double>(tc.batch_size) * mc.context;
-    std::vector<int32_t> inputs, targets;
+        flops_per_token(mc).training * static_cast<double>(tokens_per_step);
     auto last_checkpoint_time = Clock::now();
     auto interval_start = Clock::now();
     int64_t interval_tokens = 0;
@@ -138,22 +130,21 @@ TrainSummary train(Backend& backend, const RunConfig& config, const TrainOptions
         summary.checkpoint = ckpt_path;
         if (observer.on_checkpoint) observer.on_checkpoint(ckpt_path, state.step);
     };
-    auto run_eval = [&]() {
+    auto run_eval = [&](EvalScope scope) {
         EvalRecord record;
         record.step = state.step;
         record.flops = state.flops;
         record.seconds = state.seconds;
-        record.result = evaluate_text(model, corpus.validation, config.eval.max_windows);
-        log << nlohmann::json{{"kind", "eval"},
-                              {"step", record.step},
-                              {"flops", record.flops},
-                              {"seconds", record.seconds},
-                              {"val_loss", record.result.loss},
-                              {"val_accuracy", record.result.accuracy},
-                              {"val_tokens", record.result.tokens}}
-                   .dump()
-            << '\n'
-            << std::flush;
+        record.result = task->evaluate(scope);
+        nlohmann::json line{{"kind", "eval"},
+                            {"step", record.step},
+                            {"flops", record.flops},
+                            {"seconds", record.seconds},
+                            {"val_loss", record.result.loss},
+                            {"val_accuracy", record.result.accuracy},
+                            {"val_tokens", record.result.tokens}};
+        for (const auto& [key, value] : record.result.extra) line[key] = value;
+        log << line.dump() << '\n' << std::flush;
         if (observer.on_eval) observer.on_eval(record);
         return record.result;
     };
@@ -180,8 +171,7 @@ TrainSummary train(Backend& backend, const RunConfig& config, const TrainOptions
             return summary;
         }
         const auto step_start = Clock::now();
-        sample_text_batch(corpus.train, tc.batch_size, mc.context, data_rng, inputs, targets);
-        const ForwardStats stats = model.forward(inputs, targets, tc.batch_size, Pass::Train);
+        const ForwardStats stats = task->train_forward(state.step, data_rng);
         model.backward();
         const int64_t step = state.step + 1;
         const double lr = learning_rate(tc, step);
@@ -189,10 +179,10 @@ TrainSummary train(Backend& backend, const RunConfig& config, const TrainOptions
         const double step_seconds = std::chrono::duration<double>(Clock::now() - step_start).count();
 
         state.step = step;
-        state.tokens += static_cast<int64_t>(tc.batch_size) * mc.context;
+        state.tokens += tokens_per_step;
         state.flops += flops_per_step;
         state.seconds += step_seconds;
-        interval_tokens += static_cast<int64_t>(tc.batch_size) * mc.context;
+        interval_tokens += tokens_per_step;
 
         if (step % tc.log_every == 0 || step == tc.steps) {
             StepRecord record;
@@ -234,7 +224,7 @@ TrainSummary train(Backend& backend, const RunConfig& config, const TrainOptions
         bool milestone_now = false;
         std::optional<EvalResult> milestone_eval;
         while (next_milestone < options.milestones.size() && reached(options.milestones[next_milestone])) {
-            if (!milestone_eval) milestone_eval = run_eval();
+            if (!milestone_eval) milestone_eval = run_eval(EvalScope::Full);
             EvalRecord record;
             record.step = state.step;
             record.flops = state.flops;
@@ -252,7 +242,7 @@ TrainSummary train(Backend& backend, const RunConfig& config, const TrainOptions
             interval_start = Clock::now();
             interval_tokens = 0;
         } else if (last || (config.eval.every > 0 && step % config.eval.every == 0)) {
-            const auto result = run_eval();
+            const auto result = run_eval(last ? EvalScope::Full : EvalScope::Validation);
             if (last) summary.final_eval = result;
             interval_start = Clock::now();  // evaluation time is not training throughput
             interval_tokens = 0;
@@ -269,7 +259,7 @@ TrainSummary train(Backend& backend, const RunConfig& config, const TrainOptions
     }
     if (!summary.final_eval) {
         // resumed after the last step had already been taken
-        summary.final_eval = evaluate_text(model, corpus.validation, config.eval.max_windows);
+        summary.final_eval = task->evaluate(EvalScope::Full);
         summary.checkpoint = ckpt_path;
     }
     summary.completed = true;

@@ -1,13 +1,14 @@
 // upcycle bench --model NAME [--steps N] [--warmup N] [--batch B] [--json] [--device cpu]
 //               [--experts E --k K --capacity-factor CF --router topk|expert_choice]
-// Times whole training steps (forward + backward + AdamW) of a preset model on random tokens
-// and, in the same process, OpenBLAS sgemm at the model's MLP shape, so the ratio between
+// Times whole training steps (forward + backward + AdamW) of a preset model (a GPT on random
+// tokens, a ViT on random images) and, in the same process, OpenBLAS sgemm at the model's MLP shape, so the ratio between
 // the two is meaningful on a shared, noisy machine. With --experts, every other block's MLP
 // becomes an MoE layer and the dense preset is timed in the same process too, the two
 // interleaved in rounds, so the MoE/dense ratio is fair.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <functional>
 #include <memory>
 
 #include <fmt/format.h>
@@ -17,6 +18,7 @@
 #include "core/config.h"
 #include "core/flops.h"
 #include "core/model/gpt.h"
+#include "core/model/vit.h"
 #include "core/optim/adamw.h"
 #include "core/rng.h"
 #include "kernels/backend_factory.h"
@@ -50,42 +52,52 @@ double median(std::vector<double> values) {
 class StepTimer {
 public:
     StepTimer(Backend& backend, const ModelConfig& config, int B)
-        : backend_(&backend), config_(config), B_(B), model_(backend, config, B),
-          optimizer_(backend, model_.num_parameters()) {
-        model_.init_weights(1);
+        : backend_(&backend), config_(config), B_(B), model_(make_model(backend, config, B)),
+          optimizer_(backend, model_->num_parameters()) {
+        model_->init_weights(1);
         Rng rng(7);
-        const auto n = static_cast<std::size_t>(B) * config.context;
-        inputs_.resize(n);
-        targets_.resize(n);
-        const auto V = static_cast<uint64_t>(config.vocab_size);
-        for (auto& x : inputs_) x = static_cast<int32_t>(rng.below(V));
-        for (auto& x : targets_) x = static_cast<int32_t>(rng.below(V));
+        if (auto* vit = dynamic_cast<Vit*>(model_.get())) {
+            images_.resize(static_cast<std::size_t>(B) * config.image_size * config.image_size);
+            for (auto& x : images_) x = rng.normal();
+            for (int i = 0; i < B; ++i) labels_.push_back(static_cast<int32_t>(rng.below(config.classes)));
+            forward_ = [this, vit] { vit->forward(images_, labels_, B_, Pass::Train); };
+        } else {
+            auto* gpt = dynamic_cast<Gpt*>(model_.get());
+            const auto n = static_cast<std::size_t>(B) * config.context;
+            const auto V = static_cast<uint64_t>(config.vocab_size);
+            for (std::size_t i = 0; i < n; ++i) inputs_.push_back(static_cast<int32_t>(rng.below(V)));
+            for (std::size_t i = 0; i < n; ++i) labels_.push_back(static_cast<int32_t>(rng.below(V)));
+            forward_ = [this, gpt] { gpt->forward(inputs_, labels_, B_, Pass::Train); };
+        }
     }
     void run(int steps, bool record) {
         using Clock = std::chrono::steady_clock;
         for (int i = 0; i < steps; ++i) {
             const auto start = Clock::now();
-            model_.forward(inputs_, targets_, B_, Pass::Train);
-            model_.backward();
-            optimizer_.update(model_.layout(), model_.parameters(), model_.gradients(), train_, 1e-4);
+            forward_();
+            model_->backward();
+            optimizer_.update(model_->layout(), model_->parameters(), model_->gradients(), train_, 1e-4);
             backend_->synchronize();
             if (record) seconds_.push_back(std::chrono::duration<double>(Clock::now() - start).count());
         }
     }
     double median_step() const { return median(seconds_); }
     std::size_t timed() const { return seconds_.size(); }
-    double tokens_per_step() const { return static_cast<double>(B_) * config_.context; }
+    double tokens_per_step() const { return static_cast<double>(B_) * tokens_per_example(config_); }
     double flops_per_step() const { return flops_per_token(config_).training * tokens_per_step(); }
-    const Gpt& model() const { return model_; }
+    const Model& model() const { return *model_; }
 
 private:
     Backend* backend_;
     ModelConfig config_;
     int B_;
-    Gpt model_;
+    std::unique_ptr<Model> model_;
     AdamW optimizer_;
     TrainConfig train_;  // defaults: AdamW betas, clip 1.0, weight decay 0.1
-    std::vector<int32_t> inputs_, targets_;
+    std::vector<int32_t> inputs_;   // GPT: token ids [B,T]
+    std::vector<float> images_;     // ViT: [B, image, image]
+    std::vector<int32_t> labels_;   // GPT: targets [B,T]; ViT: classes [B]
+    std::function<void()> forward_;
     std::vector<double> seconds_;
 };
 
@@ -121,10 +133,11 @@ int run_bench(const BenchArgs& args) {
         moe_config.moe.eval_capacity_factor = args.capacity_factor;
         RunConfig check;
         check.model = moe_config;
+        if (moe_config.arch == "vit") check.data.source = "fashion_mnist";
         validate(check, "--experts");
     }
     const int B = args.batch > 0 ? args.batch : preset.batch_size;
-    const int T = dense_config.context;
+    const int T = tokens_per_example(dense_config);
     const double dense_flops = flops_per_token(dense_config).training * B * T;
     const int steps = args.steps > 0 ? args.steps : (dense_flops > 1e12 ? 3 : 20);
     auto backend = make_backend(args.device);
@@ -169,10 +182,10 @@ int run_bench(const BenchArgs& args) {
         fmt::print("{}\n", out.dump(2));
         return 0;
     }
-    fmt::print("model {} (L={} C={} H={} T={} V={}), batch {}, training steps (forward + "
-               "backward + AdamW) on random tokens\n",
-               preset.name, dense_config.layers, dense_config.channels, dense_config.heads, T,
-               dense_config.vocab_size, B);
+    fmt::print("model {} ({}), batch {}, training steps (forward + backward + AdamW) on "
+               "random {}\n",
+               preset.name, describe_model(dense_config), B,
+               dense_config.arch == "vit" ? "images" : "tokens");
     fmt::print("backend {}\n", backend->describe());
     print_figures("dense", dense);
     if (sparse) {
@@ -194,7 +207,7 @@ int run_bench(const BenchArgs& args) {
 Command add_bench_command(CLI::App& app) {
     auto args = std::make_shared<BenchArgs>();
     auto* sub = app.add_subcommand("bench", "Time training steps of a preset model");
-    sub->add_option("--model", args->model, "gpt-tiny | gpt-small | gpt-124m");
+    sub->add_option("--model", args->model, "gpt-tiny | gpt-small | gpt-124m | vit-tiny");
     sub->add_option("--steps", args->steps, "timed steps (default 20, 3 for large models)");
     sub->add_option("--warmup", args->warmup, "untimed steps first");
     sub->add_option("--batch", args->batch, "batch size (default: the preset's)");

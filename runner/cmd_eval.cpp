@@ -1,4 +1,7 @@
-// upcycle eval --ckpt FILE [--text FILE] [--json] [--max-windows N] [--batch B] [--device cpu]
+// upcycle eval --ckpt FILE [--text FILE] [--json] [--max-windows N] [--max-images N] [--batch B]
+//              [--device cpu]
+// A GPT is evaluated on its held-out text (or --text); a ViT on its validation split, and on
+// the test split (accuracy and the few-shot probe, as at the end of a run).
 #include <cstdio>
 
 #include <fmt/format.h>
@@ -9,8 +12,11 @@
 #include "core/data/text_batches.h"
 #include "core/errors.h"
 #include "core/eval.h"
+#include "core/model/gpt.h"
+#include "core/task/task.h"
 #include "kernels/backend_factory.h"
 #include "runner/commands.h"
+#include "runner/format.h"
 
 namespace upcycle::cli {
 
@@ -21,42 +27,64 @@ struct EvalArgs {
     std::string text;
     bool json = false;
     int64_t max_windows = 0;
+    int64_t max_images = 0;
     int batch = 16;
     std::string device = "cpu";
 };
 
+// --text: the GPT on any text file.
+EvalResult evaluate_text_file(const Checkpoint& ckpt, Backend& backend, const EvalArgs& args) {
+    if (ckpt.config.model.arch != "gpt") {
+        throw UserError(args.checkpoint, "--text", "only a GPT checkpoint evaluates on text");
+    }
+    Gpt model(backend, ckpt.config.model, args.batch);
+    load_into(ckpt, model, nullptr);
+    const std::string text = read_text_file(args.text);
+    if (count_eval_windows(text.size(), ckpt.config.model.context) == 0) {
+        throw UserError(args.text, "", "shorter than one window of " +
+                                           std::to_string(ckpt.config.model.context + 1) + " bytes");
+    }
+    return evaluate_text(model, text, args.max_windows);
+}
+
 int run_eval(const EvalArgs& args) {
     const Checkpoint ckpt = read_checkpoint(args.checkpoint);
     auto backend = make_backend(args.device);
-    Gpt model(*backend, ckpt.config.model, args.batch);
-    load_into(ckpt, model, nullptr);
+    EvalResult r;
     std::string source;
-    std::string text;
+    std::string unit = "bytes";
     if (!args.text.empty()) {
-        text = read_text_file(args.text);
+        r = evaluate_text_file(ckpt, *backend, args);
         source = args.text;
     } else {
-        text = load_text_corpus(ckpt.config.data, args.checkpoint).validation;
+        RunConfig config = ckpt.config;
+        config.train.batch_size = args.batch;
+        config.eval.max_windows = args.max_windows;
+        config.eval.max_images = args.max_images;
+        const auto task = make_training_task(*backend, config, args.checkpoint);
+        load_into(ckpt, task->model(), nullptr);
+        r = task->evaluate(EvalScope::Full);
         source = ckpt.config.data.source + " validation split";
+        unit = task->prediction_unit();
     }
-    if (count_eval_windows(text.size(), ckpt.config.model.context) == 0) {
-        throw UserError(source, "", "shorter than one window of " +
-                                        std::to_string(ckpt.config.model.context + 1) + " bytes");
-    }
-    const EvalResult r = evaluate_text(model, text, args.max_windows);
     if (args.json) {
-        fmt::print("{}\n", nlohmann::json{{"checkpoint", args.checkpoint},
-                                          {"text", source},
-                                          {"step", ckpt.state.step},
-                                          {"val_loss", r.loss},
-                                          {"val_accuracy", r.accuracy},
-                                          {"tokens", r.tokens},
-                                          {"windows", r.windows}}
-                               .dump(2));
+        nlohmann::json out{{"checkpoint", args.checkpoint},
+                           {"data", source},
+                           {"step", ckpt.state.step},
+                           {"val_loss", r.loss},
+                           {"val_accuracy", r.accuracy}};
+        if (unit == "bytes") {
+            out["tokens"] = r.tokens;
+            out["windows"] = r.windows;
+        } else {
+            out[unit] = r.tokens;
+        }
+        for (const auto& [key, value] : r.extra) out[key] = value;
+        fmt::print("{}\n", out.dump(2));
     } else {
-        fmt::print("{} (step {}) on {}: loss {:.4f} | accuracy {:.4f} | {} bytes in {} windows\n",
-                   args.checkpoint, ckpt.state.step, source, r.loss, r.accuracy, r.tokens,
-                   r.windows);
+        fmt::print("{} (step {}) on {}: loss {:.4f} | accuracy {:.4f} | {} {}{}\n",
+                   args.checkpoint, ckpt.state.step, source, r.loss, r.accuracy, r.tokens, unit,
+                   format_extra_metrics(r));
     }
     return 0;
 }
@@ -65,12 +93,13 @@ int run_eval(const EvalArgs& args) {
 
 Command add_eval_command(CLI::App& app) {
     auto args = std::make_shared<EvalArgs>();
-    auto* sub = app.add_subcommand("eval", "Validation loss and next-token accuracy of a checkpoint");
+    auto* sub = app.add_subcommand("eval", "Validation loss and accuracy of a checkpoint (a ViT's also on the test split)");
     sub->add_option("--ckpt", args->checkpoint, "checkpoint (.safetensors)")->required();
     sub->add_option("--text", args->text, "evaluate on this text file instead of the held-out split");
     sub->add_flag("--json", args->json, "print JSON");
-    sub->add_option("--max-windows", args->max_windows, "evaluate N evenly spaced windows (0: all)");
-    sub->add_option("--batch", args->batch, "windows per forward pass")->check(CLI::PositiveNumber);
+    sub->add_option("--max-windows", args->max_windows, "text: evaluate N evenly spaced windows (0: all)");
+    sub->add_option("--max-images", args->max_images, "images: evaluate N evenly spaced validation images (0: all)");
+    sub->add_option("--batch", args->batch, "windows or images per forward pass")->check(CLI::PositiveNumber);
     sub->add_option("--device", args->device, "cpu | cuda[:N]");
     return [args] { return run_eval(*args); };
 }

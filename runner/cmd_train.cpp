@@ -44,10 +44,8 @@ int run_train(const TrainArgs& args) {
     auto backend = make_backend(args.device);
     const std::string out = args.out.empty() ? "results/train/" + config.name : args.out;
     const auto flops = flops_per_token(config.model);
-    fmt::print(stderr, "upcycle train: {} | GPT L={} C={} H={} T={} V={} | {} parameters | "
-                       "{} per training token\n",
-               config.name, config.model.layers, config.model.channels, config.model.heads,
-               config.model.context, config.model.vocab_size,
+    fmt::print(stderr, "upcycle train: {} | {} | {} parameters | {} per training token\n",
+               config.name, describe_model(config.model),
                format_count(static_cast<double>(parameter_count(config.model))),
                upcycle::format_flops(flops.training));
     fmt::print(stderr, "  data {} | {} steps × batch {} | schedule {} lr {:g} | {} | out {}\n",
@@ -70,8 +68,8 @@ int run_train(const TrainArgs& args) {
                    format_duration(remaining_steps * seconds_per_step));
     };
     observer.on_eval = [](const EvalRecord& r) {
-        fmt::print(stderr, "eval {:>6} | val_loss {:.4f} | val_accuracy {:.4f} | {} bytes\n",
-                   r.step, r.result.loss, r.result.accuracy, r.result.tokens);
+        fmt::print(stderr, "eval {:>6} | val_loss {:.4f} | val_accuracy {:.4f}{}\n", r.step,
+                   r.result.loss, r.result.accuracy, format_extra_metrics(r.result));
     };
     observer.on_checkpoint = [](const std::filesystem::path& path, int64_t step) {
         fmt::print(stderr, "checkpoint {:>6} | {}\n", step, path.string());
@@ -88,9 +86,9 @@ int run_train(const TrainArgs& args) {
         return 130;
     }
     const auto& e = *summary.final_eval;
-    fmt::print("final validation loss {:.4f} | accuracy {:.4f} | {} steps | {} | {:.1f}s | "
+    fmt::print("final validation loss {:.4f} | accuracy {:.4f}{} | {} steps | {} | {:.1f}s | "
                "checkpoint {}\n",
-               e.loss, e.accuracy, summary.steps, upcycle::format_flops(summary.state.flops),
+               e.loss, e.accuracy, format_extra_metrics(e), summary.steps, upcycle::format_flops(summary.state.flops),
                summary.state.seconds, summary.checkpoint.string());
     return 0;
 }

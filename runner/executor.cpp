@@ -41,6 +41,14 @@ std::string host_name() {
     return host;
 }
 
+// An evaluation as stored: val_loss, val_accuracy and whatever else the task measured
+// (a ViT's test_accuracy and few-shot probe accuracies at milestones and at the end).
+nlohmann::json evaluation_metrics(const EvalResult& result) {
+    nlohmann::json metrics{{"val_loss", result.loss}, {"val_accuracy", result.accuracy}};
+    for (const auto& [key, value] : result.extra) metrics[key] = value;
+    return metrics;
+}
+
 PlannedTrial planned_from(const TrialRecord& record) {
     PlannedTrial planned;
     planned.hash = record.hash;
@@ -226,18 +234,24 @@ private:
                                          r.loss, budget, cli::format_count(r.tokens_per_second),
                                          bounded ? " | eta " + cli::format_duration(remaining) : ""));
         };
-        observer.on_eval = [&](const EvalRecord& r) {
-            const auto [flops, seconds] = own(r.flops, r.seconds);
+        // every metric of an evaluation, as a series point each
+        auto push_eval_metrics = [&](const EvalRecord& r, double flops, double seconds) {
             pending.push_back({"val_loss", r.step, flops, seconds, r.result.loss});
             pending.push_back({"val_accuracy", r.step, flops, seconds, r.result.accuracy});
+            for (const auto& [key, value] : r.result.extra) {
+                pending.push_back({key, r.step, flops, seconds, value});
+            }
+        };
+        observer.on_eval = [&](const EvalRecord& r) {
+            const auto [flops, seconds] = own(r.flops, r.seconds);
+            push_eval_metrics(r, flops, seconds);
             flush();
         };
         observer.on_milestone = [&](const Milestone& m, const EvalRecord& r) {
             const auto [flops, seconds] = own(r.flops, r.seconds);
             store_.add_evaluation(record.id, m.percent, r.step, flops, seconds,
-                                  {{"val_loss", r.result.loss}, {"val_accuracy", r.result.accuracy}});
-            pending.push_back({"val_loss", r.step, flops, seconds, r.result.loss});
-            pending.push_back({"val_accuracy", r.step, flops, seconds, r.result.accuracy});
+                                  evaluation_metrics(r.result));
+            push_eval_metrics(r, flops, seconds);
             flush();
             log(fmt::format("{} budget {:g}% reached at step {}: val_loss {:.4f}", label, m.percent,
                             r.step, r.result.loss));
@@ -251,7 +265,7 @@ private:
         if (record.method == "pretrain") {
             const auto& e = *summary.final_eval;
             store_.add_evaluation(record.id, 0, summary.state.step, flops, seconds,
-                                  {{"val_loss", e.loss}, {"val_accuracy", e.accuracy}});
+                                  evaluation_metrics(e));
         }
         const auto ckpt = checkpoint_path(dir);
         store_.add_artifact(record.id, "checkpoint", ckpt.string(),

@@ -25,4 +25,10 @@ std::string format_count(double value) {
 }
 
 
+std::string format_extra_metrics(const EvalResult& result) {
+    std::string text;
+    for (const auto& [key, value] : result.extra) text += fmt::format(" | {} {:.4f}", key, value);
+    return text;
+}
+
 }  // namespace upcycle::cli

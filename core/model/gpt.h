@@ -15,6 +15,7 @@
 
 #include "core/config.h"
 #include "core/model/blocks.h"
+#include "core/model/model.h"
 #include "core/tensor.h"
 
 namespace upcycle {
@@ -23,49 +24,39 @@ namespace upcycle {
 // Names, shapes and offsets of every parameter of this configuration, in buffer order.
 std::vector<ParamInfo> gpt_parameter_layout(const ModelConfig& config);
 
-// Loss statistics of one forward pass.
-struct ForwardStats {
-    double loss_sum = 0;    // Σ of per-token cross-entropy (nats)
-    int64_t tokens = 0;     // predictions counted (targets ≥ 0)
-    int64_t correct = 0;    // argmax == target (only when requested)
-    double aux_loss = 0;    // Σ over MoE layers of the coefficient-weighted aux + z losses
-    double mean_loss() const { return tokens ? loss_sum / static_cast<double>(tokens) : 0.0; }
-};
-
-
-class Gpt {
+class Gpt final : public Model {
 public:
     // Allocates parameters, gradients and activations for batches of up to max_batch
     // sequences of config.context tokens.
     Gpt(Backend& backend, const ModelConfig& config, int max_batch);
 
-    const ModelConfig& config() const { return config_; }
-    Backend& backend() const { return *backend_; }
-    int max_batch() const { return max_batch_; }
-    const std::vector<ParamInfo>& layout() const { return layout_; }
+    const ModelConfig& config() const override { return config_; }
+    Backend& backend() const override { return *backend_; }
+    int max_batch() const override { return max_batch_; }
+    const std::vector<ParamInfo>& layout() const override { return layout_; }
     const ParamInfo& param_info(const std::string& name) const { return index_.at(name); }
-    std::size_t num_parameters() const { return num_parameters_; }
-    Tensor& parameters() { return parameters_; }
-    Tensor& gradients() { return gradients_; }
+    std::size_t num_parameters() const override { return num_parameters_; }
+    Tensor& parameters() override { return parameters_; }
+    Tensor& gradients() override { return gradients_; }
 
     // Normal(0, 0.02) for matrices, with the residual output projections (attn.proj, mlp.proj)
     // scaled by 1/sqrt(2·layers); zero biases; LayerNorm weight 1, bias 0. Deterministic.
-    void init_weights(uint64_t seed);
+    void init_weights(uint64_t seed) override;
 
     // inputs, targets: host arrays of B·T token ids (T = context), B ≤ max_batch.
     // A negative target is not predicted. Train pass: mean-loss gradient prepared.
     ForwardStats forward(std::span<const int32_t> inputs, std::span<const int32_t> targets,
                          int B, Pass pass);
     // Zeroes and fills gradients() with d(mean loss)/d(parameters) of the last Train forward.
-    void backward();
+    void backward() override;
 
     // Logits of the last forward, [B, T, V], on the host (for tests and tools).
     std::vector<float> logits_host() const;
 
     // Blocks whose MLP is an MoE layer, and their routing statistics from the last forward
     // (same order).
-    const std::vector<int>& moe_layers() const { return blocks_.moe_layers(); }
-    std::vector<RoutingStats> routing_stats() const { return blocks_.routing_stats(); }
+    const std::vector<int>& moe_layers() const override { return blocks_.moe_layers(); }
+    std::vector<RoutingStats> routing_stats() const override { return blocks_.routing_stats(); }
     // The MoE layer of block l (null for a dense block), for tests and tools.
     const MoeLayer* moe_layer(int l) const { return blocks_.moe_layer(l); }
 

@@ -8,7 +8,8 @@
 
 namespace upcycle {
 
-std::vector<ParamInfo> vit_parameter_layout(const ModelConfig& model, const VitShape& shape) {
+std::vector<ParamInfo> vit_parameter_layout(const ModelConfig& model) {
+    const VitShape shape(model);
     const int64_t C = model.channels, pp = int64_t{shape.patch} * shape.patch;
     const int64_t T = shape.tokens(), K = shape.classes;
     LayoutBuilder layout;
@@ -24,18 +25,18 @@ std::vector<ParamInfo> vit_parameter_layout(const ModelConfig& model, const VitS
     return layout.take();
 }
 
-Vit::Vit(Backend& backend, const ModelConfig& model, int patch, int image, int classes,
-         int max_batch)
+Vit::Vit(Backend& backend, const ModelConfig& model, int max_batch)
     : backend_(&backend),
       config_(model),
-      shape_{patch, image, classes},
+      shape_(model),
       max_batch_(max_batch),
-      layout_(vit_parameter_layout(model, shape_)),
+      layout_(vit_parameter_layout(model)),
       index_(layout_),
       num_parameters_(layout_.back().offset + layout_.back().numel),
       parameters_(Tensor::zeros(backend, {static_cast<int64_t>(num_parameters_)})),
       gradients_(Tensor::zeros(backend, {static_cast<int64_t>(num_parameters_)})),
       blocks_(backend, model, index_, max_batch, shape_.tokens(), /*causal=*/false) {
+    const int patch = shape_.patch, image = shape_.image, classes = shape_.classes;
     UPCYCLE_ASSERT(max_batch > 0, "max_batch must be positive");
     UPCYCLE_ASSERT(patch > 0 && image > 0 && image % patch == 0,
                    "the image side must be a multiple of the patch size");
@@ -155,6 +156,13 @@ std::vector<float> Vit::logits_host() const {
     const std::size_t n = static_cast<std::size_t>(batch_) * shape_.classes;
     std::vector<float> out(n);
     backend_->download(out.data(), logits_.f32(), n * sizeof(float));
+    return out;
+}
+
+std::vector<float> Vit::features_host() const {
+    const std::size_t n = static_cast<std::size_t>(batch_) * config_.channels;
+    std::vector<float> out(n);
+    backend_->download(out.data(), lnf.f32(), n * sizeof(float));
     return out;
 }
 

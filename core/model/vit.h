@@ -7,9 +7,8 @@
 // (head.weight [classes, C]) on the class token. Training objective: mean cross-entropy over
 // the examples + the MoE auxiliary losses.
 //
-// Takes the model fields it needs from ModelConfig (channels, layers, heads, moe; vocab_size
-// and context are ignored) plus the patch size, the (square) image size and the class count.
-// Parameters live in one flat buffer in vit_parameter_layout() order, with the checkpoint's
+// Takes the model fields it needs from ModelConfig (channels, layers, heads, moe, patch,
+// image_size, classes; vocab_size and context are ignored). Parameters live in one flat buffer in vit_parameter_layout() order, with the checkpoint's
 // names and PyTorch nn.Linear shapes.
 #include <cstdint>
 #include <span>
@@ -17,45 +16,46 @@
 #include <vector>
 
 #include "core/config.h"
-#include "core/model/gpt.h"  // ParamInfo, ForwardStats, Pass
+#include "core/model/model.h"
 #include "core/moe/moe_layer.h"
 #include "core/tensor.h"
 
 namespace upcycle {
 
 struct VitShape {
-    int patch = 7;     // p
+    int patch = 4;     // p
     int image = 28;    // image side (square, grey)
     int classes = 10;
+    explicit VitShape(const ModelConfig& model)
+        : patch(model.patch), image(model.image_size), classes(model.classes) {}
     int patches() const { return (image / patch) * (image / patch); }  // P
     int tokens() const { return 1 + patches(); }                       // T = 1 + P
 };
 
 // Names, shapes and offsets of every parameter, in buffer order:
 // patch.{weight,bias}, cls, wpe.weight, blocks.{i}.* (as the GPT's), lnf.*, head.*.
-std::vector<ParamInfo> vit_parameter_layout(const ModelConfig& model, const VitShape& shape);
+std::vector<ParamInfo> vit_parameter_layout(const ModelConfig& model);
 
-class Vit {
+class Vit final : public Model {
 public:
     // Allocates parameters, gradients and activations for batches of up to max_batch images.
-    Vit(Backend& backend, const ModelConfig& model, int patch, int image, int classes,
-        int max_batch);
+    Vit(Backend& backend, const ModelConfig& model, int max_batch);
 
-    const ModelConfig& config() const { return config_; }
+    const ModelConfig& config() const override { return config_; }
     const VitShape& shape() const { return shape_; }
-    Backend& backend() const { return *backend_; }
-    int max_batch() const { return max_batch_; }
-    const std::vector<ParamInfo>& layout() const { return layout_; }
+    Backend& backend() const override { return *backend_; }
+    int max_batch() const override { return max_batch_; }
+    const std::vector<ParamInfo>& layout() const override { return layout_; }
     const ParamInfo& param_info(const std::string& name) const { return index_.at(name); }
-    std::size_t num_parameters() const { return num_parameters_; }
-    Tensor& parameters() { return parameters_; }
-    Tensor& gradients() { return gradients_; }
+    std::size_t num_parameters() const override { return num_parameters_; }
+    Tensor& parameters() override { return parameters_; }
+    Tensor& gradients() override { return gradients_; }
 
     // Normal(0, 0.02) for every matrix (patch.weight, wpe.weight, the blocks' and
     // head.weight — not zero-initialised) and for cls; the residual output projections
     // (attn.proj, mlp.proj, experts' proj) scaled by 1/sqrt(2·layers); zero biases;
     // LayerNorm weight 1. Deterministic.
-    void init_weights(uint64_t seed);
+    void init_weights(uint64_t seed) override;
 
     // images: host [B, image, image] floats (already normalised); labels: host [B] in
     // [0, classes), a negative label is not predicted. B ≤ max_batch. ForwardStats.tokens
@@ -64,16 +64,19 @@ public:
                          Pass pass);
     // Zeroes and fills gradients() with d(mean loss + aux losses)/d(parameters) of the last
     // Train forward.
-    void backward();
+    void backward() override;
 
     // Logits of the last forward, [B, classes], on the host (for tests and tools). After a
     // Train forward they are not available (the buffer holds dlogits).
     std::vector<float> logits_host() const;
     // The class token's residual stream after the last block, [B, C] (before lnf).
     std::vector<float> class_tokens_host() const;
+    // The head's input of the last forward: the class tokens after the final LayerNorm,
+    // [B, C] — the frozen features of the few-shot linear probe.
+    std::vector<float> features_host() const;
 
-    const std::vector<int>& moe_layers() const { return blocks_.moe_layers(); }
-    std::vector<RoutingStats> routing_stats() const { return blocks_.routing_stats(); }
+    const std::vector<int>& moe_layers() const override { return blocks_.moe_layers(); }
+    std::vector<RoutingStats> routing_stats() const override { return blocks_.routing_stats(); }
     const MoeLayer* moe_layer(int l) const { return blocks_.moe_layer(l); }
 
 private:

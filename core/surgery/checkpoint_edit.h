@@ -10,7 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/checkpoint.h"
-#include "core/model/gpt.h"
+#include "core/model/model.h"
 
 namespace upcycle::surgery {
 

@@ -1,7 +1,7 @@
 #include "core/surgery/scratch.h"
 
 #include "core/errors.h"
-#include "core/model/gpt.h"
+#include "core/model/model.h"
 #include "core/surgery/checkpoint_edit.h"
 
 namespace upcycle {
@@ -19,11 +19,11 @@ Checkpoint scratch_checkpoint(const Checkpoint& dense, const MoeConfig& moe, uin
     out.config.model.moe = moe;
     validate(out.config, "");
 
-    Gpt model(backend, out.config.model, /*max_batch=*/1);
-    model.init_weights(seed);
-    const std::vector<float> flat = model.parameters().to_host();
+    const auto model = make_model(backend, out.config.model, /*max_batch=*/1);
+    model->init_weights(seed);
+    const std::vector<float> flat = model->parameters().to_host();
     surgery::SurgeryTensors t;
-    for (const auto& info : model.layout()) {
+    for (const auto& info : model->layout()) {
         const auto begin = flat.begin() + static_cast<std::ptrdiff_t>(info.offset);
         t.weights[info.name] =
             HostTensor{info.shape, std::vector<float>(begin, begin + static_cast<std::ptrdiff_t>(info.numel))};
@@ -33,7 +33,7 @@ Checkpoint scratch_checkpoint(const Checkpoint& dense, const MoeConfig& moe, uin
     out.state.data_rng = dense.state.data_rng;
     out.has_optimizer = false;
     out.optimizer_step = 0;
-    out.file = surgery::assemble_file(model.layout(), std::move(t), /*with_optimizer=*/false);
+    out.file = surgery::assemble_file(model->layout(), std::move(t), /*with_optimizer=*/false);
     const nlohmann::json record = {
         {"method", "scratch"},
         {"source", {{"step", dense.state.step}, {"parameters", surgery::weight_count(dense.file)}}},

@@ -5,7 +5,7 @@
 #include <numeric>
 
 #include "core/errors.h"
-#include "core/model/gpt.h"
+#include "core/model/model.h"
 #include "core/rng.h"
 #include "core/surgery/checkpoint_edit.h"
 
@@ -105,7 +105,7 @@ Checkpoint upcycle_checkpoint(const Checkpoint& dense, const UpcycleOptions& o) 
     const ModelConfig& model = out.config.model;
     const int64_t C = model.channels, hidden = 4 * C, E = model.moe.experts;
     const std::vector<int> moe_layers = moe_layer_indices(model);
-    const auto layout = gpt_parameter_layout(model);
+    const auto layout = parameter_layout(model);
     const int64_t dropped =
         o.expert_init == "drop" ? std::llround(o.drop_ratio * static_cast<double>(hidden)) : 0;
 

@@ -1,5 +1,5 @@
 #pragma once
-// Sparse upcycling: a dense GPT checkpoint becomes a Mixture-of-Experts checkpoint. In each
+// Sparse upcycling: a dense checkpoint (GPT or ViT) becomes a Mixture-of-Experts checkpoint. In each
 // chosen block the MLP (mlp.fc, mlp.proj) is replaced by a router and E experts made from it;
 // every other tensor is copied bit for bit and the training state (step, tokens, FLOPs,
 // seconds, data stream) carries over, so the continuation keeps the dense run's LR schedule.
@@ -39,7 +39,7 @@ struct UpcycleOptions {
 // Pure: reads nothing but its arguments. Throws UserError when the checkpoint is not dense
 // (file = its path, key model.moe.experts) or an option is bad (file "", key = the config key
 // model.moe.* as validate() names it, or router_init / expert_init / noise_std / drop_ratio /
-// optimizer_state). The result's tensors are in gpt_parameter_layout order, then the
+// optimizer_state). The result's tensors are in parameter_layout order, then the
 // optimizer moments as save_checkpoint writes them; metadata "upcycle.surgery" records what
 // was done (JSON).
 Checkpoint upcycle_checkpoint(const Checkpoint& dense, const UpcycleOptions& options);

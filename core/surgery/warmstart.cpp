@@ -3,7 +3,7 @@
 #include <climits>
 
 #include "core/errors.h"
-#include "core/model/gpt.h"
+#include "core/model/model.h"
 #include "core/surgery/checkpoint_edit.h"
 
 namespace upcycle {
@@ -39,7 +39,7 @@ Checkpoint warmstart_checkpoint(const Checkpoint& dense, int depth_multiplier,
     out.config.model.layers = L * depth_multiplier;
     validate(out.config, "");
     const std::vector<int> source_blocks = warmstart_source_blocks(L, depth_multiplier, tiling);
-    const auto layout = gpt_parameter_layout(out.config.model);
+    const auto layout = parameter_layout(out.config.model);
 
     // "blocks.{j}.rest" → "blocks.{source_blocks[j]}.rest"; other names are their own source
     auto source_name = [&](const std::string& name) {

@@ -1,9 +1,10 @@
 #pragma once
-// Warm start (dense upcycling by depth tiling): a dense GPT of L blocks becomes a dense GPT
-// of depth_multiplier·L blocks whose blocks are copies of the original ones:
+// Warm start (dense upcycling by depth tiling): a dense model (GPT or ViT) of L blocks becomes
+// a dense model of depth_multiplier·L blocks whose blocks are copies of the original ones:
 //   stack      — 0, 1, …, L-1, 0, 1, …, L-1, …  (the whole stack repeated)
 //   interleave — 0, 0, 1, 1, …                  (each block repeated depth_multiplier times)
-// Embeddings and the final LayerNorm are copied; the training state carries over (the
+// Everything outside the blocks (embeddings, final LayerNorm, a ViT's patch embedding, class
+// token and head) is copied; the training state carries over (the
 // continuation keeps the dense run's LR schedule). With optimizer_state copy the AdamW moments
 // are tiled the same way and the optimizer step carries over; reset writes none.
 #include <string>

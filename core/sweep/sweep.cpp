@@ -368,7 +368,7 @@ RunConfig continuation_run_config(const RunConfig& pretrain, const std::string& 
 }
 
 json canonical_run_json(const RunConfig& config) {
-    json out = to_json(config);
+    json out = to_identity_json(config);
     out.erase("name");  // names are labels, not identity: sweeps share identical trials
     return out;
 }
@@ -385,7 +385,7 @@ std::optional<int64_t> extra_steps(const std::string& unit, const RunConfig& pre
         UPCYCLE_ASSERT(unit == "flops", "unknown budget unit " + unit);
         // both runs take batch × context tokens per step, so the tokens cancel
         const double tokens_per_step =
-            static_cast<double>(pretrain.train.batch_size) * pretrain.model.context;
+            static_cast<double>(pretrain.train.batch_size) * tokens_per_example(pretrain.model);
         const double sunk = flops_per_token(pretrain.model).training * tokens_per_step * pretrain_steps;
         const double per_step = flops_per_token(continuation).training * tokens_per_step;
         steps = percent / 100.0 * sunk / per_step;

@@ -213,7 +213,7 @@ std::map<std::string, Style> row_styles(const std::vector<std::pair<std::string,
     return styles;
 }
 
-// "validation loss" of "validation loss, nats/token": the description without its unit.
+// "validation loss" of "validation loss, nats per prediction": the description without its unit.
 std::string metric_name(const std::string& metric) {
     const std::string description = metric_description(metric);
     return description.substr(0, description.find(','));
@@ -449,7 +449,7 @@ void draw_training_curves(const Store& store, const std::string& sweep, FigureWr
     std::string script = script_header("training_curves", "Training curves", sweep);
     script += fmt::format(
         "set xlabel \"training FLOPs, cumulative (a continuation adds its checkpoint's)\"\n"
-        "set ylabel \"loss (nats/token)\"\n"
+        "set ylabel \"loss (nats per prediction)\"\n"
         "set format x \"%.1te%T\"\n"
         "set grid\n"
         "{}",

@@ -376,8 +376,17 @@ std::string ReportRow::variant_text() const { return join_words(base, variant); 
 std::string format_percent(double percent) { return fmt::format("{}%", percent); }
 
 std::string metric_description(const std::string& metric) {
-    if (metric == "val_loss") return "validation loss, nats/token";
+    if (metric == "val_loss") return "validation loss, nats per prediction";
     if (metric == "val_accuracy") return "validation accuracy";
+    if (metric == "test_loss") return "test loss, nats per image";
+    if (metric == "test_accuracy") return "test accuracy (top-1)";
+    // probe_{n}shot_accuracy
+    const std::string prefix = "probe_", suffix = "shot_accuracy";
+    if (metric.size() > prefix.size() + suffix.size() && metric.rfind(prefix, 0) == 0 &&
+        metric.compare(metric.size() - suffix.size(), suffix.size(), suffix) == 0) {
+        const std::string shots = metric.substr(prefix.size(), metric.size() - prefix.size() - suffix.size());
+        return shots + "-shot linear probe, test accuracy";
+    }
     return metric;
 }
 

@@ -100,7 +100,7 @@ std::string report_json(const Report& report);
 
 // Text helpers shared with the plots.
 std::string format_percent(double percent);  // 10 → "10%", 12.5 → "12.5%"
-std::string metric_description(const std::string& metric);  // "validation loss, nats/token"
+std::string metric_description(const std::string& metric);  // "validation loss, nats per prediction"
 
 // One CSV field (RFC 4180): quoted when it holds a comma, quote or line break.
 std::string csv_field(const std::string& text);

@@ -62,6 +62,30 @@ TEST(Config, ImpossibleValuesAreRejected) {
     EXPECT_NE(error_of("model: [1, 2\n").find("not valid YAML"), std::string::npos);
 }
 
+TEST(Config, VitKeysAreValidatedWithTheKeyNamed) {
+    const std::string vit = "model:\n  arch: vit\ndata:\n  source: fashion_mnist\n";
+    EXPECT_EQ(error_of(vit), "");
+    EXPECT_NE(error_of("model:\n  arch: vit\n").find("data.source"), std::string::npos);
+    EXPECT_NE(error_of("model:\n  arch: vti\n").find("expected gpt or vit"), std::string::npos);
+    EXPECT_NE(error_of("data:\n  source: fashion_mnist\n").find("a gpt trains on text"),
+              std::string::npos);
+    const auto patch = error_of(vit, {"model.patch=5"});
+    EXPECT_NE(patch.find("model.patch"), std::string::npos);
+    EXPECT_NE(patch.find("must divide"), std::string::npos);
+    EXPECT_NE(error_of(vit, {"data.augment=flip"}).find("none or crop_flip"), std::string::npos);
+    EXPECT_NE(error_of(vit, {"eval.probe_shots=[1, x]"}).find("eval.probe_shots"), std::string::npos);
+    EXPECT_NE(error_of(vit, {"data.validation_images=3"}).find("data.validation_images"),
+              std::string::npos);
+    // expert choice is fine in an encoder, refused in a causal decoder
+    const std::vector<std::string> ec{"model.moe.experts=4", "model.moe.router=expert_choice"};
+    EXPECT_EQ(error_of(vit, ec), "");
+    EXPECT_NE(error_of("", ec).find("leaks the future"), std::string::npos);
+    const RunConfig c = parse_run_config(vit, "v.yaml", {"eval.probe_shots=[1, 5, 10]"});
+    EXPECT_EQ(probe_shot_counts(c.eval), (std::vector<int>{1, 5, 10}));
+    EXPECT_EQ(tokens_per_example(c.model), 1 + 7 * 7);
+    EXPECT_EQ(describe_model(c.model), "ViT L=4 C=128 H=4 patch=4 T=50");
+}
+
 TEST(Config, JsonRoundTripIsExact) {
     const auto c = parse_run_config("model:\n  preset: gpt-124m\ntrain:\n  lr: 0.000123\n", "x");
     const auto json = to_json(c);

@@ -244,7 +244,7 @@ TEST_F(Reports, RowsAreMethodsAndTheGridValuesThatVary) {
 
 TEST_F(Reports, Table) {
     const std::string expected =
-        "fixture: val_loss (validation loss, nats/token; lower is better), mean ± std over seeds\n"
+        "fixture: val_loss (validation loss, nats per prediction; lower is better), mean ± std over seeds\n"
         "columns: extra training FLOPs as % of the sunk cost (the dense pretraining); Δ vs dense: "
         "difference to dense continuation at the same budget\n" +
         db().string() + ", 14 trials: 11 done, 1 running, 2 pending\n" + R"(
@@ -274,7 +274,7 @@ TEST_F(Reports, Markdown) {
     const std::string text = report_markdown(report());
     const auto lines = lines_of(text);
     ASSERT_GE(lines.size(), 4u);
-    EXPECT_EQ(lines[0].rfind("**fixture** · `val_loss` (validation loss, nats/token; lower is "
+    EXPECT_EQ(lines[0].rfind("**fixture** · `val_loss` (validation loss, nats per prediction; lower is "
                              "better), mean ± std over seeds · columns: extra training FLOPs",
                              0),
               0u)

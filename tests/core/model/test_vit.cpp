@@ -16,7 +16,9 @@ namespace {
 
 constexpr int kPatch = 7, kImage = 28, kClasses = 10, kBatch = 3;
 
-ModelConfig tiny_model() { return ModelConfig{"vit", 256, 8, 16, 2, 2, {}}; }
+ModelConfig tiny_model() {
+    return ModelConfig{.arch = "vit", .channels = 16, .layers = 2, .heads = 2, .moe = {}, .patch = kPatch};
+}
 
 ModelConfig tiny_moe_model(const std::string& router, double cf, const std::string& combine) {
     ModelConfig m = tiny_model();
@@ -172,7 +174,7 @@ void make_weights_larger(Vit& model, Rng& rng) {
 void check_gradients(const ModelConfig& config) {
     CpuBackend backend;
     const int B = kBatch;
-    Vit model(backend, config, kPatch, kImage, kClasses, B);
+    Vit model(backend, config, B);
     model.init_weights(3);
     Rng rng(11);
     make_weights_larger(model, rng);
@@ -250,7 +252,7 @@ TEST(Vit, ExpertChoiceMoeGradientsMatchFiniteDifferences) {
 }
 
 TEST(Vit, LayoutUsesTheCheckpointNamesAndShapes) {
-    const auto layout = vit_parameter_layout(tiny_model(), VitShape{kPatch, kImage, kClasses});
+    const auto layout = vit_parameter_layout(tiny_model());
     ASSERT_EQ(layout.size(), 4u + 2u * 12u + 4u);
     EXPECT_EQ(layout[0].name, "patch.weight");
     EXPECT_EQ(layout[0].shape, (std::vector<int64_t>{16, 49}));
@@ -270,13 +272,13 @@ TEST(Vit, LayoutUsesTheCheckpointNamesAndShapes) {
 TEST(Vit, UpcycledMoeBlockPreservesTheDenseFunction) {
     CpuBackend backend;
     const int B = kBatch;
-    Vit dense(backend, tiny_model(), kPatch, kImage, kClasses, B);
+    Vit dense(backend, tiny_model(), B);
     dense.init_weights(4);
     Rng rng(6);
     make_weights_larger(dense, rng);
     ModelConfig moe_config = tiny_moe_model("topk", 0.0, "renormalized");
     moe_config.moe.layers = "all";
-    Vit moe(backend, moe_config, kPatch, kImage, kClasses, B);
+    Vit moe(backend, moe_config, B);
     moe.init_weights(9);  // router N(0, 0.02); everything else is overwritten below
     const auto dp = dense.parameters().to_host();
     auto mp = moe.parameters().to_host();
@@ -310,7 +312,7 @@ TEST(Vit, UpcycledMoeBlockPreservesTheDenseFunction) {
 
 TEST(Vit, AttentionIsNotCausal) {
     CpuBackend backend;
-    Vit model(backend, tiny_model(), kPatch, kImage, kClasses, 1);
+    Vit model(backend, tiny_model(), 1);
     model.init_weights(1);
     Batch batch = random_batch(1, 2);
     model.forward(batch.images, batch.labels, 1, Pass::Evaluate);
@@ -325,8 +327,8 @@ TEST(Vit, AttentionIsNotCausal) {
 
 TEST(Vit, InitIsDeterministicWithTheDocumentedScales) {
     CpuBackend backend;
-    const ModelConfig config{"vit", 256, 8, 64, 4, 4, {}};
-    Vit a(backend, config, 4, kImage, kClasses, 1), b(backend, config, 4, kImage, kClasses, 1);
+    const ModelConfig config{.arch = "vit", .channels = 64, .layers = 4, .heads = 4, .moe = {}, .patch = 4};
+    Vit a(backend, config, 1), b(backend, config, 1);
     a.init_weights(7);
     b.init_weights(7);
     const auto pa = a.parameters().to_host();

@@ -4,6 +4,8 @@
 #include <cmath>
 
 #include "core/flops.h"
+#include "core/model/vit.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "core/optim/schedule.h"
 
 namespace upcycle {
@@ -54,6 +56,24 @@ TEST(Flops, MatchesTheDocumentedFormula) {
     // GPT-2 small: 124.4M parameters with the padded 50304 vocabulary
     const ModelConfig gpt2{"gpt", 50304, 1024, 768, 12, 12, {}};
     EXPECT_EQ(parameter_count(gpt2), 124475904);
+}
+
+TEST(Flops, VitCountsImageTokensPatchEmbeddingAndHead) {
+    const ModelConfig m = find_model_preset("vit-tiny").model;  // patch 4, C 128, L 6
+    const double C = 128, L = 6, T = 50, P = 49, pp = 16, K = 10;
+    // blocks per token, plus the patch embedding and the class-token head once per image
+    const double forward = 2.0 * (L * 12 * C * C + (P * pp * C + K * C) / T) + L * 4 * T * C;
+    EXPECT_DOUBLE_EQ(flops_per_token(m).forward, forward);
+    // the count agrees with the model's own layout, dense and MoE
+    CpuBackend backend;
+    EXPECT_EQ(parameter_count(m), static_cast<int64_t>(Vit(backend, m, 1).num_parameters()));
+    ModelConfig moe = m;
+    moe.moe.experts = 4;
+    moe.moe.router = "expert_choice";
+    EXPECT_EQ(parameter_count(moe), static_cast<int64_t>(Vit(backend, moe, 1).num_parameters()));
+    // expert choice at capacity factor 2: two expert MLPs per token in blocks 1, 3, 5
+    const double moe_forward = forward + 2.0 * 3 * (8 * C * C + 4 * C);
+    EXPECT_DOUBLE_EQ(flops_per_token(moe).forward, moe_forward);
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 // hashes, budgets in steps, and the errors a person sees.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <map>
 #include <set>
 #include <string>
@@ -457,6 +458,48 @@ TEST(Sweep, ExplicitModelKeysWithGridsElsewhereExpand) {
     EXPECT_EQ(plan_sweep(c).size(), 8u);  // 2 pretrainings (seeds) × (dense + 2 upcycles)
 }
 
+// A trial's identity leaves out the keys its architecture does not read: a ViT has no
+// vocabulary or context, a GPT no patch size, so neither changes the other's trials.
+TEST(Sweep, IdentityIgnoresKeysOfTheOtherArchitecture) {
+    const std::string vit =
+        "name: v\nmodel: {arch: vit, channels: 16, layers: 2, heads: 2}\n"
+        "data: {source: fashion_mnist}\npretrain: {steps: 3}\n"
+        "continue:\n  budgets: [50]\n  methods:\n    dense: {}\n";
+    const auto base = plan_sweep(parse_sweep(vit, "v.yaml"));
+    const auto context = plan_sweep(parse_sweep(vit, "v.yaml", {"model.context=64"}));
+    const auto patch = plan_sweep(parse_sweep(vit, "v.yaml", {"model.patch=7"}));
+    EXPECT_EQ(base[0].hash, context[0].hash);
+    EXPECT_NE(base[0].hash, patch[0].hash);
+    EXPECT_FALSE(base[0].config["run"]["model"].contains("vocab_size"));
+    EXPECT_TRUE(base[0].config["run"]["model"].contains("patch"));
+
+    const auto gpt = plan_sweep(parse_sweep(kTiny, "tiny.yaml"));
+    const auto gpt_patch = plan_sweep(parse_sweep(kTiny, "tiny.yaml", {"model.patch=7"}));
+    EXPECT_EQ(gpt[0].hash, gpt_patch[0].hash);
+    EXPECT_FALSE(gpt[0].config["run"]["model"].contains("patch"));
+}
+
+// The budget in FLOPs counts a ViT's tokens (1 + patches per image), and an expert-choice MoE
+// with capacity factor 2 applies two expert MLPs per token.
+TEST(Sweep, VitBudgetsCountImageTokens) {
+    const std::string vit =
+        "name: v\nmodel: {arch: vit, channels: 16, layers: 2, heads: 2, patch: 7}\n"
+        "data: {source: fashion_mnist}\ntrain: {batch_size: 8}\npretrain: {steps: 100}\n"
+        "continue:\n  budgets: [100]\n  methods:\n    dense: {}\n"
+        "    upcycle: {experts: 4, router: expert_choice, capacity_factor: 2}\n";
+    const auto trials = plan_sweep(parse_sweep(vit, "v.yaml"));
+    const auto& dense = find_method(trials, "dense");
+    const auto& upcycle = find_method(trials, "upcycle");
+    EXPECT_EQ(dense.config["run"]["train"]["steps"].get<int64_t>(), 200);
+    const RunConfig pre = run_config_from_json(trials[0].config["run"], "t");
+    const RunConfig up = run_config_from_json(upcycle.config["run"], "t");
+    EXPECT_EQ(tokens_per_example(pre.model), 17);
+    const double ratio = flops_per_token(pre.model).training / flops_per_token(up.model).training;
+    const auto expected = static_cast<int64_t>(std::ceil(100 * ratio * (1 - 1e-12)));
+    EXPECT_EQ(up.train.steps - pre.train.steps, expected);
+    EXPECT_LT(expected, 100);  // the MoE costs more per token
+}
+
 TEST(Sweep, ExperimentFilesParseAndPlan) {
     const std::map<std::string, std::map<std::string, int>> expected = {
         {"experiments/quickstart.yaml",
@@ -464,6 +507,10 @@ TEST(Sweep, ExperimentFilesParseAndPlan) {
         {"experiments/paper_lm.yaml",
          {{"pretrain", 2}, {"dense", 2}, {"upcycle", 6}, {"scratch", 6}, {"warmstart", 2}}},
         {"experiments/ablations.yaml", {{"pretrain", 1}, {"dense", 1}, {"upcycle", 12}}},
+        {"experiments/quickstart_vit.yaml",
+         {{"pretrain", 1}, {"dense", 1}, {"upcycle", 1}, {"scratch", 1}, {"warmstart", 1}}},
+        {"experiments/paper_vit.yaml",
+         {{"pretrain", 2}, {"dense", 2}, {"upcycle", 6}, {"scratch", 6}, {"warmstart", 2}}},
     };
     std::map<std::string, std::vector<PlannedTrial>> plans;
     for (const auto& [file, counts] : expected) {

@@ -1,0 +1,58 @@
+#pragma once
+// What the trainer, the optimizer, checkpoints and surgery need of any model, GPT or ViT:
+// one flat parameter buffer (and its gradient) in a named layout, initialisation, the
+// backward pass of the last Train forward, and the MoE routing statistics. The forward pass
+// differs by input (token ids or images) and is each model's own.
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "core/config.h"
+#include "core/model/blocks.h"
+#include "core/moe/router.h"
+#include "core/tensor.h"
+
+namespace upcycle {
+
+// Loss statistics of one forward pass.
+struct ForwardStats {
+    double loss_sum = 0;    // Σ of per-prediction cross-entropy (nats)
+    int64_t tokens = 0;     // predictions counted (targets ≥ 0): tokens of a GPT, images of a ViT
+    int64_t correct = 0;    // argmax == target (only on Evaluate passes)
+    double aux_loss = 0;    // Σ over MoE layers of the coefficient-weighted aux + z losses
+    double mean_loss() const { return tokens ? loss_sum / static_cast<double>(tokens) : 0.0; }
+};
+
+class Model {
+public:
+    virtual ~Model() = default;
+
+    virtual const ModelConfig& config() const = 0;
+    virtual Backend& backend() const = 0;
+    virtual int max_batch() const = 0;
+    // Names, shapes and offsets of every parameter, in buffer order (the checkpoint's names).
+    virtual const std::vector<ParamInfo>& layout() const = 0;
+    virtual std::size_t num_parameters() const = 0;
+    virtual Tensor& parameters() = 0;
+    virtual Tensor& gradients() = 0;
+
+    // Deterministic initialisation from a seed (see each model for the scales).
+    virtual void init_weights(uint64_t seed) = 0;
+    // Zeroes and fills gradients() with d(mean loss + aux losses)/d(parameters) of the last
+    // Train forward.
+    virtual void backward() = 0;
+
+    // Blocks whose MLP is an MoE layer, and their routing statistics from the last forward
+    // (same order).
+    virtual const std::vector<int>& moe_layers() const = 0;
+    virtual std::vector<RoutingStats> routing_stats() const = 0;
+};
+
+// The parameter layout of a model config, whichever its arch.
+std::vector<ParamInfo> parameter_layout(const ModelConfig& model);
+
+// A model of this config (model.arch picks GPT or ViT) for batches of up to max_batch
+// examples; weights uninitialised.
+std::unique_ptr<Model> make_model(Backend& backend, const ModelConfig& model, int max_batch);
+
+}  // namespace upcycle

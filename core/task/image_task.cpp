@@ -1,0 +1,153 @@
+// The image task: a ViT on Fashion-MNIST (core/data/image_batches.h). Validation loss and
+// accuracy on the fixed validation split; full evaluations add the test split's loss and
+// accuracy and the few-shot linear probe (core/probe.h) on the frozen class-token features.
+#include "core/task/image_task.h"
+
+#include <algorithm>
+
+#include "core/data/fashion_mnist.h"
+#include "core/data/image_batches.h"
+#include "core/errors.h"
+#include "core/model/vit.h"
+#include "core/probe.h"
+
+namespace upcycle {
+
+namespace {
+
+// The probe draws its n-shot examples from this many training images (the first ones of the
+// training split, ~100 per class): enough for different draws per seed at 10 shots, few
+// enough that their features cost little.
+constexpr int64_t kProbePoolImages = 1000;
+// The probe's draws are the same for every trial (a fixed seed), so methods are compared on
+// the same examples.
+constexpr uint64_t kProbeSeed = 0x9B0BE5EEDULL;
+
+class ImageTask final : public TrainingTask {
+public:
+    ImageTask(Backend& backend, const RunConfig& config, const std::string& source)
+        : config_(config),
+          splits_(load_splits(config, source)),
+          sampler_(splits_, config.train.seed, parse_augmentation(config.data.augment, source),
+                   config.data.crop_padding),
+          model_(backend, config.model, config.train.batch_size),
+          probe_shots_(probe_shot_counts(config.eval, source)) {}
+
+    Model& model() override { return model_; }
+    int64_t tokens_per_step() const override {
+        return static_cast<int64_t>(config_.train.batch_size) * tokens_per_example(config_.model);
+    }
+    ForwardStats train_forward(int64_t step, Rng& data_rng) override {
+        const int B = config_.train.batch_size;
+        sampler_.sample(step, B, data_rng, images_, labels_);
+        return model_.forward(images_, labels_, B, Pass::Train);
+    }
+    EvalResult evaluate(EvalScope scope) override {
+        const int64_t validation = splits_.validation.count();
+        const int64_t max_images = config_.eval.max_images;
+        EvalResult result = evaluate_part(ImageSplitPart::Validation,
+                                          max_images > 0 ? std::min(max_images, validation) : validation,
+                                          nullptr);
+        if (scope == EvalScope::Full) {
+            std::vector<float> test_features;
+            const EvalResult test =
+                evaluate_part(ImageSplitPart::Test, splits_.test.count(), &test_features);
+            result.extra["test_loss"] = test.loss;
+            result.extra["test_accuracy"] = test.accuracy;
+            if (!probe_shots_.empty()) add_probe(test_features, result);
+        }
+        return result;
+    }
+    std::string prediction_unit() const override { return "images"; }
+
+private:
+    static ImageSplits load_splits(const RunConfig& config, const std::string& source) {
+        const auto dir = fashion_mnist_dir();
+        const ImageDataset train = load_fashion_mnist(FashionMnistSplit::Train, dir);
+        const ImageDataset test = load_fashion_mnist(FashionMnistSplit::Test, dir);
+        ImageSplits splits = make_image_splits(train, test, config.data.validation_images,
+                                               config.data.train_images, source);
+        const int side = config.model.image_size;
+        if (splits.rows != side || splits.cols != side) {
+            throw UserError(source, "model.image_size",
+                            "expected the data's image side " + std::to_string(splits.rows) +
+                                ", found " + std::to_string(side));
+        }
+        if (splits.classes > config.model.classes) {
+            throw UserError(source, "model.classes",
+                            "the data has " + std::to_string(splits.classes) + " classes, found " +
+                                std::to_string(config.model.classes));
+        }
+        return splits;
+    }
+
+    // Loss and accuracy over the first `count` images of a part, in batches of the model's
+    // size; with `features`, also their class-token features [count, C].
+    EvalResult evaluate_part(ImageSplitPart part, int64_t count, std::vector<float>* features) {
+        EvalResult result;
+        double loss_sum = 0;
+        int64_t correct = 0;
+        if (features) features->clear();
+        const int64_t batch = model_.max_batch();
+        for (int64_t first = 0; first < count; first += batch) {
+            const int64_t n = std::min(batch, count - first);
+            normalised_images(splits_, part, first, n, images_, labels_);
+            const auto stats = model_.forward(images_, labels_, static_cast<int>(n), Pass::Evaluate);
+            loss_sum += stats.loss_sum;
+            correct += stats.correct;
+            result.tokens += stats.tokens;
+            ++result.windows;
+            if (features) {
+                const auto f = model_.features_host();
+                features->insert(features->end(), f.begin(), f.end());
+            }
+        }
+        if (result.tokens > 0) {
+            result.loss = loss_sum / static_cast<double>(result.tokens);
+            result.accuracy = static_cast<double>(correct) / static_cast<double>(result.tokens);
+        }
+        return result;
+    }
+
+    // probe_{n}shot_accuracy: ridge heads fitted on n pool images per class, tested on the
+    // test split's features, averaged over eval.probe_seeds draws.
+    void add_probe(const std::vector<float>& test_features, EvalResult& result) {
+        const int64_t pool = std::min(kProbePoolImages, splits_.train.count());
+        std::vector<float> pool_features;
+        const int64_t batch = model_.max_batch();
+        for (int64_t first = 0; first < pool; first += batch) {
+            const int64_t n = std::min(batch, pool - first);
+            normalised_images(splits_, ImageSplitPart::Train, first, n, images_, labels_);
+            model_.forward(images_, labels_, static_cast<int>(n), Pass::Evaluate);
+            const auto f = model_.features_host();
+            pool_features.insert(pool_features.end(), f.begin(), f.end());
+        }
+        const std::vector<int32_t> pool_labels(splits_.train.labels.begin(),
+                                               splits_.train.labels.begin() + pool);
+        const auto probe = few_shot_probe(pool_features, pool_labels, test_features,
+                                          splits_.test.labels, config_.model.channels,
+                                          config_.model.classes, probe_shots_,
+                                          config_.eval.probe_seeds, kProbeSeed,
+                                          config_.eval.probe_ridge);
+        for (const auto& r : probe) {
+            result.extra["probe_" + std::to_string(r.shots) + "shot_accuracy"] = r.mean_accuracy;
+        }
+    }
+
+    RunConfig config_;
+    ImageSplits splits_;
+    ImageBatchSampler sampler_;
+    Vit model_;
+    std::vector<int> probe_shots_;
+    std::vector<float> images_;
+    std::vector<int32_t> labels_;
+};
+
+}  // namespace
+
+std::unique_ptr<TrainingTask> make_image_task(Backend& backend, const RunConfig& config,
+                                              const std::string& config_source) {
+    return std::make_unique<ImageTask>(backend, config, config_source);
+}
+
+}  // namespace upcycle

@@ -1,0 +1,46 @@
+#pragma once
+// What one run trains on and how it is measured: the model, its training batches and its
+// evaluation. The trainer (core/train.h) is the same for every architecture; a task supplies
+//   text  (model.arch gpt): byte windows of a corpus, next-byte loss and accuracy;
+//   image (model.arch vit): Fashion-MNIST images, classification loss and accuracy, and at the
+//         end and at budget milestones the test split's accuracy and the few-shot probe.
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "core/backend.h"
+#include "core/config.h"
+#include "core/eval.h"
+#include "core/model/model.h"
+#include "core/rng.h"
+
+namespace upcycle {
+
+enum class EvalScope {
+    Validation,  // the validation split only (periodic evaluations)
+    Full,        // also the test split's metrics (budget milestones and the end of a run)
+};
+
+class TrainingTask {
+public:
+    virtual ~TrainingTask() = default;
+
+    virtual Model& model() = 0;
+    // Examples of a training batch (train.batch_size) and tokens per example.
+    virtual int64_t tokens_per_step() const = 0;
+    // Draws the batch for optimizer step `step` (steps already taken, 0-based) and runs a
+    // Train forward. data_rng is the data stream's generator, saved in checkpoints, so a
+    // resumed run draws exactly the batches an uninterrupted one would.
+    virtual ForwardStats train_forward(int64_t step, Rng& data_rng) = 0;
+    virtual EvalResult evaluate(EvalScope scope) = 0;
+    // What one evaluated prediction is, for messages: "bytes" or "images".
+    virtual std::string prediction_unit() const = 0;
+};
+
+// The task of a run config (its model.arch and data); loads the data (UserError naming
+// config_source and the data key when it cannot) and builds the model for batches of
+// train.batch_size examples (weights uninitialised).
+std::unique_ptr<TrainingTask> make_training_task(Backend& backend, const RunConfig& config,
+                                                 const std::string& config_source);
+
+}  // namespace upcycle

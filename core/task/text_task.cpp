@@ -1,0 +1,54 @@
+// The text task: a GPT on byte windows of a corpus (core/data/text_batches.h).
+#include "core/task/text_task.h"
+
+#include "core/data/kjv.h"
+#include "core/data/text_batches.h"
+#include "core/errors.h"
+#include "core/model/gpt.h"
+
+namespace upcycle {
+
+namespace {
+
+class TextTask final : public TrainingTask {
+public:
+    TextTask(Backend& backend, const RunConfig& config, const std::string& source)
+        : config_(config),
+          corpus_(load_text_corpus(config.data, source)),
+          model_(backend, config.model, config.train.batch_size) {
+        const std::size_t window = static_cast<std::size_t>(config.model.context) + 1;
+        if (corpus_.train.size() <= window || corpus_.validation.size() < window) {
+            throw UserError(source, "data", "the text is too short for windows of " +
+                                                std::to_string(window) + " bytes");
+        }
+    }
+
+    Model& model() override { return model_; }
+    int64_t tokens_per_step() const override {
+        return static_cast<int64_t>(config_.train.batch_size) * config_.model.context;
+    }
+    ForwardStats train_forward(int64_t /*step*/, Rng& data_rng) override {
+        const int B = config_.train.batch_size;
+        sample_text_batch(corpus_.train, B, config_.model.context, data_rng, inputs_, targets_);
+        return model_.forward(inputs_, targets_, B, Pass::Train);
+    }
+    EvalResult evaluate(EvalScope /*scope: the held-out text is the only split*/) override {
+        return evaluate_text(model_, corpus_.validation, config_.eval.max_windows);
+    }
+    std::string prediction_unit() const override { return "bytes"; }
+
+private:
+    RunConfig config_;
+    TextCorpus corpus_;
+    Gpt model_;
+    std::vector<int32_t> inputs_, targets_;
+};
+
+}  // namespace
+
+std::unique_ptr<TrainingTask> make_text_task(Backend& backend, const RunConfig& config,
+                                             const std::string& config_source) {
+    return std::make_unique<TextTask>(backend, config, config_source);
+}
+
+}  // namespace upcycle
