@@ -189,9 +189,10 @@ int run_bench(const BenchArgs& args) {
     fmt::print("backend {}\n", backend->describe());
     print_figures("dense", dense);
     if (sparse) {
-        fmt::print("MoE {} experts, {} k={}, capacity factor {}, blocks {} (FLOPs count active "
+        fmt::print("MoE {} experts, {}{}, capacity factor {}, blocks {} (FLOPs count active "
                    "experts and the router)\n",
-                   moe_config.moe.experts, moe_config.moe.router, moe_config.moe.k,
+                   moe_config.moe.experts, moe_config.moe.router,
+                   moe_config.moe.router == "topk" ? fmt::format(" k={}", moe_config.moe.k) : "",
                    moe_config.moe.capacity_factor, moe_config.moe.layers);
         print_figures("moe  ", *sparse);
         fmt::print("MoE / dense achieved GFLOP/s: {:.1f}%\n", 100.0 * main_gflops / dense_gflops);

@@ -9,7 +9,9 @@
 #include <random>
 #include <string>
 
+#include "core/checkpoint.h"
 #include "core/config.h"
+#include "core/train.h"
 
 namespace upcycle::testing {
 
@@ -74,6 +76,51 @@ inline RunConfig tiny_synthetic_config() {
     c.checkpoint.every = 0;
     c.checkpoint.every_seconds = 0;
     return c;
+}
+
+// One run of `config` straight through in straight_dir, and one in resumed_dir stopped (as by
+// Ctrl-C) right after step `stop_step` and then run again to resume. The caller compares them.
+struct StraightAndResumedRuns {
+    TrainSummary straight, partial, resumed;
+};
+inline StraightAndResumedRuns train_straight_and_resumed(Backend& backend, const RunConfig& config,
+                                                         int64_t stop_step,
+                                                         const std::filesystem::path& straight_dir,
+                                                         const std::filesystem::path& resumed_dir) {
+    StraightAndResumedRuns runs;
+    TrainOptions straight;
+    straight.out_dir = straight_dir;
+    runs.straight = train(backend, config, straight);
+
+    std::atomic<bool> stop{false};
+    TrainObserver observer;
+    observer.on_step = [&](const StepRecord& r) {
+        if (r.step == stop_step) stop = true;
+    };
+    TrainOptions first;
+    first.out_dir = resumed_dir;
+    first.stop_requested = &stop;
+    runs.partial = train(backend, config, first, observer);
+
+    TrainOptions second;
+    second.out_dir = resumed_dir;
+    runs.resumed = train(backend, config, second);
+    return runs;
+}
+
+// The two directories' final checkpoints hold the same tensors (weights and optimizer
+// moments) bit for bit, and the same data-stream state.
+inline void expect_checkpoints_bit_identical(const std::filesystem::path& dir_a,
+                                             const std::filesystem::path& dir_b) {
+    const auto ca = read_checkpoint(checkpoint_path(dir_a));
+    const auto cb = read_checkpoint(checkpoint_path(dir_b));
+    EXPECT_EQ(ca.state.step, cb.state.step);
+    ASSERT_EQ(ca.file.order, cb.file.order);
+    for (const auto& name : ca.file.order) {
+        EXPECT_EQ(ca.file.tensors.at(name).data, cb.file.tensors.at(name).data) << name;
+    }
+    EXPECT_EQ(ca.state.data_rng, cb.state.data_rng);
+    EXPECT_EQ(ca.optimizer_step, cb.optimizer_step);
 }
 
 }  // namespace upcycle::testing

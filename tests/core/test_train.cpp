@@ -17,7 +17,9 @@
 namespace upcycle {
 namespace {
 
+using testing::expect_checkpoints_bit_identical;
 using testing::TempDir;
+using testing::train_straight_and_resumed;
 using testing::tiny_synthetic_config;
 
 std::vector<nlohmann::json> read_log(const std::filesystem::path& dir) {
@@ -33,27 +35,14 @@ TEST(Train, StopAndResumeIsBitIdenticalToAnUninterruptedRun) {
     const RunConfig config = tiny_synthetic_config();
     TempDir straight_dir, resumed_dir;
 
-    TrainOptions straight;
-    straight.out_dir = straight_dir.path();
-    const auto a = train(backend, config, straight);
+    // the second run stops after step 7 (a mid-interval step, not a checkpoint boundary)
+    const auto runs = train_straight_and_resumed(backend, config, 7, straight_dir.path(),
+                                                 resumed_dir.path());
+    const auto& a = runs.straight;
+    const auto& b = runs.resumed;
     ASSERT_TRUE(a.completed);
-
-    // Second run: stop after step 7 (a mid-interval step, not a checkpoint boundary).
-    std::atomic<bool> stop{false};
-    TrainObserver observer;
-    observer.on_step = [&](const StepRecord& r) {
-        if (r.step == 7) stop = true;
-    };
-    TrainOptions first;
-    first.out_dir = resumed_dir.path();
-    first.stop_requested = &stop;
-    const auto partial = train(backend, config, first, observer);
-    EXPECT_FALSE(partial.completed);
-    EXPECT_EQ(partial.steps, 7);
-
-    TrainOptions second;
-    second.out_dir = resumed_dir.path();
-    const auto b = train(backend, config, second);
+    EXPECT_FALSE(runs.partial.completed);
+    EXPECT_EQ(runs.partial.steps, 7);
     ASSERT_TRUE(b.completed);
     EXPECT_TRUE(b.resumed);
     EXPECT_EQ(b.resumed_from_step, 7);
@@ -76,13 +65,7 @@ TEST(Train, StopAndResumeIsBitIdenticalToAnUninterruptedRun) {
     EXPECT_DOUBLE_EQ(a.state.flops, b.state.flops);
 
     // Final weights and optimizer moments are identical.
-    const auto ca = read_checkpoint(checkpoint_path(straight_dir.path()));
-    const auto cb = read_checkpoint(checkpoint_path(resumed_dir.path()));
-    ASSERT_EQ(ca.file.order, cb.file.order);
-    for (const auto& name : ca.file.order) {
-        EXPECT_EQ(ca.file.tensors.at(name).data, cb.file.tensors.at(name).data) << name;
-    }
-    EXPECT_EQ(ca.state.data_rng, cb.state.data_rng);
+    expect_checkpoints_bit_identical(straight_dir.path(), resumed_dir.path());
 }
 
 TEST(Train, CheckpointRoundTripKeepsWeightsMomentsAndState) {

@@ -19,7 +19,9 @@
 namespace upcycle {
 namespace {
 
+using testing::expect_checkpoints_bit_identical;
 using testing::TempDir;
+using testing::train_straight_and_resumed;
 
 bool have_fashion_mnist() {
     const auto dir = fashion_mnist_dir();
@@ -125,27 +127,14 @@ TEST(VitTraining, ResumeIsBitIdentical) {
     validate(config, "test");
     TempDir straight_dir, resumed_dir;
 
-    TrainOptions straight;
-    straight.out_dir = straight_dir.path();
-    const auto a = train(backend, config, straight);
-    ASSERT_TRUE(a.completed);
-
     // stop after step 9 (not a checkpoint boundary: checkpoint.every = 0)
-    std::atomic<bool> stop{false};
-    TrainObserver observer;
-    observer.on_step = [&](const StepRecord& r) {
-        if (r.step == 9) stop = true;
-    };
-    TrainOptions first;
-    first.out_dir = resumed_dir.path();
-    first.stop_requested = &stop;
-    const auto partial = train(backend, config, first, observer);
-    EXPECT_FALSE(partial.completed);
-    EXPECT_EQ(partial.steps, 9);
-
-    TrainOptions second;
-    second.out_dir = resumed_dir.path();
-    const auto b = train(backend, config, second);
+    const auto runs = train_straight_and_resumed(backend, config, 9, straight_dir.path(),
+                                                 resumed_dir.path());
+    const auto& a = runs.straight;
+    const auto& b = runs.resumed;
+    ASSERT_TRUE(a.completed);
+    EXPECT_FALSE(runs.partial.completed);
+    EXPECT_EQ(runs.partial.steps, 9);
     ASSERT_TRUE(b.completed);
     EXPECT_TRUE(b.resumed);
     EXPECT_EQ(b.resumed_from_step, 9);
@@ -153,17 +142,8 @@ TEST(VitTraining, ResumeIsBitIdentical) {
     EXPECT_EQ(a.final_eval->loss, b.final_eval->loss);
     EXPECT_EQ(a.final_eval->extra, b.final_eval->extra);
     EXPECT_EQ(a.state.tokens, b.state.tokens);
-
-    const auto ca = read_checkpoint(checkpoint_path(straight_dir.path()));
-    const auto cb = read_checkpoint(checkpoint_path(resumed_dir.path()));
-    EXPECT_EQ(ca.state.step, 20);
-    EXPECT_EQ(cb.state.step, 20);
-    ASSERT_EQ(ca.file.order, cb.file.order);
-    for (const auto& name : ca.file.order) {
-        EXPECT_EQ(ca.file.tensors.at(name).data, cb.file.tensors.at(name).data) << name;
-    }
-    EXPECT_EQ(ca.state.data_rng, cb.state.data_rng);
-    EXPECT_EQ(ca.optimizer_step, cb.optimizer_step);
+    EXPECT_EQ(a.state.step, 20);
+    expect_checkpoints_bit_identical(straight_dir.path(), resumed_dir.path());
 }
 
 // The paper's vision recipe on a tiny scale: dense pretraining, then expert-choice upcycling

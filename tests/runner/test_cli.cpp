@@ -14,6 +14,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/data/fashion_mnist.h"
 #include "test_support.h"
 
 namespace upcycle {
@@ -40,6 +41,55 @@ protected:
         if (!std::getenv("UPCYCLE_BIN")) GTEST_SKIP() << "UPCYCLE_BIN not set; run through ctest";
     }
 };
+
+// The vision path through the command line: a tiny ViT trained on a Fashion-MNIST subset,
+// upcycled with expert-choice routing at capacity factor E (so the upcycled model is its
+// dense parent's function), and evaluated: validation, test and probe metrics.
+TEST_F(Cli, VitTrainUpcycleEval) {
+    const auto dir_of_data = fashion_mnist_dir();
+    if (!std::filesystem::exists(dir_of_data / "train-images-idx3-ubyte.gz") &&
+        !std::filesystem::exists(dir_of_data / "train-images-idx3-ubyte")) {
+        GTEST_SKIP() << "Fashion-MNIST not installed (dataset-fashion-mnist)";
+    }
+    TempDir dir;
+    write(dir / "vit.yaml", R"(name: cli_vit
+model: {arch: vit, patch: 7, channels: 16, layers: 2, heads: 2}
+data: {source: fashion_mnist, train_images: 500, validation_images: 100}
+train: {batch_size: 50, steps: 10, lr: 0.003, warmup_steps: 2, log_every: 5}
+eval: {every: 0, probe_shots: [1, 5], probe_seeds: 2}
+checkpoint: {every: 0}
+)");
+    const auto out = (dir / "run").string();
+    const auto trained = run_cli("train " + (dir / "vit.yaml").string() + " --out " + out);
+    ASSERT_EQ(trained.exit_code, 0) << trained.output;
+    EXPECT_NE(trained.output.find("ViT L=2 C=16 H=2 patch=7 T=17"), std::string::npos) << trained.output;
+    EXPECT_NE(trained.output.find("test_accuracy"), std::string::npos) << trained.output;
+
+    const auto dense = out + "/checkpoint.safetensors";
+    const auto moe = (dir / "moe.safetensors").string();
+    const auto cut = run_cli("surgery --method upcycle --in " + dense + " --out " + moe +
+                             " --experts 4 --layers all --router expert_choice --capacity-factor 4"
+                             " --eval-capacity-factor 4 --optimizer-state copy");
+    ASSERT_EQ(cut.exit_code, 0) << cut.output;
+
+    auto eval_json = [&](const std::string& ckpt) {
+        const auto r = run_cli("eval --ckpt " + ckpt + " --json --max-images 100");
+        EXPECT_EQ(r.exit_code, 0) << r.output;
+        return nlohmann::json::parse(r.output);
+    };
+    const auto a = eval_json(dense), b = eval_json(moe);
+    EXPECT_EQ(a["images"], 100);
+    for (const char* key : {"val_loss", "val_accuracy", "test_accuracy", "probe_1shot_accuracy",
+                            "probe_5shot_accuracy"}) {
+        ASSERT_TRUE(a.contains(key) && b.contains(key)) << key;
+        EXPECT_NEAR(a[key].get<double>(), b[key].get<double>(), 1e-4) << key;
+    }
+    EXPECT_GT(a["test_accuracy"].get<double>(), 0.2);  // 10 steps: above chance (0.1)
+
+    const auto text = run_cli("eval --ckpt " + dense + " --text " + (dir / "vit.yaml").string());
+    EXPECT_EQ(text.exit_code, 2) << text.output;
+    EXPECT_NE(text.output.find("only a GPT checkpoint"), std::string::npos) << text.output;
+}
 
 TEST_F(Cli, TrainEvalInspect) {
     TempDir dir;
