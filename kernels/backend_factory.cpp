@@ -1,24 +1,44 @@
 #include "kernels/backend_factory.h"
 
+#include <charconv>
+#include <system_error>
+
 #include "core/errors.h"
 #include "kernels/cpu/cpu_backend.h"
 #ifdef UPCYCLE_WITH_CUDA
-#include "kernels/cuda/device_query.h"
+#include "kernels/cuda/cuda_backend.h"
 #endif
 
 namespace upcycle {
 
+namespace {
+
+// The N of "cuda:N" (0 for plain "cuda"): a non-negative decimal integer and nothing else.
+int cuda_device_index(const std::string& device) {
+    if (device == "cuda") return 0;
+    const std::string digits = device.substr(5);  // after "cuda:"
+    int index = -1;
+    const char* first = digits.data();
+    const char* last = first + digits.size();
+    const auto [end, error] = std::from_chars(first, last, index);
+    if (digits.empty() || error != std::errc() || end != last || index < 0) {
+        throw UserError("", "--device",
+                        "expected cuda or cuda:N with N a device number (0, 1, ...), found '" +
+                            device + "'");
+    }
+    return index;
+}
+
+}  // namespace
+
 std::unique_ptr<Backend> make_backend(const std::string& device) {
     if (device == "cpu") return std::make_unique<CpuBackend>();
     if (device == "cuda" || device.rfind("cuda:", 0) == 0) {
+        const int index = cuda_device_index(device);
 #ifdef UPCYCLE_WITH_CUDA
-        const auto devices = list_cuda_devices();
-        std::string found = std::to_string(devices.size()) + " CUDA device(s) visible";
-        for (const auto& d : devices) found += "; " + d;
-        throw UserError("", "--device",
-                        "this build has the CUDA toolkit but the CUDA training backend is not "
-                        "implemented yet (" + found + "); use --device cpu");
+        return std::make_unique<CudaBackend>(index);  // UserError if there is no such device
 #else
+        (void)index;
         throw UserError("", "--device",
                         "this build has no CUDA support: configure with -DUPCYCLE_CUDA=ON on a "
                         "machine with the CUDA toolkit, or use --device cpu");

@@ -12,6 +12,7 @@
 #include "core/checkpoint.h"
 #include "core/config.h"
 #include "core/train.h"
+#include "kernels/backend_factory.h"
 
 namespace upcycle::testing {
 
@@ -76,6 +77,17 @@ inline RunConfig tiny_synthetic_config() {
     c.checkpoint.every = 0;
     c.checkpoint.every_seconds = 0;
     return c;
+}
+
+// The CUDA backend, or null with the reason in `why` (a build without CUDA, no device):
+// GPU tests call it in SetUp and GTEST_SKIP with the reason.
+inline std::unique_ptr<Backend> cuda_backend_or_null(std::string& why) {
+    try {
+        return make_backend("cuda");
+    } catch (const std::exception& e) {
+        why = e.what();
+        return nullptr;
+    }
 }
 
 // One run of `config` straight through in straight_dir, and one in resumed_dir stopped (as by

@@ -1,0 +1,92 @@
+#pragma once
+// The CUDA backend (fp32): every op of the Backend interface on one NVIDIA GPU, with the CPU
+// backend (kernels/cpu) as its specification — each op has a parity test against it
+// (tests/kernels/cuda). GEMMs go to cuBLAS with TF32 off, so fp32 results match the CPU
+// within rounding; every other op is a hand-written kernel in this folder, one concern per
+// .cu file. All work is queued on one stream; device memory comes from a caching allocator
+// (freed blocks are kept for reuse, so a training step does no cudaMalloc once warm).
+// Deterministic: no float atomics; reductions run in a fixed order.
+//
+// This header is plain C++ (no CUDA header): the CUDA state lives behind a pointer.
+#include <memory>
+#include <string>
+
+#include "core/backend.h"
+
+namespace upcycle {
+
+struct CudaState;  // stream, cuBLAS handle, allocator (kernels/cuda/cuda_state.cuh)
+
+class CudaBackend final : public Backend {
+public:
+    // Selects device `device_index` (cudaSetDevice) and creates the stream and handles.
+    // Throws UserError (key --device) if there is no such device.
+    explicit CudaBackend(int device_index = 0);
+    ~CudaBackend() override;
+    CudaBackend(const CudaBackend&) = delete;
+    CudaBackend& operator=(const CudaBackend&) = delete;
+
+    DeviceKind kind() const override { return DeviceKind::CUDA; }
+    std::string describe() const override;
+
+    void* allocate(std::size_t bytes) override;
+    void deallocate(void* ptr) noexcept override;
+    void upload(void* dst, const void* host_src, std::size_t bytes) override;
+    void download(void* host_dst, const void* src, std::size_t bytes) override;
+    void copy(void* dst, const void* src, std::size_t bytes) override;
+    void zero(void* dst, std::size_t bytes) override;
+    void synchronize() override;
+
+    void matmul_forward(float* out, const float* inp, const float* weight, const float* bias,
+                        int M, int K, int N) override;
+    void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout,
+                         const float* inp, const float* weight, int M, int K, int N) override;
+    void embedding_forward(float* out, const int32_t* tokens, const float* wte,
+                           const float* wpe, int B, int T, int C) override;
+    void embedding_backward(float* dwte, float* dwpe, const float* dout, const int32_t* tokens,
+                            int B, int T, int C) override;
+    void layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
+                           const float* weight, const float* bias, int N, int C) override;
+    void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
+                            const float* inp, const float* weight, const float* mean,
+                            const float* rstd, int N, int C) override;
+    void attention_forward(float* out, float* lse, const float* qkv, int B, int T, int C, int H,
+                           bool causal) override;
+    void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
+                            const float* lse, int B, int T, int C, int H, bool causal) override;
+    void gelu_forward(float* out, const float* inp, std::size_t n) override;
+    void gelu_backward(float* dinp, const float* inp, const float* dout, std::size_t n) override;
+    void add(float* out, const float* a, const float* b, std::size_t n) override;
+    void accumulate(float* y, const float* x, std::size_t n) override;
+    void scale(float* x, float s, std::size_t n) override;
+    void softmax_crossentropy(float* losses, float* dlogits, int32_t* argmax,
+                              const float* logits, const int32_t* targets, int N, int V,
+                              float grad_scale) override;
+    void gather_rows(float* out, const float* inp, const int32_t* row_token, int R,
+                     int C) override;
+    void gather_rows_backward(float* dinp, const float* dout, const int32_t* token_offsets,
+                              const int32_t* token_rows, int N, int C) override;
+    void combine_rows(float* out, const float* src, const float* weights,
+                      const int32_t* token_offsets, const int32_t* token_rows, int N,
+                      int C) override;
+    void combine_rows_backward(float* dsrc, float* dweights, const float* dout, const float* src,
+                               const float* weights, const int32_t* token_offsets,
+                               const int32_t* token_rows, int N, int C) override;
+    void patch_embed_input(float* out, const float* images, int B, int H, int W,
+                           int p) override;
+    void assemble_tokens(float* out, const float* patch_emb, const float* cls, const float* wpe,
+                         int B, int P, int C) override;
+    void assemble_tokens_backward(float* dpatch_emb, float* dcls, float* dwpe, const float* dout,
+                                  int B, int P, int C) override;
+    void gather_class_tokens(float* out, const float* x, int B, int T, int C) override;
+    void scatter_class_tokens(float* dx, const float* dout, int B, int T, int C) override;
+    void adamw_update(float* params, const float* grads, float* m, float* v, std::size_t n,
+                      float lr, float beta1, float beta2, float eps, float weight_decay,
+                      float grad_scale, int64_t step) override;
+    double sum_squares(const float* x, std::size_t n) override;
+
+private:
+    std::unique_ptr<CudaState> state_;
+};
+
+}  // namespace upcycle

@@ -1,0 +1,939 @@
+// CUDA backend parity: every op of core/backend.h runs on the CpuBackend (the specification)
+// and on the CUDA backend with the same random inputs, forward and backward, over ragged
+// shapes; backward ops start from pre-filled random gradients on both sides, so accumulation
+// (+=) is checked rather than overwrite; forward outputs start as NaN, so an element the
+// CUDA op forgets to write fails. A second group checks that CUDA results are bit-identical
+// from one run to the next (no float atomics, fixed reduction orders).
+//
+// This file includes no CUDA header and is compiled in every build: it reaches the GPU only
+// through the Backend interface (make_backend("cuda")); without a CUDA build or a GPU every
+// test reports SKIPPED.
+//
+// Tolerances, per output tensor: |cuda - cpu| ≤ atol + rtol · max|cpu|  (magnitude-scaled):
+//   exact            rtol 0     rearrangements (gather_rows, patch rows, class-token gather),
+//                               and every integer output (argmax) — compared for equality
+//   pointwise        rtol 1e-6  single adds/multiplies (add, accumulate, scale, embedding and
+//                               token assembly, scatters, sums over a few rows)
+//   transcendental   rtol 1e-5  GELU (tanh/exp implementations differ by a few ulp)
+//   reduction        rtol 1e-5, atol 1e-7   layernorm, softmax cross-entropy, embedding
+//                               backward, MoE combine and its backward
+//   long reduction   rtol 1e-4, atol 1e-6   GEMMs (cuBLAS, other summation order than
+//                               OpenBLAS) and attention (K- and T-long dot products)
+//   adamw            rtol 1e-6  params, m and v after one step
+//   sum_squares      |cuda - cpu| ≤ 1e-12 · cpu (both sum in double, in different orders)
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <exception>
+#include <functional>
+#include <initializer_list>
+#include <limits>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/backend.h"
+#include "core/errors.h"
+#include "core/moe/dispatch.h"
+#include "core/moe/router.h"
+#include "core/rng.h"
+#include "kernels/backend_factory.h"
+#include "test_support.h"
+#include "kernels/cpu/cpu_backend.h"
+
+namespace upcycle {
+namespace {
+
+using Floats = std::vector<float>;
+using Ints = std::vector<int32_t>;
+
+struct Tolerance {
+    double rtol = 0.0;
+    double atol = 0.0;
+};
+constexpr Tolerance kExact{0.0, 0.0};
+constexpr Tolerance kPointwise{1e-6, 0.0};
+constexpr Tolerance kTranscendental{1e-5, 0.0};
+constexpr Tolerance kReduction{1e-5, 1e-7};
+constexpr Tolerance kLongReduction{1e-4, 1e-6};
+constexpr Tolerance kAdamW{1e-6, 0.0};
+constexpr double kSumSquaresRtol = 1e-12;
+
+const float kNaN = std::numeric_limits<float>::quiet_NaN();
+
+std::size_t elems(int a, int b = 1, int c = 1) {
+    return static_cast<std::size_t>(a) * static_cast<std::size_t>(b) * static_cast<std::size_t>(c);
+}
+
+Floats randn(Rng& rng, std::size_t n, float scale = 1.0f, float offset = 0.0f) {
+    Floats v(n);
+    for (auto& x : v) x = offset + scale * rng.normal();
+    return v;
+}
+
+Ints random_ints(Rng& rng, std::size_t n, int below) {
+    Ints v(n);
+    for (auto& x : v) x = static_cast<int32_t>(rng.below(static_cast<uint64_t>(below)));
+    return v;
+}
+
+// Device memory of one backend for one op call: uploads host arrays, allocates outputs,
+// downloads results; everything is returned to the backend at scope exit.
+class DeviceArena {
+public:
+    explicit DeviceArena(Backend& be) : be_(be) {}
+    ~DeviceArena() {
+        for (void* p : buffers_) be_.deallocate(p);
+    }
+    DeviceArena(const DeviceArena&) = delete;
+    DeviceArena& operator=(const DeviceArena&) = delete;
+
+    float* upload(const Floats& host) { return put(host); }
+    int32_t* upload(const Ints& host) { return put(host); }
+    // n floats, all NaN: an output every element of which the op must overwrite.
+    float* outputs(std::size_t n) { return put(Floats(n, kNaN)); }
+    // n ints, all -7: an integer output the op must overwrite.
+    int32_t* int_outputs(std::size_t n) { return put(Ints(n, -7)); }
+    Floats download(const float* dev, std::size_t n) { return get(dev, n); }
+    Ints download(const int32_t* dev, std::size_t n) { return get(dev, n); }
+
+private:
+    template <class T>
+    T* put(const std::vector<T>& host) {
+        // at least one element, so that empty inputs still get a valid pointer
+        const std::size_t bytes = std::max<std::size_t>(host.size(), 1) * sizeof(T);
+        void* ptr = be_.allocate(bytes);
+        buffers_.push_back(ptr);
+        if (!host.empty()) be_.upload(ptr, host.data(), host.size() * sizeof(T));
+        return static_cast<T*>(ptr);
+    }
+    template <class T>
+    std::vector<T> get(const T* dev, std::size_t n) {
+        std::vector<T> host(n);
+        be_.synchronize();
+        if (n > 0) be_.download(host.data(), dev, n * sizeof(T));
+        return host;
+    }
+
+    Backend& be_;
+    std::vector<void*> buffers_;
+};
+
+// What one op call produced, by name, downloaded to the host.
+struct Outputs {
+    std::vector<std::pair<std::string, Floats>> floats;
+    std::vector<std::pair<std::string, Ints>> ints;
+};
+// One op call on given host inputs: uploads, runs, downloads. Called once per backend.
+using Case = std::function<Outputs(Backend&)>;
+
+void expect_close(const Floats& cpu, const Floats& cuda, Tolerance tol, const std::string& what) {
+    ASSERT_EQ(cpu.size(), cuda.size()) << what;
+    double max_ref = 0.0;
+    for (float x : cpu) max_ref = std::max(max_ref, std::fabs(static_cast<double>(x)));
+    const double bound = tol.atol + tol.rtol * max_ref;
+    std::size_t failures = 0;
+    for (std::size_t i = 0; i < cpu.size(); ++i) {
+        const double diff = std::fabs(static_cast<double>(cuda[i]) - static_cast<double>(cpu[i]));
+        if (!(diff <= bound) && failures++ < 5) {  // NaN on either side fails too
+            ADD_FAILURE() << what << "[" << i << "]: cuda " << cuda[i] << ", cpu " << cpu[i]
+                          << ", |diff| " << diff << " > " << bound;
+        }
+    }
+    EXPECT_EQ(failures, 0u) << what << ": " << failures << " of " << cpu.size()
+                            << " elements off (max|cpu| " << max_ref << ")";
+}
+
+void expect_equal(const Ints& cpu, const Ints& cuda, const std::string& what) {
+    ASSERT_EQ(cpu.size(), cuda.size()) << what;
+    std::size_t failures = 0;
+    for (std::size_t i = 0; i < cpu.size(); ++i) {
+        if (cpu[i] != cuda[i] && failures++ < 5) {
+            ADD_FAILURE() << what << "[" << i << "]: cuda " << cuda[i] << ", cpu " << cpu[i];
+        }
+    }
+    EXPECT_EQ(failures, 0u) << what << ": " << failures << " of " << cpu.size() << " differ";
+}
+
+class CudaParity : public ::testing::Test {
+protected:
+    void SetUp() override {
+        std::string why;
+        cuda_ = testing::cuda_backend_or_null(why);
+        if (!cuda_) GTEST_SKIP() << "no CUDA backend: " << why;
+        ASSERT_EQ(cuda_->kind(), DeviceKind::CUDA) << cuda_->describe();
+    }
+
+    // The op on both backends; float outputs within tol, integer outputs equal.
+    void expect_parity(const Case& run, Tolerance tol, const std::string& what) {
+        SCOPED_TRACE(what);
+        const Outputs want = run(cpu_);
+        const Outputs got = run(*cuda_);
+        ASSERT_EQ(want.floats.size(), got.floats.size());
+        ASSERT_EQ(want.ints.size(), got.ints.size());
+        for (std::size_t i = 0; i < want.floats.size(); ++i) {
+            expect_close(want.floats[i].second, got.floats[i].second, tol,
+                         what + " " + want.floats[i].first);
+        }
+        for (std::size_t i = 0; i < want.ints.size(); ++i) {
+            expect_equal(want.ints[i].second, got.ints[i].second,
+                         what + " " + want.ints[i].first);
+        }
+    }
+
+    // The op twice on CUDA with the same inputs: bit-identical outputs.
+    void expect_deterministic(const Case& run, const std::string& what) {
+        SCOPED_TRACE(what);
+        const Outputs a = run(*cuda_);
+        const Outputs b = run(*cuda_);
+        ASSERT_EQ(a.floats.size(), b.floats.size());
+        for (std::size_t i = 0; i < a.floats.size(); ++i) {
+            const Floats& x = a.floats[i].second;
+            const Floats& y = b.floats[i].second;
+            ASSERT_EQ(x.size(), y.size()) << a.floats[i].first;
+            EXPECT_EQ(std::memcmp(x.data(), y.data(), x.size() * sizeof(float)), 0)
+                << what << " " << a.floats[i].first << " differs between two runs";
+        }
+        ASSERT_EQ(a.ints.size(), b.ints.size());
+        for (std::size_t i = 0; i < a.ints.size(); ++i) {
+            EXPECT_EQ(a.ints[i].second, b.ints[i].second) << what << " " << a.ints[i].first;
+        }
+    }
+
+    CpuBackend cpu_;
+    std::unique_ptr<Backend> cuda_;
+    Rng rng_{20240601};
+};
+
+// ---- op cases: host inputs drawn once, then the same call on any backend -----------------
+
+Case matmul_forward_case(Rng& rng, int M, int K, int N, bool with_bias) {
+    const Floats inp = randn(rng, elems(M, K)), weight = randn(rng, elems(N, K)),
+                 bias = randn(rng, elems(N));
+    return [=](Backend& be) {
+        DeviceArena d(be);
+        float* out = d.outputs(elems(M, N));
+        be.matmul_forward(out, d.upload(inp), d.upload(weight),
+                          with_bias ? d.upload(bias) : nullptr, M, K, N);
+        return Outputs{{{"out", d.download(out, elems(M, N))}}, {}};
+    };
+}
+
+Case matmul_backward_case(Rng& rng, int M, int K, int N, bool with_dinp, bool with_dbias) {
+    const Floats dout = randn(rng, elems(M, N)), inp = randn(rng, elems(M, K)),
+                 weight = randn(rng, elems(N, K)), dinp0 = randn(rng, elems(M, K)),
+                 dweight0 = randn(rng, elems(N, K)), dbias0 = randn(rng, elems(N));
+    return [=](Backend& be) {
+        DeviceArena d(be);
+        float* dinp = with_dinp ? d.upload(dinp0) : nullptr;
+        float* dweight = d.upload(dweight0);
+        float* dbias = with_dbias ? d.upload(dbias0) : nullptr;
+        be.matmul_backward(dinp, dweight, dbias, d.upload(dout), d.upload(inp), d.upload(weight),
+                           M, K, N);
+        Outputs o;
+        if (dinp) o.floats.emplace_back("dinp", d.download(dinp, elems(M, K)));
+        o.floats.emplace_back("dweight", d.download(dweight, elems(N, K)));
+        if (dbias) o.floats.emplace_back("dbias", d.download(dbias, elems(N)));
+        return o;
+    };
+}
+
+Case embedding_forward_case(Rng& rng, int B, int T, int C, int V) {
+    const Ints tokens = random_ints(rng, elems(B, T), V);
+    const Floats wte = randn(rng, elems(V, C)), wpe = randn(rng, elems(T, C));
+    return [=](Backend& be) {
+        DeviceArena d(be);
+        float* out = d.outputs(elems(B, T, C));
+        be.embedding_forward(out, d.upload(tokens), d.upload(wte), d.upload(wpe), B, T, C);
+        return Outputs{{{"out", d.download(out, elems(B, T, C))}}, {}};
+    };
+}
+
+// Tokens drawn from [0, V) with half of them 0, so some rows collect many positions.
+Case embedding_backward_case(Rng& rng, int B, int T, int C, int V) {
+    Ints tokens = random_ints(rng, elems(B, T), V);
+    for (std::size_t i = 0; i < tokens.size(); i += 2) tokens[i] = 0;
+    const Floats dout = randn(rng, elems(B, T, C)), dwte0 = randn(rng, elems(V, C)),
+                 dwpe0 = randn(rng, elems(T, C));
+    return [=](Backend& be) {
+        DeviceArena d(be);
+        float* dwte = d.upload(dwte0);
+        float* dwpe = d.upload(dwpe0);
+        be.embedding_backward(dwte, dwpe, d.upload(dout), d.upload(tokens), B, T, C);
+        return Outputs{{{"dwte", d.download(dwte, elems(V, C))},
+                        {"dwpe", d.download(dwpe, elems(T, C))}},
+                       {}};
+    };
+}
+
+// Rows with a common offset, so the variance is small against the mean squared.
+Case layernorm_forward_case(Rng& rng, int N, int C) {
+    const Floats inp = randn(rng, elems(N, C), 2.0f, 3.0f), weight = randn(rng, elems(C)),
+                 bias = randn(rng, elems(C));
+    return [=](Backend& be) {
+        DeviceArena d(be);
+        float* out = d.outputs(elems(N, C));
+        float* mean = d.outputs(elems(N));
+        float* rstd = d.outputs(elems(N));
+        be.layernorm_forward(out, mean, rstd, d.upload(inp), d.upload(weight), d.upload(bias), N,
+                             C);
+        return Outputs{{{"out", d.download(out, elems(N, C))},
+                        {"mean", d.download(mean, elems(N))},
+                        {"rstd", d.download(rstd, elems(N))}},
+                       {}};
+    };
+}
+
+// Both backends get the same saved statistics (the CPU forward's), so only the backward is
+// compared.
+Case layernorm_backward_case(Rng& rng, int N, int C) {
+    const Floats inp = randn(rng, elems(N, C), 2.0f, 3.0f), weight = randn(rng, elems(C)),
+                 bias = randn(rng, elems(C)), dout = randn(rng, elems(N, C)),
+                 dinp0 = randn(rng, elems(N, C)), dweight0 = randn(rng, elems(C)),
+                 dbias0 = randn(rng, elems(C));
+    Floats out(elems(N, C)), mean(elems(N)), rstd(elems(N));
+    CpuBackend reference;
+    reference.layernorm_forward(out.data(), mean.data(), rstd.data(), inp.data(), weight.data(),
+                                bias.data(), N, C);
+    return [=](Backend& be) {
+        DeviceArena d(be);
+        float* dinp = d.upload(dinp0);
+        float* dweight = d.upload(dweight0);
+        float* dbias = d.upload(dbias0);
+        be.layernorm_backward(dinp, dweight, dbias, d.upload(dout), d.upload(inp),
+                              d.upload(weight), d.upload(mean), d.upload(rstd), N, C);
+        return Outputs{{{"dinp", d.download(dinp, elems(N, C))},
+                        {"dweight", d.download(dweight, elems(C))},
+                        {"dbias", d.download(dbias, elems(C))}},
+                       {}};
+    };
+}
+
+Case attention_forward_case(Rng& rng, int B, int T, int C, int H, bool causal) {
+    const Floats qkv = randn(rng, elems(B, T, 3 * C), 1.5f);
+    return [=](Backend& be) {
+        DeviceArena d(be);
+        float* out = d.outputs(elems(B, T, C));
+        float* lse = d.outputs(elems(B, H, T));
+        be.attention_forward(out, lse, d.upload(qkv), B, T, C, H, causal);
+        return Outputs{{{"out", d.download(out, elems(B, T, C))},
+                        {"lse", d.download(lse, elems(B, H, T))}},
+                       {}};
+    };
+}
+
+// Both backends get the CPU forward's out and lse.
+Case attention_backward_case(Rng& rng, int B, int T, int C, int H, bool causal) {
+    const Floats qkv = randn(rng, elems(B, T, 3 * C), 1.5f), dout = randn(rng, elems(B, T, C)),
+                 dqkv0 = randn(rng, elems(B, T, 3 * C));
+    Floats out(elems(B, T, C)), lse(elems(B, H, T));
+    CpuBackend reference;
+    reference.attention_forward(out.data(), lse.data(), qkv.data(), B, T, C, H, causal);
+    return [=](Backend& be) {
+        DeviceArena d(be);
+        float* dqkv = d.upload(dqkv0);
+        be.attention_backward(dqkv, d.upload(dout), d.upload(qkv), d.upload(out), d.upload(lse),
+                              B, T, C, H, causal);
+        return Outputs{{{"dqkv", d.download(dqkv, elems(B, T, 3 * C))}}, {}};
+    };
+}
+
+Case gelu_forward_case(Rng& rng, int n) {
+    const Floats inp = randn(rng, elems(n), 3.0f);
+    return [=](Backend& be) {
+        DeviceArena d(be);
+        float* out = d.outputs(elems(n));
+        be.gelu_forward(out, d.upload(inp), elems(n));
+        return Outputs{{{"out", d.download(out, elems(n))}}, {}};
+    };
+}
+
+Case gelu_backward_case(Rng& rng, int n) {
+    const Floats inp = randn(rng, elems(n), 3.0f), dout = randn(rng, elems(n)),
+                 dinp0 = randn(rng, elems(n));
+    return [=](Backend& be) {
+        DeviceArena d(be);
+        float* dinp = d.upload(dinp0);
+        be.gelu_backward(dinp, d.upload(inp), d.upload(dout), elems(n));
+        return Outputs{{{"dinp", d.download(dinp, elems(n))}}, {}};
+    };
+}
+
+enum class AddAlias { None, OutIsA, OutIsB };
+
+Case add_case(Rng& rng, int n, AddAlias alias) {
+    const Floats a = randn(rng, elems(n)), b = randn(rng, elems(n));
+    return [=](Backend& be) {
+        DeviceArena d(be);
+        float* pa = d.upload(a);
+        float* pb = d.upload(b);
+        float* out = alias == AddAlias::OutIsA ? pa
+                     : alias == AddAlias::OutIsB ? pb
+                                                 : d.outputs(elems(n));
+        be.add(out, pa, pb, elems(n));
+        return Outputs{{{"out", d.download(out, elems(n))}}, {}};
+    };
+}
+
+Case accumulate_case(Rng& rng, int n) {
+    const Floats y0 = randn(rng, elems(n)), x = randn(rng, elems(n));
+    return [=](Backend& be) {
+        DeviceArena d(be);
+        float* y = d.upload(y0);
+        be.accumulate(y, d.upload(x), elems(n));
+        return Outputs{{{"y", d.download(y, elems(n))}}, {}};
+    };
+}
+
+Case scale_case(Rng& rng, int n, float s) {
+    const Floats x0 = randn(rng, elems(n));
+    return [=](Backend& be) {
+        DeviceArena d(be);
+        float* x = d.upload(x0);
+        be.scale(x, s, elems(n));
+        return Outputs{{{"x", d.download(x, elems(n))}}, {}};
+    };
+}
+
+enum class CeMode { Separate, InPlace, LossOnly };
+
+// Logits without near-ties: each row's largest logit is 1 above the rest. If N > 2, row 2
+// is an exact tie (all equal), whose argmax must be index 0 on both. Every third row
+// (n % 3 == 1) is ignored (target -1).
+Case softmax_crossentropy_case(Rng& rng, int N, int V, CeMode mode) {
+    Floats logits = randn(rng, elems(N, V), 2.0f);
+    Ints targets = random_ints(rng, elems(N), V);
+    for (int n = 0; n < N; ++n) {
+        float* row = logits.data() + elems(n, V);
+        if (n == 2) {
+            std::fill(row, row + V, 0.5f);
+            continue;
+        }
+        const int top = static_cast<int>(rng.below(static_cast<uint64_t>(V)));
+        row[top] = *std::max_element(row, row + V) + 1.0f;
+        if (n % 3 == 1) targets[n] = -1;
+    }
+    const float grad_scale = 1.0f / static_cast<float>(N);
+    return [=](Backend& be) {
+        DeviceArena d(be);
+        float* plogits = d.upload(logits);
+        float* losses = d.outputs(elems(N));
+        float* dlogits = mode == CeMode::Separate ? d.outputs(elems(N, V))
+                         : mode == CeMode::InPlace ? plogits
+                                                   : nullptr;
+        int32_t* argmax = mode == CeMode::LossOnly ? nullptr : d.int_outputs(elems(N));
+        be.softmax_crossentropy(losses, dlogits, argmax, plogits, d.upload(targets), N, V,
+                                grad_scale);
+        Outputs o;
+        o.floats.emplace_back("losses", d.download(losses, elems(N)));
+        if (dlogits) o.floats.emplace_back("dlogits", d.download(dlogits, elems(N, V)));
+        if (argmax) o.ints.emplace_back("argmax", d.download(argmax, elems(N)));
+        return o;
+    };
+}
+
+// A dispatch plan as the MoE layer builds one: every token picks k distinct experts of E,
+// each assignment dropped with probability `drop` (so some tokens may have no rows), and
+// random combine weights.
+DispatchPlan random_plan(Rng& rng, int N, int E, int k, float drop) {
+    std::vector<Assignment> assignments;
+    for (int n = 0; n < N; ++n) {
+        std::vector<int32_t> experts(static_cast<std::size_t>(E));
+        for (int e = 0; e < E; ++e) experts[static_cast<std::size_t>(e)] = e;
+        for (int i = E - 1; i > 0; --i) {  // Fisher–Yates
+            const auto j = static_cast<std::size_t>(rng.below(static_cast<uint64_t>(i) + 1));
+            std::swap(experts[static_cast<std::size_t>(i)], experts[j]);
+        }
+        for (int r = 0; r < k; ++r) {
+            if (rng.uniform() < drop) continue;
+            Assignment a;
+            a.token = n;
+            a.expert = experts[static_cast<std::size_t>(r)];
+            a.weight = 0.1f + rng.uniform();
+            assignments.push_back(a);
+        }
+    }
+    return plan_dispatch(assignments, N, E);
+}
+
+Case gather_rows_case(Rng& rng, const DispatchPlan& plan, int N, int C) {
+    const int R = plan.rows();
+    const Floats inp = randn(rng, elems(N, C));
+    const Ints row_token = plan.row_token;
+    return [=](Backend& be) {
+        DeviceArena d(be);
+        float* out = d.outputs(elems(R, C));
+        be.gather_rows(out, d.upload(inp), d.upload(row_token), R, C);
+        return Outputs{{{"out", d.download(out, elems(R, C))}}, {}};
+    };
+}
+
+Case gather_rows_backward_case(Rng& rng, const DispatchPlan& plan, int N, int C) {
+    const int R = plan.rows();
+    const Floats dout = randn(rng, elems(R, C)), dinp0 = randn(rng, elems(N, C));
+    const Ints offsets = plan.token_offsets, rows = plan.token_rows;
+    return [=](Backend& be) {
+        DeviceArena d(be);
+        float* dinp = d.upload(dinp0);
+        be.gather_rows_backward(dinp, d.upload(dout), d.upload(offsets), d.upload(rows), N, C);
+        return Outputs{{{"dinp", d.download(dinp, elems(N, C))}}, {}};
+    };
+}
+
+Case combine_rows_case(Rng& rng, const DispatchPlan& plan, int N, int C) {
+    const int R = plan.rows();
+    const Floats src = randn(rng, elems(R, C)), weights = plan.weights;
+    const Ints offsets = plan.token_offsets, rows = plan.token_rows;
+    return [=](Backend& be) {
+        DeviceArena d(be);
+        float* out = d.outputs(elems(N, C));
+        be.combine_rows(out, d.upload(src), d.upload(weights), d.upload(offsets), d.upload(rows),
+                        N, C);
+        return Outputs{{{"out", d.download(out, elems(N, C))}}, {}};
+    };
+}
+
+Case combine_rows_backward_case(Rng& rng, const DispatchPlan& plan, int N, int C) {
+    const int R = plan.rows();
+    const Floats dout = randn(rng, elems(N, C)), src = randn(rng, elems(R, C)),
+                 dsrc0 = randn(rng, elems(R, C)), dweights0 = randn(rng, elems(R)),
+                 weights = plan.weights;
+    const Ints offsets = plan.token_offsets, rows = plan.token_rows;
+    return [=](Backend& be) {
+        DeviceArena d(be);
+        float* dsrc = d.upload(dsrc0);
+        float* dweights = d.upload(dweights0);
+        be.combine_rows_backward(dsrc, dweights, d.upload(dout), d.upload(src), d.upload(weights),
+                                 d.upload(offsets), d.upload(rows), N, C);
+        return Outputs{{{"dsrc", d.download(dsrc, elems(R, C))},
+                        {"dweights", d.download(dweights, elems(R))}},
+                       {}};
+    };
+}
+
+Case patch_embed_input_case(Rng& rng, int B, int H, int W, int p) {
+    const Floats images = randn(rng, elems(B, H, W));
+    const std::size_t n = elems(B, (H / p) * (W / p), p * p);
+    return [=](Backend& be) {
+        DeviceArena d(be);
+        float* out = d.outputs(n);
+        be.patch_embed_input(out, d.upload(images), B, H, W, p);
+        return Outputs{{{"out", d.download(out, n)}}, {}};
+    };
+}
+
+Case assemble_tokens_case(Rng& rng, int B, int P, int C) {
+    const int T = 1 + P;
+    const Floats patch = randn(rng, elems(B, P, C)), cls = randn(rng, elems(C)),
+                 wpe = randn(rng, elems(T, C));
+    return [=](Backend& be) {
+        DeviceArena d(be);
+        float* out = d.outputs(elems(B, T, C));
+        be.assemble_tokens(out, d.upload(patch), d.upload(cls), d.upload(wpe), B, P, C);
+        return Outputs{{{"out", d.download(out, elems(B, T, C))}}, {}};
+    };
+}
+
+Case assemble_tokens_backward_case(Rng& rng, int B, int P, int C, bool with_patch,
+                                   bool with_cls, bool with_wpe) {
+    const int T = 1 + P;
+    const Floats dout = randn(rng, elems(B, T, C)), dpatch0 = randn(rng, elems(B, P, C)),
+                 dcls0 = randn(rng, elems(C)), dwpe0 = randn(rng, elems(T, C));
+    return [=](Backend& be) {
+        DeviceArena d(be);
+        float* dpatch = with_patch ? d.upload(dpatch0) : nullptr;
+        float* dcls = with_cls ? d.upload(dcls0) : nullptr;
+        float* dwpe = with_wpe ? d.upload(dwpe0) : nullptr;
+        be.assemble_tokens_backward(dpatch, dcls, dwpe, d.upload(dout), B, P, C);
+        Outputs o;
+        if (dpatch) o.floats.emplace_back("dpatch_emb", d.download(dpatch, elems(B, P, C)));
+        if (dcls) o.floats.emplace_back("dcls", d.download(dcls, elems(C)));
+        if (dwpe) o.floats.emplace_back("dwpe", d.download(dwpe, elems(T, C)));
+        return o;
+    };
+}
+
+Case gather_class_tokens_case(Rng& rng, int B, int T, int C) {
+    const Floats x = randn(rng, elems(B, T, C));
+    return [=](Backend& be) {
+        DeviceArena d(be);
+        float* out = d.outputs(elems(B, C));
+        be.gather_class_tokens(out, d.upload(x), B, T, C);
+        return Outputs{{{"out", d.download(out, elems(B, C))}}, {}};
+    };
+}
+
+Case scatter_class_tokens_case(Rng& rng, int B, int T, int C) {
+    const Floats dx0 = randn(rng, elems(B, T, C)), dout = randn(rng, elems(B, C));
+    return [=](Backend& be) {
+        DeviceArena d(be);
+        float* dx = d.upload(dx0);
+        be.scatter_class_tokens(dx, d.upload(dout), B, T, C);
+        return Outputs{{{"dx", d.download(dx, elems(B, T, C))}}, {}};
+    };
+}
+
+Case adamw_case(Rng& rng, int n, int64_t step) {
+    const Floats params0 = randn(rng, elems(n)), grads = randn(rng, elems(n)),
+                 m0 = randn(rng, elems(n), 0.1f);
+    Floats v0 = randn(rng, elems(n), 0.1f);
+    for (auto& x : v0) x = x * x;  // second moments are non-negative
+    return [=](Backend& be) {
+        DeviceArena d(be);
+        float* params = d.upload(params0);
+        float* m = d.upload(m0);
+        float* v = d.upload(v0);
+        be.adamw_update(params, d.upload(grads), m, v, elems(n), /*lr=*/1e-3f, /*beta1=*/0.9f,
+                        /*beta2=*/0.95f, /*eps=*/1e-8f, /*weight_decay=*/0.1f,
+                        /*grad_scale=*/0.5f, step);
+        return Outputs{{{"params", d.download(params, elems(n))},
+                        {"m", d.download(m, elems(n))},
+                        {"v", d.download(v, elems(n))}},
+                       {}};
+    };
+}
+
+std::string shape_name(std::initializer_list<int> dims) {
+    std::string s;
+    for (int x : dims) s += (s.empty() ? "" : "x") + std::to_string(x);
+    return s;
+}
+
+// ---- shapes ------------------------------------------------------------------------------
+
+struct Mkn {
+    int M, K, N;
+};
+// M, K, N off multiples of 32 and a few that are, from 1×1×1 up to a 4·C MLP projection.
+const std::vector<Mkn> kMatmulShapes = {{1, 1, 1},     {7, 13, 5},    {33, 17, 65},
+                                        {64, 128, 96}, {100, 48, 200}, {128, 512, 128}};
+
+struct Bthc {
+    int B, T, C, H;  // head size C/H in {8, 16, 32, 64}
+};
+const std::vector<Bthc> kAttentionShapes = {{1, 1, 16, 2},   {2, 17, 48, 3},  {2, 50, 128, 4},
+                                            {2, 128, 128, 2}, {3, 17, 32, 4}, {1, 128, 64, 4},
+                                            {1, 50, 256, 4}};
+
+struct Nc {
+    int N, C;
+};
+const std::vector<Nc> kRowShapes = {{1, 16}, {17, 48}, {50, 128}, {128, 33}, {5, 768}};
+
+// ---- memory ------------------------------------------------------------------------------
+
+TEST_F(CudaParity, MemoryOps) {
+    const std::size_t n = 1000;
+    const Floats host = randn(rng_, n);
+    Backend& be = *cuda_;
+    DeviceArena d(be);
+    float* a = d.upload(host);
+    EXPECT_EQ(d.download(a, n), host) << "upload then download";
+    float* b = d.outputs(n);
+    be.copy(b, a, n * sizeof(float));
+    EXPECT_EQ(d.download(b, n), host) << "copy";
+    const std::size_t first = 3, count = 500;
+    be.zero(b + first, count * sizeof(float));
+    Floats want = host;
+    std::fill(want.begin() + first, want.begin() + first + count, 0.0f);
+    EXPECT_EQ(d.download(b, n), want) << "zero of a sub-range";
+    const Ints ints = random_ints(rng_, 77, 1000);
+    EXPECT_EQ(d.download(d.upload(ints), ints.size()), ints) << "int32 round trip";
+}
+
+// ---- linear layer ------------------------------------------------------------------------
+
+TEST_F(CudaParity, MatmulForward) {
+    for (const auto& s : kMatmulShapes) {
+        for (bool bias : {true, false}) {
+            expect_parity(matmul_forward_case(rng_, s.M, s.K, s.N, bias), kLongReduction,
+                          "matmul_forward " + shape_name({s.M, s.K, s.N}) +
+                              (bias ? " bias" : " no bias"));
+        }
+    }
+}
+
+TEST_F(CudaParity, MatmulBackward) {
+    for (const auto& s : kMatmulShapes) {
+        for (const auto& [with_dinp, with_dbias] :
+             {std::pair{true, true}, std::pair{false, true}, std::pair{true, false},
+              std::pair{false, false}}) {
+            expect_parity(matmul_backward_case(rng_, s.M, s.K, s.N, with_dinp, with_dbias),
+                          kLongReduction,
+                          "matmul_backward " + shape_name({s.M, s.K, s.N}) +
+                              (with_dinp ? " dinp" : "") + (with_dbias ? " dbias" : ""));
+        }
+    }
+}
+
+// ---- embeddings --------------------------------------------------------------------------
+
+struct Btcv {
+    int B, T, C, V;
+};
+const std::vector<Btcv> kEmbeddingShapes = {
+    {1, 1, 16, 7}, {2, 17, 48, 256}, {3, 50, 128, 1000}, {4, 128, 32, 7}, {2, 33, 33, 50}};
+
+TEST_F(CudaParity, EmbeddingForward) {
+    for (const auto& s : kEmbeddingShapes) {
+        expect_parity(embedding_forward_case(rng_, s.B, s.T, s.C, s.V), kPointwise,
+                      "embedding_forward " + shape_name({s.B, s.T, s.C, s.V}));
+    }
+}
+
+TEST_F(CudaParity, EmbeddingBackward) {
+    for (const auto& s : kEmbeddingShapes) {
+        expect_parity(embedding_backward_case(rng_, s.B, s.T, s.C, s.V), kReduction,
+                      "embedding_backward " + shape_name({s.B, s.T, s.C, s.V}));
+    }
+}
+
+// ---- layernorm ---------------------------------------------------------------------------
+
+TEST_F(CudaParity, LayerNormForward) {
+    for (const auto& s : kRowShapes) {
+        expect_parity(layernorm_forward_case(rng_, s.N, s.C), kReduction,
+                      "layernorm_forward " + shape_name({s.N, s.C}));
+    }
+}
+
+TEST_F(CudaParity, LayerNormBackward) {
+    for (const auto& s : kRowShapes) {
+        expect_parity(layernorm_backward_case(rng_, s.N, s.C), kReduction,
+                      "layernorm_backward " + shape_name({s.N, s.C}));
+    }
+}
+
+// ---- attention ---------------------------------------------------------------------------
+
+TEST_F(CudaParity, AttentionForward) {
+    for (const auto& s : kAttentionShapes) {
+        for (bool causal : {true, false}) {
+            expect_parity(attention_forward_case(rng_, s.B, s.T, s.C, s.H, causal),
+                          kLongReduction,
+                          "attention_forward " + shape_name({s.B, s.T, s.C, s.H}) +
+                              (causal ? " causal" : " full"));
+        }
+    }
+}
+
+TEST_F(CudaParity, AttentionBackward) {
+    for (const auto& s : kAttentionShapes) {
+        for (bool causal : {true, false}) {
+            expect_parity(attention_backward_case(rng_, s.B, s.T, s.C, s.H, causal),
+                          kLongReduction,
+                          "attention_backward " + shape_name({s.B, s.T, s.C, s.H}) +
+                              (causal ? " causal" : " full"));
+        }
+    }
+}
+
+// ---- pointwise ---------------------------------------------------------------------------
+
+const std::vector<int> kPointwiseSizes = {1, 31, 1001, 65537};
+
+TEST_F(CudaParity, GeluForward) {
+    for (int n : kPointwiseSizes) {
+        expect_parity(gelu_forward_case(rng_, n), kTranscendental,
+                      "gelu_forward " + std::to_string(n));
+    }
+}
+
+TEST_F(CudaParity, GeluBackward) {
+    for (int n : kPointwiseSizes) {
+        expect_parity(gelu_backward_case(rng_, n), kTranscendental,
+                      "gelu_backward " + std::to_string(n));
+    }
+}
+
+TEST_F(CudaParity, AddAccumulateScale) {
+    for (int n : kPointwiseSizes) {
+        const std::string size = " " + std::to_string(n);
+        expect_parity(add_case(rng_, n, AddAlias::None), kPointwise, "add" + size);
+        expect_parity(add_case(rng_, n, AddAlias::OutIsA), kPointwise, "add out=a" + size);
+        expect_parity(add_case(rng_, n, AddAlias::OutIsB), kPointwise, "add out=b" + size);
+        expect_parity(accumulate_case(rng_, n), kPointwise, "accumulate" + size);
+        expect_parity(scale_case(rng_, n, 0.37f), kPointwise, "scale" + size);
+        expect_parity(scale_case(rng_, n, 0.0f), kPointwise, "scale by 0" + size);
+    }
+}
+
+// ---- loss --------------------------------------------------------------------------------
+
+TEST_F(CudaParity, SoftmaxCrossEntropy) {
+    struct Nv {
+        int N, V;
+    };
+    for (const auto& s : {Nv{1, 2}, Nv{3, 7}, Nv{17, 256}, Nv{50, 1000}, Nv{4, 50257}}) {
+        for (const auto& [mode, name] :
+             {std::pair{CeMode::Separate, "separate dlogits"},
+              std::pair{CeMode::InPlace, "dlogits in place"},
+              std::pair{CeMode::LossOnly, "loss only"}}) {
+            expect_parity(softmax_crossentropy_case(rng_, s.N, s.V, mode), kReduction,
+                          "softmax_crossentropy " + shape_name({s.N, s.V}) + " " + name);
+        }
+    }
+}
+
+// ---- MoE dispatch and combine ------------------------------------------------------------
+
+struct PlanShape {
+    int N, C;
+    float drop;  // probability that an assignment is dropped
+};
+// E = 4 experts, k = 2; with drops some tokens have one row or none; drop 1: no rows at all.
+const std::vector<PlanShape> kPlanShapes = {{1, 16, 0.0f},  {17, 48, 0.3f}, {50, 128, 0.3f},
+                                            {128, 33, 0.3f}, {128, 16, 0.0f}, {5, 16, 1.0f}};
+constexpr int kExperts = 4, kTopK = 2;
+
+std::string plan_name(const PlanShape& s, const DispatchPlan& plan) {
+    return shape_name({s.N, s.C}) + " R=" + std::to_string(plan.rows());
+}
+
+TEST_F(CudaParity, GatherRows) {
+    for (const auto& s : kPlanShapes) {
+        const DispatchPlan plan = random_plan(rng_, s.N, kExperts, kTopK, s.drop);
+        expect_parity(gather_rows_case(rng_, plan, s.N, s.C), kExact,
+                      "gather_rows " + plan_name(s, plan));
+        expect_parity(gather_rows_backward_case(rng_, plan, s.N, s.C), kPointwise,
+                      "gather_rows_backward " + plan_name(s, plan));
+    }
+}
+
+TEST_F(CudaParity, CombineRows) {
+    int tokens_without_rows = 0;
+    for (const auto& s : kPlanShapes) {
+        const DispatchPlan plan = random_plan(rng_, s.N, kExperts, kTopK, s.drop);
+        for (int n = 0; n < s.N; ++n) {
+            tokens_without_rows += plan.token_offsets[static_cast<std::size_t>(n)] ==
+                                   plan.token_offsets[static_cast<std::size_t>(n) + 1];
+        }
+        expect_parity(combine_rows_case(rng_, plan, s.N, s.C), kReduction,
+                      "combine_rows " + plan_name(s, plan));
+        expect_parity(combine_rows_backward_case(rng_, plan, s.N, s.C), kReduction,
+                      "combine_rows_backward " + plan_name(s, plan));
+    }
+    // the plans do have tokens without rows (zeros from the combine, nothing in its backward)
+    EXPECT_GT(tokens_without_rows, 5);
+}
+
+// ---- vision ------------------------------------------------------------------------------
+
+TEST_F(CudaParity, PatchEmbedInput) {
+    struct Bhwp {
+        int B, H, W, p;
+    };
+    for (const auto& s :
+         {Bhwp{2, 28, 28, 7}, Bhwp{3, 14, 21, 7}, Bhwp{1, 28, 28, 4}, Bhwp{2, 8, 12, 4},
+          Bhwp{1, 5, 5, 1}}) {
+        expect_parity(patch_embed_input_case(rng_, s.B, s.H, s.W, s.p), kExact,
+                      "patch_embed_input " + shape_name({s.B, s.H, s.W, s.p}));
+    }
+}
+
+struct Bpc {
+    int B, P, C;
+};
+const std::vector<Bpc> kTokenShapes = {{1, 1, 16}, {3, 16, 48}, {2, 49, 128}, {5, 4, 33}};
+
+TEST_F(CudaParity, AssembleTokens) {
+    for (const auto& s : kTokenShapes) {
+        expect_parity(assemble_tokens_case(rng_, s.B, s.P, s.C), kPointwise,
+                      "assemble_tokens " + shape_name({s.B, s.P, s.C}));
+    }
+}
+
+TEST_F(CudaParity, AssembleTokensBackward) {
+    struct Which {
+        bool patch, cls, wpe;
+    };
+    for (const auto& s : kTokenShapes) {
+        for (const auto& w : {Which{true, true, true}, Which{false, true, true},
+                              Which{true, false, true}, Which{true, true, false},
+                              Which{false, true, false}, Which{false, false, true},
+                              Which{true, false, false}}) {
+            expect_parity(assemble_tokens_backward_case(rng_, s.B, s.P, s.C, w.patch, w.cls,
+                                                        w.wpe),
+                          kPointwise,
+                          "assemble_tokens_backward " + shape_name({s.B, s.P, s.C}) +
+                              (w.patch ? " dpatch" : "") + (w.cls ? " dcls" : "") +
+                              (w.wpe ? " dwpe" : ""));
+        }
+    }
+}
+
+TEST_F(CudaParity, ClassTokens) {
+    struct Btc {
+        int B, T, C;
+    };
+    for (const auto& s : {Btc{1, 1, 16}, Btc{3, 17, 48}, Btc{2, 50, 128}, Btc{4, 5, 33}}) {
+        expect_parity(gather_class_tokens_case(rng_, s.B, s.T, s.C), kExact,
+                      "gather_class_tokens " + shape_name({s.B, s.T, s.C}));
+        expect_parity(scatter_class_tokens_case(rng_, s.B, s.T, s.C), kPointwise,
+                      "scatter_class_tokens " + shape_name({s.B, s.T, s.C}));
+    }
+}
+
+// ---- optimizer ---------------------------------------------------------------------------
+
+TEST_F(CudaParity, AdamW) {
+    for (int n : {1, 15, 17, 1000, 65541}) {
+        for (int64_t step : {int64_t{1}, int64_t{10}, int64_t{1000}}) {
+            expect_parity(adamw_case(rng_, n, step), kAdamW,
+                          "adamw_update n=" + std::to_string(n) + " step " +
+                              std::to_string(step));
+        }
+    }
+}
+
+TEST_F(CudaParity, SumSquares) {
+    for (int n : {1, 31, 1000, (1 << 14) + 7, (1 << 20) + 3}) {
+        const Floats x = randn(rng_, elems(n), 3.0f);
+        DeviceArena d(*cuda_);
+        const double got = cuda_->sum_squares(d.upload(x), x.size());
+        const double want = cpu_.sum_squares(x.data(), x.size());
+        EXPECT_LE(std::fabs(got - want), kSumSquaresRtol * want)
+            << "sum_squares n=" << n << ": cuda " << got << ", cpu " << want;
+        EXPECT_EQ(cuda_->sum_squares(d.upload(Floats{}), 0), 0.0) << "n = 0";
+    }
+}
+
+// ---- determinism: the same call twice on CUDA gives the same bits ------------------------
+
+TEST_F(CudaParity, BackwardOpsAreDeterministic) {
+    expect_deterministic(matmul_backward_case(rng_, 100, 48, 200, true, true),
+                         "matmul_backward");
+    expect_deterministic(matmul_backward_case(rng_, 1024, 64, 96, true, true),
+                         "matmul_backward, long M");
+    expect_deterministic(embedding_backward_case(rng_, 4, 128, 48, 7), "embedding_backward");
+    expect_deterministic(layernorm_backward_case(rng_, 256, 128), "layernorm_backward");
+    expect_deterministic(attention_backward_case(rng_, 2, 128, 128, 2, true),
+                         "attention_backward causal");
+    expect_deterministic(attention_backward_case(rng_, 3, 50, 48, 3, false),
+                         "attention_backward full");
+    expect_deterministic(gelu_backward_case(rng_, 65537), "gelu_backward");
+    expect_deterministic(softmax_crossentropy_case(rng_, 50, 1000, CeMode::Separate),
+                         "softmax_crossentropy");
+    const DispatchPlan plan = random_plan(rng_, 128, kExperts, kTopK, 0.3f);
+    expect_deterministic(gather_rows_backward_case(rng_, plan, 128, 48), "gather_rows_backward");
+    expect_deterministic(combine_rows_backward_case(rng_, plan, 128, 48),
+                         "combine_rows_backward");
+    expect_deterministic(assemble_tokens_backward_case(rng_, 8, 49, 48, true, true, true),
+                         "assemble_tokens_backward");
+}
+
+TEST_F(CudaParity, SumSquaresIsDeterministic) {
+    const Floats x = randn(rng_, (1 << 20) + 3);
+    DeviceArena d(*cuda_);
+    const float* px = d.upload(x);
+    const double a = cuda_->sum_squares(px, x.size());
+    const double b = cuda_->sum_squares(px, x.size());
+    EXPECT_EQ(std::memcmp(&a, &b, sizeof(double)), 0) << a << " vs " << b;
+}
+
+}  // namespace
+}  // namespace upcycle
