@@ -4,6 +4,7 @@
 #include <cmath>
 #include <fstream>
 #include <limits>
+#include <optional>
 #include <set>
 #include <sstream>
 
@@ -433,25 +434,37 @@ std::string describe_model(const ModelConfig& m) {
     return text;
 }
 
-std::vector<int> probe_shot_counts(const EvalConfig& eval, const std::string& source) {
-    std::vector<int> shots;
-    if (eval.probe_shots.empty()) return shots;
-    for (const auto& part : split(eval.probe_shots, ',')) {
+namespace {
+
+// "a,b,c" (as read from a YAML list) → integers, or nullopt if a part is not one (leading and
+// trailing spaces allowed).
+std::optional<std::vector<int>> parse_int_list(const std::string& text) {
+    std::vector<int> values;
+    for (const auto& part : split(text, ',')) {
         std::size_t used = 0;
         int value = 0;
         try {
             value = std::stoi(part, &used);
         } catch (const std::exception&) {
-            used = 0;
+            return std::nullopt;
         }
-        if (used == 0 || part.find_first_not_of(' ', used) != std::string::npos || value < 1) {
-            throw UserError(source, "eval.probe_shots",
-                            "expected a list of positive examples-per-class counts such as "
-                            "[1, 5, 10] (or \"\" for no probe), found '" + eval.probe_shots + "'");
-        }
-        shots.push_back(value);
+        if (part.find_first_not_of(' ', used) != std::string::npos) return std::nullopt;
+        values.push_back(value);
     }
-    return shots;
+    return values;
+}
+
+}  // namespace
+
+std::vector<int> probe_shot_counts(const EvalConfig& eval, const std::string& source) {
+    if (eval.probe_shots.empty()) return {};
+    const auto shots = parse_int_list(eval.probe_shots);
+    if (!shots || std::any_of(shots->begin(), shots->end(), [](int n) { return n < 1; })) {
+        throw UserError(source, "eval.probe_shots",
+                        "expected a list of positive examples-per-class counts such as "
+                        "[1, 5, 10] (or \"\" for no probe), found '" + eval.probe_shots + "'");
+    }
+    return *shots;
 }
 
 std::vector<int> moe_layer_indices(const ModelConfig& model, const std::string& source) {
@@ -463,21 +476,16 @@ std::vector<int> moe_layer_indices(const ModelConfig& model, const std::string& 
     } else if (spec == "all") {
         for (int l = 0; l < model.layers; ++l) layers.push_back(l);
     } else {
-        for (const auto& part : split(spec, ',')) {
-            std::size_t used = 0;
-            int value = -1;
-            try {
-                value = std::stoi(part, &used);
-            } catch (const std::exception&) {
-                used = 0;
-            }
-            const bool trailing_space_only =
-                part.find_first_not_of(" ", used) == std::string::npos;
-            if (used == 0 || !trailing_space_only || value < 0 || value >= model.layers) {
-                throw UserError(source, "model.moe.layers",
-                                "expected every_other, all, or a list of block indices in [0, " +
-                                    std::to_string(model.layers) + "), found '" + spec + "'");
-            }
+        const auto listed = parse_int_list(spec);
+        const bool in_range =
+            listed && std::all_of(listed->begin(), listed->end(),
+                                  [&](int l) { return l >= 0 && l < model.layers; });
+        if (!in_range) {
+            throw UserError(source, "model.moe.layers",
+                            "expected every_other, all, or a list of block indices in [0, " +
+                                std::to_string(model.layers) + "), found '" + spec + "'");
+        }
+        for (const int value : *listed) {
             if (std::find(layers.begin(), layers.end(), value) != layers.end()) {
                 throw UserError(source, "model.moe.layers",
                                 "block " + std::to_string(value) + " is listed twice");

@@ -116,7 +116,7 @@ TrainSummary train(Backend& backend, const RunConfig& config, const TrainOptions
     }
     std::ofstream log(log_path, std::ios::app);
 
-    const int64_t tokens_per_step = task->tokens_per_step();
+    const int64_t tokens_per_step = int64_t{tc.batch_size} * tokens_per_example(mc);
     const double flops_per_step =
         flops_per_token(mc).training * static_cast<double>(tokens_per_step);
     auto last_checkpoint_time = Clock::now();

@@ -236,10 +236,9 @@ private:
         };
         // every metric of an evaluation, as a series point each
         auto push_eval_metrics = [&](const EvalRecord& r, double flops, double seconds) {
-            pending.push_back({"val_loss", r.step, flops, seconds, r.result.loss});
-            pending.push_back({"val_accuracy", r.step, flops, seconds, r.result.accuracy});
-            for (const auto& [key, value] : r.result.extra) {
-                pending.push_back({key, r.step, flops, seconds, value});
+            const nlohmann::json metrics = evaluation_metrics(r.result);
+            for (const auto& [key, value] : metrics.items()) {
+                pending.push_back({key, r.step, flops, seconds, value.get<double>()});
             }
         };
         observer.on_eval = [&](const EvalRecord& r) {

@@ -11,6 +11,7 @@
 
 #include "core/checkpoint.h"
 #include "core/config.h"
+#include "core/data/fashion_mnist.h"
 #include "core/train.h"
 #include "kernels/backend_factory.h"
 
@@ -77,6 +78,19 @@ inline RunConfig tiny_synthetic_config() {
     c.checkpoint.every = 0;
     c.checkpoint.every_seconds = 0;
     return c;
+}
+
+// Whether the four Fashion-MNIST files (gzipped or plain) are installed where the loader looks
+// (the Debian package dataset-fashion-mnist; tests that need them skip otherwise).
+inline bool have_fashion_mnist() {
+    const auto dir = fashion_mnist_dir();
+    for (const std::string name : {"train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                                   "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"}) {
+        if (!std::filesystem::exists(dir / (name + ".gz")) && !std::filesystem::exists(dir / name)) {
+            return false;
+        }
+    }
+    return true;
 }
 
 // The CUDA backend, or null with the reason in `why` (a build without CUDA, no device):

@@ -23,9 +23,9 @@
 namespace upcycle {
 
 struct VitShape {
-    int patch = 4;     // p
-    int image = 28;    // image side (square, grey)
-    int classes = 10;
+    int patch;         // p
+    int image;         // image side (square, grey)
+    int classes;
     explicit VitShape(const ModelConfig& model)
         : patch(model.patch), image(model.image_size), classes(model.classes) {}
     int patches() const { return (image / patch) * (image / patch); }  // P

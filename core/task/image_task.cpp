@@ -34,9 +34,6 @@ public:
           probe_shots_(probe_shot_counts(config.eval, source)) {}
 
     Model& model() override { return model_; }
-    int64_t tokens_per_step() const override {
-        return static_cast<int64_t>(config_.train.batch_size) * tokens_per_example(config_.model);
-    }
     ForwardStats train_forward(int64_t step, Rng& data_rng) override {
         const int B = config_.train.batch_size;
         sampler_.sample(step, B, data_rng, images_, labels_);
@@ -114,14 +111,7 @@ private:
     void add_probe(const std::vector<float>& test_features, EvalResult& result) {
         const int64_t pool = std::min(kProbePoolImages, splits_.train.count());
         std::vector<float> pool_features;
-        const int64_t batch = model_.max_batch();
-        for (int64_t first = 0; first < pool; first += batch) {
-            const int64_t n = std::min(batch, pool - first);
-            normalised_images(splits_, ImageSplitPart::Train, first, n, images_, labels_);
-            model_.forward(images_, labels_, static_cast<int>(n), Pass::Evaluate);
-            const auto f = model_.features_host();
-            pool_features.insert(pool_features.end(), f.begin(), f.end());
-        }
+        evaluate_part(ImageSplitPart::Train, pool, &pool_features);
         const std::vector<int32_t> pool_labels(splits_.train.labels.begin(),
                                                splits_.train.labels.begin() + pool);
         const auto probe = few_shot_probe(pool_features, pool_labels, test_features,

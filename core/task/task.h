@@ -26,8 +26,6 @@ public:
     virtual ~TrainingTask() = default;
 
     virtual Model& model() = 0;
-    // Examples of a training batch (train.batch_size) and tokens per example.
-    virtual int64_t tokens_per_step() const = 0;
     // Draws the batch for optimizer step `step` (steps already taken, 0-based) and runs a
     // Train forward. data_rng is the data stream's generator, saved in checkpoints, so a
     // resumed run draws exactly the batches an uninterrupted one would.

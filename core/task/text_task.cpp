@@ -24,9 +24,6 @@ public:
     }
 
     Model& model() override { return model_; }
-    int64_t tokens_per_step() const override {
-        return static_cast<int64_t>(config_.train.batch_size) * config_.model.context;
-    }
     ForwardStats train_forward(int64_t /*step*/, Rng& data_rng) override {
         const int B = config_.train.batch_size;
         sample_text_batch(corpus_.train, B, config_.model.context, data_rng, inputs_, targets_);

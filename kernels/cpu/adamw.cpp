@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstddef>
 
+#include "kernels/adamw_step.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/fast_math.h"
 
@@ -26,11 +27,6 @@ namespace {
 constexpr std::size_t kParallelMin = 1 << 14;
 // Threads get slices of whole cache lines.
 constexpr std::size_t kGrain = 16;
-
-struct AdamWStep {
-    float lr, beta1, beta2, one_minus_b1, one_minus_b2, eps, weight_decay, grad_scale;
-    float inv_bc1, inv_bc2;  // 1 / (1 - β^t)
-};
 
 void adamw_range(float* __restrict params, const float* __restrict grads, float* __restrict m,
                  float* __restrict v, std::size_t begin, std::size_t end, const AdamWStep& s) {
@@ -78,18 +74,7 @@ void adamw_range(float* __restrict params, const float* __restrict grads, float*
 void CpuBackend::adamw_update(float* params, const float* grads, float* m, float* v,
                               std::size_t n, float lr, float beta1, float beta2, float eps,
                               float weight_decay, float grad_scale, int64_t step) {
-    // Bias corrections in double: 1 - β^t loses digits in float for β2 near 1.
-    const double t = static_cast<double>(step);
-    const AdamWStep s{lr,
-                      beta1,
-                      beta2,
-                      1.0f - beta1,
-                      1.0f - beta2,
-                      eps,
-                      weight_decay,
-                      grad_scale,
-                      static_cast<float>(1.0 / (1.0 - std::pow(double(beta1), t))),
-                      static_cast<float>(1.0 / (1.0 - std::pow(double(beta2), t)))};
+    const AdamWStep s = make_adamw_step(lr, beta1, beta2, eps, weight_decay, grad_scale, step);
     const std::size_t grains = (n + kGrain - 1) / kGrain;
 #pragma omp parallel if (n >= kParallelMin)
     {

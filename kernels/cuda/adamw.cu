@@ -18,6 +18,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "kernels/adamw_step.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/cuda_state.cuh"
 
@@ -27,11 +28,6 @@ namespace {
 
 constexpr int kReduceBlocks = 256;
 constexpr int kReduceThreads = 256;  // a power of two (the tree halves it)
-
-struct AdamWStep {
-    float lr, beta1, beta2, one_minus_b1, one_minus_b2, eps, weight_decay, grad_scale;
-    float inv_bc1, inv_bc2;  // 1 / (1 - β^t)
-};
 
 __global__ void adamw_kernel(float* __restrict__ params, const float* __restrict__ grads,
                              float* __restrict__ m, float* __restrict__ v, std::int64_t n,
@@ -96,18 +92,7 @@ void CudaBackend::adamw_update(float* params, const float* grads, float* m, floa
                                std::size_t n, float lr, float beta1, float beta2, float eps,
                                float weight_decay, float grad_scale, int64_t step) {
     if (n == 0) return;
-    // Bias corrections in double, exactly as the CPU computes them.
-    const double t = static_cast<double>(step);
-    const AdamWStep s{lr,
-                      beta1,
-                      beta2,
-                      1.0f - beta1,
-                      1.0f - beta2,
-                      eps,
-                      weight_decay,
-                      grad_scale,
-                      static_cast<float>(1.0 / (1.0 - std::pow(double(beta1), t))),
-                      static_cast<float>(1.0 / (1.0 - std::pow(double(beta2), t)))};
+    const AdamWStep s = make_adamw_step(lr, beta1, beta2, eps, weight_decay, grad_scale, step);
     const auto count = static_cast<std::int64_t>(n);
     adamw_kernel<<<gpu::blocks_for(count), gpu::kThreads, 0, state_->stream>>>(params, grads, m,
                                                                                v, count, s);

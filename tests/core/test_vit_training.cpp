@@ -23,21 +23,9 @@ using testing::expect_checkpoints_bit_identical;
 using testing::TempDir;
 using testing::train_straight_and_resumed;
 
-bool have_fashion_mnist() {
-    const auto dir = fashion_mnist_dir();
-    for (const char* name : {"train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"}) {
-        const std::string plain = name;
-        if (!std::filesystem::exists(dir / (plain + ".gz")) && !std::filesystem::exists(dir / plain)) {
-            return false;
-        }
-    }
-    return true;
-}
-
 #define SKIP_WITHOUT_FASHION_MNIST()                                                     \
     do {                                                                                  \
-        if (!have_fashion_mnist()) {                                                      \
+        if (!testing::have_fashion_mnist()) {                                                      \
             GTEST_SKIP() << "Fashion-MNIST not found in " << fashion_mnist_dir()          \
                          << " (install the Debian package dataset-fashion-mnist)";        \
         }                                                                                 \

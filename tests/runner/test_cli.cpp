@@ -14,7 +14,6 @@
 
 #include <nlohmann/json.hpp>
 
-#include "core/data/fashion_mnist.h"
 #include "test_support.h"
 
 namespace upcycle {
@@ -46,9 +45,7 @@ protected:
 // upcycled with expert-choice routing at capacity factor E (so the upcycled model is its
 // dense parent's function), and evaluated: validation, test and probe metrics.
 TEST_F(Cli, VitTrainUpcycleEval) {
-    const auto dir_of_data = fashion_mnist_dir();
-    if (!std::filesystem::exists(dir_of_data / "train-images-idx3-ubyte.gz") &&
-        !std::filesystem::exists(dir_of_data / "train-images-idx3-ubyte")) {
+    if (!testing::have_fashion_mnist()) {
         GTEST_SKIP() << "Fashion-MNIST not installed (dataset-fashion-mnist)";
     }
     TempDir dir;

@@ -13,6 +13,7 @@
 #include "core/data/fashion_mnist.h"
 #include "core/data/image_batches.h"
 #include "core/errors.h"
+#include "test_support.h"
 
 namespace upcycle {
 namespace {
@@ -433,8 +434,7 @@ TEST(ImageBatchSampler, SameAugmentStateSameBatch) {
 
 TEST(ImageSplits, FashionMnist) {
     const std::filesystem::path dir = fashion_mnist_dir();
-    if (!std::filesystem::exists(dir / "train-images-idx3-ubyte.gz") &&
-        !std::filesystem::exists(dir / "train-images-idx3-ubyte")) {
+    if (!testing::have_fashion_mnist()) {
         GTEST_SKIP() << "Fashion-MNIST not installed at " << dir << " (dataset-fashion-mnist)";
     }
     const ImageDataset train = load_fashion_mnist(FashionMnistSplit::Train, dir);
