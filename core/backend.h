@@ -19,6 +19,20 @@ namespace upcycle {
 
 enum class DeviceKind { CPU, CUDA };
 
+// The precision of the linear layers' GEMMs (matmul_forward, matmul_backward):
+//   FP32: fp32 operands and products.
+//   BF16: both operands rounded to bfloat16 (round to nearest even), products accumulated
+//         and written in fp32 — what tensor cores do with bf16 inputs. Every other op, the
+//         stored activations, the master weights and the optimizer stay fp32. The CPU
+//         backend emulates it (the specification); the CUDA backend runs it on tensor cores.
+enum class Precision { FP32, BF16 };
+
+// "fp32" / "bf16" (the spelling of train.precision and --precision).
+inline const char* precision_name(Precision p) { return p == Precision::BF16 ? "bf16" : "fp32"; }
+inline Precision precision_from_name(const std::string& name) {
+    return name == "bf16" ? Precision::BF16 : Precision::FP32;  // validated by the config
+}
+
 class Backend {
 public:
     virtual ~Backend() = default;
@@ -34,6 +48,15 @@ public:
     virtual void copy(void* dst, const void* src, std::size_t bytes) = 0;
     virtual void zero(void* dst, std::size_t bytes) = 0;
     virtual void synchronize() = 0;
+
+    // The device's dense peak in FLOP/s for GEMMs of this precision (the denominator of the
+    // model FLOPs utilisation), or 0 where no vendor figure is known (the CPU: the bench
+    // measures sgemm instead).
+    virtual double peak_flops(Precision /*precision*/) const { return 0; }
+
+    // ---- precision (a mode: the trainer sets it once for a run) -------------------------
+    void set_precision(Precision precision) { precision_ = precision; }
+    Precision precision() const { return precision_; }
 
     // ---- linear layer (PyTorch nn.Linear layout) ----------------------------------------
     // out[M,N] = inp[M,K] · weight[N,K]^T + bias[N]      (bias may be null)
@@ -149,6 +172,9 @@ public:
                               float weight_decay, float grad_scale, int64_t step) = 0;
     // Σ x² over n elements in double, in a fixed order (deterministic).
     virtual double sum_squares(const float* x, std::size_t n) = 0;
+
+protected:
+    Precision precision_ = Precision::FP32;
 };
 
 }  // namespace upcycle

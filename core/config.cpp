@@ -66,6 +66,8 @@ void visit_fields(TrainConfig& c, Visitor&& v) {
     v("eps", c.eps);
     v("weight_decay", c.weight_decay);
     v("grad_clip", c.grad_clip);
+    v("micro_batch", c.micro_batch);
+    v("precision", c.precision);
     v("seed", c.seed);
     v("log_every", c.log_every);
 }
@@ -363,21 +365,29 @@ nlohmann::json to_json(const RunConfig& config_in) {
 
 namespace {
 
-// Keys (section, field) that only one architecture reads.
-struct ArchSpecificKey {
+// A config key, as (section, field).
+struct ConfigKey {
     const char* section;
     const char* field;
 };
-constexpr ArchSpecificKey kTextOnlyKeys[] = {
+// Keys that only one architecture reads.
+constexpr ConfigKey kTextOnlyKeys[] = {
     {"model", "vocab_size"},   {"model", "context"},          {"data", "path"},
     {"data", "validation_fraction"}, {"data", "synthetic_bytes"}, {"data", "synthetic_seed"},
     {"eval", "max_windows"},
 };
-constexpr ArchSpecificKey kImageOnlyKeys[] = {
+constexpr ConfigKey kImageOnlyKeys[] = {
     {"model", "patch"},       {"model", "image_size"},  {"model", "classes"},
     {"data", "validation_images"}, {"data", "train_images"}, {"data", "augment"},
     {"data", "crop_padding"}, {"eval", "max_images"},   {"eval", "probe_shots"},
     {"eval", "probe_seeds"},  {"eval", "probe_ridge"},
+};
+
+// Keys added after trial hashes were first recorded: left out of a trial's identity while
+// they hold their default, so every earlier trial keeps its hash (and is not run again).
+constexpr ConfigKey kHashedOnlyWhenSetKeys[] = {
+    {"train", "micro_batch"},
+    {"train", "precision"},
 };
 
 }  // namespace
@@ -389,6 +399,12 @@ nlohmann::json to_identity_json(const RunConfig& config) {
     };
     if (config.model.arch == "vit") erase(kTextOnlyKeys);
     else erase(kImageOnlyKeys);
+    const nlohmann::json defaults = to_json(RunConfig{});
+    for (const auto& key : kHashedOnlyWhenSetKeys) {
+        if (out[key.section][key.field] == defaults[key.section][key.field]) {
+            out[key.section].erase(key.field);
+        }
+    }
     return out;
 }
 
@@ -583,6 +599,14 @@ void validate(const RunConfig& c, const std::string& source) {
     require(c.train.eps > 0, "train.eps", "expected a positive number");
     require(c.train.weight_decay >= 0, "train.weight_decay", "expected a non-negative number");
     require(c.train.grad_clip >= 0, "train.grad_clip", "expected a non-negative number (0: off)");
+    require(c.train.micro_batch >= 0 && c.train.micro_batch <= c.train.batch_size &&
+                (c.train.micro_batch == 0 || c.train.batch_size % c.train.micro_batch == 0),
+            "train.micro_batch",
+            "expected 0 (no accumulation) or a divisor of train.batch_size (" +
+                std::to_string(c.train.batch_size) + "), found " +
+                std::to_string(c.train.micro_batch));
+    require(c.train.precision == "fp32" || c.train.precision == "bf16", "train.precision",
+            "expected fp32 or bf16, found '" + c.train.precision + "'");
     require(c.train.log_every > 0, "train.log_every", "expected a positive integer");
     require(c.eval.every >= 0, "eval.every", "expected a non-negative integer");
     require(c.eval.max_windows >= 0, "eval.max_windows", "expected a non-negative integer");

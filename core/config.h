@@ -79,6 +79,13 @@ struct TrainConfig {
     double eps = 1e-8;
     double weight_decay = 0.1;       // matrices only
     double grad_clip = 1.0;          // global norm; 0 disables
+    // Examples per forward/backward pass; batch_size/micro_batch passes accumulate into one
+    // optimizer step (gradient accumulation). 0: the whole batch in one pass. Must divide
+    // batch_size. An MoE layer routes (and applies its capacity to) each micro-batch alone.
+    int micro_batch = 0;
+    // GEMM operand precision: fp32, or bf16 (operands rounded to bfloat16, fp32
+    // accumulation and outputs; master weights, optimizer state and checkpoints stay fp32).
+    std::string precision = "fp32";
     uint64_t seed = 1;               // weights init and data order
     int64_t log_every = 10;
 };

@@ -70,7 +70,9 @@ TrainSummary train(Backend& backend, const RunConfig& config, const TrainOptions
     };
     const ModelConfig& mc = config.model;
     const TrainConfig& tc = config.train;
+    backend.set_precision(precision_from_name(tc.precision));
     const auto task = make_training_task(backend, config, config.name);
+    const int parts = micro_batches(tc);
     Model& model = task->model();
     AdamW optimizer(backend, model.num_parameters());
     TrainingState state;
@@ -171,11 +173,20 @@ TrainSummary train(Backend& backend, const RunConfig& config, const TrainOptions
             return summary;
         }
         const auto step_start = Clock::now();
-        const ForwardStats stats = task->train_forward(state.step, data_rng);
-        model.backward();
+        // gradient accumulation: the micro-batches' mean gradients are summed, and the
+        // optimizer takes their mean (gradient_scale 1/parts)
+        ForwardStats stats;
+        for (int part = 0; part < parts; ++part) {
+            const ForwardStats micro = task->train_forward(state.step, part, data_rng);
+            model.backward(part == 0 ? Gradients::Overwrite : Gradients::Accumulate);
+            stats.loss_sum += micro.loss_sum;
+            stats.tokens += micro.tokens;
+            stats.aux_loss += micro.aux_loss / parts;
+        }
         const int64_t step = state.step + 1;
         const double lr = learning_rate(tc, step);
-        const auto opt = optimizer.update(model.layout(), model.parameters(), model.gradients(), tc, lr);
+        const auto opt = optimizer.update(model.layout(), model.parameters(), model.gradients(), tc,
+                                          lr, 1.0 / parts);
         const double step_seconds = std::chrono::duration<double>(Clock::now() - step_start).count();
 
         state.step = step;
@@ -198,7 +209,7 @@ TrainSummary train(Backend& backend, const RunConfig& config, const TrainOptions
             record.tokens_per_second = interval > 0 ? static_cast<double>(interval_tokens) / interval : 0;
             record.aux_loss = stats.aux_loss;
             record.moe_layers = model.moe_layers();
-            record.routing = model.routing_stats();
+            record.routing = model.routing_stats();  // of the step's last micro-batch
             interval_start = Clock::now();
             interval_tokens = 0;
             nlohmann::json line{{"kind", "train"},       {"step", step},

@@ -1,9 +1,13 @@
-// upcycle bench --model NAME [--steps N] [--warmup N] [--batch B] [--json] [--device cpu]
+// upcycle bench --model NAME [--steps N] [--warmup N] [--batch B] [--micro-batch M] [--json]
+//               [--device cpu|cuda[:N]] [--precision fp32|bf16]
 //               [--experts E --k K --capacity-factor CF --router topk|expert_choice]
 // Times whole training steps (forward + backward + AdamW) of a preset model (a GPT on random
-// tokens, a ViT on random images) and, in the same process, OpenBLAS sgemm at the model's MLP shape, so the ratio between
-// the two is meaningful on a shared, noisy machine. With --experts, every other block's MLP
-// becomes an MoE layer and the dense preset is timed in the same process too, the two
+// tokens, a ViT on random images). With --micro-batch, a step accumulates the gradients of
+// batch/micro-batch passes, as train.micro_batch does. On the CPU it also times, in the same
+// process, OpenBLAS sgemm at the model's MLP shape, so the ratio between the two is
+// meaningful on a shared, noisy machine; on a GPU it prints the model FLOPs utilisation
+// against the device's dense peak for the precision. With --experts, every other block's
+// MLP becomes an MoE layer and the dense preset is timed in the same process too, the two
 // interleaved in rounds, so the MoE/dense ratio is fair.
 #include <algorithm>
 #include <chrono>
@@ -16,6 +20,7 @@
 #include <omp.h>
 
 #include "core/config.h"
+#include "core/errors.h"
 #include "core/flops.h"
 #include "core/model/gpt.h"
 #include "core/model/vit.h"
@@ -34,8 +39,10 @@ struct BenchArgs {
     int steps = 0;   // 0: a default by model size
     int warmup = 2;
     int batch = 0;   // 0: the preset's
+    int micro_batch = 0;  // 0: the whole batch in one pass
     bool json = false;
     std::string device = "cpu";
+    std::string precision = "fp32";
     int experts = 0;  // > 0: every other block's MLP becomes an MoE layer
     int k = 2;
     double capacity_factor = 1.25;
@@ -51,32 +58,39 @@ double median(std::vector<double> values) {
 // One model under test: its training step, timed.
 class StepTimer {
 public:
-    StepTimer(Backend& backend, const ModelConfig& config, int B)
-        : backend_(&backend), config_(config), B_(B), model_(make_model(backend, config, B)),
+    // `batch` examples per step in passes of `micro` examples (batch a multiple of micro).
+    StepTimer(Backend& backend, const ModelConfig& config, int batch, int micro)
+        : backend_(&backend), config_(config), B_(batch), micro_(micro),
+          model_(make_model(backend, config, micro)),
           optimizer_(backend, model_->num_parameters()) {
+        const int B = micro;  // the random inputs are one micro-batch, fed every pass
         model_->init_weights(1);
         Rng rng(7);
         if (auto* vit = dynamic_cast<Vit*>(model_.get())) {
             images_.resize(static_cast<std::size_t>(B) * config.image_size * config.image_size);
             for (auto& x : images_) x = rng.normal();
             for (int i = 0; i < B; ++i) labels_.push_back(static_cast<int32_t>(rng.below(config.classes)));
-            forward_ = [this, vit] { vit->forward(images_, labels_, B_, Pass::Train); };
+            forward_ = [this, vit] { vit->forward(images_, labels_, micro_, Pass::Train); };
         } else {
             auto* gpt = dynamic_cast<Gpt*>(model_.get());
             const auto n = static_cast<std::size_t>(B) * config.context;
             const auto V = static_cast<uint64_t>(config.vocab_size);
             for (std::size_t i = 0; i < n; ++i) inputs_.push_back(static_cast<int32_t>(rng.below(V)));
             for (std::size_t i = 0; i < n; ++i) labels_.push_back(static_cast<int32_t>(rng.below(V)));
-            forward_ = [this, gpt] { gpt->forward(inputs_, labels_, B_, Pass::Train); };
+            forward_ = [this, gpt] { gpt->forward(inputs_, labels_, micro_, Pass::Train); };
         }
     }
     void run(int steps, bool record) {
         using Clock = std::chrono::steady_clock;
         for (int i = 0; i < steps; ++i) {
             const auto start = Clock::now();
-            forward_();
-            model_->backward();
-            optimizer_.update(model_->layout(), model_->parameters(), model_->gradients(), train_, 1e-4);
+            const int parts = B_ / micro_;
+            for (int part = 0; part < parts; ++part) {
+                forward_();
+                model_->backward(part == 0 ? Gradients::Overwrite : Gradients::Accumulate);
+            }
+            optimizer_.update(model_->layout(), model_->parameters(), model_->gradients(), train_,
+                              1e-4, 1.0 / parts);
             backend_->synchronize();
             if (record) seconds_.push_back(std::chrono::duration<double>(Clock::now() - start).count());
         }
@@ -90,13 +104,13 @@ public:
 private:
     Backend* backend_;
     ModelConfig config_;
-    int B_;
+    int B_, micro_;
     std::unique_ptr<Model> model_;
     AdamW optimizer_;
     TrainConfig train_;  // defaults: AdamW betas, clip 1.0, weight decay 0.1
-    std::vector<int32_t> inputs_;   // GPT: token ids [B,T]
-    std::vector<float> images_;     // ViT: [B, image, image]
-    std::vector<int32_t> labels_;   // GPT: targets [B,T]; ViT: classes [B]
+    std::vector<int32_t> inputs_;   // GPT: token ids [micro,T]
+    std::vector<float> images_;     // ViT: [micro, image, image]
+    std::vector<int32_t> labels_;   // GPT: targets [micro,T]; ViT: classes [micro]
     std::function<void()> forward_;
     std::vector<double> seconds_;
 };
@@ -137,14 +151,24 @@ int run_bench(const BenchArgs& args) {
         validate(check, "--experts");
     }
     const int B = args.batch > 0 ? args.batch : preset.batch_size;
+    const int micro = args.micro_batch > 0 ? args.micro_batch : B;
+    if (micro > B || B % micro != 0) {
+        throw UserError("", "--micro-batch",
+                        fmt::format("expected a divisor of the batch ({}), found {}", B, micro));
+    }
+    if (args.precision != "fp32" && args.precision != "bf16") {
+        throw UserError("", "--precision", "expected fp32 or bf16, found '" + args.precision + "'");
+    }
+    const Precision precision = precision_from_name(args.precision);
     const int T = tokens_per_example(dense_config);
     const double dense_flops = flops_per_token(dense_config).training * B * T;
     const int steps = args.steps > 0 ? args.steps : (dense_flops > 1e12 ? 3 : 20);
     auto backend = make_backend(args.device);
+    backend->set_precision(precision);
 
-    StepTimer dense(*backend, dense_config, B);
+    StepTimer dense(*backend, dense_config, B, micro);
     std::unique_ptr<StepTimer> sparse;
-    if (moe) sparse = std::make_unique<StepTimer>(*backend, moe_config, B);
+    if (moe) sparse = std::make_unique<StepTimer>(*backend, moe_config, B, micro);
     dense.run(args.warmup, false);
     if (sparse) sparse->run(args.warmup, false);
     // interleave in rounds so both models see the same machine conditions
@@ -154,23 +178,34 @@ int run_bench(const BenchArgs& args) {
         dense.run(n, true);
         if (sparse) sparse->run(n, true);
     }
-    // sgemm at the MLP up-projection: [B·T, C] · [4C, C]ᵀ
-    const int M = B * T, N = 4 * dense_config.channels, K = dense_config.channels;
-    const double sgemm_gflops = measure_sgemm_gflops(M, N, K, 1.0);
     const StepTimer& main = sparse ? *sparse : dense;
     const double main_gflops = main.flops_per_step() / main.median_step() / 1e9;
     const double dense_gflops = dense.flops_per_step() / dense.median_step() / 1e9;
+    // The yardstick: on the CPU, OpenBLAS sgemm at the MLP up-projection [B·T, C]·[4C, C]ᵀ
+    // measured now; on a GPU, the vendor's dense peak for the precision (MFU).
+    const bool on_cpu = backend->kind() == DeviceKind::CPU;
+    const int M = B * T, N = 4 * dense_config.channels, K = dense_config.channels;
+    const double sgemm_gflops = on_cpu ? measure_sgemm_gflops(M, N, K, 1.0) : 0.0;
+    const double peak_gflops = backend->peak_flops(precision) / 1e9;
 
     if (args.json) {
         nlohmann::json out{{"model", preset.name},
                            {"batch", B},
+                           {"micro_batch", micro},
                            {"context", T},
+                           {"precision", args.precision},
                            {"threads", omp_get_max_threads()},
                            {"backend", backend->describe()},
-                           {"sgemm_shape", {M, N, K}},
-                           {"sgemm_gflops", sgemm_gflops},
-                           {"dense", figures(dense)},
-                           {"fraction_of_sgemm", main_gflops / sgemm_gflops}};
+                           {"dense", figures(dense)}};
+        if (on_cpu) {
+            out["sgemm_shape"] = {M, N, K};
+            out["sgemm_gflops"] = sgemm_gflops;
+            out["fraction_of_sgemm"] = main_gflops / sgemm_gflops;
+        } else if (peak_gflops > 0) {
+            out["peak_gflops"] = peak_gflops;
+            out["dense"]["mfu"] = dense_gflops / peak_gflops;
+            if (sparse) out["moe_mfu"] = main_gflops / peak_gflops;
+        }
         if (sparse) {
             out["moe"] = figures(*sparse);
             out["moe"]["experts"] = moe_config.moe.experts;
@@ -182,10 +217,11 @@ int run_bench(const BenchArgs& args) {
         fmt::print("{}\n", out.dump(2));
         return 0;
     }
-    fmt::print("model {} ({}), batch {}, training steps (forward + backward + AdamW) on "
-               "random {}\n",
+    fmt::print("model {} ({}), batch {}{} ({} tokens per step), {} GEMMs, training steps "
+               "(forward + backward + AdamW) on random {}\n",
                preset.name, describe_model(dense_config), B,
-               dense_config.arch == "vit" ? "images" : "tokens");
+               micro < B ? fmt::format(" in {} micro-batches of {}", B / micro, micro) : "",
+               B * T, args.precision, dense_config.arch == "vit" ? "images" : "tokens");
     fmt::print("backend {}\n", backend->describe());
     print_figures("dense", dense);
     if (sparse) {
@@ -197,9 +233,20 @@ int run_bench(const BenchArgs& args) {
         print_figures("moe  ", *sparse);
         fmt::print("MoE / dense achieved GFLOP/s: {:.1f}%\n", 100.0 * main_gflops / dense_gflops);
     }
-    fmt::print("sgemm {}x{}x{}: {:.1f} GFLOP/s (same process)\n", M, N, K, sgemm_gflops);
-    fmt::print("{} fraction of sgemm: {:.1f}%\n", sparse ? "MoE" : "dense",
-               100.0 * main_gflops / sgemm_gflops);
+    if (on_cpu) {
+        fmt::print("sgemm {}x{}x{}: {:.1f} GFLOP/s (same process)\n", M, N, K, sgemm_gflops);
+        fmt::print("{} fraction of sgemm: {:.1f}%\n", sparse ? "MoE" : "dense",
+                   100.0 * main_gflops / sgemm_gflops);
+    } else if (peak_gflops > 0) {
+        fmt::print("MFU = training FLOPs per step / median step time / peak, with training "
+                   "FLOPs = 3 × forward (2 × active parameters + attention) per token; peak "
+                   "{:.1f} TFLOP/s ({} dense)\n",
+                   peak_gflops / 1e3, args.precision);
+        fmt::print("dense MFU: {:.1f}%\n", 100.0 * dense_gflops / peak_gflops);
+        if (sparse) fmt::print("MoE MFU (active FLOPs): {:.1f}%\n", 100.0 * main_gflops / peak_gflops);
+    } else {
+        fmt::print("no peak figure is known for this device: MFU not printed\n");
+    }
     return 0;
 }
 
@@ -212,6 +259,10 @@ Command add_bench_command(CLI::App& app) {
     sub->add_option("--steps", args->steps, "timed steps (default 20, 3 for large models)");
     sub->add_option("--warmup", args->warmup, "untimed steps first");
     sub->add_option("--batch", args->batch, "batch size (default: the preset's)");
+    sub->add_option("--micro-batch", args->micro_batch,
+                    "examples per forward/backward pass; the step accumulates batch/micro-batch "
+                    "passes (default: the whole batch)");
+    sub->add_option("--precision", args->precision, "GEMM precision: fp32 | bf16");
     sub->add_flag("--json", args->json, "print JSON");
     sub->add_option("--device", args->device, "cpu | cuda[:N]");
     sub->add_option("--experts", args->experts,

@@ -30,6 +30,7 @@ struct EvalArgs {
     int64_t max_images = 0;
     int batch = 16;
     std::string device = "cpu";
+    std::string precision;  // "": the precision the checkpoint was trained in
 };
 
 // --text: the GPT on any text file.
@@ -50,6 +51,11 @@ EvalResult evaluate_text_file(const Checkpoint& ckpt, Backend& backend, const Ev
 int run_eval(const EvalArgs& args) {
     const Checkpoint ckpt = read_checkpoint(args.checkpoint);
     auto backend = make_backend(args.device);
+    const std::string precision = args.precision.empty() ? ckpt.config.train.precision : args.precision;
+    if (precision != "fp32" && precision != "bf16") {
+        throw UserError("", "--precision", "expected fp32 or bf16, found '" + precision + "'");
+    }
+    backend->set_precision(precision_from_name(precision));
     EvalResult r;
     std::string source;
     std::string unit = "bytes";
@@ -59,6 +65,7 @@ int run_eval(const EvalArgs& args) {
     } else {
         RunConfig config = ckpt.config;
         config.train.batch_size = args.batch;
+        config.train.micro_batch = 0;  // evaluation has no gradients to accumulate
         config.eval.max_windows = args.max_windows;
         config.eval.max_images = args.max_images;
         const auto task = make_training_task(*backend, config, args.checkpoint);
@@ -101,6 +108,8 @@ Command add_eval_command(CLI::App& app) {
     sub->add_option("--max-images", args->max_images, "images: evaluate N evenly spaced validation images (0: all)");
     sub->add_option("--batch", args->batch, "windows or images per forward pass")->check(CLI::PositiveNumber);
     sub->add_option("--device", args->device, "cpu | cuda[:N]");
+    sub->add_option("--precision", args->precision,
+                    "GEMM precision: fp32 | bf16 (default: the checkpoint's train.precision)");
     return [args] { return run_eval(*args); };
 }
 

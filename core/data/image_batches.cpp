@@ -233,9 +233,9 @@ const std::vector<int32_t>& ImageBatchSampler::epoch_order(int64_t epoch) {
     return order_;
 }
 
-void ImageBatchSampler::sample(int64_t step, int B, Rng& augment_rng, std::vector<float>& images,
-                               std::vector<int32_t>& labels) {
-    UPCYCLE_ASSERT(step >= 0 && B > 0, "sample: negative step or empty batch");
+void ImageBatchSampler::sample_positions(int64_t first, int B, Rng& augment_rng,
+                                         std::vector<float>& images, std::vector<int32_t>& labels) {
+    UPCYCLE_ASSERT(first >= 0 && B > 0, "sample: negative position or empty batch");
     const int rows = data_.rows, cols = data_.cols;
     const auto size = static_cast<std::size_t>(data_.image_size());
     const int64_t n = data_.train.count();
@@ -245,7 +245,7 @@ void ImageBatchSampler::sample(int64_t step, int B, Rng& augment_rng, std::vecto
     images.resize(static_cast<std::size_t>(B) * size);
     labels.resize(static_cast<std::size_t>(B));
     for (int b = 0; b < B; ++b) {
-        const int64_t position = step * B + b;
+        const int64_t position = first + b;
         const int32_t index = epoch_order(position / n)[static_cast<std::size_t>(position % n)];
         const uint8_t* src = data_.train.pixels.data() + static_cast<std::size_t>(index) * size;
         float* dst = images.data() + static_cast<std::size_t>(b) * size;

@@ -83,9 +83,15 @@ public:
     ImageBatchSampler(const ImageSplits& data, uint64_t seed, Augmentation augmentation,
                       int crop_padding);
 
-    // images [B, rows, cols] normalised (and augmented), labels [B].
+    // images [B, rows, cols] normalised (and augmented), labels [B]: the batch of step
+    // `step`, i.e. positions step·B .. step·B+B-1 of the concatenated epoch orders.
     void sample(int64_t step, int B, Rng& augment_rng, std::vector<float>& images,
-                std::vector<int32_t>& labels);
+                std::vector<int32_t>& labels) {
+        sample_positions(step * B, B, augment_rng, images, labels);
+    }
+    // `count` examples from position `first` on (a micro-batch: a slice of a step's batch).
+    void sample_positions(int64_t first, int count, Rng& augment_rng, std::vector<float>& images,
+                          std::vector<int32_t>& labels);
 
     // Epoch e's order: indices into data.train, a permutation of 0..N-1.
     const std::vector<int32_t>& epoch_order(int64_t epoch);

@@ -102,14 +102,14 @@ ForwardStats Gpt::forward(std::span<const int32_t> inputs, std::span<const int32
     return stats;
 }
 
-void Gpt::backward() {
+void Gpt::backward(Gradients mode) {
     UPCYCLE_ASSERT(have_train_forward_, "backward() needs a preceding Train forward()");
     const int B = batch_, T = config_.context, C = config_.channels;
     const int V = config_.vocab_size;
     const int N = B * T;
     const std::size_t NC = static_cast<std::size_t>(N) * C;
     Backend& be = *backend_;
-    gradients_.set_zero();
+    if (mode == Gradients::Overwrite) gradients_.set_zero();
 
     // head (tied to wte): logits_ holds dlogits
     be.zero(dln_.f32(), NC * sizeof(float));

@@ -48,7 +48,7 @@ public:
     ForwardStats forward(std::span<const int32_t> inputs, std::span<const int32_t> targets,
                          int B, Pass pass);
     // Zeroes and fills gradients() with d(mean loss)/d(parameters) of the last Train forward.
-    void backward() override;
+    void backward(Gradients mode = Gradients::Overwrite) override;
 
     // Logits of the last forward, [B, T, V], on the host (for tests and tools).
     std::vector<float> logits_host() const;

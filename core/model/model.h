@@ -23,6 +23,12 @@ struct ForwardStats {
     double mean_loss() const { return tokens ? loss_sum / static_cast<double>(tokens) : 0.0; }
 };
 
+// What backward() does with the gradients already in gradients().
+enum class Gradients {
+    Overwrite,   // zero them first: the gradient of this forward alone
+    Accumulate,  // add to them (gradient accumulation over micro-batches)
+};
+
 class Model {
 public:
     virtual ~Model() = default;
@@ -38,9 +44,9 @@ public:
 
     // Deterministic initialisation from a seed (see each model for the scales).
     virtual void init_weights(uint64_t seed) = 0;
-    // Zeroes and fills gradients() with d(mean loss + aux losses)/d(parameters) of the last
-    // Train forward.
-    virtual void backward() = 0;
+    // d(mean loss + aux losses)/d(parameters) of the last Train forward, written into
+    // gradients() (Overwrite) or added to them (Accumulate).
+    virtual void backward(Gradients mode = Gradients::Overwrite) = 0;
 
     // Blocks whose MLP is an MoE layer, and their routing statistics from the last forward
     // (same order).

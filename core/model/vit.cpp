@@ -121,7 +121,7 @@ ForwardStats Vit::forward(std::span<const float> images, std::span<const int32_t
     return stats;
 }
 
-void Vit::backward() {
+void Vit::backward(Gradients mode) {
     UPCYCLE_ASSERT(have_train_forward_, "backward() needs a preceding Train forward()");
     const int B = batch_, T = shape_.tokens(), P = shape_.patches(), ps = shape_.patch;
     const int C = config_.channels, K = shape_.classes;
@@ -129,7 +129,7 @@ void Vit::backward() {
     const std::size_t NC = static_cast<std::size_t>(N) * C;
     const std::size_t BC = static_cast<std::size_t>(B) * C;
     Backend& be = *backend_;
-    gradients_.set_zero();
+    if (mode == Gradients::Overwrite) gradients_.set_zero();
 
     // head and final LayerNorm on the class tokens: logits_ holds dlogits
     be.zero(dlnf_.f32(), BC * sizeof(float));

@@ -64,7 +64,7 @@ public:
                          Pass pass);
     // Zeroes and fills gradients() with d(mean loss + aux losses)/d(parameters) of the last
     // Train forward.
-    void backward() override;
+    void backward(Gradients mode = Gradients::Overwrite) override;
 
     // Logits of the last forward, [B, classes], on the host (for tests and tools). After a
     // Train forward they are not available (the buffer holds dlogits).

@@ -16,10 +16,11 @@ void AdamW::reset() {
 }
 
 OptimizerStepStats AdamW::update(const std::vector<ParamInfo>& layout, Tensor& parameters,
-                                 const Tensor& gradients, const TrainConfig& train, double lr) {
+                                 const Tensor& gradients, const TrainConfig& train, double lr,
+                                 double gradient_scale) {
     OptimizerStepStats stats;
     const auto n = static_cast<std::size_t>(gradients.numel());
-    stats.grad_norm = std::sqrt(backend_->sum_squares(gradients.f32(), n));
+    stats.grad_norm = std::sqrt(backend_->sum_squares(gradients.f32(), n)) * gradient_scale;
     if (train.grad_clip > 0 && stats.grad_norm > train.grad_clip) {
         stats.clip_scale = train.grad_clip / (stats.grad_norm + 1e-6);
     }
@@ -30,7 +31,7 @@ OptimizerStepStats AdamW::update(const std::vector<ParamInfo>& layout, Tensor& p
                                m_.f32() + info.offset, v_.f32() + info.offset, info.numel,
                                static_cast<float>(lr), static_cast<float>(train.beta1),
                                static_cast<float>(train.beta2), static_cast<float>(train.eps),
-                               decay, static_cast<float>(stats.clip_scale), step_);
+                               decay, static_cast<float>(stats.clip_scale * gradient_scale), step_);
     }
     return stats;
 }

@@ -11,7 +11,7 @@
 namespace upcycle {
 
 struct OptimizerStepStats {
-    double grad_norm = 0;  // global L2 norm before clipping
+    double grad_norm = 0;  // global L2 norm of gradients · gradient_scale, before clipping
     double clip_scale = 1; // factor applied to the gradients (1: not clipped)
 };
 
@@ -27,8 +27,11 @@ public:
     void set_step(int64_t step) { step_ = step; }
     void reset();  // zero moments and step
 
+    // One step on gradients · gradient_scale (1/micro-batches: the buffer holds the sum of
+    // the micro-batches' mean gradients; the factor is folded into the update, no extra pass).
     OptimizerStepStats update(const std::vector<ParamInfo>& layout, Tensor& parameters,
-                              const Tensor& gradients, const TrainConfig& train, double lr);
+                              const Tensor& gradients, const TrainConfig& train, double lr,
+                              double gradient_scale = 1.0);
 
 private:
     Backend* backend_;

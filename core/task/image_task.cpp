@@ -30,13 +30,14 @@ public:
           splits_(load_splits(config, source)),
           sampler_(splits_, config.train.seed, parse_augmentation(config.data.augment, source),
                    config.data.crop_padding),
-          model_(backend, config.model, config.train.batch_size),
+          model_(backend, config.model, micro_batch_size(config.train)),
           probe_shots_(probe_shot_counts(config.eval, source)) {}
 
     Model& model() override { return model_; }
-    ForwardStats train_forward(int64_t step, Rng& data_rng) override {
-        const int B = config_.train.batch_size;
-        sampler_.sample(step, B, data_rng, images_, labels_);
+    ForwardStats train_forward(int64_t step, int part, Rng& data_rng) override {
+        const int B = micro_batch_size(config_.train);
+        sampler_.sample_positions(step * config_.train.batch_size + int64_t{part} * B, B, data_rng,
+                                  images_, labels_);
         return model_.forward(images_, labels_, B, Pass::Train);
     }
     EvalResult evaluate(EvalScope scope) override {

@@ -26,18 +26,25 @@ public:
     virtual ~TrainingTask() = default;
 
     virtual Model& model() = 0;
-    // Draws the batch for optimizer step `step` (steps already taken, 0-based) and runs a
-    // Train forward. data_rng is the data stream's generator, saved in checkpoints, so a
-    // resumed run draws exactly the batches an uninterrupted one would.
-    virtual ForwardStats train_forward(int64_t step, Rng& data_rng) = 0;
+    // Draws micro-batch `part` (0-based, of micro_batches(train) parts) of the batch for
+    // optimizer step `step` (steps already taken, 0-based) and runs a Train forward on it.
+    // The parts, drawn in order, are exactly the batch one part of train.batch_size would
+    // be. data_rng is the data stream's generator, saved in checkpoints, so a resumed run
+    // draws exactly the batches an uninterrupted one would.
+    virtual ForwardStats train_forward(int64_t step, int part, Rng& data_rng) = 0;
     virtual EvalResult evaluate(EvalScope scope) = 0;
     // What one evaluated prediction is, for messages: "bytes" or "images".
     virtual std::string prediction_unit() const = 0;
 };
 
+// Gradient accumulation: the examples of one forward pass, and how many such passes make
+// one optimizer step (train.batch_size / train.micro_batch; 1 without accumulation).
+int micro_batch_size(const TrainConfig& train);
+int micro_batches(const TrainConfig& train);
+
 // The task of a run config (its model.arch and data); loads the data (UserError naming
-// config_source and the data key when it cannot) and builds the model for batches of
-// train.batch_size examples (weights uninitialised).
+// config_source and the data key when it cannot) and builds the model for micro-batches of
+// micro_batch_size(train) examples (weights uninitialised).
 std::unique_ptr<TrainingTask> make_training_task(Backend& backend, const RunConfig& config,
                                                  const std::string& config_source);
 

@@ -15,7 +15,7 @@ public:
     TextTask(Backend& backend, const RunConfig& config, const std::string& source)
         : config_(config),
           corpus_(load_text_corpus(config.data, source)),
-          model_(backend, config.model, config.train.batch_size) {
+          model_(backend, config.model, micro_batch_size(config.train)) {
         const std::size_t window = static_cast<std::size_t>(config.model.context) + 1;
         if (corpus_.train.size() <= window || corpus_.validation.size() < window) {
             throw UserError(source, "data", "the text is too short for windows of " +
@@ -24,8 +24,10 @@ public:
     }
 
     Model& model() override { return model_; }
-    ForwardStats train_forward(int64_t /*step*/, Rng& data_rng) override {
-        const int B = config_.train.batch_size;
+    ForwardStats train_forward(int64_t /*step*/, int /*part*/, Rng& data_rng) override {
+        // windows are drawn one after another from data_rng: the parts in order draw the
+        // windows of the whole batch
+        const int B = micro_batch_size(config_.train);
         sample_text_batch(corpus_.train, B, config_.model.context, data_rng, inputs_, targets_);
         return model_.forward(inputs_, targets_, B, Pass::Train);
     }

@@ -6,6 +6,11 @@
 // The forward writes the bias rows into out and lets sgemm accumulate on top (beta = 1):
 // one pass over out, where beta = 0 plus a later bias add would be two.
 //
+// Precision::BF16 rounds both operands of every product to bfloat16 first (copies in
+// per-thread scratch; kernels/cpu/bf16.h) and multiplies them in fp32: exactly what a
+// tensor-core GEMM with bf16 inputs and fp32 accumulation computes, up to summation order.
+// It is the specification of the CUDA backend's bf16 GEMMs, not a fast path.
+//
 // Every GEMM is cut into a grid of output tiles that depends only on the shape; an OpenMP
 // loop hands the tiles out and each is one single-threaded cblas_sgemm (the OpenMP OpenBLAS
 // runs one thread inside a parallel region). Two reasons, both measured on the gpt-tiny
@@ -20,7 +25,9 @@
 #include <cstring>
 #include <vector>
 
+#include "kernels/cpu/bf16.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/scratch.h"
 
 namespace upcycle {
 
@@ -99,7 +106,41 @@ void tiled_sgemm(CBLAS_TRANSPOSE trans_a, CBLAS_TRANSPOSE trans_b, int M, int N,
     }
 }
 
+// The two operands of a product as the precision sees them: the buffers themselves (fp32),
+// or their bf16-rounded copies (each its own scratch, valid until the next product).
+class GemmOperands {
+public:
+    GemmOperands(Precision precision, const float* a, std::size_t a_size, const float* b,
+                 std::size_t b_size)
+        : a_(a), b_(b) {
+        if (precision != Precision::BF16) return;
+        thread_local cpu::ScratchBuffer a_copy, b_copy;
+        float* a_rounded = a_copy.get(a_size);
+        float* b_rounded = b_copy.get(b_size);
+        cpu::round_to_bf16(a_rounded, a, a_size);
+        cpu::round_to_bf16(b_rounded, b, b_size);
+        a_ = a_rounded;
+        b_ = b_rounded;
+    }
+    const float* a() const { return a_; }
+    const float* b() const { return b_; }
+
+private:
+    const float* a_;
+    const float* b_;
+};
+
+std::size_t elements(int rows, int cols) {
+    return static_cast<std::size_t>(rows) * static_cast<std::size_t>(cols);
+}
+
 }  // namespace
+
+void cpu::round_to_bf16(float* out, const float* in, std::size_t n) {
+    const auto count = static_cast<std::int64_t>(n);
+#pragma omp parallel for schedule(static) if (count >= kParallelMin)
+    for (std::int64_t i = 0; i < count; ++i) out[i] = round_to_bf16(in[i]);
+}
 
 void CpuBackend::matmul_forward(float* out, const float* inp, const float* weight,
                                 const float* bias, int M, int K, int N) {
@@ -117,7 +158,8 @@ void CpuBackend::matmul_forward(float* out, const float* inp, const float* weigh
         if (!bias) std::memset(out, 0, static_cast<std::size_t>(M) * N * sizeof(float));
         return;
     }
-    tiled_sgemm(CblasNoTrans, CblasTrans, M, N, K, 1.0f, inp, K, weight, K, beta, out, N);
+    const GemmOperands ops(precision_, inp, elements(M, K), weight, elements(N, K));
+    tiled_sgemm(CblasNoTrans, CblasTrans, M, N, K, 1.0f, ops.a(), K, ops.b(), K, beta, out, N);
 }
 
 void CpuBackend::matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout,
@@ -125,12 +167,14 @@ void CpuBackend::matmul_backward(float* dinp, float* dweight, float* dbias, cons
     if (M <= 0 || N <= 0) return;
     if (K > 0) {
         if (dinp) {
-            tiled_sgemm(CblasNoTrans, CblasNoTrans, M, K, N, 1.0f, dout, N, weight, K, 1.0f,
+            const GemmOperands ops(precision_, dout, elements(M, N), weight, elements(N, K));
+            tiled_sgemm(CblasNoTrans, CblasNoTrans, M, K, N, 1.0f, ops.a(), N, ops.b(), K, 1.0f,
                         dinp, K);
         }
         if (dweight) {
-            tiled_sgemm(CblasTrans, CblasNoTrans, N, K, M, 1.0f, dout, N, inp, K, 1.0f, dweight,
-                        K);
+            const GemmOperands ops(precision_, dout, elements(M, N), inp, elements(M, K));
+            tiled_sgemm(CblasTrans, CblasNoTrans, N, K, M, 1.0f, ops.a(), N, ops.b(), K, 1.0f,
+                        dweight, K);
         }
     }
     if (dbias) {

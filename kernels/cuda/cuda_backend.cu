@@ -10,6 +10,7 @@
 
 #include "core/errors.h"
 #include "kernels/cuda/cuda_state.cuh"
+#include "kernels/cuda/device_peaks.h"
 
 namespace upcycle {
 
@@ -155,8 +156,15 @@ CudaBackend::~CudaBackend() {
     // state_ goes next; its allocator frees every block.
 }
 
+double CudaBackend::peak_flops(Precision precision) const {
+    const auto peaks = find_device_peaks(state_->name);
+    if (!peaks) return 0;
+    return precision == Precision::BF16 ? peaks->bf16_flops : peaks->fp32_flops;
+}
+
 std::string CudaBackend::describe() const {
-    return "cuda:" + std::to_string(state_->device) + " " + state_->name + ", fp32";
+    return "cuda:" + std::to_string(state_->device) + " " + state_->name + ", " +
+           precision_name(precision_) + " GEMMs";
 }
 
 void* CudaBackend::allocate(std::size_t bytes) { return state_->allocator.allocate(bytes); }

@@ -28,6 +28,7 @@ public:
 
     DeviceKind kind() const override { return DeviceKind::CUDA; }
     std::string describe() const override;
+    double peak_flops(Precision precision) const override;
 
     void* allocate(std::size_t bytes) override;
     void deallocate(void* ptr) noexcept override;

@@ -70,12 +70,17 @@ __global__ void column_sum_kernel(float* __restrict__ dbias, const float* __rest
     }
 }
 
-// C = α·op(A)·op(B) + β·C in column-major terms, fp32 storage and fp32 compute (no TF32).
-void sgemm_fp32(cublasHandle_t handle, cublasOperation_t trans_a, cublasOperation_t trans_b,
-                int m, int n, int k, float alpha, const float* A, int lda, const float* B,
-                int ldb, float beta, float* C, int ldc) {
+// C = α·op(A)·op(B) + β·C in column-major terms, fp32 storage. FP32: fp32 compute (no
+// TF32). BF16: cuBLAS rounds A and B to bf16 and runs the tensor cores with fp32
+// accumulation (CUBLAS_COMPUTE_32F_FAST_16BF), which is what the CPU's bf16 emulation
+// specifies.
+void sgemm(cublasHandle_t handle, Precision precision, cublasOperation_t trans_a,
+           cublasOperation_t trans_b, int m, int n, int k, float alpha, const float* A, int lda,
+           const float* B, int ldb, float beta, float* C, int ldc) {
+    const cublasComputeType_t compute =
+        precision == Precision::BF16 ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F;
     CUBLAS_CHECK(cublasGemmEx(handle, trans_a, trans_b, m, n, k, &alpha, A, CUDA_R_32F, lda, B,
-                              CUDA_R_32F, ldb, &beta, C, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F,
+                              CUDA_R_32F, ldb, &beta, C, CUDA_R_32F, ldc, compute,
                               CUBLAS_GEMM_DEFAULT));
 }
 
@@ -99,8 +104,8 @@ void CudaBackend::matmul_forward(float* out, const float* inp, const float* weig
         }
         return;
     }
-    sgemm_fp32(state_->cublas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, 1.0f, weight, K, inp, K, beta,
-               out, N);
+    sgemm(state_->cublas, precision_, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, 1.0f, weight, K, inp,
+          K, beta, out, N);
 }
 
 void CudaBackend::matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout,
@@ -108,12 +113,12 @@ void CudaBackend::matmul_backward(float* dinp, float* dweight, float* dbias, con
     if (M <= 0 || N <= 0) return;
     if (K > 0) {
         if (dinp) {
-            sgemm_fp32(state_->cublas, CUBLAS_OP_N, CUBLAS_OP_N, K, M, N, 1.0f, weight, K, dout,
-                       N, 1.0f, dinp, K);
+            sgemm(state_->cublas, precision_, CUBLAS_OP_N, CUBLAS_OP_N, K, M, N, 1.0f, weight,
+                  K, dout, N, 1.0f, dinp, K);
         }
         if (dweight) {
-            sgemm_fp32(state_->cublas, CUBLAS_OP_N, CUBLAS_OP_T, K, N, M, 1.0f, inp, K, dout, N,
-                       1.0f, dweight, K);
+            sgemm(state_->cublas, precision_, CUBLAS_OP_N, CUBLAS_OP_T, K, N, M, 1.0f, inp, K,
+                  dout, N, 1.0f, dweight, K);
         }
     }
     if (dbias) {

@@ -60,6 +60,12 @@ TEST(Config, ImpossibleValuesAreRejected) {
     EXPECT_NE(error_of("", {"train.lr=-1"}).find("positive"), std::string::npos);
     EXPECT_NE(error_of("", {"train.nonsense=1"}).find("unknown key"), std::string::npos);
     EXPECT_NE(error_of("model: [1, 2\n").find("not valid YAML"), std::string::npos);
+    const std::string micro = error_of("train:\n  batch_size: 8\n  micro_batch: 3\n");
+    EXPECT_NE(micro.find("train.micro_batch"), std::string::npos) << micro;
+    EXPECT_NE(micro.find("divisor of train.batch_size (8)"), std::string::npos) << micro;
+    const std::string precision = error_of("", {"train.precision=fp16"});
+    EXPECT_NE(precision.find("train.precision"), std::string::npos) << precision;
+    EXPECT_NE(precision.find("expected fp32 or bf16"), std::string::npos) << precision;
 }
 
 TEST(Config, VitKeysAreValidatedWithTheKeyNamed) {

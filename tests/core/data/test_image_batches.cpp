@@ -430,6 +430,28 @@ TEST(ImageBatchSampler, SameAugmentStateSameBatch) {
     EXPECT_NE(ia, ic);  // ...augmented differently
 }
 
+// Gradient accumulation draws a step's batch in micro-batches: the parts, in order, are the
+// batch (the same images, augmented by the same draws), also across an epoch boundary.
+TEST(ImageBatchSampler, MicroBatchesInOrderAreTheBatch) {
+    Fixture f;
+    const ImageSplits s = make_image_splits(f.train, f.test, 30, 0, kSource);
+    ImageBatchSampler whole(s, 3, Augmentation::CropFlip, 2), parts(s, 3, Augmentation::CropFlip, 2);
+    const int B = 24, micro = 6;
+    for (const int64_t step : {0, 7}) {  // step 7 spans an epoch boundary
+        Rng whole_rng(5 + step), parts_rng(5 + step);
+        std::vector<float> images, part_images, joined_images;
+        std::vector<int32_t> labels, part_labels, joined_labels;
+        whole.sample(step, B, whole_rng, images, labels);
+        for (int part = 0; part < B / micro; ++part) {
+            parts.sample_positions(step * B + part * micro, micro, parts_rng, part_images, part_labels);
+            joined_images.insert(joined_images.end(), part_images.begin(), part_images.end());
+            joined_labels.insert(joined_labels.end(), part_labels.begin(), part_labels.end());
+        }
+        EXPECT_EQ(joined_images, images) << "step " << step;
+        EXPECT_EQ(joined_labels, labels) << "step " << step;
+    }
+}
+
 // ---- the real data set ----------------------------------------------------------------------
 
 TEST(ImageSplits, FashionMnist) {

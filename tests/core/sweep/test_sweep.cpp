@@ -479,6 +479,21 @@ TEST(Sweep, IdentityIgnoresKeysOfTheOtherArchitecture) {
     EXPECT_FALSE(gpt[0].config["run"]["model"].contains("patch"));
 }
 
+// Keys added after trial hashes were first recorded (train.micro_batch, train.precision) stay
+// out of the identity at their defaults, so earlier trials keep their hashes; set, they are in.
+TEST(Sweep, IdentityHasNewKeysOnlyWhenSet) {
+    const auto base = plan_sweep(parse_sweep(kTiny, "tiny.yaml"));
+    const auto fp32 = plan_sweep(parse_sweep(kTiny, "tiny.yaml", {"train.precision=fp32"}));
+    const auto bf16 = plan_sweep(parse_sweep(kTiny, "tiny.yaml", {"train.precision=bf16"}));
+    const auto micro = plan_sweep(parse_sweep(kTiny, "tiny.yaml", {"train.micro_batch=2"}));
+    EXPECT_EQ(base[0].hash, fp32[0].hash);
+    EXPECT_NE(base[0].hash, bf16[0].hash);
+    EXPECT_NE(base[0].hash, micro[0].hash);
+    EXPECT_NE(bf16[0].hash, micro[0].hash);
+    EXPECT_FALSE(base[0].config["run"]["train"].contains("precision"));
+    EXPECT_EQ(bf16[0].config["run"]["train"]["precision"], "bf16");
+}
+
 // The budget in FLOPs counts a ViT's tokens (1 + patches per image), and an expert-choice MoE
 // with capacity factor 2 applies two expert MLPs per token.
 TEST(Sweep, VitBudgetsCountImageTokens) {
