@@ -87,6 +87,9 @@ public:
     double sum_squares(const float* x, std::size_t n) override;
 
 private:
+    void embedding_backward_wte(float* dwte, const float* dout, const int32_t* tokens, int N,
+                                int C);
+
     std::unique_ptr<CudaState> state_;
 };
 

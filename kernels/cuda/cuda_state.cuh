@@ -78,6 +78,7 @@ public:
     DeviceScratch(const DeviceScratch&) = delete;
     DeviceScratch& operator=(const DeviceScratch&) = delete;
     float* floats() const { return static_cast<float*>(ptr_); }
+    void* data() const { return ptr_; }
 
 private:
     CachingAllocator& allocator_;

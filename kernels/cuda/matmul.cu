@@ -54,20 +54,37 @@ __global__ void fill_bias_rows_kernel(float* __restrict__ out, const float* __re
     }
 }
 
-// dbias[n] += Σ_{m = 0..M-1, in order} dout[m,n], summed in double as the CPU does, so the
-// result is bit-identical to it. One thread per column: neighbouring threads read
-// neighbouring columns of a row (coalesced). Simple rather than fast — with only N threads
-// the GPU is far from full for small N; a fixed two-pass split over rows (partial sums per
-// row chunk, then chunks added in order) is the faster deterministic form, later.
-__global__ void column_sum_kernel(float* __restrict__ dbias, const float* __restrict__ dout,
-                                  int M, int N) {
-    const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
-    for (std::int64_t n = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-         n < N; n += stride) {
-        double acc = 0.0;
-        for (int m = 0; m < M; ++m) acc += static_cast<double>(dout[static_cast<std::int64_t>(m) * N + n]);
-        dbias[n] += static_cast<float>(acc);
-    }
+// dbias[n] += Σ_m dout[m,n], in double as the CPU does, deterministically in two passes
+// (one thread per column alone would leave the GPU nearly idle: N threads, M serial loads):
+//   1. one thread per (chunk of kRowChunk rows, column) sums its rows in order into its
+//      double partial (scratch [chunks][N]); neighbouring threads read neighbouring columns
+//      of a row (coalesced);
+//   2. one thread per column adds the partials in chunk order and adds the sum to dbias.
+// The CPU sums all M rows in one double; the two orders differ only in double rounding, far
+// below the final float's (the results are equal after the cast in all but rare ties).
+constexpr int kRowChunk = 64;          // rows per partial sum
+constexpr int kColumnThreads = 128;    // columns per block
+
+__global__ void column_partials_kernel(double* __restrict__ partials,
+                                       const float* __restrict__ dout, int M, int N) {
+    const int chunk = static_cast<int>(blockIdx.x);
+    const int n = static_cast<int>(blockIdx.y) * kColumnThreads + static_cast<int>(threadIdx.x);
+    if (n >= N) return;
+    const int m0 = chunk * kRowChunk;
+    const int m1 = m0 + kRowChunk < M ? m0 + kRowChunk : M;
+    double acc = 0.0;
+    for (int m = m0; m < m1; ++m) acc += static_cast<double>(dout[static_cast<std::int64_t>(m) * N + n]);
+    partials[static_cast<std::int64_t>(chunk) * N + n] = acc;
+}
+
+__global__ void column_partials_reduce_kernel(float* __restrict__ dbias,
+                                              const double* __restrict__ partials, int chunks,
+                                              int N) {
+    const int n = static_cast<int>(blockIdx.x) * kColumnThreads + static_cast<int>(threadIdx.x);
+    if (n >= N) return;
+    double acc = 0.0;
+    for (int chunk = 0; chunk < chunks; ++chunk) acc += partials[static_cast<std::int64_t>(chunk) * N + n];
+    dbias[n] += static_cast<float>(acc);
 }
 
 // C = α·op(A)·op(B) + β·C in column-major terms, fp32 storage. FP32: fp32 compute (no
@@ -122,8 +139,16 @@ void CudaBackend::matmul_backward(float* dinp, float* dweight, float* dbias, con
         }
     }
     if (dbias) {
-        column_sum_kernel<<<gpu::blocks_for(N), gpu::kThreads, 0, state_->stream>>>(dbias, dout,
-                                                                                    M, N);
+        const int chunks = (M + kRowChunk - 1) / kRowChunk;
+        const int column_blocks = (N + kColumnThreads - 1) / kColumnThreads;
+        gpu::DeviceScratch partials(state_->allocator,
+                                    static_cast<std::size_t>(chunks) * N * sizeof(double));
+        double* sums = static_cast<double*>(partials.data());
+        const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(column_blocks));
+        column_partials_kernel<<<grid, kColumnThreads, 0, state_->stream>>>(sums, dout, M, N);
+        CUDA_CHECK(cudaGetLastError());
+        column_partials_reduce_kernel<<<static_cast<unsigned>(column_blocks), kColumnThreads, 0,
+                                        state_->stream>>>(dbias, sums, chunks, N);
         CUDA_CHECK(cudaGetLastError());
     }
 }
