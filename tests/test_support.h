@@ -12,6 +12,7 @@
 #include "core/checkpoint.h"
 #include "core/config.h"
 #include "core/data/fashion_mnist.h"
+#include "core/rng.h"
 #include "core/train.h"
 #include "kernels/backend_factory.h"
 
@@ -78,6 +79,44 @@ inline RunConfig tiny_synthetic_config() {
     c.checkpoint.every = 0;
     c.checkpoint.every_seconds = 0;
     return c;
+}
+
+// A small ViT (patch 7: 16 patches + the class token) on a class-balanced 2000-image subset:
+// learns Fashion-MNIST in a few hundred steps on the CPU.
+inline RunConfig small_vit_config() {
+    RunConfig c;
+    c.name = "vit-small";
+    c.model = ModelConfig{.arch = "vit", .channels = 32, .layers = 2, .heads = 2, .moe = {}, .patch = 7};
+    c.data.source = "fashion_mnist";
+    c.data.train_images = 2000;
+    c.data.validation_images = 500;
+    c.train.batch_size = 32;
+    c.train.steps = 500;
+    c.train.schedule = "rsqrt";
+    c.train.lr = 5e-3;
+    c.train.warmup_steps = 20;
+    c.train.log_every = 50;
+    c.eval.every = 0;  // only the final (full) evaluation
+    c.eval.max_images = 500;
+    c.eval.probe_shots = "1,10";
+    c.eval.probe_seeds = 2;
+    c.checkpoint.every = 0;
+    c.checkpoint.every_seconds = 0;
+    return c;
+}
+
+// Random token ids and targets for a GPT: [B·T] each, uniform over the vocabulary.
+struct TextBatch {
+    std::vector<int32_t> inputs, targets;
+};
+inline TextBatch random_text_batch(int B, int T, int V, uint64_t seed) {
+    Rng rng(seed);
+    TextBatch b;
+    for (int i = 0; i < B * T; ++i) {
+        b.inputs.push_back(static_cast<int32_t>(rng.below(static_cast<uint64_t>(V))));
+        b.targets.push_back(static_cast<int32_t>(rng.below(static_cast<uint64_t>(V))));
+    }
+    return b;
 }
 
 // Whether the four Fashion-MNIST files (gzipped or plain) are installed where the loader looks

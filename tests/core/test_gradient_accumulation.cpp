@@ -19,20 +19,6 @@ namespace {
 using testing::TempDir;
 using testing::tiny_synthetic_config;
 
-struct Batch {
-    std::vector<int32_t> inputs, targets;
-};
-
-Batch random_batch(int B, int T, int V, uint64_t seed) {
-    Rng rng(seed);
-    Batch b;
-    for (int i = 0; i < B * T; ++i) {
-        b.inputs.push_back(static_cast<int32_t>(rng.below(V)));
-        b.targets.push_back(static_cast<int32_t>(rng.below(V)));
-    }
-    return b;
-}
-
 // The mean gradient of a B-example batch, by one pass, and by two passes of B/2 accumulated
 // and halved (what the optimizer's gradient_scale does): equal up to float rounding.
 void expect_halves_accumulate_to_the_whole(const ModelConfig& config) {
@@ -42,7 +28,7 @@ void expect_halves_accumulate_to_the_whole(const ModelConfig& config) {
     Gpt halves(backend, config, B / 2);
     whole.init_weights(3);
     halves.init_weights(3);
-    const Batch batch = random_batch(B, T, config.vocab_size, 5);
+    const testing::TextBatch batch = testing::random_text_batch(B, T, config.vocab_size, 5);
     const std::size_t half = static_cast<std::size_t>(B / 2) * T;
 
     const double whole_loss = whole.forward(batch.inputs, batch.targets, B, Pass::Train).mean_loss();

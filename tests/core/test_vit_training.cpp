@@ -31,26 +31,9 @@ using testing::train_straight_and_resumed;
         }                                                                                 \
     } while (0)
 
-// A small ViT (patch 7: 16 patches + the class token) on a class-balanced 2000-image subset.
+// The shared small ViT; the first and last losses below are of steps 50 and 500.
 RunConfig small_vit_config() {
-    RunConfig c;
-    c.name = "vit-small";
-    c.model = ModelConfig{.arch = "vit", .channels = 32, .layers = 2, .heads = 2, .moe = {}, .patch = 7};
-    c.data.source = "fashion_mnist";
-    c.data.train_images = 2000;
-    c.data.validation_images = 500;
-    c.train.batch_size = 32;
-    c.train.steps = 500;
-    c.train.schedule = "rsqrt";
-    c.train.lr = 5e-3;
-    c.train.warmup_steps = 20;
-    c.train.log_every = 50;  // first/last loss below are of steps 50 and 500
-    c.eval.every = 0;  // only the final (full) evaluation
-    c.eval.max_images = 500;
-    c.eval.probe_shots = "1,10";
-    c.eval.probe_seeds = 2;
-    c.checkpoint.every = 0;
-    c.checkpoint.every_seconds = 0;
+    RunConfig c = testing::small_vit_config();
     validate(c, "test");
     return c;
 }

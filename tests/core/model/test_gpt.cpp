@@ -11,23 +11,17 @@
 #include "core/optim/schedule.h"
 #include "core/rng.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "test_support.h"
 
 namespace upcycle {
 namespace {
 
 ModelConfig tiny_model() { return ModelConfig{"gpt", 256, 8, 16, 2, 2, {}}; }
 
-struct Batch {
-    std::vector<int32_t> inputs, targets;
-};
+using Batch = testing::TextBatch;
 
 Batch random_batch(int B, int T, int V, uint64_t seed) {
-    Rng rng(seed);
-    Batch b;
-    for (int i = 0; i < B * T; ++i) {
-        b.inputs.push_back(static_cast<int32_t>(rng.below(V)));
-        b.targets.push_back(static_cast<int32_t>(rng.below(V)));
-    }
+    Batch b = testing::random_text_batch(B, T, V, seed);
     b.targets[3] = -1;  // an ignored position must not disturb the gradient
     return b;
 }

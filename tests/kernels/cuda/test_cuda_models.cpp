@@ -128,17 +128,10 @@ void copy_weights(Model& from_cpu, Model& to_cuda) {
     to_cuda.parameters().copy_from_host(from_cpu.parameters().to_host());
 }
 
-struct TextBatch {
-    std::vector<int32_t> inputs, targets;
-};
+using testing::TextBatch;
 
 TextBatch random_text_batch(int B, int T, int V, uint64_t seed) {
-    Rng rng(seed);
-    TextBatch b;
-    for (int i = 0; i < B * T; ++i) {
-        b.inputs.push_back(static_cast<int32_t>(rng.below(static_cast<uint64_t>(V))));
-        b.targets.push_back(static_cast<int32_t>(rng.below(static_cast<uint64_t>(V))));
-    }
+    TextBatch b = testing::random_text_batch(B, T, V, seed);
     b.targets[3] = -1;  // ignored positions
     b.targets[static_cast<std::size_t>(B * T) - 1] = -1;
     return b;

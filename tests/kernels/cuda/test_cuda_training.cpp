@@ -256,25 +256,13 @@ TEST_F(CudaTraining, GpuVitLossCurveFollowsCpu) {
         GTEST_SKIP() << "Fashion-MNIST not found in " << fashion_mnist_dir()
                      << " (install the Debian package dataset-fashion-mnist)";
     }
-    // As tests/core/test_vit_training.cpp's small ViT (patch 7: 16 patches + the class
-    // token), shorter, logging every step, and without the few-shot probe.
-    RunConfig c;
-    c.name = "vit-small";
-    c.model = ModelConfig{.arch = "vit", .channels = 32, .layers = 2, .heads = 2, .moe = {}, .patch = 7};
-    c.data.source = "fashion_mnist";
-    c.data.train_images = 2000;
-    c.data.validation_images = 500;
-    c.train.batch_size = 32;
+    // The shared small ViT (patch 7: 16 patches + the class token), shorter, logging every
+    // step, and without the few-shot probe.
+    RunConfig c = testing::small_vit_config();
     c.train.steps = 30;
-    c.train.schedule = "rsqrt";
-    c.train.lr = 5e-3;
     c.train.warmup_steps = 5;
     c.train.log_every = 1;
-    c.eval.every = 0;  // only the final (full) evaluation
-    c.eval.max_images = 500;
     c.eval.probe_shots = "";
-    c.checkpoint.every = 0;
-    c.checkpoint.every_seconds = 0;
     validate(c, "test");
 
     TempDir cpu_dir, gpu_dir;
