@@ -22,8 +22,9 @@
 //   TFLOP/s   FLOPs per iteration / seconds per iteration, for GEMMs and attention.
 //   GB/s      bytes per iteration / seconds per iteration, for the memory-bound ops (1e9 B/s).
 //   pct_peak  100 × that rate / the device's peak for it: the bf16 tensor peak for BF16
-//             GEMMs, the fp32 peak for FP32 GEMMs and for attention (fp32 CUDA-core code
-//             today), the HBM peak for the memory-bound ops.
+//             GEMMs and BF16 attention (tensor-core kernels, kernels/cuda/attention_bf16.cu),
+//             the fp32 peak for FP32 GEMMs and FP32 attention (CUDA-core kernels), the HBM
+//             peak for the memory-bound ops.
 // The counters are plain numbers from this file's own wall clock around the timed loop, not
 // kIsRate counters, which would print as "412/s".
 //
@@ -312,22 +313,32 @@ void matmul_cases(benchmark::internal::Benchmark* b) {
 BENCHMARK(BM_MatmulForward)->Apply(matmul_cases);
 BENCHMARK(BM_MatmulBackward)->Apply(matmul_cases);
 
-// ---- attention (causal): args B, T, C, H -------------------------------------------------------
+// ---- attention (causal): args B, T, C, H, bf16 ------------------------------------------------
+
+enum AttentionArg { kArgBatch, kArgTokens, kArgChannels, kArgHeads, kArgAttentionBf16 };
 
 struct AttentionCase {
     int B, T, C, H;
+    Precision precision;  // BF16: the tensor-core kernels (head size C/H = 64 here qualifies)
     DeviceFloats qkv, out, lse, dout, dqkv;  // [B,T,3C], [B,T,C], [B,H,T], [B,T,C], [B,T,3C]
-    explicit AttentionCase(const benchmark::State& state)
-        : B(int(state.range(0))), T(int(state.range(1))), C(int(state.range(2))),
-          H(int(state.range(3))),
+    explicit AttentionCase(benchmark::State& state)
+        : B(int(state.range(kArgBatch))), T(int(state.range(kArgTokens))),
+          C(int(state.range(kArgChannels))), H(int(state.range(kArgHeads))),
+          precision(state.range(kArgAttentionBf16) != 0 ? Precision::BF16 : Precision::FP32),
           qkv(std::size_t(B) * T * 3 * C),
           out(std::size_t(B) * T * C),
           lse(std::size_t(B) * H * T),
           dout(std::size_t(B) * T * C),
           dqkv(qkv.count()) {
+        state.SetLabel(precision_name(precision));
+        backend().set_precision(precision);
         fill_normal(qkv, kActivationScale, kSeedInput);
         fill_normal(dout, kActivationScale, kSeedGradient);
         backend().zero(dqkv.data(), dqkv.count() * sizeof(float));
+    }
+    double peak_flops() const {
+        return precision == Precision::BF16 ? device_peaks().bf16_flops
+                                            : device_peaks().fp32_flops;
     }
     // q·kᵀ and P·v, 2·T·T·hs each per head, over the unmasked half when causal.
     double forward_flops() const {
@@ -344,7 +355,7 @@ void BM_AttentionForward(benchmark::State& state) {
         backend().attention_forward(a.out.data(), a.lse.data(), a.qkv.data(), a.B, a.T, a.C, a.H,
                                     kCausal);
     });
-    report_compute(state, seconds, a.forward_flops(), device_peaks().fp32_flops);
+    report_compute(state, seconds, a.forward_flops(), a.peak_flops());
 }
 
 void BM_AttentionBackward(benchmark::State& state) {
@@ -356,13 +367,16 @@ void BM_AttentionBackward(benchmark::State& state) {
                                      a.lse.data(), a.B, a.T, a.C, a.H, kCausal);
     });
     report_compute(state, seconds, kAttentionBackwardFlopRatio * a.forward_flops(),
-                   device_peaks().fp32_flops);
+                   a.peak_flops());
 }
 
 void attention_cases(benchmark::internal::Benchmark* b) {
-    b->ArgNames({"B", "T", "C", "H"});
-    b->Args({kBatch, kTokens, kChannels, kHeads});
-    b->Args({kBatch, kShortTokens, kChannels, kHeads});  // T/4: 16× fewer FLOPs
+    b->ArgNames({"B", "T", "C", "H", "bf16"});
+    for (const Precision precision : {Precision::FP32, Precision::BF16}) {
+        const int bf16 = precision == Precision::BF16 ? 1 : 0;
+        b->Args({kBatch, kTokens, kChannels, kHeads, bf16});
+        b->Args({kBatch, kShortTokens, kChannels, kHeads, bf16});  // T/4: 16× fewer FLOPs
+    }
     b->Unit(benchmark::kMillisecond)->UseRealTime();
 }
 BENCHMARK(BM_AttentionForward)->Apply(attention_cases);

@@ -30,6 +30,7 @@
 #include <cstdint>
 
 #include "core/errors.h"
+#include "kernels/cuda/attention_bf16.cuh"
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/cuda_state.cuh"
 
@@ -359,6 +360,11 @@ int head_size(int C, int H) {
 
 void CudaBackend::attention_forward(float* out, float* lse, const float* qkv, int B, int T,
                                     int C, int H, bool causal) {
+    // bf16 precision: the tensor-core kernels of attention_bf16.cu, where they take the shape.
+    if (precision_ == Precision::BF16 && attention_bf16_supported(C, H)) {
+        attention_forward_bf16(*state_, out, lse, qkv, B, T, C, H, causal);
+        return;
+    }
     const int hs = head_size(C, H);
     if (B <= 0 || T <= 0 || hs <= 0) return;
     const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
@@ -372,6 +378,10 @@ void CudaBackend::attention_forward(float* out, float* lse, const float* qkv, in
 void CudaBackend::attention_backward(float* dqkv, const float* dout, const float* qkv,
                                      const float* out, const float* lse, int B, int T, int C,
                                      int H, bool causal) {
+    if (precision_ == Precision::BF16 && attention_bf16_supported(C, H)) {
+        attention_backward_bf16(*state_, dqkv, dout, qkv, out, lse, B, T, C, H, causal);
+        return;
+    }
     const int hs = head_size(C, H);
     if (B <= 0 || T <= 0 || hs <= 0) return;
     const float scale = 1.0f / std::sqrt(static_cast<float>(hs));

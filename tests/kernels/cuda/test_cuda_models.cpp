@@ -37,6 +37,7 @@
 #include "core/moe/moe_layer.h"
 #include "core/rng.h"
 #include "kernels/backend_factory.h"
+#include "cpu_and_cuda_fixture.h"
 #include "test_support.h"
 #include "kernels/cpu/cpu_backend.h"
 
@@ -52,18 +53,7 @@ constexpr double kMinRoutingGap = 1e-4;
 constexpr float kRouterScale = 10.0f;
 constexpr uint64_t kBatchSeedsToTry = 20;
 
-class CudaModelParity : public ::testing::Test {
-protected:
-    void SetUp() override {
-        std::string why;
-        cuda_ = testing::cuda_backend_or_null(why);
-        if (!cuda_) GTEST_SKIP() << "no CUDA backend: " << why;
-        ASSERT_EQ(cuda_->kind(), DeviceKind::CUDA) << cuda_->describe();
-    }
-
-    CpuBackend cpu_;
-    std::unique_ptr<Backend> cuda_;
-};
+class CudaModelParity : public testing::CpuAndCuda {};
 
 void expect_loss_close(const ForwardStats& cpu, const ForwardStats& cuda) {
     EXPECT_EQ(cpu.tokens, cuda.tokens);

@@ -21,6 +21,8 @@
 //                               OpenBLAS) and attention (K- and T-long dot products)
 //   adamw            rtol 1e-6  params, m and v after one step
 //   sum_squares      |cuda - cpu| ≤ 1e-12 · cpu (both sum in double, in different orders)
+//   bf16 attention   rtol 1e-2 to 5e-2: bf16 operands against the CPU's fp32 (see the
+//                               section "attention in bf16 precision" for the reasoning)
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -42,6 +44,7 @@
 #include "core/moe/router.h"
 #include "core/rng.h"
 #include "kernels/backend_factory.h"
+#include "cpu_and_cuda_fixture.h"
 #include "test_support.h"
 #include "kernels/cpu/cpu_backend.h"
 
@@ -159,15 +162,8 @@ void expect_equal(const Ints& cpu, const Ints& cuda, const std::string& what) {
     EXPECT_EQ(failures, 0u) << what << ": " << failures << " of " << cpu.size() << " differ";
 }
 
-class CudaParity : public ::testing::Test {
+class CudaParity : public testing::CpuAndCuda {
 protected:
-    void SetUp() override {
-        std::string why;
-        cuda_ = testing::cuda_backend_or_null(why);
-        if (!cuda_) GTEST_SKIP() << "no CUDA backend: " << why;
-        ASSERT_EQ(cuda_->kind(), DeviceKind::CUDA) << cuda_->describe();
-    }
-
     // The op on both backends; float outputs within tol, integer outputs equal.
     void expect_parity(const Case& run, Tolerance tol, const std::string& what) {
         SCOPED_TRACE(what);
@@ -204,8 +200,6 @@ protected:
         }
     }
 
-    CpuBackend cpu_;
-    std::unique_ptr<Backend> cuda_;
     Rng rng_{20240601};
 };
 
@@ -610,7 +604,8 @@ struct Mkn {
 };
 // M, K, N off multiples of 32 and a few that are, from 1×1×1 up to a 4·C MLP projection.
 const std::vector<Mkn> kMatmulShapes = {{1, 1, 1},     {7, 13, 5},    {33, 17, 65},
-                                        {64, 128, 96}, {100, 48, 200}, {128, 512, 128}};
+                                        {64, 128, 96}, {100, 48, 200}, {128, 512, 128},
+                                        {1000, 64, 96}};  // many row chunks of dbias
 
 struct Bthc {
     int B, T, C, H;  // head size C/H in {8, 16, 32, 64}
@@ -676,7 +671,8 @@ struct Btcv {
     int B, T, C, V;
 };
 const std::vector<Btcv> kEmbeddingShapes = {
-    {1, 1, 16, 7}, {2, 17, 48, 256}, {3, 50, 128, 1000}, {4, 128, 32, 7}, {2, 33, 33, 50}};
+    {1, 1, 16, 7}, {2, 17, 48, 256}, {3, 50, 128, 1000}, {4, 128, 32, 7}, {2, 33, 33, 50},
+    {8, 512, 64, 256}};  // long runs of repeated tokens
 
 TEST_F(CudaParity, EmbeddingForward) {
     for (const auto& s : kEmbeddingShapes) {
@@ -730,6 +726,144 @@ TEST_F(CudaParity, AttentionBackward) {
                               (causal ? " causal" : " full"));
         }
     }
+}
+
+// ---- attention in bf16 precision ---------------------------------------------------------
+//
+// With Precision::BF16 the CUDA backend runs attention on the tensor cores
+// (kernels/cuda/attention_bf16.cu) when the head size C/H is a multiple of 16 and at most 128:
+// every matrix product inside attention (q·kᵀ, P·v; in the backward also dout·vᵀ, dSᵀ·q,
+// dS·k, Pᵀ·dout) takes operands rounded to bf16 and accumulates in fp32, while the softmax
+// statistics, D and dS stay fp32. The reference is the CPU backend in fp32 — the exact math —
+// so the tolerance is that of bf16 operands, not of a summation order.
+//
+// Rounding to bf16 (8 significant bits) moves a value by up to 2^-8 ≈ 4e-3 of itself. The
+// inputs here have std 1.5, so the products q_d·k_d are ~2 in size and the scores
+// S = Σ_d q_d·k_d/√hs carry absolute errors of a few 1e-3 each (up to ~0.03 in the tails
+// over thousands of rows), whatever |S| is (the terms of the dot product may cancel); the
+// exponential turns them into relative errors of the probabilities of the same size.
+//   out   rtol 3e-2: P (score error, then rounded to bf16) times rounded v, against
+//         max|out| ≈ max|v|.
+//   lse   rtol 1e-2 plus atol 2e-2: lse is a weighted mean of the scores, so it carries
+//         their absolute error, which does not shrink with |lse| (a single token's lse is
+//         one score).
+//   dqkv  rtol 5e-2: one more level of products (dS = P∘(dP - D) with dP from rounded dout
+//         and v, dS rounded again before dS·k and dSᵀ·q), and dP - D cancels to small values
+//         in peaked rows, so the absolute error of dP passes into dS in full; the score
+//         error δS also enters dS as P·δS·(dP - D), with |dP - D| up to ~10 here.
+// Measured beforehand with a CPU emulation of the kernels' arithmetic (bf16 rounding, fp32
+// accumulation) on exactly these shapes and inputs (the fixture's seed): out ≤ 9.6e-3,
+// dqkv ≤ 2.0e-2 (hs = 16, causal, T = 128) of the reference's largest magnitude; lse within
+// 0.38 of its bound (T = 1). The tolerances leave a margin of 2.5× or more; a wrong index or
+// mask shows as errors of the order of the values themselves.
+constexpr Tolerance kAttentionBf16Out{3e-2, 0.0};
+constexpr Tolerance kAttentionBf16Lse{1e-2, 2e-2};
+constexpr Tolerance kAttentionBf16Grad{5e-2, 0.0};
+constexpr int kBf16HeadQuantum = 16;  // the bf16 kernels take head sizes that are multiples
+                                      // of this (the WMMA tile), up to 128
+
+// The attention shapes whose head size the bf16 kernels take, and more: head sizes 48 and 128
+// (three and eight 16-wide fragments), T = 77, 130, 200 (not multiples of the kernels'
+// 64-row tiles, 2 to 4 tiles), and a single token.
+const std::vector<Bthc> kAttentionBf16Shapes = [] {
+    std::vector<Bthc> shapes;
+    for (const auto& s : kAttentionShapes) {
+        if ((s.C / s.H) % kBf16HeadQuantum == 0) shapes.push_back(s);
+    }
+    for (const auto& s : {Bthc{1, 200, 256, 4}, Bthc{1, 77, 256, 2}, Bthc{2, 130, 96, 2},
+                          Bthc{1, 1, 32, 2}}) {
+        shapes.push_back(s);
+    }
+    return shapes;
+}();
+
+// The op on the CPU backend (fp32) and on the CUDA backend (whose precision the caller set
+// to BF16): every float output within its tolerance (by name), and — the negative control —
+// the output named `control` differing from the CPU by MORE than the fp32 kernels' own
+// tolerance (kLongReduction), which proves that the bf16 path ran: the fp32 kernels pass
+// their parity tests within that bound, while bf16 rounding alone moves results by ~1e-3
+// of their magnitude or more.
+void expect_bf16_parity(Backend& cpu, Backend& cuda, const Case& run,
+                        const std::vector<std::pair<std::string, Tolerance>>& tolerances,
+                        const std::string& control, const std::string& what) {
+    SCOPED_TRACE(what);
+    ASSERT_EQ(cpu.precision(), Precision::FP32);
+    ASSERT_EQ(cuda.precision(), Precision::BF16);
+    const Outputs want = run(cpu);
+    const Outputs got = run(cuda);
+    ASSERT_EQ(want.floats.size(), got.floats.size());
+    bool control_seen = false;
+    for (std::size_t i = 0; i < want.floats.size(); ++i) {
+        const std::string& name = want.floats[i].first;
+        const Floats& ref = want.floats[i].second;
+        const Floats& out = got.floats[i].second;
+        const auto tol = std::find_if(tolerances.begin(), tolerances.end(),
+                                      [&](const auto& entry) { return entry.first == name; });
+        ASSERT_NE(tol, tolerances.end()) << "no tolerance for " << name;
+        expect_close(ref, out, tol->second, what + " " + name);
+        if (name != control) continue;
+        control_seen = true;
+        ASSERT_EQ(ref.size(), out.size());
+        double max_ref = 0.0, max_diff = 0.0;
+        for (std::size_t j = 0; j < ref.size(); ++j) {
+            max_ref = std::max(max_ref, std::fabs(static_cast<double>(ref[j])));
+            max_diff = std::max(max_diff, std::fabs(static_cast<double>(out[j]) -
+                                                    static_cast<double>(ref[j])));
+        }
+        EXPECT_GT(max_diff, kLongReduction.atol + kLongReduction.rtol * max_ref)
+            << what << " " << name
+            << ": within the fp32 kernels' tolerance of the CPU; did the bf16 path run?";
+    }
+    EXPECT_TRUE(control_seen) << "no output named " << control;
+}
+
+TEST_F(CudaParity, AttentionForwardBf16) {
+    cuda_->set_precision(Precision::BF16);
+    for (const auto& s : kAttentionBf16Shapes) {
+        for (bool causal : {true, false}) {
+            expect_bf16_parity(cpu_, *cuda_,
+                               attention_forward_case(rng_, s.B, s.T, s.C, s.H, causal),
+                               {{"out", kAttentionBf16Out}, {"lse", kAttentionBf16Lse}}, "out",
+                               "attention_forward bf16 " + shape_name({s.B, s.T, s.C, s.H}) +
+                                   (causal ? " causal" : " full"));
+        }
+    }
+    // Head sizes the bf16 kernels do not take (8 here) run the fp32 kernels, in precision.
+    for (const auto& s : kAttentionShapes) {
+        if ((s.C / s.H) % kBf16HeadQuantum == 0) continue;
+        expect_parity(attention_forward_case(rng_, s.B, s.T, s.C, s.H, true), kLongReduction,
+                      "attention_forward bf16 mode, fp32 fallback " +
+                          shape_name({s.B, s.T, s.C, s.H}));
+    }
+    expect_deterministic(attention_forward_case(rng_, 2, 130, 96, 2, true),
+                         "attention_forward bf16 causal");
+    expect_deterministic(attention_forward_case(rng_, 1, 77, 256, 2, false),
+                         "attention_forward bf16 full");
+    cuda_->set_precision(Precision::FP32);
+}
+
+TEST_F(CudaParity, AttentionBackwardBf16) {
+    cuda_->set_precision(Precision::BF16);
+    for (const auto& s : kAttentionBf16Shapes) {
+        for (bool causal : {true, false}) {
+            expect_bf16_parity(cpu_, *cuda_,
+                               attention_backward_case(rng_, s.B, s.T, s.C, s.H, causal),
+                               {{"dqkv", kAttentionBf16Grad}}, "dqkv",
+                               "attention_backward bf16 " + shape_name({s.B, s.T, s.C, s.H}) +
+                                   (causal ? " causal" : " full"));
+        }
+    }
+    for (const auto& s : kAttentionShapes) {
+        if ((s.C / s.H) % kBf16HeadQuantum == 0) continue;
+        expect_parity(attention_backward_case(rng_, s.B, s.T, s.C, s.H, true), kLongReduction,
+                      "attention_backward bf16 mode, fp32 fallback " +
+                          shape_name({s.B, s.T, s.C, s.H}));
+    }
+    expect_deterministic(attention_backward_case(rng_, 2, 130, 96, 2, true),
+                         "attention_backward bf16 causal");
+    expect_deterministic(attention_backward_case(rng_, 1, 200, 256, 4, false),
+                         "attention_backward bf16 full");
+    cuda_->set_precision(Precision::FP32);
 }
 
 // ---- pointwise ---------------------------------------------------------------------------

@@ -58,6 +58,7 @@
 #include "core/task/task.h"
 #include "core/train.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "cpu_and_cuda_fixture.h"
 #include "test_support.h"
 
 namespace upcycle {
@@ -73,18 +74,7 @@ constexpr double kVitLossAtol = 4e-3;
 constexpr double kAccumLossAtol = 1e-3;
 constexpr double kCheckpointEvalRtol = 1e-4;
 
-class CudaTraining : public ::testing::Test {
-protected:
-    void SetUp() override {
-        std::string why;
-        cuda_ = testing::cuda_backend_or_null(why);
-        if (!cuda_) GTEST_SKIP() << "no CUDA backend: " << why;
-        ASSERT_EQ(cuda_->kind(), DeviceKind::CUDA) << cuda_->describe();
-    }
-
-    CpuBackend cpu_;
-    std::unique_ptr<Backend> cuda_;
-};
+class CudaTraining : public testing::CpuAndCuda {};
 
 // A run's log.jsonl: training loss by step, validation loss by step.
 struct Curves {
