@@ -15,6 +15,8 @@
 #include <cstdint>
 #include <string>
 
+#include "core/errors.h"
+
 namespace upcycle {
 
 enum class DeviceKind { CPU, CUDA };
@@ -32,8 +34,12 @@ enum class Precision { FP32, BF16 };
 
 // "fp32" / "bf16" (the spelling of train.precision and --precision).
 inline const char* precision_name(Precision p) { return p == Precision::BF16 ? "bf16" : "fp32"; }
-inline Precision precision_from_name(const std::string& name) {
-    return name == "bf16" ? Precision::BF16 : Precision::FP32;  // validated by the config
+// The precision a name spells; anything else is a UserError naming source and key.
+inline Precision parse_precision(const std::string& name, const std::string& source,
+                                 const std::string& key) {
+    if (name == "fp32") return Precision::FP32;
+    if (name == "bf16") return Precision::BF16;
+    throw UserError(source, key, "expected fp32 or bf16, found '" + name + "'");
 }
 
 class Backend {

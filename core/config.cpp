@@ -1,5 +1,7 @@
 #include "core/config.h"
 
+#include "core/backend.h"
+
 #include <algorithm>
 #include <cmath>
 #include <fstream>
@@ -605,8 +607,7 @@ void validate(const RunConfig& c, const std::string& source) {
             "expected 0 (no accumulation) or a divisor of train.batch_size (" +
                 std::to_string(c.train.batch_size) + "), found " +
                 std::to_string(c.train.micro_batch));
-    require(c.train.precision == "fp32" || c.train.precision == "bf16", "train.precision",
-            "expected fp32 or bf16, found '" + c.train.precision + "'");
+    parse_precision(c.train.precision, source, "train.precision");
     require(c.train.log_every > 0, "train.log_every", "expected a positive integer");
     require(c.eval.every >= 0, "eval.every", "expected a non-negative integer");
     require(c.eval.max_windows >= 0, "eval.max_windows", "expected a non-negative integer");

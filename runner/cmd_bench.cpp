@@ -156,10 +156,7 @@ int run_bench(const BenchArgs& args) {
         throw UserError("", "--micro-batch",
                         fmt::format("expected a divisor of the batch ({}), found {}", B, micro));
     }
-    if (args.precision != "fp32" && args.precision != "bf16") {
-        throw UserError("", "--precision", "expected fp32 or bf16, found '" + args.precision + "'");
-    }
-    const Precision precision = precision_from_name(args.precision);
+    const Precision precision = parse_precision(args.precision, "", "--precision");
     const int T = tokens_per_example(dense_config);
     const double dense_flops = flops_per_token(dense_config).training * B * T;
     const int steps = args.steps > 0 ? args.steps : (dense_flops > 1e12 ? 3 : 20);

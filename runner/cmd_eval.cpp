@@ -52,10 +52,7 @@ int run_eval(const EvalArgs& args) {
     const Checkpoint ckpt = read_checkpoint(args.checkpoint);
     auto backend = make_backend(args.device);
     const std::string precision = args.precision.empty() ? ckpt.config.train.precision : args.precision;
-    if (precision != "fp32" && precision != "bf16") {
-        throw UserError("", "--precision", "expected fp32 or bf16, found '" + precision + "'");
-    }
-    backend->set_precision(precision_from_name(precision));
+    backend->set_precision(parse_precision(precision, "", "--precision"));
     EvalResult r;
     std::string source;
     std::string unit = "bytes";

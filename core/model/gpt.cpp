@@ -62,11 +62,9 @@ ForwardStats Gpt::forward(std::span<const int32_t> inputs, std::span<const int32
     UPCYCLE_ASSERT(B > 0 && B <= max_batch_, "batch larger than the model was allocated for");
     UPCYCLE_ASSERT(static_cast<int>(inputs.size()) == N && static_cast<int>(targets.size()) == N,
                    "inputs and targets must hold B·T tokens");
-    int64_t predicted = 0;
     for (int i = 0; i < N; ++i) {
         UPCYCLE_ASSERT(inputs[i] >= 0 && inputs[i] < V, "input token out of the vocabulary");
         UPCYCLE_ASSERT(targets[i] < V, "target token out of the vocabulary");
-        predicted += targets[i] >= 0;
     }
     Backend& be = *backend_;
     be.upload(inputs_.i32(), inputs.data(), sizeof(int32_t) * N);
@@ -80,25 +78,10 @@ ForwardStats Gpt::forward(std::span<const int32_t> inputs, std::span<const int32
                          p("lnf.weight"), p("lnf.bias"), N, C);
     be.matmul_forward(logits_.f32(), lnf.f32(), p("wte.weight"), nullptr, N, C, V);
 
-    const bool train = pass == Pass::Train;
-    const float grad_scale = predicted > 0 ? 1.0f / static_cast<float>(predicted) : 0.0f;
-    // Train: dlogits overwrite the logits in place (they are not needed any more).
-    be.softmax_crossentropy(losses_.f32(), train ? logits_.f32() : nullptr,
-                            train ? nullptr : argmax_.i32(), logits_.f32(), targets_.i32(), N, V,
-                            grad_scale);
-    have_train_forward_ = train;
-
-    ForwardStats stats;
-    std::vector<float> losses(static_cast<std::size_t>(N));
-    be.download(losses.data(), losses_.f32(), sizeof(float) * N);
-    for (float x : losses) stats.loss_sum += x;
-    stats.tokens = predicted;
+    ForwardStats stats = classification_loss(be, logits_.f32(), losses_.f32(), argmax_.i32(),
+                                              targets_.i32(), targets, V, pass);
     stats.aux_loss = blocks_.auxiliary_loss();
-    if (!train) {
-        std::vector<int32_t> argmax(static_cast<std::size_t>(N));
-        be.download(argmax.data(), argmax_.i32(), sizeof(int32_t) * N);
-        for (int i = 0; i < N; ++i) stats.correct += targets[i] >= 0 && argmax[i] == targets[i];
-    }
+    have_train_forward_ = pass == Pass::Train;
     return stats;
 }
 

@@ -5,6 +5,7 @@
 // differs by input (token ids or images) and is each model's own.
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <vector>
 
 #include "core/config.h"
@@ -53,6 +54,16 @@ public:
     virtual const std::vector<int>& moe_layers() const = 0;
     virtual std::vector<RoutingStats> routing_stats() const = 0;
 };
+
+// The loss head every model ends with: fused softmax cross-entropy of logits[N,K] against
+// targets (on the device in targets_device, and on the host; a negative target is ignored),
+// as the mean over the predicted targets. Train: the gradient of that mean overwrites the
+// logits in place (they are not needed any more). Evaluate: the argmax counts the correct
+// predictions. losses[N] and argmax[N] are the model's buffers; aux_loss is left to the
+// caller.
+ForwardStats classification_loss(Backend& backend, float* logits, float* losses, int32_t* argmax,
+                                 const int32_t* targets_device, std::span<const int32_t> targets,
+                                 int K, Pass pass);
 
 // The parameter layout of a model config, whichever its arch.
 std::vector<ParamInfo> parameter_layout(const ModelConfig& model);

@@ -79,11 +79,7 @@ ForwardStats Vit::forward(std::span<const float> images, std::span<const int32_t
     UPCYCLE_ASSERT(images.size() == static_cast<std::size_t>(B) * S * S,
                    "images must hold B·image·image pixels");
     UPCYCLE_ASSERT(static_cast<int>(labels.size()) == B, "labels must hold B entries");
-    int64_t predicted = 0;
-    for (int i = 0; i < B; ++i) {
-        UPCYCLE_ASSERT(labels[i] < K, "label out of the class range");
-        predicted += labels[i] >= 0;
-    }
+    for (int i = 0; i < B; ++i) UPCYCLE_ASSERT(labels[i] < K, "label out of the class range");
     Backend& be = *backend_;
     be.upload(images_.f32(), images.data(), sizeof(float) * images.size());
     be.upload(labels_.i32(), labels.data(), sizeof(int32_t) * B);
@@ -99,25 +95,11 @@ ForwardStats Vit::forward(std::span<const float> images, std::span<const int32_t
                          p("lnf.weight"), p("lnf.bias"), B, C);
     be.matmul_forward(logits_.f32(), lnf.f32(), p("head.weight"), p("head.bias"), B, C, K);
 
-    const bool train = pass == Pass::Train;
-    const float grad_scale = predicted > 0 ? 1.0f / static_cast<float>(predicted) : 0.0f;
-    be.softmax_crossentropy(losses_.f32(), train ? logits_.f32() : nullptr,
-                            train ? nullptr : argmax_.i32(), logits_.f32(), labels_.i32(), B, K,
-                            grad_scale);
-    have_train_forward_ = train;
-    logits_valid_ = !train;
-
-    ForwardStats stats;
-    std::vector<float> losses(static_cast<std::size_t>(B));
-    be.download(losses.data(), losses_.f32(), sizeof(float) * B);
-    for (float x : losses) stats.loss_sum += x;
-    stats.tokens = predicted;
+    ForwardStats stats = classification_loss(be, logits_.f32(), losses_.f32(), argmax_.i32(),
+                                              labels_.i32(), labels, K, pass);
     stats.aux_loss = blocks_.auxiliary_loss();
-    if (!train) {
-        std::vector<int32_t> argmax(static_cast<std::size_t>(B));
-        be.download(argmax.data(), argmax_.i32(), sizeof(int32_t) * B);
-        for (int i = 0; i < B; ++i) stats.correct += labels[i] >= 0 && argmax[i] == labels[i];
-    }
+    have_train_forward_ = pass == Pass::Train;
+    logits_valid_ = !have_train_forward_;
     return stats;
 }
 

@@ -41,6 +41,7 @@ namespace {
 using gpu::DeviceScratch;
 using gpu::kFullMask;
 using gpu::kWarpSize;
+using gpu::warp_max;
 using gpu::warp_sum;
 
 constexpr int kMaxHeadSize = 128;
@@ -51,13 +52,6 @@ constexpr int kTile = kWarpSize;                         // rows per staged tile
 constexpr int kTileStride = kMaxHeadSize + 1;
 constexpr int kRowsPerBlock = 8;  // output rows per block, one warp each
 constexpr int kThreads = kRowsPerBlock * kWarpSize;
-
-__device__ float warp_max(float v) {
-    for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
-        v = fmaxf(v, __shfl_xor_sync(kFullMask, v, offset));
-    }
-    return v;
-}
 
 // a·b over hs elements, in ascending order (the same expression in every kernel, so the
 // recomputed scores match the forward's bit for bit).

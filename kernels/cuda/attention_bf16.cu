@@ -90,6 +90,7 @@ using bf16 = __nv_bfloat16;
 using gpu::DeviceScratch;
 using gpu::kFullMask;
 using gpu::kWarpSize;
+using gpu::warp_max;
 using gpu::warp_sum;
 
 constexpr int kMaxHeadSize = 128;
@@ -216,13 +217,6 @@ __device__ T* region(unsigned char* smem, std::size_t offset) {
 }
 
 // ---- device helpers -----------------------------------------------------------------------
-
-__device__ float warp_max(float v) {
-    for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
-        v = fmaxf(v, __shfl_xor_sync(kFullMask, v, offset));
-    }
-    return v;
-}
 
 // Whether query t sees key s: both real rows (not tile padding), and s ≤ t when causal.
 __device__ bool visible(int s, int t, int T, bool causal) {

@@ -68,6 +68,14 @@ __device__ inline float warp_sum(float v) {
     return v;
 }
 
+// Maximum over the 32 lanes by butterfly shuffles; every lane receives it.
+__device__ inline float warp_max(float v) {
+    for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
+        v = fmaxf(v, __shfl_xor_sync(kFullMask, v, offset));
+    }
+    return v;
+}
+
 // Scratch device memory from the backend's caching allocator, returned on scope exit.
 // Stream-ordered reuse is safe: every kernel runs on the backend's one stream.
 class DeviceScratch {

@@ -11,6 +11,7 @@
 #include "core/optim/schedule.h"
 #include "core/rng.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "gradient_check.h"
 #include "test_support.h"
 
 namespace upcycle {
@@ -30,18 +31,7 @@ double mean_loss(Gpt& model, const Batch& batch, int B) {
     return model.forward(batch.inputs, batch.targets, B, Pass::Evaluate).mean_loss();
 }
 
-// Scale every parameter up so gradients are large relative to float rounding in the loss.
-void make_weights_larger(Gpt& model, Rng& rng) {
-    auto params = model.parameters().to_host();
-    for (auto& x : params) x += 0.1f * rng.normal();
-    model.parameters().copy_from_host(params);
-}
-
-// Directional derivative per tensor: (L(θ+εd) − L(θ−εd)) / 2ε against g·d, where d is a
-// unit vector on that tensor mixing the analytic gradient's direction with a random one (a
-// wrong gradient, in sign, scale or direction, changes the true slope along d). Aggregating
-// over the whole tensor keeps the difference far above float rounding, so the tolerance can
-// be tight (2%); one element-wise check on each tensor's largest gradient entry follows (5%).
+// Every parameter tensor's gradient against finite differences (tests/gradient_check.h).
 TEST(Gpt, GradientsMatchFiniteDifferences) {
     CpuBackend backend;
     const ModelConfig config = tiny_model();
@@ -49,74 +39,13 @@ TEST(Gpt, GradientsMatchFiniteDifferences) {
     Gpt model(backend, config, B);
     model.init_weights(3);
     Rng rng(11);
-    make_weights_larger(model, rng);
+    testing::make_weights_larger(model, rng);
     const Batch batch = random_batch(B, config.context, config.vocab_size, 5);
 
     model.forward(batch.inputs, batch.targets, B, Pass::Train);
     model.backward();
-    const auto grads = model.gradients().to_host();
-    const auto theta = model.parameters().to_host();
-
-    const double eps = 1e-2;
-    for (const auto& info : model.layout()) {
-        std::vector<double> direction(info.numel);
-        double g_norm = 0, r_norm = 0;
-        std::vector<double> random(info.numel);
-        for (std::size_t i = 0; i < info.numel; ++i) {
-            random[i] = rng.normal();
-            r_norm += random[i] * random[i];
-            g_norm += static_cast<double>(grads[info.offset + i]) * grads[info.offset + i];
-        }
-        g_norm = std::sqrt(g_norm) + 1e-30;
-        r_norm = std::sqrt(r_norm);
-        double d_norm = 0;
-        for (std::size_t i = 0; i < info.numel; ++i) {
-            direction[i] = grads[info.offset + i] / g_norm + random[i] / r_norm;
-            d_norm += direction[i] * direction[i];
-        }
-        d_norm = std::sqrt(d_norm);
-        double analytic = 0;
-        for (std::size_t i = 0; i < info.numel; ++i) {
-            direction[i] /= d_norm;
-            analytic += static_cast<double>(grads[info.offset + i]) * direction[i];
-        }
-        auto perturbed = theta;
-        for (std::size_t i = 0; i < info.numel; ++i) {
-            perturbed[info.offset + i] =
-                static_cast<float>(theta[info.offset + i] + eps * direction[i]);
-        }
-        model.parameters().copy_from_host(perturbed);
-        const double plus = mean_loss(model, batch, B);
-        for (std::size_t i = 0; i < info.numel; ++i) {
-            perturbed[info.offset + i] =
-                static_cast<float>(theta[info.offset + i] - eps * direction[i]);
-        }
-        model.parameters().copy_from_host(perturbed);
-        const double minus = mean_loss(model, batch, B);
-        const double numeric = (plus - minus) / (2 * eps);
-        const double scale = std::max({std::fabs(analytic), std::fabs(numeric), 1e-3});
-        EXPECT_LT(std::fabs(analytic - numeric) / scale, 2e-2)
-            << info.name << ": analytic " << analytic << " numeric " << numeric;
-
-        // the single largest-gradient element of this tensor
-        std::size_t best = 0;
-        for (std::size_t i = 1; i < info.numel; ++i) {
-            if (std::fabs(grads[info.offset + i]) > std::fabs(grads[info.offset + best])) best = i;
-        }
-        auto single = theta;
-        single[info.offset + best] += eps;
-        model.parameters().copy_from_host(single);
-        const double up = mean_loss(model, batch, B);
-        single[info.offset + best] -= 2 * eps;
-        model.parameters().copy_from_host(single);
-        const double down = mean_loss(model, batch, B);
-        const double element_numeric = (up - down) / (2 * eps);
-        const double g = grads[info.offset + best];
-        const double element_scale = std::max({std::fabs(g), std::fabs(element_numeric), 1e-3});
-        EXPECT_LT(std::fabs(g - element_numeric) / element_scale, 5e-2)
-            << info.name << "[" << best << "]: analytic " << g << " numeric " << element_numeric;
-        model.parameters().copy_from_host(theta);
-    }
+    testing::expect_gradients_match_finite_differences(
+        model, rng, [&] { return mean_loss(model, batch, B); });
 }
 
 TEST(Gpt, FutureTokensDoNotChangeEarlierLogits) {

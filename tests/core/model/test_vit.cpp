@@ -10,6 +10,7 @@
 #include "core/model/vit.h"
 #include "core/rng.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "gradient_check.h"
 
 namespace upcycle {
 namespace {
@@ -163,21 +164,14 @@ double objective(Vit& model, const Batch& batch, int B) {
     return s.mean_loss() + s.aux_loss;
 }
 
-void make_weights_larger(Vit& model, Rng& rng) {
-    auto params = model.parameters().to_host();
-    for (auto& x : params) x += 0.1f * rng.normal();
-    model.parameters().copy_from_host(params);
-}
-
-// As the GPT's test: per tensor, the directional derivative along a unit direction mixing the
-// analytic gradient with a random one (2%), then the largest-gradient element alone (5%).
+// Every parameter tensor's gradient against finite differences (tests/gradient_check.h).
 void check_gradients(const ModelConfig& config) {
     CpuBackend backend;
     const int B = kBatch;
     Vit model(backend, config, B);
     model.init_weights(3);
     Rng rng(11);
-    make_weights_larger(model, rng);
+    testing::make_weights_larger(model, rng);
     const Batch batch = random_batch(B, 5);
 
     model.forward(batch.images, batch.labels, B, Pass::Train);
@@ -185,62 +179,8 @@ void check_gradients(const ModelConfig& config) {
         for (const auto n : stats.tokens_per_expert) EXPECT_EQ(n, B * model.shape().tokens());
     }
     model.backward();
-    const auto grads = model.gradients().to_host();
-    const auto theta = model.parameters().to_host();
-
-    const double eps = 1e-2;
-    for (const auto& info : model.layout()) {
-        std::vector<double> direction(info.numel), random(info.numel);
-        double g_norm = 0, r_norm = 0;
-        for (std::size_t i = 0; i < info.numel; ++i) {
-            random[i] = rng.normal();
-            r_norm += random[i] * random[i];
-            g_norm += static_cast<double>(grads[info.offset + i]) * grads[info.offset + i];
-        }
-        g_norm = std::sqrt(g_norm) + 1e-30;
-        r_norm = std::sqrt(r_norm);
-        double d_norm = 0;
-        for (std::size_t i = 0; i < info.numel; ++i) {
-            direction[i] = grads[info.offset + i] / g_norm + random[i] / r_norm;
-            d_norm += direction[i] * direction[i];
-        }
-        d_norm = std::sqrt(d_norm);
-        double analytic = 0;
-        for (std::size_t i = 0; i < info.numel; ++i) {
-            direction[i] /= d_norm;
-            analytic += static_cast<double>(grads[info.offset + i]) * direction[i];
-        }
-        auto perturbed = theta;
-        for (std::size_t i = 0; i < info.numel; ++i)
-            perturbed[info.offset + i] = static_cast<float>(theta[info.offset + i] + eps * direction[i]);
-        model.parameters().copy_from_host(perturbed);
-        const double plus = objective(model, batch, B);
-        for (std::size_t i = 0; i < info.numel; ++i)
-            perturbed[info.offset + i] = static_cast<float>(theta[info.offset + i] - eps * direction[i]);
-        model.parameters().copy_from_host(perturbed);
-        const double minus = objective(model, batch, B);
-        const double numeric = (plus - minus) / (2 * eps);
-        const double scale = std::max({std::fabs(analytic), std::fabs(numeric), 1e-3});
-        EXPECT_LT(std::fabs(analytic - numeric) / scale, 2e-2)
-            << info.name << ": analytic " << analytic << " numeric " << numeric;
-
-        std::size_t best = 0;
-        for (std::size_t i = 1; i < info.numel; ++i)
-            if (std::fabs(grads[info.offset + i]) > std::fabs(grads[info.offset + best])) best = i;
-        auto single = theta;
-        single[info.offset + best] += eps;
-        model.parameters().copy_from_host(single);
-        const double up = objective(model, batch, B);
-        single[info.offset + best] -= 2 * eps;
-        model.parameters().copy_from_host(single);
-        const double down = objective(model, batch, B);
-        const double element_numeric = (up - down) / (2 * eps);
-        const double g = grads[info.offset + best];
-        const double element_scale = std::max({std::fabs(g), std::fabs(element_numeric), 1e-3});
-        EXPECT_LT(std::fabs(g - element_numeric) / element_scale, 5e-2)
-            << info.name << "[" << best << "]: analytic " << g << " numeric " << element_numeric;
-        model.parameters().copy_from_host(theta);
-    }
+    testing::expect_gradients_match_finite_differences(
+        model, rng, [&] { return objective(model, batch, B); });
 }
 
 TEST(Vit, DenseGradientsMatchFiniteDifferences) { check_gradients(tiny_model()); }
@@ -275,7 +215,7 @@ TEST(Vit, UpcycledMoeBlockPreservesTheDenseFunction) {
     Vit dense(backend, tiny_model(), B);
     dense.init_weights(4);
     Rng rng(6);
-    make_weights_larger(dense, rng);
+    testing::make_weights_larger(dense, rng);
     ModelConfig moe_config = tiny_moe_model("topk", 0.0, "renormalized");
     moe_config.moe.layers = "all";
     Vit moe(backend, moe_config, B);

@@ -184,7 +184,7 @@ TEST(Bf16, TinyGptTrainsCloseToFp32) {
         options.out_dir = dir / precision;
         CpuBackend backend;
         const TrainSummary summary = train(backend, config, options, observer);
-        EXPECT_EQ(backend.precision(), precision_from_name(precision));  // the trainer set it
+        EXPECT_EQ(backend.precision(), parse_precision(precision, "test", "train.precision"));  // the trainer set it
         losses.push_back(summary.final_eval->loss);
         return losses;
     };
