@@ -42,6 +42,66 @@ inline Precision parse_precision(const std::string& name, const std::string& sou
     throw UserError(source, key, "expected fp32 or bf16, found '" + name + "'");
 }
 
+// Rows grouped by expert, for the experts' GEMMs (views of a MoeRouting's layout).
+struct ExpertGroups {
+    int E = 0;
+    int rows_per_expert = 0;             // P > 0: padded, expert e's block is [e·P, (e+1)·P)
+    int rows = 0;                        // all rows, padding included
+    const int32_t* offset = nullptr;     // [E+1] device: first row of each expert
+    const int32_t* count = nullptr;      // [E] device: rows each expert owns
+};
+
+// A routing decision on the device (every pointer is backend memory; moe_route writes them).
+//
+// Slots: token n owns S slots (topk: S = K, its selected experts in rank order;
+//   expert_choice: S = E, the experts that chose it in ascending order, then empty slots).
+// Rows: the dispatched copies of the tokens, grouped by expert, in token order within one.
+//   padded layout (rows_per_expert = P > 0, P ≥ capacity): expert e owns rows
+//     [e·P, e·P + count[e]); the rest of its block is padding (row_token −1). Static shapes,
+//     so a backend multiplies whole blocks and reads nothing back (the GPU's choice whenever
+//     a capacity bounds the rows, see Backend::pads_expert_rows).
+//   compact layout (rows_per_expert = 0): rows() = N·K, expert e owns rows
+//     [offset[e], offset[e+1]), offset the exclusive prefix sum of count; the rows from
+//     offset[E] on are padding (when capacity dropped some). No padding inside.
+struct MoeRouting {
+    // ---- the rule
+    int N = 0;                          // tokens
+    int E = 0;                          // experts
+    int K = 1;                          // topk's k (1 for expert choice)
+    bool expert_choice = false;         // false: topk (token choice)
+    bool renormalize = false;           // weights divided by the sum over the selected slots
+    bool probability_priority = false;  // topk: within a rank, claim by descending probability
+    int capacity = 0;                   // kept assignments per expert, at most (1..N)
+    int rows_per_expert = 0;            // P > 0: padded layout; 0: compact
+    double aux_loss_coef = 0;           // for moe_route_backward
+    double z_loss_coef = 0;
+    int slots() const { return expert_choice ? E : K; }
+    int rows() const { return rows_per_expert > 0 ? E * rows_per_expert : N * K; }
+    ExpertGroups groups() const { return {E, rows_per_expert, rows(), expert_offset, expert_count}; }
+
+    // ---- device buffers
+    float* probabilities = nullptr;    // [N,E] softmax of the logits
+    float* logsumexp = nullptr;        // [N]
+    int32_t* slot_expert = nullptr;    // [N,S] selected expert, −1 = empty slot
+    int32_t* slot_row = nullptr;       // [N,S] row carrying the slot, −1 = dropped or empty
+    float* slot_weight = nullptr;      // [N,S] combine weight, 0 where slot_row = −1
+    int32_t* row_token = nullptr;      // [rows()] token of each row, −1 = padding
+    int32_t* expert_count = nullptr;   // [E] kept rows per expert
+    int32_t* expert_offset = nullptr;  // [E+1] first row of each expert (padded: e·P)
+    double* load_fraction = nullptr;   // [E] f_e of the load-balancing loss: the fraction of
+                                       //     selections (before capacity) that name e
+    double* statistics = nullptr;      // [kRoutingSums + E], see RoutingSum
+};
+
+// The sums moe_route leaves in MoeRouting::statistics (doubles; the host turns them into
+// RoutingStats when it logs them). After the fixed entries come E more: Σ_n p[n,e].
+enum RoutingSum : int {
+    kEntropySum = 0,      // Σ_n −Σ_e p log p
+    kSquaredLseSum = 1,   // Σ_n logsumexp_n²
+    kUnroutedTokens = 2,  // tokens with no kept slot
+    kRoutingSums = 3,     // count of the fixed entries
+};
+
 class Backend {
 public:
     virtual ~Backend() = default;
@@ -62,6 +122,11 @@ public:
     // model FLOPs utilisation), or 0 where no vendor figure is known (the CPU: the bench
     // measures sgemm instead).
     virtual double peak_flops(Precision /*precision*/) const { return 0; }
+
+    // How a capacity-limited MoE layer lays out its expert rows (MoeRouting): padded blocks
+    // of static shape, so that nothing is read back (a GPU), or compact, computing no padding
+    // rows (the CPU, which reads the expert counts for free).
+    virtual bool pads_expert_rows() const { return false; }
 
     // ---- precision (a mode: the trainer sets it once for a run) -------------------------
     void set_precision(Precision precision) { precision_ = precision; }
@@ -128,30 +193,53 @@ public:
                                       const float* logits, const int32_t* targets, int N,
                                       int V, float grad_scale) = 0;
 
-    // ---- Mixture-of-Experts dispatch and combine ----------------------------------------
-    // Rows are (token, expert) assignments grouped by expert. The token-major index
-    // (token_offsets[N+1], token_rows[R]) lists, for token n, the rows
-    // token_rows[token_offsets[n] .. token_offsets[n+1]) that carry it, in a fixed order;
-    // a token may have none (all its assignments dropped). Walking tokens, not rows, keeps
-    // every reduction in a fixed order without atomics.
+    // ---- Mixture-of-Experts: routing, dispatch, expert GEMMs, combine -------------------
+    // The routing decision lives on the device in fixed shapes (MoeRouting above), so a
+    // capacity-limited MoE layer runs a whole training step without reading anything back.
     //
-    // out[r,:] = inp[row_token[r],:]   for r < R   (dispatch: gather tokens into expert rows)
-    virtual void gather_rows(float* out, const float* inp, const int32_t* row_token, int R,
+    // Routes the tokens by r's rule from the router logits[N,E] and writes every buffer of r
+    // (core/moe/router.h states the rule; its route() is the reference).
+    virtual void moe_route(const MoeRouting& r, const float* logits) = 0;
+    // dlogits[N,E] (OVERWRITES: the router logits have no other gradient) from the gradients
+    // of the combine weights dslot_weight[N,S] (0 on dropped and empty slots) and the
+    // auxiliary losses aux_loss_coef·aux + z_loss_coef·z, for the decision in r.
+    virtual void moe_route_backward(float* dlogits, const float* dslot_weight,
+                                    const MoeRouting& r) = 0;
+
+    // Dispatch: out[row,:] = inp[row_token[row],:], zeros on padding rows (row_token = −1).
+    virtual void gather_rows(float* out, const float* inp, const int32_t* row_token, int rows,
                              int C) = 0;
-    // dinp[n,:] += Σ_{r ∈ rows of n} dout[r,:]
-    virtual void gather_rows_backward(float* dinp, const float* dout,
-                                      const int32_t* token_offsets, const int32_t* token_rows,
-                                      int N, int C) = 0;
-    // out[n,:] = Σ_{j ∈ [token_offsets[n], token_offsets[n+1])} weights[j] · src[token_rows[j],:]
-    // (OVERWRITES; a token with no rows gets zeros). weights are in token-major order.
-    virtual void combine_rows(float* out, const float* src, const float* weights,
-                              const int32_t* token_offsets, const int32_t* token_rows, int N,
-                              int C) = 0;
-    // dsrc[token_rows[j],:] += weights[j] · dout[n,:];  dweights[j] += dout[n,:] · src[token_rows[j],:]
-    virtual void combine_rows_backward(float* dsrc, float* dweights, const float* dout,
-                                       const float* src, const float* weights,
-                                       const int32_t* token_offsets, const int32_t* token_rows,
-                                       int N, int C) = 0;
+    // dinp[n,:] += Σ_{s < S, slot_row[n,s] ≥ 0, in slot order} dout[slot_row[n,s],:]
+    virtual void gather_rows_backward(float* dinp, const float* dout, const int32_t* slot_row,
+                                      int N, int S, int C) = 0;
+    // Combine (OVERWRITES; a token with no kept slot gets zeros):
+    //   out[n,:] = Σ_{s: slot_row[n,s] ≥ 0, in slot order} slot_weight[n,s] · src[slot_row[n,s],:]
+    virtual void combine_rows(float* out, const float* src, const float* slot_weight,
+                              const int32_t* slot_row, int N, int S, int C) = 0;
+    // For each kept slot (n,s) with row = slot_row[n,s]:
+    //   dsrc[row,:] += slot_weight[n,s] · dout[n,:];  dslot_weight[n,s] += dout[n,:] · src[row,:]
+    // Every row is carried by at most one slot, so each dsrc row has one writer.
+    virtual void combine_rows_backward(float* dsrc, float* dslot_weight, const float* dout,
+                                       const float* src, const float* slot_weight,
+                                       const int32_t* slot_row, int N, int S, int C) = 0;
+
+    // The experts' linear layers: one weight per expert, at a fixed stride in the parameter
+    // buffer (W_e = weight + e·weight_stride [N,K], b_e = bias + e·bias_stride [N]), applied
+    // to the rows each expert owns in g:
+    //   out[rows of e] = inp[rows of e] · W_e^T + b_e
+    // Padding rows of out get finite values that nothing reads (a backend may multiply whole
+    // padded blocks). The gradient buffers of expert_matmul_backward use the same strides.
+    virtual void expert_matmul_forward(float* out, const float* inp, const float* weight,
+                                       std::size_t weight_stride, const float* bias,
+                                       std::size_t bias_stride, const ExpertGroups& g, int K,
+                                       int N) = 0;
+    // Over the rows each expert owns: dinp += dout · W_e;  dW_e += doutᵀ · inp;
+    // db_e += Σ_rows dout (dinp and dbias may be null). Padding rows of dout must be zero and
+    // their dinp rows receive zeros (a backend may multiply whole padded blocks).
+    virtual void expert_matmul_backward(float* dinp, float* dweight, float* dbias,
+                                        const float* dout, const float* inp, const float* weight,
+                                        std::size_t weight_stride, std::size_t bias_stride,
+                                        const ExpertGroups& g, int K, int N) = 0;
 
     // ---- vision -------------------------------------------------------------------------
     // Patch rows of grey images (a pure rearrangement, no backward): images[B,H,W] →

@@ -8,6 +8,7 @@ std::size_t dtype_size(DType dtype) {
     switch (dtype) {
         case DType::F32: return sizeof(float);
         case DType::I32: return sizeof(int32_t);
+        case DType::F64: return sizeof(double);
     }
     return 0;
 }
@@ -69,6 +70,15 @@ int32_t* Tensor::i32() {
 const int32_t* Tensor::i32() const {
     UPCYCLE_ASSERT(dtype_ == DType::I32, "tensor is not int32");
     return static_cast<const int32_t*>(buffer_.get());
+}
+
+double* Tensor::f64() {
+    UPCYCLE_ASSERT(dtype_ == DType::F64, "tensor is not float64");
+    return static_cast<double*>(buffer_.get());
+}
+const double* Tensor::f64() const {
+    UPCYCLE_ASSERT(dtype_ == DType::F64, "tensor is not float64");
+    return static_cast<const double*>(buffer_.get());
 }
 
 std::vector<float> Tensor::to_host() const {

@@ -1,5 +1,6 @@
 #pragma once
-// Tensor: an owning, move-only buffer on one backend with a shape. Float32 or int32.
+// Tensor: an owning, move-only buffer on one backend with a shape. Float32, int32 or float64
+// (float64 only for small accumulators, such as the routing sums).
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -10,7 +11,7 @@
 
 namespace upcycle {
 
-enum class DType { F32, I32 };
+enum class DType { F32, I32, F64 };
 
 std::size_t dtype_size(DType dtype);
 std::string shape_string(const std::vector<int64_t>& shape);  // "[3, 4]"
@@ -45,6 +46,8 @@ public:
     const float* f32() const;
     int32_t* i32();
     const int32_t* i32() const;
+    double* f64();
+    const double* f64() const;
 
     std::vector<float> to_host() const;
     std::vector<int32_t> to_host_i32() const;

@@ -101,7 +101,8 @@ TransformerBlocks::TransformerBlocks(Backend& backend, const ModelConfig& model,
     moe_layer_indices_ = moe_layer_indices(model);
     moe_.resize(static_cast<std::size_t>(model.layers));
     for (const int l : moe_layer_indices_) {
-        moe_[l] = std::make_unique<MoeLayer>(backend, model, static_cast<int>(N));
+        moe_[l] = std::make_unique<MoeLayer>(backend, model, static_cast<int>(N),
+                                             backend.pads_expert_rows());
     }
     offsets_.resize(static_cast<std::size_t>(model.layers));
     for (int l = 0; l < model.layers; ++l) {
@@ -118,12 +119,23 @@ TransformerBlocks::TransformerBlocks(Backend& backend, const ModelConfig& model,
         o.ln2_bias = at("ln2.bias");
         if (moe_[l]) {
             o.router = at("mlp.router.weight");
+            // expert 0's tensors and one stride to the next expert's (the backend's expert
+            // GEMMs take all experts in one strided call)
+            auto expert = [&](int e, const std::string& name) {
+                return at("mlp.experts." + std::to_string(e) + "." + name);
+            };
+            o.expert_fc_weight = expert(0, "fc.weight");
+            o.expert_fc_bias = expert(0, "fc.bias");
+            o.expert_proj_weight = expert(0, "proj.weight");
+            o.expert_proj_bias = expert(0, "proj.bias");
+            o.expert_stride = model.moe.experts > 1 ? expert(1, "fc.weight") - o.expert_fc_weight : 0;
             for (int e = 0; e < model.moe.experts; ++e) {
-                const std::string x = "mlp.experts." + std::to_string(e) + ".";
-                o.expert_fc_weight.push_back(at(x + "fc.weight"));
-                o.expert_fc_bias.push_back(at(x + "fc.bias"));
-                o.expert_proj_weight.push_back(at(x + "proj.weight"));
-                o.expert_proj_bias.push_back(at(x + "proj.bias"));
+                const std::size_t shift = e * o.expert_stride;
+                UPCYCLE_ASSERT(expert(e, "fc.weight") == o.expert_fc_weight + shift &&
+                                   expert(e, "fc.bias") == o.expert_fc_bias + shift &&
+                                   expert(e, "proj.weight") == o.expert_proj_weight + shift &&
+                                   expert(e, "proj.bias") == o.expert_proj_bias + shift,
+                               "experts' parameters must lie at one stride from each other");
             }
         } else {
             o.fc_weight = at("mlp.fc.weight");
@@ -162,12 +174,8 @@ MoeTensors TransformerBlocks::moe_tensors(int layer, Tensor& flat) const {
     float* base = flat.f32();
     MoeTensors t;
     t.router = base + o.router;
-    for (std::size_t e = 0; e < o.expert_fc_weight.size(); ++e) {
-        t.experts.fc_weight.push_back(base + o.expert_fc_weight[e]);
-        t.experts.fc_bias.push_back(base + o.expert_fc_bias[e]);
-        t.experts.proj_weight.push_back(base + o.expert_proj_weight[e]);
-        t.experts.proj_bias.push_back(base + o.expert_proj_bias[e]);
-    }
+    t.experts = {base + o.expert_fc_weight, base + o.expert_fc_bias, base + o.expert_proj_weight,
+                 base + o.expert_proj_bias, o.expert_stride};
     return t;
 }
 

@@ -100,7 +100,8 @@ private:
         std::size_t ln2_weight, ln2_bias;
         std::size_t fc_weight = 0, fc_bias = 0, mlp_proj_weight = 0, mlp_proj_bias = 0;  // dense
         std::size_t router = 0;                                                         // MoE
-        std::vector<std::size_t> expert_fc_weight, expert_fc_bias, expert_proj_weight, expert_proj_bias;
+        std::size_t expert_fc_weight = 0, expert_fc_bias = 0, expert_proj_weight = 0,  // expert 0's
+            expert_proj_bias = 0, expert_stride = 0;
     };
     MoeTensors moe_tensors(int layer, Tensor& flat) const;
 

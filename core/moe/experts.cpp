@@ -1,46 +1,32 @@
 #include "core/moe/experts.h"
 
+#include "core/errors.h"
+
 namespace upcycle {
 
-void experts_forward(Backend& be, const ExpertTensors& w, const std::vector<int32_t>& expert_offsets,
-                     const float* x, ExpertActivations act, float* out, int C) {
-    const int E = static_cast<int>(w.fc_weight.size());
-    const std::size_t H = 4 * static_cast<std::size_t>(C);
-    for (int e = 0; e < E; ++e) {
-        const int first = expert_offsets[e];
-        const int M = expert_offsets[e + 1] - first;
-        if (M == 0) continue;
-        float* hidden = act.hidden + first * H;
-        float* hidden_gelu = act.hidden_gelu + first * H;
-        be.matmul_forward(hidden, x + static_cast<std::size_t>(first) * C, w.fc_weight[e],
-                          w.fc_bias[e], M, C, 4 * C);
-        be.gelu_forward(hidden_gelu, hidden, M * H);
-        be.matmul_forward(out + static_cast<std::size_t>(first) * C, hidden_gelu, w.proj_weight[e],
-                          w.proj_bias[e], M, 4 * C, C);
-    }
+void experts_forward(Backend& be, const ExpertTensors& w, const ExpertGroups& g, const float* x,
+                     ExpertActivations act, float* out, int C) {
+    const int H = 4 * C;
+    be.expert_matmul_forward(act.hidden, x, w.fc_weight, w.stride, w.fc_bias, w.stride, g, C, H);
+    be.gelu_forward(act.hidden_gelu, act.hidden, static_cast<std::size_t>(g.rows) * H);
+    be.expert_matmul_forward(out, act.hidden_gelu, w.proj_weight, w.stride, w.proj_bias, w.stride,
+                             g, H, C);
 }
 
-void experts_backward(Backend& be, const ExpertTensors& w, ExpertTensors& grad,
-                      const std::vector<int32_t>& expert_offsets, const float* x,
-                      ExpertActivations act, const float* dout, float* dx, float* dhidden_gelu,
-                      float* dhidden, int C) {
-    const int E = static_cast<int>(w.fc_weight.size());
-    const std::size_t H = 4 * static_cast<std::size_t>(C);
-    const std::size_t R = static_cast<std::size_t>(expert_offsets[E]);
-    be.zero(dhidden_gelu, R * H * sizeof(float));
-    be.zero(dhidden, R * H * sizeof(float));
-    for (int e = 0; e < E; ++e) {
-        const int first = expert_offsets[e];
-        const int M = expert_offsets[e + 1] - first;
-        if (M == 0) continue;
-        const std::size_t row_c = static_cast<std::size_t>(first) * C;
-        const std::size_t row_h = first * H;
-        be.matmul_backward(dhidden_gelu + row_h, grad.proj_weight[e], grad.proj_bias[e],
-                           dout + row_c, act.hidden_gelu + row_h, w.proj_weight[e], M, 4 * C, C);
-        be.gelu_backward(dhidden + row_h, act.hidden + row_h, dhidden_gelu + row_h, M * H);
-        be.matmul_backward(dx + row_c, grad.fc_weight[e], grad.fc_bias[e], dhidden + row_h,
-                           x + row_c, w.fc_weight[e], M, C, 4 * C);
-    }
+void experts_backward(Backend& be, const ExpertTensors& w, const ExpertTensors& grad,
+                      const ExpertGroups& g, const float* x, ExpertActivations act,
+                      const float* dout, float* dx, float* dhidden_gelu, float* dhidden, int C) {
+    const int H = 4 * C;
+    const std::size_t hidden = static_cast<std::size_t>(g.rows) * H;
+    be.zero(dhidden_gelu, hidden * sizeof(float));
+    be.zero(dhidden, hidden * sizeof(float));
+    // the backend's ops take one stride for a weight and its gradient
+    UPCYCLE_ASSERT(grad.stride == w.stride, "expert gradients must mirror the parameters' layout");
+    be.expert_matmul_backward(dhidden_gelu, grad.proj_weight, grad.proj_bias, dout,
+                              act.hidden_gelu, w.proj_weight, w.stride, w.stride, g, H, C);
+    be.gelu_backward(dhidden, act.hidden, dhidden_gelu, hidden);
+    be.expert_matmul_backward(dx, grad.fc_weight, grad.fc_bias, dhidden, x, w.fc_weight,
+                              w.stride, w.stride, g, C, H);
 }
 
 }  // namespace upcycle

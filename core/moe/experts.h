@@ -1,32 +1,37 @@
 #pragma once
-// The experts: E independent MLPs (fc C→4C, tanh-GELU, proj 4C→C), each applied to its
-// contiguous block of dispatched rows with the backend's GEMMs.
-#include <vector>
+// The experts: E independent MLPs (fc C→4C, tanh-GELU, proj 4C→C), each applied to the rows
+// routing gave it (ExpertGroups), one strided GEMM per layer for all experts.
+#include <cstddef>
 
 #include "core/backend.h"
 
 namespace upcycle {
 
-// Pointers into the model's flat parameter (or gradient) buffer, one entry per expert.
+// Pointers into the model's flat parameter (or gradient) buffer: expert 0's tensors, and the
+// distance in floats from one expert's tensors to the next's (an expert's fc and proj lie
+// together, so the four tensors share one stride).
 struct ExpertTensors {
-    std::vector<float*> fc_weight, fc_bias, proj_weight, proj_bias;  // [4C,C] [4C] [C,4C] [C]
+    float* fc_weight = nullptr;    // [4C,C]
+    float* fc_bias = nullptr;      // [4C]
+    float* proj_weight = nullptr;  // [C,4C]
+    float* proj_bias = nullptr;    // [C]
+    std::size_t stride = 0;
 };
 
-// Activations of the expert MLPs for R rows: hidden [R,4C] before and after the GELU.
+// Activations of the expert MLPs for all rows: hidden [rows,4C] before and after the GELU.
 struct ExpertActivations {
     float* hidden = nullptr;
     float* hidden_gelu = nullptr;
 };
 
-// out[R,C] for rows grouped by expert_offsets [E+1]; x [R,C] are the dispatched rows.
-void experts_forward(Backend& be, const ExpertTensors& w, const std::vector<int32_t>& expert_offsets,
-                     const float* x, ExpertActivations act, float* out, int C);
+// out[rows,C] from the dispatched rows x[rows,C].
+void experts_forward(Backend& be, const ExpertTensors& w, const ExpertGroups& g, const float* x,
+                     ExpertActivations act, float* out, int C);
 
-// dx [R,C] += …; expert gradients += …; dhidden_gelu and dhidden are [R,4C] scratch that this
-// zeroes itself.
-void experts_backward(Backend& be, const ExpertTensors& w, ExpertTensors& grad,
-                      const std::vector<int32_t>& expert_offsets, const float* x,
-                      ExpertActivations act, const float* dout, float* dx, float* dhidden_gelu,
-                      float* dhidden, int C);
+// dx [rows,C] += …; expert gradients += …; dhidden_gelu and dhidden are [rows,4C] scratch that
+// this zeroes itself. dout's padding rows must be zero.
+void experts_backward(Backend& be, const ExpertTensors& w, const ExpertTensors& grad,
+                      const ExpertGroups& g, const float* x, ExpertActivations act,
+                      const float* dout, float* dx, float* dhidden_gelu, float* dhidden, int C);
 
 }  // namespace upcycle

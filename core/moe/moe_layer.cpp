@@ -1,34 +1,69 @@
 #include "core/moe/moe_layer.h"
 
 #include <algorithm>
+#include <chrono>
 
 #include "core/errors.h"
 
 namespace upcycle {
 
-namespace {
-// The most rows routing can produce for N tokens, over the train and eval capacity factors.
-int64_t max_rows_for(const MoeConfig& moe, int64_t N) {
-    if (moe.router == "topk") return N * moe.k;
-    const int64_t cap = std::max(expert_capacity(moe, N, moe.capacity_factor),
-                                 expert_capacity(moe, N, moe.eval_capacity_factor));
-    return cap * moe.experts;
+const char* moe_phase_name(MoePhase phase) {
+    switch (phase) {
+        case MoePhase::RouterForward: return "router forward";
+        case MoePhase::DispatchForward: return "dispatch forward";
+        case MoePhase::ExpertsForward: return "experts forward";
+        case MoePhase::CombineForward: return "combine forward";
+        case MoePhase::CombineBackward: return "combine backward";
+        case MoePhase::ExpertsBackward: return "experts backward";
+        case MoePhase::DispatchBackward: return "dispatch backward";
+        case MoePhase::RouterBackward: return "router backward";
+        case MoePhase::Count: break;
+    }
+    return "?";
 }
+
+namespace {
+// Adds the seconds since the previous lap to a phase's total; does nothing without totals.
+class PhaseClock {
+public:
+    PhaseClock(Backend& backend, MoePhaseSeconds* totals) : backend_(&backend), totals_(totals) {
+        if (totals_) start();
+    }
+    void lap(MoePhase phase) {
+        if (!totals_) return;
+        const auto started = last_;
+        start();
+        (*totals_)[static_cast<std::size_t>(phase)] +=
+            std::chrono::duration<double>(last_ - started).count();
+    }
+
+private:
+    void start() {
+        backend_->synchronize();
+        last_ = std::chrono::steady_clock::now();
+    }
+    Backend* backend_;
+    MoePhaseSeconds* totals_;
+    std::chrono::steady_clock::time_point last_;
+};
 }  // namespace
 
-MoeLayer::MoeLayer(Backend& backend, const ModelConfig& model, int max_tokens)
-    : backend_(&backend), moe_(model.moe), C_(model.channels), max_tokens_(max_tokens) {
+MoeLayer::MoeLayer(Backend& backend, const ModelConfig& model, int max_tokens, bool pad_rows)
+    : backend_(&backend),
+      moe_(model.moe),
+      C_(model.channels),
+      max_tokens_(max_tokens),
+      pad_rows_(pad_rows) {
     UPCYCLE_ASSERT(moe_.experts > 0, "an MoE layer needs experts");
-    const int64_t N = max_tokens, E = moe_.experts, C = C_;
-    max_rows_ = max_rows_for(moe_, N);
-    const int64_t R = max_rows_;
+    // rows and slots grow with N: the most over the train and eval capacity factors
+    const MoeRouting train = routing_rule(moe_, max_tokens, moe_.capacity_factor, pad_rows);
+    const MoeRouting eval = routing_rule(moe_, max_tokens, moe_.eval_capacity_factor, pad_rows);
+    const int64_t N = max_tokens, E = moe_.experts, C = C_, S = train.slots();
+    const int64_t R = std::max(train.rows(), eval.rows());
+    buffers_ = RoutingBuffers(backend, max_tokens, moe_.experts, static_cast<int>(S), R);
     logits_ = Tensor(backend, {N, E});
     dlogits_ = Tensor(backend, {N, E});
-    row_token_ = Tensor(backend, {R}, DType::I32);
-    token_offsets_ = Tensor(backend, {N + 1}, DType::I32);
-    token_rows_ = Tensor(backend, {R}, DType::I32);
-    weights_ = Tensor(backend, {R});
-    dweights_ = Tensor(backend, {R});
+    dslot_weight_ = Tensor(backend, {N, S});
     xin_ = Tensor(backend, {R, C});
     yout_ = Tensor(backend, {R, C});
     dxin_ = Tensor(backend, {R, C});
@@ -44,49 +79,64 @@ void MoeLayer::forward(float* out, const float* x, int N, const MoeTensors& w,
     UPCYCLE_ASSERT(N > 0 && N <= max_tokens_, "more tokens than the MoE layer was built for");
     Backend& be = *backend_;
     const int E = moe_.experts, C = C_;
-    N_ = N;
-    // route (the [N,E] logits are small; the decision is made on the host)
+    routing_ = buffers_.bind(routing_rule(moe_, N, capacity_factor, pad_rows_));
+    stats_.reset();
+
+    PhaseClock clock(be, phase_seconds_);
     be.matmul_forward(logits_.f32(), x, w.router, nullptr, N, C, E);
-    std::vector<float> logits(static_cast<std::size_t>(N) * E);
-    be.download(logits.data(), logits_.f32(), logits.size() * sizeof(float));
-    decision_ = route(moe_, logits, N, capacity_factor);
-    plan_ = plan_dispatch(decision_.assignments, N, E);
-    const int R = plan_.rows();
-    UPCYCLE_ASSERT(R <= max_rows_, "routing produced more rows than allocated");
-    be.upload(row_token_.i32(), plan_.row_token.data(), R * sizeof(int32_t));
-    be.upload(token_offsets_.i32(), plan_.token_offsets.data(), (N + 1) * sizeof(int32_t));
-    be.upload(token_rows_.i32(), plan_.token_rows.data(), R * sizeof(int32_t));
-    be.upload(weights_.f32(), plan_.weights.data(), R * sizeof(float));
-    // dispatch → experts → combine
-    be.gather_rows(xin_.f32(), x, row_token_.i32(), R, C);
-    experts_forward(be, w.experts, plan_.expert_offsets, xin_.f32(),
+    be.moe_route(routing_, logits_.f32());
+    clock.lap(MoePhase::RouterForward);
+    be.gather_rows(xin_.f32(), x, routing_.row_token, routing_.rows(), C);
+    clock.lap(MoePhase::DispatchForward);
+    experts_forward(be, w.experts, routing_.groups(), xin_.f32(),
                     {hidden_.f32(), hidden_gelu_.f32()}, yout_.f32(), C);
-    const DeviceDispatch d{row_token_.i32(), token_offsets_.i32(), token_rows_.i32(), weights_.f32(), N, R};
-    combine_forward(be, d, yout_.f32(), out, C);
+    clock.lap(MoePhase::ExpertsForward);
+    be.combine_rows(out, yout_.f32(), routing_.slot_weight, routing_.slot_row, N,
+                    routing_.slots(), C);
+    clock.lap(MoePhase::CombineForward);
 }
 
 void MoeLayer::backward(float* dx, const float* dout, const float* x, const MoeTensors& w,
-                        MoeTensors& grad) {
+                        const MoeTensors& grad) {
     Backend& be = *backend_;
-    const int N = N_, E = moe_.experts, C = C_;
-    const int R = plan_.rows();
-    const DeviceDispatch d{row_token_.i32(), token_offsets_.i32(), token_rows_.i32(), weights_.f32(), N, R};
-    combine_backward(be, d, dout, yout_.f32(), dyout_.f32(), dweights_.f32(), C);
-    be.zero(dxin_.f32(), static_cast<std::size_t>(R) * C * sizeof(float));
-    experts_backward(be, w.experts, grad.experts, plan_.expert_offsets, xin_.f32(),
+    const MoeRouting& r = routing_;
+    const int N = r.N, E = r.E, S = r.slots(), C = C_;
+    const std::size_t rows_c = static_cast<std::size_t>(r.rows()) * C;
+    PhaseClock clock(be, phase_seconds_);
+    // combine → rows' and weights' gradients (padding rows stay zero, as the experts need)
+    be.zero(dyout_.f32(), rows_c * sizeof(float));
+    be.zero(dslot_weight_.f32(), static_cast<std::size_t>(N) * S * sizeof(float));
+    be.combine_rows_backward(dyout_.f32(), dslot_weight_.f32(), dout, yout_.f32(),
+                             r.slot_weight, r.slot_row, N, S, C);
+    clock.lap(MoePhase::CombineBackward);
+    be.zero(dxin_.f32(), rows_c * sizeof(float));
+    experts_backward(be, w.experts, grad.experts, r.groups(), xin_.f32(),
                      {hidden_.f32(), hidden_gelu_.f32()}, dyout_.f32(), dxin_.f32(),
                      dhidden_gelu_.f32(), dhidden_.f32(), C);
-    be.gather_rows_backward(dx, dxin_.f32(), token_offsets_.i32(), token_rows_.i32(), N, C);
+    clock.lap(MoePhase::ExpertsBackward);
+    be.gather_rows_backward(dx, dxin_.f32(), r.slot_row, N, S, C);
+    clock.lap(MoePhase::DispatchBackward);
     // router: combine-weight gradients + auxiliary losses → logits → router weight and x
-    std::vector<float> dweights(static_cast<std::size_t>(R));
-    be.download(dweights.data(), dweights_.f32(), R * sizeof(float));
-    const auto dlogits = router_logits_gradient(moe_, decision_, dweights, N);
-    be.upload(dlogits_.f32(), dlogits.data(), dlogits.size() * sizeof(float));
+    be.moe_route_backward(dlogits_.f32(), dslot_weight_.f32(), r);
     be.matmul_backward(dx, grad.router, nullptr, dlogits_.f32(), x, w.router, N, C, E);
+    clock.lap(MoePhase::RouterBackward);
+}
+
+const RoutingStats& MoeLayer::stats() const {
+    if (!stats_) {
+        const int E = routing_.E;
+        std::vector<int32_t> counts(static_cast<std::size_t>(E));
+        std::vector<double> sums(static_cast<std::size_t>(kRoutingSums + E)), load(counts.size());
+        backend_->download(counts.data(), routing_.expert_count, counts.size() * sizeof(int32_t));
+        backend_->download(sums.data(), routing_.statistics, sums.size() * sizeof(double));
+        backend_->download(load.data(), routing_.load_fraction, load.size() * sizeof(double));
+        stats_ = routing_stats(routing_, counts.data(), sums.data(), load.data());
+    }
+    return *stats_;
 }
 
 double MoeLayer::auxiliary_loss() const {
-    return moe_.aux_loss_coef * decision_.stats.aux_loss + moe_.z_loss_coef * decision_.stats.z_loss;
+    return moe_.aux_loss_coef * stats().aux_loss + moe_.z_loss_coef * stats().z_loss;
 }
 
 }  // namespace upcycle

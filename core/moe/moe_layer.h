@@ -1,18 +1,38 @@
 #pragma once
 // An MoE layer in place of a block's MLP: route → dispatch → experts → combine, forward and
 // backward, with the router's gradient coming through the combine weights and the auxiliary
-// losses (load balancing, z-loss). Routing statistics of the last forward are kept.
+// losses (load balancing, z-loss).
+//
+// Everything runs on the backend in fixed shapes (MoeRouting, core/backend.h): with a
+// capacity limit a forward and backward read nothing back to the host. The routing
+// statistics stay on the device until stats() or auxiliary_loss() asks for them.
+#include <array>
 #include <cstdint>
-#include <vector>
+#include <optional>
 
 #include "core/config.h"
-#include "core/moe/combine.h"
-#include "core/moe/dispatch.h"
 #include "core/moe/experts.h"
 #include "core/moe/router.h"
+#include "core/moe/routing_buffers.h"
 #include "core/tensor.h"
 
 namespace upcycle {
+
+// The layer's phases, for timing (benchmarks and profiles).
+enum class MoePhase : int {
+    RouterForward,     // router GEMM and routing
+    DispatchForward,   // gather the tokens into expert rows
+    ExpertsForward,    // the experts' GEMMs and GELU
+    CombineForward,    // the weighted sum back into tokens
+    CombineBackward,
+    ExpertsBackward,
+    DispatchBackward,
+    RouterBackward,    // routing gradient and the router GEMM's backward
+    Count,
+};
+const char* moe_phase_name(MoePhase phase);
+// Seconds spent in each phase, summed over the passes timed.
+using MoePhaseSeconds = std::array<double, static_cast<std::size_t>(MoePhase::Count)>;
 
 struct MoeTensors {
     float* router = nullptr;  // [E,C]
@@ -21,34 +41,42 @@ struct MoeTensors {
 
 class MoeLayer {
 public:
-    // Buffers for up to max_tokens tokens per forward.
-    MoeLayer(Backend& backend, const ModelConfig& model, int max_tokens);
+    // Buffers for up to max_tokens tokens per forward. pad_rows: lay a capacity-limited
+    // layer's expert rows out in padded blocks (routing_rule); the backend's preference is
+    // Backend::pads_expert_rows().
+    MoeLayer(Backend& backend, const ModelConfig& model, int max_tokens, bool pad_rows);
 
     // x [N,C] → out [N,C] (overwrites). capacity_factor: the train or eval one.
     void forward(float* out, const float* x, int N, const MoeTensors& w, double capacity_factor);
     // dx [N,C] += …, parameter gradients += … (router and experts), for the last forward.
     void backward(float* dx, const float* dout, const float* x, const MoeTensors& w,
-                  MoeTensors& grad);
+                  const MoeTensors& grad);
 
-    const RoutingStats& stats() const { return decision_.stats; }
-    const RoutingDecision& decision() const { return decision_; }
+    // Of the last forward (downloads the routing sums the first time it is asked).
+    const RoutingStats& stats() const;
     // aux_loss_coef·aux + z_loss_coef·z of the last forward (added to the training loss).
     double auxiliary_loss() const;
+    // With times set, each forward and backward synchronises the backend at every phase
+    // boundary and adds each phase's seconds to *times (costs the overlap; for benchmarks).
+    // nullptr: no timing (the default).
+    void time_phases(MoePhaseSeconds* times) { phase_seconds_ = times; }
+    // The last forward's decision, read back in the readable form (tests, inspection).
+    RoutingDecision decision() const { return read_routing(*backend_, routing_); }
 
 private:
     Backend* backend_;
     MoeConfig moe_;
     int C_;
     int max_tokens_;
-    int64_t max_rows_;
-    int N_ = 0;
-    RoutingDecision decision_;
-    DispatchPlan plan_;
-    Tensor logits_, dlogits_;                              // [N,E]
-    Tensor row_token_, token_offsets_, token_rows_;        // int32 [R], [N+1], [R]
-    Tensor weights_, dweights_;                            // [R]
-    Tensor xin_, yout_, dxin_, dyout_;                     // [R,C]
-    Tensor hidden_, hidden_gelu_, dhidden_, dhidden_gelu_; // [R,4C]
+    bool pad_rows_;
+    RoutingBuffers buffers_;
+    MoeRouting routing_;                       // the last forward's rule, bound to buffers_
+    mutable std::optional<RoutingStats> stats_;
+    MoePhaseSeconds* phase_seconds_ = nullptr;
+    Tensor logits_, dlogits_;                  // [N,E]
+    Tensor dslot_weight_;                      // [N,S]
+    Tensor xin_, yout_, dxin_, dyout_;         // [rows,C]
+    Tensor hidden_, hidden_gelu_, dhidden_, dhidden_gelu_;  // [rows,4C]
 };
 
 }  // namespace upcycle

@@ -1,7 +1,9 @@
 #pragma once
 // The router: decides which expert sees which token, and with what combine weight.
-// Runs on the host over the [N,E] router logits (small: N tokens × E experts); the heavy
-// parts of the MoE layer (dispatch, expert MLPs, combine) run on the backend.
+// This file is the rule's reference, on the host: route() gives the decision in a readable
+// form (RoutingDecision), write_routing() lays it out in the backend's fixed-shape form
+// (MoeRouting, core/backend.h), which the CPU backend's moe_route() is. Other backends
+// compute the same decision on the device and are tested against it.
 //
 // topk (token choice): every token picks its k most probable experts (ties: lower expert
 //   index). Capacity per expert = ceil(k·N·cf/E) (cf ≤ 0: no limit). Assignments claim slots
@@ -18,6 +20,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/backend.h"
 #include "core/config.h"
 
 namespace upcycle {
@@ -47,18 +50,36 @@ struct RoutingDecision {
     std::vector<int32_t> selected_offsets; // [N+1]: token n's selected experts (before capacity)
     std::vector<int32_t> selected_experts; //        in rank order — the renormalisation set
     std::vector<double> load_fraction;     // f_e used by the load-balancing loss
+    std::vector<double> sums;              // [kRoutingSums + E], as MoeRouting::statistics
     RoutingStats stats;
 };
 
-// Capacity per expert for N tokens, or N·(k or 1) when cf ≤ 0 (no limit).
+// Capacity per expert for N tokens, or N when cf ≤ 0 (no limit).
 int64_t expert_capacity(const MoeConfig& moe, int64_t N, double capacity_factor);
 
+// The rule of a MoeRouting (no buffers) for N tokens at this capacity factor. Expert choice
+// is always padded (P = capacity: every block is full); topk is padded (P = capacity) when
+// pad_rows and a capacity bounds the rows (cf > 0), and compact otherwise.
+MoeRouting routing_rule(const MoeConfig& moe, int N, double capacity_factor, bool pad_rows);
+
+// The reference decision for logits [rule.N, rule.E] (host memory).
+RoutingDecision route(const MoeRouting& rule, const float* logits);
 RoutingDecision route(const MoeConfig& moe, const std::vector<float>& logits, int N,
                       double capacity_factor);
 
-// d(loss)/d(logits) [N,E] from the gradients of the combine weights (one per assignment,
-// same order as decision.assignments) plus the auxiliary losses with their coefficients.
-std::vector<float> router_logits_gradient(const MoeConfig& moe, const RoutingDecision& decision,
-                                          const std::vector<float>& dweights, int N);
+// The decision in the backend's form: fills every buffer of r, which must be host memory
+// (the CPU backend's moe_route is route() then this).
+void write_routing(const RoutingDecision& d, const MoeRouting& r);
+// A backend's decision read back into the readable form (tests, inspection). Downloads.
+RoutingDecision read_routing(Backend& be, const MoeRouting& r);
+
+// RoutingStats from the backend's sums (MoeRouting::statistics), counts and load fractions.
+RoutingStats routing_stats(const MoeRouting& rule, const int32_t* expert_count,
+                           const double* sums, const double* load_fraction);
+
+// dlogits [N,E] (overwritten) from the gradients of the combine weights, one per slot
+// (dslot_weight [N,S], 0 on dropped and empty slots), plus the auxiliary losses with r's
+// coefficients. Every pointer is host memory (the CPU backend's moe_route_backward).
+void router_logits_gradient(const MoeRouting& r, const float* dslot_weight, float* dlogits);
 
 }  // namespace upcycle

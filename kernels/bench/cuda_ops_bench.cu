@@ -32,6 +32,9 @@
 // core/backend.h; 4 bytes per float or int32):
 //   matmul_forward     2·M·N·K FLOPs (the bias add is not counted).
 //   matmul_backward    4·M·N·K FLOPs (dinp and dweight, each 2·M·N·K; dbias not counted).
+//   expert_matmul_*    as matmul over the real (non-padding) rows only, R_real = k·tokens:
+//                      forward 2·R_real·N·K, backward 4·R_real·N·K (padding rows are
+//                      multiplied too but not counted).
 //   attention          causal: only the unmasked half of the T×T scores counts. Forward
 //                      2·B·T²·C (q·kᵀ and P·v), backward 2.5× that (five T×T×hs products).
 //   Bytes are each tensor read once plus each tensor written once (the minimum traffic;
@@ -47,6 +50,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <exception>
@@ -312,6 +316,106 @@ void matmul_cases(benchmark::internal::Benchmark* b) {
 }
 BENCHMARK(BM_MatmulForward)->Apply(matmul_cases);
 BENCHMARK(BM_MatmulBackward)->Apply(matmul_cases);
+
+// ---- expert GEMMs of an MoE MLP, padded layout: args E, K, N, bf16 ----------------------------
+
+// 64K tokens routed top-2 with capacity factor 1.25 over E experts whose MLPs have gpt-124m's
+// widths: each expert owns P = ceil(k·tokens·cf/E) rows (E = 8: 20480, E = 32: 5120) and the
+// routing is balanced, k·tokens/E real rows per expert (nothing dropped; the rest of each
+// block, 20% of it, is padding). The padded path multiplies whole blocks (static shapes), so
+// the rate of the padded work is cf × the reported one.
+constexpr int kMoeTokens = 65536;
+constexpr int kMoeTopK = 2;
+constexpr double kMoeCapacityFactor = 1.25;
+
+enum ExpertMatmulArg { kArgExperts, kArgExpertK, kArgExpertN, kArgExpertBf16 };
+
+struct ExpertMatmulCase {
+    int E, K, N;
+    Precision precision;
+    int P;     // rows per expert block
+    int real;  // real rows per expert
+    // One expert's parameters as the MoE layer stores them (fc.weight [4C,C], fc.bias,
+    // proj.weight [C,4C], proj.bias), so W_e and b_e sit at that stride; the benchmarked
+    // layer's weight first, its bias right after.
+    std::size_t stride;
+    DeviceFloats params, grads;          // [E·stride] each
+    DeviceFloats inp, out, dout, dinp;   // [R,K], [R,N], [R,N], [R,K], R = E·P
+    DeviceInts offset, count;                          // [E+1], [E]
+    explicit ExpertMatmulCase(benchmark::State& state)
+        : E(int(state.range(kArgExperts))), K(int(state.range(kArgExpertK))),
+          N(int(state.range(kArgExpertN))),
+          precision(state.range(kArgExpertBf16) != 0 ? Precision::BF16 : Precision::FP32),
+          P(int(std::ceil(kMoeTopK * double(kMoeTokens) * kMoeCapacityFactor / E))),
+          real(kMoeTopK * kMoeTokens / E),
+          stride(2 * std::size_t(kChannels) * 4 * kChannels + 5 * std::size_t(kChannels)),
+          params(E * stride), grads(E * stride), inp(std::size_t(E) * P * K),
+          out(std::size_t(E) * P * N), dout(out.count()), dinp(inp.count()), offset(E + 1),
+          count(E) {
+        state.SetLabel(std::string(precision_name(precision)) +
+                       (K == kChannels ? " fc" : " proj") + " P=" + std::to_string(P));
+        backend().set_precision(precision);
+        fill_normal(params, kWeightScale, kSeedWeight);
+        fill_normal(inp, kActivationScale, kSeedInput);
+        fill_normal(dout, kActivationScale, kSeedGradient);
+        // padding rows: zeros in inp (as gather_rows leaves them) and in dout (the contract)
+        for (int e = 0; e < E; ++e) {
+            const std::size_t first = std::size_t(e) * P + real, rows = std::size_t(P - real);
+            backend().zero(inp.data() + first * K, rows * K * sizeof(float));
+            backend().zero(dout.data() + first * N, rows * N * sizeof(float));
+        }
+        backend().zero(grads.data(), grads.count() * sizeof(float));
+        backend().zero(dinp.data(), dinp.count() * sizeof(float));
+        std::vector<int32_t> host_offset(E + 1), host_count(E, real);
+        for (int e = 0; e <= E; ++e) host_offset[e] = e * P;
+        backend().upload(offset.data(), host_offset.data(), host_offset.size() * sizeof(int32_t));
+        backend().upload(count.data(), host_count.data(), host_count.size() * sizeof(int32_t));
+    }
+    ExpertGroups groups() const { return {E, P, E * P, offset.data(), count.data()}; }
+    std::size_t bias_offset() const { return std::size_t(N) * K; }
+    // FLOPs of one product over the real rows only
+    double real_flops() const { return 2.0 * double(E) * real * double(N) * K; }
+    double peak_flops() const {
+        return precision == Precision::BF16 ? device_peaks().bf16_flops
+                                            : device_peaks().fp32_flops;
+    }
+};
+
+void BM_ExpertMatmulForward(benchmark::State& state) {
+    ExpertMatmulCase c(state);
+    const double seconds = seconds_per_iteration(state, [&] {
+        backend().expert_matmul_forward(c.out.data(), c.inp.data(), c.params.data(), c.stride,
+                                        c.params.data() + c.bias_offset(), c.stride, c.groups(),
+                                        c.K, c.N);
+    });
+    report_compute(state, seconds, c.real_flops(), c.peak_flops());
+}
+
+void BM_ExpertMatmulBackward(benchmark::State& state) {
+    ExpertMatmulCase c(state);
+    const double seconds = seconds_per_iteration(state, [&] {
+        backend().expert_matmul_backward(c.dinp.data(), c.grads.data(),
+                                         c.grads.data() + c.bias_offset(), c.dout.data(),
+                                         c.inp.data(), c.params.data(), c.stride, c.stride,
+                                         c.groups(), c.K, c.N);
+    });
+    report_compute(state, seconds, 2.0 * c.real_flops(), c.peak_flops());
+}
+
+void expert_matmul_cases(benchmark::internal::Benchmark* b) {
+    b->ArgNames({"E", "K", "N", "bf16"});
+    for (const int experts : {8, 32}) {
+        for (const auto& [in, out] : {std::pair{kChannels, 4 * kChannels},      // fc
+                                      std::pair{4 * kChannels, kChannels}}) {    // proj
+            for (const Precision precision : {Precision::FP32, Precision::BF16}) {
+                b->Args({experts, in, out, precision == Precision::BF16 ? 1 : 0});
+            }
+        }
+    }
+    b->Unit(benchmark::kMillisecond)->UseRealTime();
+}
+BENCHMARK(BM_ExpertMatmulForward)->Apply(expert_matmul_cases);
+BENCHMARK(BM_ExpertMatmulBackward)->Apply(expert_matmul_cases);
 
 // ---- attention (causal): args B, T, C, H, bf16 ------------------------------------------------
 

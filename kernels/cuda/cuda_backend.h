@@ -29,6 +29,7 @@ public:
     DeviceKind kind() const override { return DeviceKind::CUDA; }
     std::string describe() const override;
     double peak_flops(Precision precision) const override;
+    bool pads_expert_rows() const override { return true; }  // static shapes, no read-back
 
     void* allocate(std::size_t bytes) override;
     void deallocate(void* ptr) noexcept override;
@@ -63,16 +64,26 @@ public:
     void softmax_crossentropy(float* losses, float* dlogits, int32_t* argmax,
                               const float* logits, const int32_t* targets, int N, int V,
                               float grad_scale) override;
-    void gather_rows(float* out, const float* inp, const int32_t* row_token, int R,
+    void moe_route(const MoeRouting& r, const float* logits) override;
+    void moe_route_backward(float* dlogits, const float* dslot_weight,
+                            const MoeRouting& r) override;
+    void gather_rows(float* out, const float* inp, const int32_t* row_token, int rows,
                      int C) override;
-    void gather_rows_backward(float* dinp, const float* dout, const int32_t* token_offsets,
-                              const int32_t* token_rows, int N, int C) override;
-    void combine_rows(float* out, const float* src, const float* weights,
-                      const int32_t* token_offsets, const int32_t* token_rows, int N,
-                      int C) override;
-    void combine_rows_backward(float* dsrc, float* dweights, const float* dout, const float* src,
-                               const float* weights, const int32_t* token_offsets,
-                               const int32_t* token_rows, int N, int C) override;
+    void gather_rows_backward(float* dinp, const float* dout, const int32_t* slot_row, int N,
+                              int S, int C) override;
+    void combine_rows(float* out, const float* src, const float* slot_weight,
+                      const int32_t* slot_row, int N, int S, int C) override;
+    void combine_rows_backward(float* dsrc, float* dslot_weight, const float* dout,
+                               const float* src, const float* slot_weight,
+                               const int32_t* slot_row, int N, int S, int C) override;
+    void expert_matmul_forward(float* out, const float* inp, const float* weight,
+                               std::size_t weight_stride, const float* bias,
+                               std::size_t bias_stride, const ExpertGroups& g, int K,
+                               int N) override;
+    void expert_matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout,
+                                const float* inp, const float* weight, std::size_t weight_stride,
+                                std::size_t bias_stride, const ExpertGroups& g, int K,
+                                int N) override;
     void patch_embed_input(float* out, const float* images, int B, int H, int W,
                            int p) override;
     void assemble_tokens(float* out, const float* patch_emb, const float* cls, const float* wpe,

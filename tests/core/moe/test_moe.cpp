@@ -1,5 +1,5 @@
-// The MoE layer: capacity arithmetic, routing on hand-built cases, dispatch/combine
-// identities, finite-difference gradients with the routing held fixed, and the MoE GPT.
+// The MoE layer: capacity arithmetic, routing on hand-built cases, the backend layout of a
+// routing decision, dispatch/combine identities, finite-difference gradients with the routing held fixed, and the MoE GPT.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -10,6 +10,7 @@
 #include "core/flops.h"
 #include "core/model/gpt.h"
 #include "core/moe/moe_layer.h"
+#include "core/moe/routing_buffers.h"
 #include "core/optim/adamw.h"
 #include "core/optim/schedule.h"
 #include "core/rng.h"
@@ -100,31 +101,118 @@ TEST(MoeRouting, ExpertChoiceGivesEveryExpertExactlyItsCapacity) {
     }
 }
 
-// Dispatch then combine with unit weights reproduces the input exactly.
+struct LayoutCase {
+    std::string router;
+    int k;
+    double capacity_factor;
+    std::string priority;
+    bool pad_rows;
+};
+
+class MoeRoutingLayout : public ::testing::TestWithParam<LayoutCase> {};
+
+// The CPU backend's moe_route lays route()'s decision out in the fixed-shape form, and
+// read_routing gives the same decision back; the rows obey the layout's invariants.
+TEST_P(MoeRoutingLayout, MatchesTheReferenceDecisionAndKeepsTheInvariants) {
+    const auto c = GetParam();
+    CpuBackend be;
+    const int N = 29, E = 4;
+    auto m = moe_config(c.router, E, c.k, c.capacity_factor, "renormalized");
+    m.priority = c.priority;
+    Rng rng(8);
+    std::vector<float> logits(N * E);
+    for (auto& x : logits) x = rng.normal();
+    const RoutingDecision reference = route(m, logits, N, c.capacity_factor);
+
+    const MoeRouting rule = routing_rule(m, N, c.capacity_factor, c.pad_rows);
+    RoutingBuffers buffers(be, N, E, rule.slots(), rule.rows());
+    const MoeRouting r = buffers.bind(rule);
+    be.moe_route(r, logits.data());
+    const RoutingDecision d = read_routing(be, r);
+    EXPECT_EQ(d.probabilities, reference.probabilities);
+    EXPECT_EQ(d.selected_offsets, reference.selected_offsets);
+    EXPECT_EQ(d.selected_experts, reference.selected_experts);
+    ASSERT_EQ(d.assignments.size(), reference.assignments.size());
+    for (std::size_t i = 0; i < d.assignments.size(); ++i) {
+        EXPECT_EQ(d.assignments[i].token, reference.assignments[i].token);
+        EXPECT_EQ(d.assignments[i].expert, reference.assignments[i].expert);
+        EXPECT_EQ(d.assignments[i].weight, reference.assignments[i].weight);
+    }
+    EXPECT_EQ(d.stats.tokens_per_expert, reference.stats.tokens_per_expert);
+    EXPECT_EQ(d.stats.aux_loss, reference.stats.aux_loss);
+    EXPECT_EQ(d.stats.dropped_fraction, reference.stats.dropped_fraction);
+
+    // padded when a capacity bounds the rows and padding was asked for (always for expert
+    // choice, whose blocks are full)
+    const bool padded = c.router == "expert_choice" || (c.pad_rows && c.capacity_factor > 0);
+    EXPECT_EQ(r.rows_per_expert > 0, padded);
+    EXPECT_EQ(r.rows(), padded ? E * r.capacity : N * c.k);
+    const int S = r.slots();
+    for (int e = 0; e < E; ++e) {
+        const int first = r.expert_offset[e], count = r.expert_count[e];
+        EXPECT_EQ(first, padded ? e * r.rows_per_expert : (e ? r.expert_offset[e - 1] + r.expert_count[e - 1] : 0));
+        for (int i = 0; i < count; ++i) {  // the expert's rows carry its tokens in token order
+            ASSERT_GE(r.row_token[first + i], 0);
+            if (i > 0) {
+                EXPECT_LT(r.row_token[first + i - 1], r.row_token[first + i]);
+            }
+        }
+        const int end = padded ? (e + 1) * r.rows_per_expert : first + count;
+        for (int row = first + count; row < end; ++row) EXPECT_EQ(r.row_token[row], -1);
+    }
+    EXPECT_EQ(r.expert_offset[E], padded ? r.rows() : static_cast<int>(reference.assignments.size()));
+    for (int row = r.expert_offset[E]; row < r.rows(); ++row) EXPECT_EQ(r.row_token[row], -1);
+    std::vector<int> carried(static_cast<std::size_t>(r.rows()), 0);
+    for (int n = 0; n < N; ++n) {
+        for (int s = 0; s < S; ++s) {
+            const int row = r.slot_row[n * S + s], e = r.slot_expert[n * S + s];
+            if (row < 0) {
+                EXPECT_EQ(r.slot_weight[n * S + s], 0.0f);
+                continue;
+            }
+            ++carried[row];
+            EXPECT_EQ(r.row_token[row], n);
+            EXPECT_GE(row, r.expert_offset[e]);
+            EXPECT_LT(row, r.expert_offset[e] + r.expert_count[e]);
+        }
+    }
+    for (int row = 0; row < r.rows(); ++row) EXPECT_EQ(carried[row], r.row_token[row] >= 0 ? 1 : 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    RoutersAndCapacities, MoeRoutingLayout,
+    ::testing::Values(LayoutCase{"topk", 2, 1.0, "token_order", true},
+                      LayoutCase{"topk", 2, 0.75, "probability", true},
+                      LayoutCase{"topk", 2, 0.75, "probability", false},
+                      LayoutCase{"topk", 2, 0.0, "token_order", true},
+                      LayoutCase{"topk", 1, 0.0, "token_order", false},
+                      LayoutCase{"expert_choice", 1, 2.0, "token_order", false},
+                      LayoutCase{"expert_choice", 1, 0.0, "token_order", true}),
+    [](const ::testing::TestParamInfo<LayoutCase>& info) {
+        const auto& c = info.param;
+        return c.router + "_k" + std::to_string(c.k) + "_cf" +
+               std::to_string(static_cast<int>(c.capacity_factor * 100)) + "_" + c.priority +
+               (c.pad_rows ? "_padded" : "_compact");
+    });
+
+// Dispatch then combine with unit weights reproduces the input exactly (top-1, no limit).
 TEST(MoeDispatch, GatherThenCombineWithUnitWeightsIsTheIdentity) {
     CpuBackend be;
     const int N = 9, C = 5, E = 3;
     Rng rng(5);
-    std::vector<Assignment> assignments;
-    for (int n = 0; n < N; ++n) assignments.push_back({n, static_cast<int32_t>(rng.below(E)), 1.0f, 0.5f});
-    const auto plan = plan_dispatch(assignments, N, E);
-    // rows grouped by expert and in token order within each expert
-    for (int e = 0; e < E; ++e) {
-        for (int r = plan.expert_offsets[e] + 1; r < plan.expert_offsets[e + 1]; ++r) {
-            EXPECT_LT(plan.row_token[r - 1], plan.row_token[r]);
-        }
-    }
-    std::vector<float> x(N * C);
+    std::vector<float> logits(N * E), x(N * C);
+    for (auto& v : logits) v = rng.normal();
     for (auto& v : x) v = rng.normal();
+    const MoeRouting rule = routing_rule(moe_config("topk", E, 1, 0.0, "softmax_topk"), N, 0.0, false);
+    RoutingBuffers buffers(be, N, E, rule.slots(), rule.rows());
+    const MoeRouting r = buffers.bind(rule);
+    be.moe_route(r, logits.data());
+    std::fill(r.slot_weight, r.slot_weight + N, 1.0f);
     auto dx = Tensor::from_host(be, {N, C}, x);
     auto rows = Tensor(be, {N, C});
     auto out = Tensor(be, {N, C});
-    auto row_token = Tensor::from_host_i32(be, {N}, plan.row_token);
-    auto offsets = Tensor::from_host_i32(be, {N + 1}, plan.token_offsets);
-    auto token_rows = Tensor::from_host_i32(be, {N}, plan.token_rows);
-    auto weights = Tensor::from_host(be, {N}, plan.weights);
-    be.gather_rows(rows.f32(), dx.f32(), row_token.i32(), N, C);
-    be.combine_rows(out.f32(), rows.f32(), weights.f32(), offsets.i32(), token_rows.i32(), N, C);
+    be.gather_rows(rows.f32(), dx.f32(), r.row_token, r.rows(), C);
+    be.combine_rows(out.f32(), rows.f32(), r.slot_weight, r.slot_row, N, r.slots(), C);
     EXPECT_EQ(out.to_host(), x);
 }
 
@@ -133,6 +221,7 @@ struct LayerCase {
     std::string combine;
     double capacity_factor;
     bool expect_drops;
+    bool pad_rows = false;  // the GPU's layout (the CPU's own is compact)
 };
 
 class MoeLayerGradient : public ::testing::TestWithParam<LayerCase> {};
@@ -150,7 +239,7 @@ TEST_P(MoeLayerGradient, MatchesFiniteDifferences) {
     model.moe = moe_config(c.router, E, 2, c.capacity_factor, c.combine);
     model.moe.aux_loss_coef = 0.1;
     model.moe.z_loss_coef = 0.05;
-    MoeLayer layer(be, model, N);
+    MoeLayer layer(be, model, N, c.pad_rows);
     Rng rng(17);
     auto randn = [&](std::size_t n, float scale) {
         std::vector<float> v(n);
@@ -169,13 +258,8 @@ TEST_P(MoeLayerGradient, MatchesFiniteDifferences) {
     auto views = [&](Tensor& flat) {
         MoeTensors t;
         t.router = flat.f32();
-        for (int e = 0; e < E; ++e) {
-            float* base = flat.f32() + router_n + e * per_expert;
-            t.experts.fc_weight.push_back(base);
-            t.experts.fc_bias.push_back(base + fc_w);
-            t.experts.proj_weight.push_back(base + fc_w + fc_b);
-            t.experts.proj_bias.push_back(base + fc_w + fc_b + pj_w);
-        }
+        float* base = flat.f32() + router_n;  // expert 0's; the next expert's per_expert on
+        t.experts = {base, base + fc_w, base + fc_w + fc_b, base + fc_w + fc_b + pj_w, per_expert};
         return t;
     };
     auto x_dev = Tensor::from_host(be, {N, C}, x);
@@ -243,11 +327,14 @@ INSTANTIATE_TEST_SUITE_P(
                       LayerCase{"topk", "renormalized", 0.0, false},
                       LayerCase{"topk", "softmax_topk", 0.5, true},
                       LayerCase{"topk", "renormalized", 0.5, true},
+                      LayerCase{"topk", "renormalized", 0.5, true, true},
                       LayerCase{"expert_choice", "softmax_topk", 1.0, true},
                       LayerCase{"expert_choice", "renormalized", 1.0, true},
                       LayerCase{"expert_choice", "renormalized", 0.0, false}),
     [](const ::testing::TestParamInfo<LayerCase>& info) {
-        return info.param.router + "_" + info.param.combine + (info.param.expect_drops ? "_drops" : "_nodrops");
+        return info.param.router + "_" + info.param.combine +
+               (info.param.expect_drops ? "_drops" : "_nodrops") +
+               (info.param.pad_rows ? "_padded" : "");
     });
 
 // With identical experts, no capacity limit and softmax_topk combine, the MoE output is the
@@ -258,7 +345,7 @@ TEST(MoeLayerOutput, IdenticalExpertsWithSoftmaxTopkScaleTheMlpByTheTopkMass) {
     ModelConfig model;
     model.channels = C;
     model.moe = moe_config("topk", E, 2, 0.0, "softmax_topk");
-    MoeLayer layer(be, model, N);
+    MoeLayer layer(be, model, N, false);
     Rng rng(21);
     auto randn = [&](std::size_t n) {
         std::vector<float> v(n);
@@ -272,12 +359,8 @@ TEST(MoeLayerOutput, IdenticalExpertsWithSoftmaxTopkScaleTheMlpByTheTopkMass) {
     auto pj_b = Tensor::from_host(be, {C}, randn(C));
     MoeTensors w;
     w.router = router.f32();
-    for (int e = 0; e < E; ++e) {  // every expert is the same MLP
-        w.experts.fc_weight.push_back(fc_w.f32());
-        w.experts.fc_bias.push_back(fc_b.f32());
-        w.experts.proj_weight.push_back(pj_w.f32());
-        w.experts.proj_bias.push_back(pj_b.f32());
-    }
+    // every expert is the same MLP: stride 0
+    w.experts = {fc_w.f32(), fc_b.f32(), pj_w.f32(), pj_b.f32(), 0};
     auto x = Tensor::from_host(be, {N, C}, randn(N * C));
     auto out = Tensor(be, {N, C});
     layer.forward(out.f32(), x.f32(), N, w, 0.0);

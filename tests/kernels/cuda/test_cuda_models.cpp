@@ -2,6 +2,8 @@
 // same weights (initialised on the CPU, the flat parameter vector copied over) and the same
 // batch on the CpuBackend and the CUDA backend: the training loss, the evaluation logits and
 // every parameter gradient agree, and a second CUDA pass reproduces the gradients bit for bit.
+// And the upcycling invariant on the GPU: an upcycled GPT (experts copies of the dense MLP,
+// renormalized top-2 combine, no capacity limit) has its dense parent's step-0 loss.
 //
 // Like test_cuda_parity.cpp this includes no CUDA header and is compiled in every build; it
 // reaches the GPU through make_backend("cuda") and reports SKIPPED without one.
@@ -12,16 +14,21 @@
 //   gradients: per parameter tensor, |cuda - cpu| ≤ 1e-4 · max|cpu tensor| + 1e-6 · max|cpu
 //              gradient over all tensors| (the second term covers tensors whose gradient is
 //              all rounding noise, e.g. parts that cancel mathematically)
-// The MoE router runs on the host from downloaded router logits, so both backends must make
-// the same routing decisions: the test takes the first batch whose CPU routing has no token
-// with two of its top k+1 router probabilities within kMinRoutingGap (no near-ties; the
-// router weights are scaled up to spread the probabilities), then checks that the CUDA
-// model routed identically.
+//   upcycled vs dense (both on the GPU): mean loss within 1e-5 · |dense| and logits within
+//              1e-4 · max|dense logits|. Mathematically equal; they differ by the expert GEMMs'
+//              and the dense GEMM's fp32 summation orders and by the renormalized weights
+//              summing to 1 only within an ulp — the size of the CPU-vs-CUDA differences above.
+// Each backend routes from its own router logits (moe_route; the CUDA backend on the device),
+// which differ by GEMM rounding, so both make the same routing decisions only away from ties:
+// the test takes the first batch whose CPU routing has no token with two of its top k+1
+// router probabilities within kMinRoutingGap (no near-ties; the router weights are scaled up
+// to spread the probabilities), then checks that the CUDA model routed identically.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <exception>
 #include <functional>
@@ -30,12 +37,14 @@
 #include <vector>
 
 #include "core/backend.h"
+#include "core/checkpoint.h"
 #include "core/config.h"
 #include "core/errors.h"
 #include "core/model/gpt.h"
 #include "core/model/vit.h"
 #include "core/moe/moe_layer.h"
 #include "core/rng.h"
+#include "core/surgery/upcycle.h"
 #include "kernels/backend_factory.h"
 #include "cpu_and_cuda_fixture.h"
 #include "test_support.h"
@@ -268,6 +277,61 @@ TEST_F(CudaModelParity, TinyVit) {
     cuda_model.forward(images, labels, B, Pass::Evaluate);
     expect_logits_close(cpu_model.logits_host(), cuda_model.logits_host());
     expect_logits_close(cpu_model.features_host(), cuda_model.features_host());
+}
+
+// The upcycling invariant on the GPU: a dense GPT and the MoE GPT that upcycle_checkpoint makes
+// of it (every expert a copy of its block's MLP, renormalized top-2 combine, no capacity limit,
+// a random router) give the same step-0 training loss and the same logits, both run on the CUDA
+// backend — whatever the router decides, each token's output is its weights (summing to 1) times
+// the same MLP output. The dense weights are the init plus noise, so that biases and LayerNorm
+// parameters are not trivially zero or one.
+TEST_F(CudaModelParity, UpcycledGptKeepsTheDenseLossOnTheGpu) {
+    constexpr float kWeightNoise = 0.02f;
+    constexpr int kExperts = 4;
+    testing::TempDir dir;
+    RunConfig config = testing::tiny_synthetic_config();
+    config.model.layers = 4;  // MoE blocks 1 and 3
+    const int B = 4;
+    {
+        Gpt dense_cpu(cpu_, config.model, B);
+        dense_cpu.init_weights(1);
+        auto params = dense_cpu.parameters().to_host();
+        Rng rng(7);
+        for (auto& w : params) w += kWeightNoise * rng.normal();
+        dense_cpu.parameters().copy_from_host(params);
+        save_checkpoint(dir / "dense.safetensors", config, dense_cpu, nullptr, TrainingState{});
+    }
+    const Checkpoint dense = read_checkpoint(dir / "dense.safetensors");
+    UpcycleOptions options;
+    options.moe.experts = kExperts;
+    options.moe.router = "topk";
+    options.moe.k = 2;
+    options.moe.combine = "renormalized";
+    options.moe.capacity_factor = 0;
+    options.moe.eval_capacity_factor = 0;
+    options.moe.layers = "every_other";
+    options.seed = 3;
+    const Checkpoint moe = upcycle_checkpoint(dense, options);
+
+    Gpt dense_gpu(*cuda_, dense.config.model, B);
+    load_into(dense, dense_gpu, nullptr);
+    Gpt moe_gpu(*cuda_, moe.config.model, B);
+    load_into(moe, moe_gpu, nullptr);
+    ASSERT_EQ(moe_gpu.moe_layers(), (std::vector<int>{1, 3}));
+
+    const TextBatch batch = random_text_batch(B, config.model.context, config.model.vocab_size, 5);
+    const ForwardStats s_dense = dense_gpu.forward(batch.inputs, batch.targets, B, Pass::Train);
+    const ForwardStats s_moe = moe_gpu.forward(batch.inputs, batch.targets, B, Pass::Train);
+    ASSERT_EQ(s_dense.tokens, s_moe.tokens);
+    EXPECT_LE(std::fabs(s_moe.mean_loss() - s_dense.mean_loss()),
+              kLossAtol + kLossRtol * std::fabs(s_dense.mean_loss()))
+        << "step-0 loss: upcycled " << s_moe.mean_loss() << ", dense " << s_dense.mean_loss();
+    std::printf("[ upcycle invariant ] GPU step-0 loss: dense %.9f, upcycled %.9f\n",
+                s_dense.mean_loss(), s_moe.mean_loss());
+
+    dense_gpu.forward(batch.inputs, batch.targets, B, Pass::Evaluate);
+    moe_gpu.forward(batch.inputs, batch.targets, B, Pass::Evaluate);
+    expect_logits_close(dense_gpu.logits_host(), moe_gpu.logits_host());
 }
 
 }  // namespace

@@ -7,7 +7,8 @@
 //
 // This file includes no CUDA header and is compiled in every build: it reaches the GPU only
 // through the Backend interface (make_backend("cuda")); without a CUDA build or a GPU every
-// test reports SKIPPED.
+// test reports SKIPPED, except the check of this file's own MoE slot-layout generator
+// (SlotLayouts), which needs no GPU. The shared machinery is in parity_support.h.
 //
 // Tolerances, per output tensor: |cuda - cpu| ≤ atol + rtol · max|cpu|  (magnitude-scaled):
 //   exact            rtol 0     rearrangements (gather_rows, patch rows, class-token gather),
@@ -27,181 +28,27 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
-#include <exception>
-#include <functional>
-#include <initializer_list>
-#include <limits>
-#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "core/backend.h"
-#include "core/errors.h"
-#include "core/moe/dispatch.h"
-#include "core/moe/router.h"
 #include "core/rng.h"
-#include "kernels/backend_factory.h"
-#include "cpu_and_cuda_fixture.h"
-#include "test_support.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "parity_support.h"
 
 namespace upcycle {
 namespace {
 
-using Floats = std::vector<float>;
-using Ints = std::vector<int32_t>;
+using namespace testing;  // parity_support.h: Case, DeviceArena, tolerances, the fixture
 
-struct Tolerance {
-    double rtol = 0.0;
-    double atol = 0.0;
-};
-constexpr Tolerance kExact{0.0, 0.0};
-constexpr Tolerance kPointwise{1e-6, 0.0};
-constexpr Tolerance kTranscendental{1e-5, 0.0};
-constexpr Tolerance kReduction{1e-5, 1e-7};
-constexpr Tolerance kLongReduction{1e-4, 1e-6};
 constexpr Tolerance kAdamW{1e-6, 0.0};
 constexpr double kSumSquaresRtol = 1e-12;
 
-const float kNaN = std::numeric_limits<float>::quiet_NaN();
-
-std::size_t elems(int a, int b = 1, int c = 1) {
-    return static_cast<std::size_t>(a) * static_cast<std::size_t>(b) * static_cast<std::size_t>(c);
-}
-
-Floats randn(Rng& rng, std::size_t n, float scale = 1.0f, float offset = 0.0f) {
-    Floats v(n);
-    for (auto& x : v) x = offset + scale * rng.normal();
-    return v;
-}
-
-Ints random_ints(Rng& rng, std::size_t n, int below) {
-    Ints v(n);
-    for (auto& x : v) x = static_cast<int32_t>(rng.below(static_cast<uint64_t>(below)));
-    return v;
-}
-
-// Device memory of one backend for one op call: uploads host arrays, allocates outputs,
-// downloads results; everything is returned to the backend at scope exit.
-class DeviceArena {
-public:
-    explicit DeviceArena(Backend& be) : be_(be) {}
-    ~DeviceArena() {
-        for (void* p : buffers_) be_.deallocate(p);
-    }
-    DeviceArena(const DeviceArena&) = delete;
-    DeviceArena& operator=(const DeviceArena&) = delete;
-
-    float* upload(const Floats& host) { return put(host); }
-    int32_t* upload(const Ints& host) { return put(host); }
-    // n floats, all NaN: an output every element of which the op must overwrite.
-    float* outputs(std::size_t n) { return put(Floats(n, kNaN)); }
-    // n ints, all -7: an integer output the op must overwrite.
-    int32_t* int_outputs(std::size_t n) { return put(Ints(n, -7)); }
-    Floats download(const float* dev, std::size_t n) { return get(dev, n); }
-    Ints download(const int32_t* dev, std::size_t n) { return get(dev, n); }
-
-private:
-    template <class T>
-    T* put(const std::vector<T>& host) {
-        // at least one element, so that empty inputs still get a valid pointer
-        const std::size_t bytes = std::max<std::size_t>(host.size(), 1) * sizeof(T);
-        void* ptr = be_.allocate(bytes);
-        buffers_.push_back(ptr);
-        if (!host.empty()) be_.upload(ptr, host.data(), host.size() * sizeof(T));
-        return static_cast<T*>(ptr);
-    }
-    template <class T>
-    std::vector<T> get(const T* dev, std::size_t n) {
-        std::vector<T> host(n);
-        be_.synchronize();
-        if (n > 0) be_.download(host.data(), dev, n * sizeof(T));
-        return host;
-    }
-
-    Backend& be_;
-    std::vector<void*> buffers_;
-};
-
-// What one op call produced, by name, downloaded to the host.
-struct Outputs {
-    std::vector<std::pair<std::string, Floats>> floats;
-    std::vector<std::pair<std::string, Ints>> ints;
-};
-// One op call on given host inputs: uploads, runs, downloads. Called once per backend.
-using Case = std::function<Outputs(Backend&)>;
-
-void expect_close(const Floats& cpu, const Floats& cuda, Tolerance tol, const std::string& what) {
-    ASSERT_EQ(cpu.size(), cuda.size()) << what;
-    double max_ref = 0.0;
-    for (float x : cpu) max_ref = std::max(max_ref, std::fabs(static_cast<double>(x)));
-    const double bound = tol.atol + tol.rtol * max_ref;
-    std::size_t failures = 0;
-    for (std::size_t i = 0; i < cpu.size(); ++i) {
-        const double diff = std::fabs(static_cast<double>(cuda[i]) - static_cast<double>(cpu[i]));
-        if (!(diff <= bound) && failures++ < 5) {  // NaN on either side fails too
-            ADD_FAILURE() << what << "[" << i << "]: cuda " << cuda[i] << ", cpu " << cpu[i]
-                          << ", |diff| " << diff << " > " << bound;
-        }
-    }
-    EXPECT_EQ(failures, 0u) << what << ": " << failures << " of " << cpu.size()
-                            << " elements off (max|cpu| " << max_ref << ")";
-}
-
-void expect_equal(const Ints& cpu, const Ints& cuda, const std::string& what) {
-    ASSERT_EQ(cpu.size(), cuda.size()) << what;
-    std::size_t failures = 0;
-    for (std::size_t i = 0; i < cpu.size(); ++i) {
-        if (cpu[i] != cuda[i] && failures++ < 5) {
-            ADD_FAILURE() << what << "[" << i << "]: cuda " << cuda[i] << ", cpu " << cpu[i];
-        }
-    }
-    EXPECT_EQ(failures, 0u) << what << ": " << failures << " of " << cpu.size() << " differ";
-}
-
-class CudaParity : public testing::CpuAndCuda {
-protected:
-    // The op on both backends; float outputs within tol, integer outputs equal.
-    void expect_parity(const Case& run, Tolerance tol, const std::string& what) {
-        SCOPED_TRACE(what);
-        const Outputs want = run(cpu_);
-        const Outputs got = run(*cuda_);
-        ASSERT_EQ(want.floats.size(), got.floats.size());
-        ASSERT_EQ(want.ints.size(), got.ints.size());
-        for (std::size_t i = 0; i < want.floats.size(); ++i) {
-            expect_close(want.floats[i].second, got.floats[i].second, tol,
-                         what + " " + want.floats[i].first);
-        }
-        for (std::size_t i = 0; i < want.ints.size(); ++i) {
-            expect_equal(want.ints[i].second, got.ints[i].second,
-                         what + " " + want.ints[i].first);
-        }
-    }
-
-    // The op twice on CUDA with the same inputs: bit-identical outputs.
-    void expect_deterministic(const Case& run, const std::string& what) {
-        SCOPED_TRACE(what);
-        const Outputs a = run(*cuda_);
-        const Outputs b = run(*cuda_);
-        ASSERT_EQ(a.floats.size(), b.floats.size());
-        for (std::size_t i = 0; i < a.floats.size(); ++i) {
-            const Floats& x = a.floats[i].second;
-            const Floats& y = b.floats[i].second;
-            ASSERT_EQ(x.size(), y.size()) << a.floats[i].first;
-            EXPECT_EQ(std::memcmp(x.data(), y.data(), x.size() * sizeof(float)), 0)
-                << what << " " << a.floats[i].first << " differs between two runs";
-        }
-        ASSERT_EQ(a.ints.size(), b.ints.size());
-        for (std::size_t i = 0; i < a.ints.size(); ++i) {
-            EXPECT_EQ(a.ints[i].second, b.ints[i].second) << what << " " << a.ints[i].first;
-        }
-    }
-
-    Rng rng_{20240601};
-};
+class CudaParity : public ParityFixture {};
 
 // ---- op cases: host inputs drawn once, then the same call on any backend -----------------
 
@@ -430,34 +277,129 @@ Case softmax_crossentropy_case(Rng& rng, int N, int V, CeMode mode) {
     };
 }
 
-// A dispatch plan as the MoE layer builds one: every token picks k distinct experts of E,
-// each assignment dropped with probability `drop` (so some tokens may have no rows), and
-// random combine weights.
-DispatchPlan random_plan(Rng& rng, int N, int E, int k, float drop) {
-    std::vector<Assignment> assignments;
+// ---- MoE slot layouts --------------------------------------------------------------------
+//
+// The dispatch side of a routing decision, as moe_route leaves it (core/backend.h,
+// MoeRouting): token n owns S slots; slot_row[n,s] is the row carrying the slot or −1
+// (dropped or empty), slot_weight[n,s] its combine weight (0 where slot_row = −1), and
+// row_token[r] the token of row r or −1 (padding). Rows are grouped by expert, in token
+// order within one, and every row is carried by at most one slot. Drawn here directly, so
+// these tests depend on no router.
+struct SlotLayout {
+    std::string name;
+    int N = 0, S = 0, P = 0, rows = 0;  // P > 0: padded; 0: compact
+    Ints slot_row;       // [N,S]
+    Floats slot_weight;  // [N,S]
+    Ints row_token;      // [rows]
+
+    int tokens_without_slot() const {
+        int count = 0;
+        for (int n = 0; n < N; ++n) {
+            const auto first = slot_row.begin() + static_cast<std::ptrdiff_t>(elems(n, S));
+            count += std::all_of(first, first + S, [](int32_t row) { return row < 0; });
+        }
+        return count;
+    }
+};
+
+int ceil_div(int a, int b) { return (a + b - 1) / b; }
+
+// Rows for the slots' experts (slot_expert[n,s], −1 = no row), token by token so that each
+// expert's rows come in token order. P > 0: padded, expert e's rows start at e·P (the rest of
+// its block is padding); P = 0: compact, N·S rows, the experts' rows back to back and the
+// rest padding.
+SlotLayout place_rows(Rng& rng, std::string name, int N, int S, int E, int P,
+                      const Ints& slot_expert) {
+    SlotLayout l;
+    l.N = N;
+    l.S = S;
+    l.P = P;
+    std::vector<int> count(static_cast<std::size_t>(E), 0), next(static_cast<std::size_t>(E));
+    for (int32_t e : slot_expert) {
+        if (e >= 0) ++count[static_cast<std::size_t>(e)];
+    }
+    int first = 0;
+    for (int e = 0; e < E; ++e) {
+        next[static_cast<std::size_t>(e)] = P > 0 ? e * P : first;
+        first += count[static_cast<std::size_t>(e)];
+    }
+    l.rows = P > 0 ? E * P : N * S;
+    l.row_token.assign(static_cast<std::size_t>(l.rows), -1);
+    l.slot_row.assign(elems(N, S), -1);
+    l.slot_weight.assign(elems(N, S), 0.0f);
     for (int n = 0; n < N; ++n) {
-        std::vector<int32_t> experts(static_cast<std::size_t>(E));
+        for (int s = 0; s < S; ++s) {
+            const std::size_t slot = elems(n, S) + static_cast<std::size_t>(s);
+            const int32_t e = slot_expert[slot];
+            if (e < 0) continue;
+            const int row = next[static_cast<std::size_t>(e)]++;
+            l.slot_row[slot] = row;
+            l.row_token[static_cast<std::size_t>(row)] = n;
+            l.slot_weight[slot] = 0.1f + rng.uniform();
+        }
+    }
+    l.name = name + " " + shape_name({N, S}) + " E=" + std::to_string(E) +
+             (P > 0 ? " P=" + std::to_string(P) : " compact") + " R=" + std::to_string(l.rows);
+    return l;
+}
+
+// Top-k (token choice), S = k: every token picks k distinct experts of E in rank order; rank
+// by rank, each pick is dropped with probability `drop` or when its expert already holds
+// `capacity` rows (capacity 0: no limit). P > 0 (P ≥ capacity): padded rows; P = 0: compact.
+SlotLayout topk_layout(Rng& rng, int N, int E, int k, int capacity, int P, float drop) {
+    Ints picks(elems(N, k));
+    for (int n = 0; n < N; ++n) {
+        Ints experts(static_cast<std::size_t>(E));
         for (int e = 0; e < E; ++e) experts[static_cast<std::size_t>(e)] = e;
         for (int i = E - 1; i > 0; --i) {  // Fisher–Yates
             const auto j = static_cast<std::size_t>(rng.below(static_cast<uint64_t>(i) + 1));
             std::swap(experts[static_cast<std::size_t>(i)], experts[j]);
         }
-        for (int r = 0; r < k; ++r) {
-            if (rng.uniform() < drop) continue;
-            Assignment a;
-            a.token = n;
-            a.expert = experts[static_cast<std::size_t>(r)];
-            a.weight = 0.1f + rng.uniform();
-            assignments.push_back(a);
+        std::copy(experts.begin(), experts.begin() + k,
+                  picks.begin() + static_cast<std::ptrdiff_t>(elems(n, k)));
+    }
+    Ints slot_expert(elems(N, k), -1);
+    std::vector<int> held(static_cast<std::size_t>(E), 0);
+    for (int r = 0; r < k; ++r) {
+        for (int n = 0; n < N; ++n) {
+            const std::size_t slot = elems(n, k) + static_cast<std::size_t>(r);
+            const int32_t e = picks[slot];
+            if (rng.uniform() < drop ||
+                (capacity > 0 && held[static_cast<std::size_t>(e)] >= capacity)) {
+                continue;
+            }
+            ++held[static_cast<std::size_t>(e)];
+            slot_expert[slot] = e;
         }
     }
-    return plan_dispatch(assignments, N, E);
+    return place_rows(rng, "topk", N, k, E, P, slot_expert);
 }
 
-Case gather_rows_case(Rng& rng, const DispatchPlan& plan, int N, int C) {
-    const int R = plan.rows();
+// Expert choice, S = E: every expert picks `capacity` distinct tokens at random; a token's
+// slots list the experts that picked it in ascending order, then empty slots (−1). Tokens
+// no expert picked have no slot. Padded, P ≥ capacity.
+SlotLayout expert_choice_layout(Rng& rng, int N, int E, int capacity, int P) {
+    Ints slot_expert(elems(N, E), -1);
+    std::vector<int> filled(static_cast<std::size_t>(N), 0);
+    Ints tokens(static_cast<std::size_t>(N));
+    for (int e = 0; e < E; ++e) {
+        for (int n = 0; n < N; ++n) tokens[static_cast<std::size_t>(n)] = n;
+        for (int i = 0; i < capacity; ++i) {  // a random prefix by partial Fisher–Yates
+            const auto j = static_cast<std::size_t>(i) +
+                           static_cast<std::size_t>(rng.below(static_cast<uint64_t>(N - i)));
+            std::swap(tokens[static_cast<std::size_t>(i)], tokens[j]);
+            const int32_t n = tokens[static_cast<std::size_t>(i)];
+            const int slot = filled[static_cast<std::size_t>(n)]++;
+            slot_expert[elems(n, E) + static_cast<std::size_t>(slot)] = e;
+        }
+    }
+    return place_rows(rng, "expert_choice", N, E, E, P, slot_expert);
+}
+
+Case gather_rows_case(Rng& rng, const SlotLayout& l, int C) {
+    const int N = l.N, R = l.rows;
     const Floats inp = randn(rng, elems(N, C));
-    const Ints row_token = plan.row_token;
+    const Ints row_token = l.row_token;
     return [=](Backend& be) {
         DeviceArena d(be);
         float* out = d.outputs(elems(R, C));
@@ -466,45 +408,44 @@ Case gather_rows_case(Rng& rng, const DispatchPlan& plan, int N, int C) {
     };
 }
 
-Case gather_rows_backward_case(Rng& rng, const DispatchPlan& plan, int N, int C) {
-    const int R = plan.rows();
+Case gather_rows_backward_case(Rng& rng, const SlotLayout& l, int C) {
+    const int N = l.N, S = l.S, R = l.rows;
     const Floats dout = randn(rng, elems(R, C)), dinp0 = randn(rng, elems(N, C));
-    const Ints offsets = plan.token_offsets, rows = plan.token_rows;
+    const Ints slot_row = l.slot_row;
     return [=](Backend& be) {
         DeviceArena d(be);
         float* dinp = d.upload(dinp0);
-        be.gather_rows_backward(dinp, d.upload(dout), d.upload(offsets), d.upload(rows), N, C);
+        be.gather_rows_backward(dinp, d.upload(dout), d.upload(slot_row), N, S, C);
         return Outputs{{{"dinp", d.download(dinp, elems(N, C))}}, {}};
     };
 }
 
-Case combine_rows_case(Rng& rng, const DispatchPlan& plan, int N, int C) {
-    const int R = plan.rows();
-    const Floats src = randn(rng, elems(R, C)), weights = plan.weights;
-    const Ints offsets = plan.token_offsets, rows = plan.token_rows;
+Case combine_rows_case(Rng& rng, const SlotLayout& l, int C) {
+    const int N = l.N, S = l.S, R = l.rows;
+    const Floats src = randn(rng, elems(R, C)), slot_weight = l.slot_weight;
+    const Ints slot_row = l.slot_row;
     return [=](Backend& be) {
         DeviceArena d(be);
         float* out = d.outputs(elems(N, C));
-        be.combine_rows(out, d.upload(src), d.upload(weights), d.upload(offsets), d.upload(rows),
-                        N, C);
+        be.combine_rows(out, d.upload(src), d.upload(slot_weight), d.upload(slot_row), N, S, C);
         return Outputs{{{"out", d.download(out, elems(N, C))}}, {}};
     };
 }
 
-Case combine_rows_backward_case(Rng& rng, const DispatchPlan& plan, int N, int C) {
-    const int R = plan.rows();
+Case combine_rows_backward_case(Rng& rng, const SlotLayout& l, int C) {
+    const int N = l.N, S = l.S, R = l.rows;
     const Floats dout = randn(rng, elems(N, C)), src = randn(rng, elems(R, C)),
-                 dsrc0 = randn(rng, elems(R, C)), dweights0 = randn(rng, elems(R)),
-                 weights = plan.weights;
-    const Ints offsets = plan.token_offsets, rows = plan.token_rows;
+                 dsrc0 = randn(rng, elems(R, C)), dslot_weight0 = randn(rng, elems(N, S)),
+                 slot_weight = l.slot_weight;
+    const Ints slot_row = l.slot_row;
     return [=](Backend& be) {
         DeviceArena d(be);
         float* dsrc = d.upload(dsrc0);
-        float* dweights = d.upload(dweights0);
-        be.combine_rows_backward(dsrc, dweights, d.upload(dout), d.upload(src), d.upload(weights),
-                                 d.upload(offsets), d.upload(rows), N, C);
+        float* dslot_weight = d.upload(dslot_weight0);
+        be.combine_rows_backward(dsrc, dslot_weight, d.upload(dout), d.upload(src),
+                                 d.upload(slot_weight), d.upload(slot_row), N, S, C);
         return Outputs{{{"dsrc", d.download(dsrc, elems(R, C))},
-                        {"dweights", d.download(dweights, elems(R))}},
+                        {"dslot_weight", d.download(dslot_weight, elems(N, S))}},
                        {}};
     };
 }
@@ -589,12 +530,6 @@ Case adamw_case(Rng& rng, int n, int64_t step) {
                         {"v", d.download(v, elems(n))}},
                        {}};
     };
-}
-
-std::string shape_name(std::initializer_list<int> dims) {
-    std::string s;
-    for (int x : dims) s += (s.empty() ? "" : "x") + std::to_string(x);
-    return s;
 }
 
 // ---- shapes ------------------------------------------------------------------------------
@@ -803,16 +738,9 @@ void expect_bf16_parity(Backend& cpu, Backend& cuda, const Case& run,
         expect_close(ref, out, tol->second, what + " " + name);
         if (name != control) continue;
         control_seen = true;
-        ASSERT_EQ(ref.size(), out.size());
-        double max_ref = 0.0, max_diff = 0.0;
-        for (std::size_t j = 0; j < ref.size(); ++j) {
-            max_ref = std::max(max_ref, std::fabs(static_cast<double>(ref[j])));
-            max_diff = std::max(max_diff, std::fabs(static_cast<double>(out[j]) -
-                                                    static_cast<double>(ref[j])));
-        }
-        EXPECT_GT(max_diff, kLongReduction.atol + kLongReduction.rtol * max_ref)
-            << what << " " << name
-            << ": within the fp32 kernels' tolerance of the CPU; did the bf16 path run?";
+        expect_beyond(ref, out, kLongReduction,
+                      what + " " + name +
+                          ": within the fp32 kernels' tolerance of the CPU; did the bf16 path run?");
     }
     EXPECT_TRUE(control_seen) << "no output named " << control;
 }
@@ -915,44 +843,101 @@ TEST_F(CudaParity, SoftmaxCrossEntropy) {
 
 // ---- MoE dispatch and combine ------------------------------------------------------------
 
-struct PlanShape {
-    int N, C;
-    float drop;  // probability that an assignment is dropped
+struct DispatchShape {
+    SlotLayout layout;
+    int C;
 };
-// E = 4 experts, k = 2; with drops some tokens have one row or none; drop 1: no rows at all.
-const std::vector<PlanShape> kPlanShapes = {{1, 16, 0.0f},  {17, 48, 0.3f}, {50, 128, 0.3f},
-                                            {128, 33, 0.3f}, {128, 16, 0.0f}, {5, 16, 1.0f}};
-constexpr int kExperts = 4, kTopK = 2;
 
-std::string plan_name(const PlanShape& s, const DispatchPlan& plan) {
-    return shape_name({s.N, s.C}) + " R=" + std::to_string(plan.rows());
+// Capacities as the routers size them: ceil(k·N·cf/E) for top-k, ceil(N·cf/E) for expert
+// choice. E = 4 unless stated.
+//   top-k, k = 2, padded: cf 1 with random drops; P above the capacity (more padding); cf
+//     0.625 (many overflow drops); every pick dropped (padding rows only); C = 768 (many
+//     channels per lane).
+//   top-k compact: no capacity (N·k rows, nothing dropped); a single token; cf 0.625 with
+//     random drops (the rows after the last expert's are padding).
+//   expert choice, S = E, cf 1: many empty slots and tokens no expert picked; E = 8 with P
+//     above the capacity.
+std::vector<DispatchShape> dispatch_shapes(Rng& rng) {
+    constexpr int kExperts = 4, kTopK = 2;
+    std::vector<DispatchShape> shapes;
+    shapes.push_back({topk_layout(rng, 17, kExperts, kTopK, 9, 9, 0.3f), 48});
+    shapes.push_back({topk_layout(rng, 50, kExperts, kTopK, 25, 32, 0.0f), 128});
+    shapes.push_back({topk_layout(rng, 128, kExperts, kTopK, 40, 40, 0.3f), 33});
+    shapes.push_back({topk_layout(rng, 5, kExperts, kTopK, 3, 3, 1.0f), 16});
+    shapes.push_back({topk_layout(rng, 5, kExperts, kTopK, 3, 4, 0.0f), 768});
+    shapes.push_back({topk_layout(rng, 128, kExperts, kTopK, 0, 0, 0.0f), 16});
+    shapes.push_back({topk_layout(rng, 1, kExperts, kTopK, 0, 0, 0.0f), 16});
+    shapes.push_back({topk_layout(rng, 64, kExperts, kTopK, 20, 0, 0.2f), 40});
+    shapes.push_back({expert_choice_layout(rng, 50, kExperts, ceil_div(50, kExperts), 13), 48});
+    shapes.push_back({expert_choice_layout(rng, 33, 8, ceil_div(33, 8), 8), 20});
+    return shapes;
+}
+
+std::string dispatch_name(const DispatchShape& s) {
+    return s.layout.name + " C=" + std::to_string(s.C);
+}
+
+// The generator itself (no GPU needed): each kept slot's row names its token, no row is
+// carried twice, every non-padding row is carried, weights are 0 exactly on empty slots;
+// and the shapes cover what the kernels must handle.
+TEST(SlotLayouts, AreValidRoutingLayouts) {
+    Rng rng(7);
+    int tokens_without_slot = 0, padding_rows = 0, kept_after_empty = 0;
+    for (const DispatchShape& shape : dispatch_shapes(rng)) {
+        const SlotLayout& l = shape.layout;
+        SCOPED_TRACE(l.name);
+        std::vector<int> carried(static_cast<std::size_t>(l.rows), 0);
+        for (int n = 0; n < l.N; ++n) {
+            bool empty_seen = false;
+            for (int s = 0; s < l.S; ++s) {
+                const std::size_t slot = elems(n, l.S) + static_cast<std::size_t>(s);
+                const int32_t row = l.slot_row[slot];
+                if (row < 0) {
+                    EXPECT_EQ(l.slot_weight[slot], 0.0f);
+                    empty_seen = true;
+                    continue;
+                }
+                kept_after_empty += empty_seen;
+                ASSERT_LT(row, l.rows);
+                EXPECT_EQ(l.row_token[static_cast<std::size_t>(row)], n);
+                EXPECT_GT(l.slot_weight[slot], 0.0f);
+                ++carried[static_cast<std::size_t>(row)];
+            }
+        }
+        bool padding_seen = false;
+        for (int r = 0; r < l.rows; ++r) {
+            const bool padding = l.row_token[static_cast<std::size_t>(r)] < 0;
+            padding_rows += padding;
+            EXPECT_EQ(carried[static_cast<std::size_t>(r)], padding ? 0 : 1) << "row " << r;
+            // compact: padding only after the last expert's rows
+            if (l.P == 0) {
+                EXPECT_FALSE(padding_seen && !padding) << "row " << r;
+            }
+            padding_seen = padding_seen || padding;
+        }
+        tokens_without_slot += l.tokens_without_slot();
+    }
+    EXPECT_GT(tokens_without_slot, 5);  // the combine writes zeros, its backward nothing
+    EXPECT_GT(padding_rows, 5);         // gather_rows writes zeros
+    EXPECT_GT(kept_after_empty, 0);     // a dropped rank 0 before a kept rank 1
 }
 
 TEST_F(CudaParity, GatherRows) {
-    for (const auto& s : kPlanShapes) {
-        const DispatchPlan plan = random_plan(rng_, s.N, kExperts, kTopK, s.drop);
-        expect_parity(gather_rows_case(rng_, plan, s.N, s.C), kExact,
-                      "gather_rows " + plan_name(s, plan));
-        expect_parity(gather_rows_backward_case(rng_, plan, s.N, s.C), kPointwise,
-                      "gather_rows_backward " + plan_name(s, plan));
+    for (const DispatchShape& s : dispatch_shapes(rng_)) {
+        expect_parity(gather_rows_case(rng_, s.layout, s.C), kExact,
+                      "gather_rows " + dispatch_name(s));
+        expect_parity(gather_rows_backward_case(rng_, s.layout, s.C), kPointwise,
+                      "gather_rows_backward " + dispatch_name(s));
     }
 }
 
 TEST_F(CudaParity, CombineRows) {
-    int tokens_without_rows = 0;
-    for (const auto& s : kPlanShapes) {
-        const DispatchPlan plan = random_plan(rng_, s.N, kExperts, kTopK, s.drop);
-        for (int n = 0; n < s.N; ++n) {
-            tokens_without_rows += plan.token_offsets[static_cast<std::size_t>(n)] ==
-                                   plan.token_offsets[static_cast<std::size_t>(n) + 1];
-        }
-        expect_parity(combine_rows_case(rng_, plan, s.N, s.C), kReduction,
-                      "combine_rows " + plan_name(s, plan));
-        expect_parity(combine_rows_backward_case(rng_, plan, s.N, s.C), kReduction,
-                      "combine_rows_backward " + plan_name(s, plan));
+    for (const DispatchShape& s : dispatch_shapes(rng_)) {
+        expect_parity(combine_rows_case(rng_, s.layout, s.C), kReduction,
+                      "combine_rows " + dispatch_name(s));
+        expect_parity(combine_rows_backward_case(rng_, s.layout, s.C), kReduction,
+                      "combine_rows_backward " + dispatch_name(s));
     }
-    // the plans do have tokens without rows (zeros from the combine, nothing in its backward)
-    EXPECT_GT(tokens_without_rows, 5);
 }
 
 // ---- vision ------------------------------------------------------------------------------
@@ -1052,10 +1037,13 @@ TEST_F(CudaParity, BackwardOpsAreDeterministic) {
     expect_deterministic(gelu_backward_case(rng_, 65537), "gelu_backward");
     expect_deterministic(softmax_crossentropy_case(rng_, 50, 1000, CeMode::Separate),
                          "softmax_crossentropy");
-    const DispatchPlan plan = random_plan(rng_, 128, kExperts, kTopK, 0.3f);
-    expect_deterministic(gather_rows_backward_case(rng_, plan, 128, 48), "gather_rows_backward");
-    expect_deterministic(combine_rows_backward_case(rng_, plan, 128, 48),
-                         "combine_rows_backward");
+    for (const SlotLayout& l : {topk_layout(rng_, 128, 4, 2, 64, 64, 0.3f),
+                                expert_choice_layout(rng_, 128, 8, 16, 16)}) {
+        expect_deterministic(gather_rows_backward_case(rng_, l, 48),
+                             "gather_rows_backward " + l.name);
+        expect_deterministic(combine_rows_backward_case(rng_, l, 48),
+                             "combine_rows_backward " + l.name);
+    }
     expect_deterministic(assemble_tokens_backward_case(rng_, 8, 49, 48, true, true, true),
                          "assemble_tokens_backward");
 }
