@@ -29,6 +29,7 @@
 #include "kernels/backend_factory.h"
 #include "kernels/cpu/blas_setup.h"
 #include "runner/commands.h"
+#include "runner/format.h"
 
 namespace upcycle::cli {
 
@@ -48,12 +49,6 @@ struct BenchArgs {
     double capacity_factor = 1.25;
     std::string router = "topk";
 };
-
-double median(std::vector<double> values) {
-    std::sort(values.begin(), values.end());
-    const std::size_t n = values.size();
-    return n % 2 ? values[n / 2] : 0.5 * (values[n / 2 - 1] + values[n / 2]);
-}
 
 // One model under test: its training step, timed.
 class StepTimer {

@@ -13,6 +13,7 @@ Command add_train_command(CLI::App& app);
 Command add_eval_command(CLI::App& app);
 Command add_inspect_command(CLI::App& app);
 Command add_bench_command(CLI::App& app);
+Command add_bench_moe_command(CLI::App& app);
 Command add_surgery_command(CLI::App& app);
 Command add_status_command(CLI::App& app);
 Command add_query_command(CLI::App& app);

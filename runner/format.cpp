@@ -1,5 +1,6 @@
 #include "runner/format.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include <fmt/format.h>
@@ -29,6 +30,12 @@ std::string format_extra_metrics(const EvalResult& result) {
     std::string text;
     for (const auto& [key, value] : result.extra) text += fmt::format(" | {} {:.4f}", key, value);
     return text;
+}
+
+double median(std::vector<double> values) {
+    std::sort(values.begin(), values.end());
+    const std::size_t n = values.size();
+    return n % 2 ? values[n / 2] : 0.5 * (values[n / 2 - 1] + values[n / 2]);
 }
 
 }  // namespace upcycle::cli

@@ -26,6 +26,7 @@ int main(int argc, char** argv) {
     add(upcycle::cli::add_eval_command);
     add(upcycle::cli::add_inspect_command);
     add(upcycle::cli::add_bench_command);
+    add(upcycle::cli::add_bench_moe_command);
     add(upcycle::cli::add_surgery_command);
     add(upcycle::cli::add_status_command);
     add(upcycle::cli::add_query_command);

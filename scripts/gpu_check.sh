@@ -7,7 +7,8 @@
 #   bash scripts/gpu_check.sh build      # configure build-cuda/ (Release, CUDA on), build all
 #   bash scripts/gpu_check.sh test       # ctest -R 'Cuda|Gpu', then the full suite
 #   bash scripts/gpu_check.sh sanitize   # compute-sanitizer memcheck on tests/kernels/cuda binaries
-#   bash scripts/gpu_check.sh bench      # upcycle bench on cuda: fp32, bf16, MoE; upcycle_cuda_bench
+#   bash scripts/gpu_check.sh bench      # upcycle bench on cuda: fp32, bf16, MoE; bench-moe;
+#                                        # upcycle_cuda_bench
 #   bash scripts/gpu_check.sh all        # every stage in turn (goes on after a failed stage)
 #
 # Everything printed also goes to one log per stage (build.log, test.log, sanitize.log,
@@ -183,6 +184,9 @@ stage_bench() {
     step "$bin" bench --model gpt-124m --device cuda --precision bf16 "${batch[@]}" "${steps[@]}"
     step "$bin" bench --model gpt-124m --device cuda --precision bf16 "${batch[@]}" \
         --experts 8 --k 2 --capacity-factor 1.25 "${steps[@]}"
+    # one MoE layer, phase by phase (64K tokens, C 768, k 2, capacity factor 1.25)
+    step "$bin" bench-moe --device cuda --precision bf16 --experts 8
+    step "$bin" bench-moe --device cuda --precision bf16 --experts 32
     if [ -x "$BUILD_DIR/upcycle_cuda_bench" ]; then
         step "$BUILD_DIR/upcycle_cuda_bench" --benchmark_min_time=0.2
     else

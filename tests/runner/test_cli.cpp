@@ -203,6 +203,34 @@ TEST_F(Cli, BadInputGetsOneClearLineAndExitCode2) {
     const auto preset = run_cli("bench --model gpt-tyni");
     EXPECT_EQ(preset.exit_code, 2) << preset.output;
     EXPECT_NE(preset.output.find("did you mean 'gpt-tiny'"), std::string::npos) << preset.output;
+
+    const auto k = run_cli("bench-moe --experts 4 --k 5");
+    EXPECT_EQ(k.exit_code, 2) << k.output;
+    EXPECT_NE(k.output.find("--k"), std::string::npos) << k.output;
+}
+
+// bench-moe times every phase of one MoE layer; the shares add up to the layer, the expert
+// phases report their achieved rate, and a tight capacity drops assignments.
+TEST_F(Cli, BenchMoeTimesEveryPhaseOfTheLayer) {
+    const auto r = run_cli("bench-moe --tokens 256 --channels 32 --experts 4 --k 2 "
+                           "--capacity-factor 0.5 --steps 2 --warmup 1 --json");
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    const auto json = nlohmann::json::parse(r.output);
+    const auto& phases = json.at("phases");
+    ASSERT_EQ(phases.size(), 8u);
+    double share = 0, seconds = 0;
+    for (const auto& p : phases) {
+        EXPECT_GT(p.at("median_seconds").get<double>(), 0.0) << p.dump();
+        share += p.at("share").get<double>();
+        seconds += p.at("median_seconds").get<double>();
+    }
+    EXPECT_NEAR(share, 1.0, 1e-9);
+    EXPECT_NEAR(seconds, json.at("layer_seconds").get<double>(), 1e-12);
+    EXPECT_EQ(phases[2].at("phase"), "experts forward");
+    EXPECT_GT(phases[2].at("tflops").get<double>(), 0.0);
+    // capacity ⌈2·256·0.5/4⌉ = 64 per expert: at most 256 of the 512 wanted assignments kept
+    EXPECT_LE(json.at("assignments_kept").get<int>(), 256);
+    EXPECT_GE(json.at("dropped_fraction").get<double>(), 0.5);
 }
 
 }  // namespace
