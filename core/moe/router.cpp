@@ -233,7 +233,8 @@ void write_routing(const RoutingDecision& d, const MoeRouting& r) {
     for (const auto& a : d.assignments) {
         if (a.token != token) token = a.token, slot = 0;
         // the token's kept assignments follow its selected experts' order
-        while (r.slot_expert[static_cast<std::size_t>(token) * S + slot] != a.expert) ++slot;
+        while (slot < S && r.slot_expert[static_cast<std::size_t>(token) * S + slot] != a.expert) ++slot;
+        UPCYCLE_ASSERT(slot < S, "a kept assignment's expert is not among its token's selected");
         const std::size_t at = static_cast<std::size_t>(token) * S + slot;
         const int32_t row = cursor[a.expert]++;
         r.slot_row[at] = row;
