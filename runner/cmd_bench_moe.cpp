@@ -75,10 +75,7 @@ int run_bench_moe(BenchMoeArgs args) {
     model.moe.combine = "renormalized";
     MoeLayer layer(*backend, model, N, backend->pads_expert_rows());
 
-    // router [E,C], then expert 0's fc [4C,C], fc bias [4C], proj [C,4C], proj bias [C], …
-    const std::size_t per_expert = 8 * static_cast<std::size_t>(C) * C + 5 * static_cast<std::size_t>(C);
-    const std::size_t router_n = static_cast<std::size_t>(E) * C;
-    const auto n_params = static_cast<int64_t>(router_n + E * per_expert);
+    const auto n_params = static_cast<int64_t>(moe_layer_parameters(E, C));
     Rng rng(11);
     auto randn = [&rng](std::size_t n, float scale) {
         std::vector<float> v(n);
@@ -87,15 +84,7 @@ int run_bench_moe(BenchMoeArgs args) {
     };
     auto params = Tensor::from_host(*backend, {n_params}, randn(static_cast<std::size_t>(n_params), 0.02f));
     auto grads = Tensor::zeros(*backend, {n_params});
-    auto views = [&](Tensor& flat) {
-        MoeTensors t;
-        t.router = flat.f32();
-        float* e0 = flat.f32() + router_n;
-        const std::size_t fc_w = 4 * static_cast<std::size_t>(C) * C, fc_b = 4 * static_cast<std::size_t>(C);
-        t.experts = {e0, e0 + fc_w, e0 + fc_w + fc_b, e0 + 2 * fc_w + fc_b, per_expert};
-        return t;
-    };
-    const MoeTensors w = views(params), g = views(grads);
+    const MoeTensors w = moe_tensors_in(params.f32(), E, C), g = moe_tensors_in(grads.f32(), E, C);
     auto x = Tensor::from_host(*backend, {N, C}, randn(static_cast<std::size_t>(N) * C, 1.0f));
     auto dout = Tensor::from_host(*backend, {N, C}, randn(static_cast<std::size_t>(N) * C, 1.0f));
     auto out = Tensor(*backend, {N, C});

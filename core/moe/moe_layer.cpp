@@ -23,6 +23,25 @@ const char* moe_phase_name(MoePhase phase) {
 }
 
 namespace {
+std::size_t expert_parameters(int C) {  // fc [4C,C] + [4C], proj [C,4C] + [C]
+    return 8 * static_cast<std::size_t>(C) * C + 5 * static_cast<std::size_t>(C);
+}
+}  // namespace
+
+std::size_t moe_layer_parameters(int E, int C) {
+    return static_cast<std::size_t>(E) * C + E * expert_parameters(C);
+}
+
+MoeTensors moe_tensors_in(float* flat, int E, int C) {
+    const std::size_t fc_w = 4 * static_cast<std::size_t>(C) * C, fc_b = 4 * static_cast<std::size_t>(C);
+    MoeTensors t;
+    t.router = flat;
+    float* e0 = flat + static_cast<std::size_t>(E) * C;  // expert 0's; the next one's a stride on
+    t.experts = {e0, e0 + fc_w, e0 + fc_w + fc_b, e0 + 2 * fc_w + fc_b, expert_parameters(C)};
+    return t;
+}
+
+namespace {
 // Adds the seconds since the previous lap to a phase's total; does nothing without totals.
 class PhaseClock {
 public:

@@ -39,6 +39,12 @@ struct MoeTensors {
     ExpertTensors experts;
 };
 
+// One MoE layer's parameters in a flat buffer of their own (benchmarks and tests), in the
+// checkpoint's order: the router [E,C], then each expert's fc.weight, fc.bias, proj.weight,
+// proj.bias.
+std::size_t moe_layer_parameters(int E, int C);
+MoeTensors moe_tensors_in(float* flat, int E, int C);
+
 class MoeLayer {
 public:
     // Buffers for up to max_tokens tokens per forward. pad_rows: lay a capacity-limited

@@ -247,21 +247,14 @@ TEST_P(MoeLayerGradient, MatchesFiniteDifferences) {
         return v;
     };
     // parameters: router then per expert fc.w, fc.b, proj.w, proj.b, in one host vector
-    const std::size_t router_n = E * C, fc_w = 4 * C * C, fc_b = 4 * C, pj_w = 4 * C * C, pj_b = C;
-    const std::size_t per_expert = fc_w + fc_b + pj_w + pj_b;
-    std::vector<float> params = randn(router_n + E * per_expert, 0.5f);
+    const std::size_t router_n = E * C;
+    std::vector<float> params = randn(moe_layer_parameters(E, C), 0.5f);
     std::vector<float> x = randn(N * C, 1.0f);
     const std::vector<float> dout = randn(N * C, 1.0f);
 
     auto p_dev = Tensor::from_host(be, {static_cast<int64_t>(params.size())}, params);
     auto g_dev = Tensor::zeros(be, {static_cast<int64_t>(params.size())});
-    auto views = [&](Tensor& flat) {
-        MoeTensors t;
-        t.router = flat.f32();
-        float* base = flat.f32() + router_n;  // expert 0's; the next expert's per_expert on
-        t.experts = {base, base + fc_w, base + fc_w + fc_b, base + fc_w + fc_b + pj_w, per_expert};
-        return t;
-    };
+    auto views = [&](Tensor& flat) { return moe_tensors_in(flat.f32(), E, C); };
     auto x_dev = Tensor::from_host(be, {N, C}, x);
     auto out = Tensor(be, {N, C});
     auto loss = [&](std::vector<Assignment>* decisions) {

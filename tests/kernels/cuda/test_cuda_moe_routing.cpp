@@ -478,12 +478,7 @@ public:
     MoeLayerRunner(const ModelConfig& model, int N) : model_(model), N_(N) {}
 
     std::size_t router_size() const { return static_cast<std::size_t>(E()) * C(); }
-    std::size_t per_expert() const {
-        return 8 * static_cast<std::size_t>(C()) * C() + 5 * static_cast<std::size_t>(C());
-    }
-    std::size_t num_parameters() const {
-        return router_size() + static_cast<std::size_t>(E()) * per_expert();
-    }
+    std::size_t num_parameters() const { return moe_layer_parameters(E(), C()); }
 
     // A forward (and, unless forward_only, a backward) on `be`.
     LayerRun run(Backend& be, const Floats& params, const Floats& x, const Floats& dout, double cf,
@@ -516,9 +511,10 @@ public:
     std::vector<Part> parts() const {
         const std::size_t C4 = 4 * static_cast<std::size_t>(C()),
                           Cs = static_cast<std::size_t>(C());
+        const std::size_t per_expert = (num_parameters() - router_size()) / E();
         std::vector<Part> v = {{"router", 0, router_size()}};
         for (int e = 0; e < E(); ++e) {
-            const std::size_t base = router_size() + static_cast<std::size_t>(e) * per_expert();
+            const std::size_t base = router_size() + e * per_expert;
             const std::string x = "experts." + std::to_string(e) + ".";
             v.push_back({x + "fc.weight", base, C4 * Cs});
             v.push_back({x + "fc.bias", base + C4 * Cs, C4});
@@ -531,16 +527,7 @@ public:
 private:
     int E() const { return model_.moe.experts; }
     int C() const { return model_.channels; }
-    MoeTensors views(Tensor& flat) const {
-        const std::size_t C4 = 4 * static_cast<std::size_t>(C()),
-                          Cs = static_cast<std::size_t>(C());
-        MoeTensors t;
-        t.router = flat.f32();
-        float* base = flat.f32() + router_size();
-        t.experts = {base, base + C4 * Cs, base + C4 * Cs + C4, base + 2 * C4 * Cs + C4,
-                     per_expert()};
-        return t;
-    }
+    MoeTensors views(Tensor& flat) const { return moe_tensors_in(flat.f32(), E(), C()); }
 
     ModelConfig model_;
     int N_;
