@@ -16,31 +16,11 @@
 #include <string>
 
 #include "core/errors.h"
+#include "core/precision.h"
 
 namespace upcycle {
 
 enum class DeviceKind { CPU, CUDA };
-
-// The precision of the products (a mode of the backend, set once per run):
-//   FP32: fp32 operands and products.
-//   BF16: the linear layers' GEMMs (matmul_forward, matmul_backward) round both operands to
-//         bfloat16 (round to nearest even) and accumulate and write fp32 — what tensor
-//         cores do with bf16 inputs. A backend may also run attention's products on bf16
-//         operands (the CUDA backend does, for head sizes that are multiples of 16; softmax
-//         statistics stay fp32). Every other op, the stored activations, the master weights
-//         and the optimizer stay fp32. The CPU backend emulates the GEMMs' rounding (the
-//         specification) and keeps attention fp32.
-enum class Precision { FP32, BF16 };
-
-// "fp32" / "bf16" (the spelling of train.precision and --precision).
-inline const char* precision_name(Precision p) { return p == Precision::BF16 ? "bf16" : "fp32"; }
-// The precision a name spells; anything else is a UserError naming source and key.
-inline Precision parse_precision(const std::string& name, const std::string& source,
-                                 const std::string& key) {
-    if (name == "fp32") return Precision::FP32;
-    if (name == "bf16") return Precision::BF16;
-    throw UserError(source, key, "expected fp32 or bf16, found '" + name + "'");
-}
 
 // Rows grouped by expert, for the experts' GEMMs (views of a MoeRouting's layout).
 struct ExpertGroups {

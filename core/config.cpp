@@ -104,8 +104,9 @@ template <class T>
 concept NestedSection = std::is_class_v<T> && !std::is_same_v<T, std::string>;
 
 template <class T>
-const char* type_name() {
+std::string type_name() {
     if constexpr (std::is_same_v<T, std::string>) return "a string";
+    else if constexpr (Choice<T>) return choice_list(choice_names<T>());
     else if constexpr (std::is_same_v<T, bool>) return "true or false";
     else if constexpr (std::is_floating_point_v<T>) return "a number";
     else if constexpr (std::is_unsigned_v<T>) return "a non-negative integer";
@@ -121,7 +122,7 @@ std::string line_of(const YAML::Node& node) {
 template <class T>
 T yaml_scalar(const YAML::Node& node, const std::string& key, const std::string& source) {
     if (!node.IsScalar()) {
-        throw UserError(source, key, std::string("expected ") + type_name<T>() + line_of(node));
+        throw UserError(source, key, "expected " + type_name<T>() + line_of(node));
     }
     try {
         if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
@@ -141,7 +142,7 @@ T yaml_scalar(const YAML::Node& node, const std::string& key, const std::string&
         }
     } catch (const YAML::BadConversion&) {
         throw UserError(source, key,
-                        std::string("expected ") + type_name<T>() + ", found '" + node.Scalar() +
+                        "expected " + type_name<T>() + ", found '" + node.Scalar() +
                             "'" + line_of(node));
     }
 }
@@ -182,6 +183,13 @@ void read_section(const YAML::Node& node, Section& section, const std::string& p
         const std::string path = prefix + "." + key;
         if constexpr (NestedSection<T>) {
             read_section(child, field, path, source);
+        } else if constexpr (Choice<T>) {
+            const auto text = yaml_scalar<std::string>(child, path, source);
+            const auto value = find_choice<T>(text);
+            if (!value) {
+                throw UserError(source, path, choice_error(choice_names<T>(), text) + line_of(child));
+            }
+            field = *value;
         } else if constexpr (std::is_same_v<T, std::string>) {
             // a list of scalars is kept as "a,b,c" (e.g. model.moe.layers: [1, 3])
             if (child.IsSequence()) {
@@ -228,11 +236,14 @@ void section_from_json(const nlohmann::json& fields, Section& section, const std
         const std::string path = prefix + "." + key;
         if constexpr (NestedSection<T>) {
             section_from_json(fields[key], field, path, source);
+        } else if constexpr (Choice<T>) {
+            if (!fields[key].is_string()) throw UserError(source, path, "expected " + type_name<T>());
+            field = parse_choice<T>(fields[key].template get<std::string>(), source, path);
         } else {
             try {
                 field = fields[key].template get<T>();
             } catch (const nlohmann::json::exception&) {
-                throw UserError(source, path, std::string("expected ") + type_name<T>());
+                throw UserError(source, path, "expected " + type_name<T>());
             }
         }
     });
@@ -267,25 +278,6 @@ void apply_override(YAML::Node& root, const std::string& assignment, const std::
         chain.push_back(next);
     }
     chain.back()[keys.back()] = parsed;
-}
-
-// Optimal string alignment distance: insertions, deletions, substitutions and adjacent
-// transpositions ("stpes" → "steps" is one edit) each cost 1.
-std::size_t edit_distance(const std::string& a, const std::string& b) {
-    const std::size_t n = a.size(), m = b.size();
-    std::vector<std::vector<std::size_t>> d(n + 1, std::vector<std::size_t>(m + 1));
-    for (std::size_t i = 0; i <= n; ++i) d[i][0] = i;
-    for (std::size_t j = 0; j <= m; ++j) d[0][j] = j;
-    for (std::size_t i = 1; i <= n; ++i) {
-        for (std::size_t j = 1; j <= m; ++j) {
-            const std::size_t cost = a[i - 1] == b[j - 1] ? 0 : 1;
-            d[i][j] = std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost});
-            if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1]) {
-                d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
-            }
-        }
-    }
-    return d[n][m];
 }
 
 RunConfig read_run_config(const YAML::Node& root, const std::string& source) {
@@ -399,7 +391,7 @@ nlohmann::json to_identity_json(const RunConfig& config) {
     auto erase = [&](const auto& keys) {
         for (const auto& key : keys) out[key.section].erase(key.field);
     };
-    if (config.model.arch == "vit") erase(kTextOnlyKeys);
+    if (config.model.arch == Arch::Vit) erase(kTextOnlyKeys);
     else erase(kImageOnlyKeys);
     const nlohmann::json defaults = to_json(RunConfig{});
     for (const auto& key : kHashedOnlyWhenSetKeys) {
@@ -421,7 +413,7 @@ RunConfig run_config_from_json(const nlohmann::json& json, const std::string& so
 }
 
 int tokens_per_example(const ModelConfig& model) {
-    if (model.arch == "vit") {
+    if (model.arch == Arch::Vit) {
         const int side = model.image_size / model.patch;
         return 1 + side * side;
     }
@@ -430,9 +422,9 @@ int tokens_per_example(const ModelConfig& model) {
 
 std::string describe_model(const ModelConfig& m) {
     const auto n = [](int value) { return std::to_string(value); };
-    std::string text = m.arch == "vit" ? "ViT" : "GPT";
+    std::string text = m.arch == Arch::Vit ? "ViT" : "GPT";
     text += " L=" + n(m.layers) + " C=" + n(m.channels) + " H=" + n(m.heads);
-    if (m.arch == "vit") {
+    if (m.arch == Arch::Vit) {
         text += " patch=" + n(m.patch);
         text += " T=" + n(tokens_per_example(m));
     } else {
@@ -440,8 +432,8 @@ std::string describe_model(const ModelConfig& m) {
         text += " V=" + n(m.vocab_size);
     }
     if (m.moe.experts > 0) {
-        text += ", MoE E=" + n(m.moe.experts) + " " + m.moe.router;
-        if (m.moe.router == "topk") text += " k=" + n(m.moe.k);
+        text += ", MoE E=" + n(m.moe.experts) + " " + to_string(m.moe.router);
+        if (m.moe.router == RouterKind::TopK) text += " k=" + n(m.moe.k);
         text += " on blocks";
         const auto layers = moe_layer_indices(m);
         for (std::size_t i = 0; i < layers.size(); ++i) {
@@ -519,9 +511,7 @@ void validate(const RunConfig& c, const std::string& source) {
     auto require = [&](bool ok, const std::string& key, const std::string& expected) {
         if (!ok) throw UserError(source, key, expected);
     };
-    const bool vit = c.model.arch == "vit";
-    require(c.model.arch == "gpt" || vit, "model.arch",
-            "expected gpt or vit, found '" + c.model.arch + "'");
+    const bool vit = c.model.arch == Arch::Vit;
     require(c.model.vocab_size > 0, "model.vocab_size", "expected a positive integer");
     require(c.model.context > 0, "model.context", "expected a positive integer");
     require(c.model.channels > 0, "model.channels", "expected a positive integer");
@@ -536,8 +526,9 @@ void validate(const RunConfig& c, const std::string& source) {
                 "the patch side (" + std::to_string(c.model.patch) +
                     ") must divide model.image_size (" + std::to_string(c.model.image_size) + ")");
         require(c.model.classes >= 2, "model.classes", "expected at least 2");
-        require(c.data.source == "fashion_mnist", "data.source",
-                "a vit trains on images: expected fashion_mnist, found '" + c.data.source + "'");
+        require(c.data.source == DataSource::FashionMnist, "data.source",
+                "a vit trains on images: expected fashion_mnist, found '" + to_string(c.data.source) +
+                    "'");
         require(c.model.image_size == 28, "model.image_size",
                 "Fashion-MNIST images are 28×28, found " + std::to_string(c.model.image_size));
         require(c.model.classes == 10, "model.classes",
@@ -545,8 +536,6 @@ void validate(const RunConfig& c, const std::string& source) {
         require(c.data.validation_images >= c.model.classes, "data.validation_images",
                 "expected at least one image per class (" + std::to_string(c.model.classes) + ")");
         require(c.data.train_images >= 0, "data.train_images", "expected a non-negative integer (0: all)");
-        require(c.data.augment == "none" || c.data.augment == "crop_flip", "data.augment",
-                "expected none or crop_flip, found '" + c.data.augment + "'");
         require(c.data.crop_padding >= 0, "data.crop_padding", "expected a non-negative integer");
         require(c.eval.max_images >= 0, "eval.max_images", "expected a non-negative integer (0: all)");
         probe_shot_counts(c.eval, source);  // throws on a malformed list
@@ -556,42 +545,33 @@ void validate(const RunConfig& c, const std::string& source) {
         // every text source here is bytes
         require(c.model.vocab_size >= 256, "model.vocab_size",
                 "byte-level text needs at least 256, found " + std::to_string(c.model.vocab_size));
-        require(c.data.source == "kjv" || c.data.source == "synthetic" || c.data.source == "text",
-                "data.source",
-                "a gpt trains on text: expected kjv, synthetic or text, found '" + c.data.source + "'");
+        require(c.data.source != DataSource::FashionMnist, "data.source",
+                "a gpt trains on text: expected kjv, synthetic or text, found '" +
+                    to_string(c.data.source) + "'");
     }
     const MoeConfig& moe = c.model.moe;
     require(moe.experts >= 0, "model.moe.experts", "expected a non-negative integer (0: dense)");
     if (moe.experts > 0) {
-        require(moe.router == "topk" || moe.router == "expert_choice", "model.moe.router",
-                "expected topk or expert_choice, found '" + moe.router + "'");
-        require(!(moe.router == "expert_choice" && c.model.arch == "gpt"), "model.moe.router",
+        require(!(moe.router == RouterKind::ExpertChoice && c.model.arch == Arch::Gpt), "model.moe.router",
                 "expert_choice routing is refused in a causal (GPT) model: each expert picks its "
                 "top tokens across the whole sequence, so a token's output would depend on "
                 "later tokens (it leaks the future); use topk");
         require(moe.k >= 1 && moe.k <= moe.experts, "model.moe.k",
                 "expected 1 ≤ k ≤ experts (" + std::to_string(moe.experts) + "), found " +
                     std::to_string(moe.k));
-        require(moe.combine == "softmax_topk" || moe.combine == "renormalized",
-                "model.moe.combine", "expected softmax_topk or renormalized, found '" + moe.combine + "'");
-        require(moe.priority == "token_order" || moe.priority == "probability",
-                "model.moe.priority", "expected token_order or probability, found '" + moe.priority + "'");
         require(moe.aux_loss_coef >= 0, "model.moe.aux_loss_coef", "expected a non-negative number");
         require(moe.z_loss_coef >= 0, "model.moe.z_loss_coef", "expected a non-negative number");
         // throws on a malformed list
         require(!moe_layer_indices(c.model, source).empty(), "model.moe.layers",
                 "selects no block of a " + std::to_string(c.model.layers) + "-layer model");
     }
-    require(c.data.source != "text" || !c.data.path.empty(), "data.path",
+    require(c.data.source != DataSource::Text || !c.data.path.empty(), "data.path",
             "data.source: text needs data.path (a text file)");
     require(c.data.validation_fraction > 0 && c.data.validation_fraction < 1,
             "data.validation_fraction", "expected a number in (0, 1)");
     require(c.data.synthetic_bytes >= 1024, "data.synthetic_bytes", "expected at least 1024");
     require(c.train.batch_size > 0, "train.batch_size", "expected a positive integer");
     require(c.train.steps > 0, "train.steps", "expected a positive integer");
-    require(c.train.schedule == "constant" || c.train.schedule == "rsqrt" ||
-                c.train.schedule == "cosine",
-            "train.schedule", "expected constant, rsqrt or cosine, found '" + c.train.schedule + "'");
     require(c.train.lr > 0, "train.lr", "expected a positive number");
     require(c.train.warmup_steps >= 0, "train.warmup_steps", "expected a non-negative integer");
     require(c.train.min_lr_ratio >= 0 && c.train.min_lr_ratio <= 1, "train.min_lr_ratio",
@@ -607,7 +587,6 @@ void validate(const RunConfig& c, const std::string& source) {
             "expected 0 (no accumulation) or a divisor of train.batch_size (" +
                 std::to_string(c.train.batch_size) + "), found " +
                 std::to_string(c.train.micro_batch));
-    parse_precision(c.train.precision, source, "train.precision");
     require(c.train.log_every > 0, "train.log_every", "expected a positive integer");
     require(c.eval.every >= 0, "eval.every", "expected a non-negative integer");
     require(c.eval.max_windows >= 0, "eval.max_windows", "expected a non-negative integer");
@@ -618,11 +597,11 @@ void validate(const RunConfig& c, const std::string& source) {
 
 const std::vector<ModelPreset>& model_presets() {
     static const std::vector<ModelPreset> presets = {
-        {"gpt-tiny", ModelConfig{"gpt", 256, 128, 128, 4, 4, {}}, 16},
-        {"gpt-small", ModelConfig{"gpt", 256, 256, 512, 8, 8, {}}, 8},
-        {"gpt-124m", ModelConfig{"gpt", 50304, 1024, 768, 12, 12, {}}, 8},
+        {"gpt-tiny", ModelConfig{Arch::Gpt, 256, 128, 128, 4, 4, {}}, 16},
+        {"gpt-small", ModelConfig{Arch::Gpt, 256, 256, 512, 8, 8, {}}, 8},
+        {"gpt-124m", ModelConfig{Arch::Gpt, 50304, 1024, 768, 12, 12, {}}, 8},
         // the vision issue's benchmark shape: patch 4 on 28×28 (T = 50), C 128, L 6, H 4
-        {"vit-tiny", ModelConfig{.arch = "vit", .channels = 128, .layers = 6, .heads = 4, .moe = {}, .patch = 4}, 128},
+        {"vit-tiny", ModelConfig{.arch = Arch::Vit, .channels = 128, .layers = 6, .heads = 4, .moe = {}, .patch = 4}, 128},
     };
     return presets;
 }
@@ -656,21 +635,6 @@ void throw_unknown_key(const std::string& source, const std::string& key, const 
         for (const auto& k : known) message += " " + k;
     }
     throw UserError(source, key, message);
-}
-
-std::string closest_match(const std::string& word, const std::vector<std::string>& candidates) {
-    std::string best;
-    std::size_t best_distance = std::numeric_limits<std::size_t>::max();
-    for (const auto& candidate : candidates) {
-        const std::size_t d = edit_distance(word, candidate);
-        if (d < best_distance) {
-            best_distance = d;
-            best = candidate;
-        }
-    }
-    // close enough: at most a third of the word (and at least one edit) wrong
-    const std::size_t allowed = std::max<std::size_t>(1, word.size() / 3);
-    return best_distance <= allowed ? best : "";
 }
 
 }  // namespace upcycle

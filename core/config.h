@@ -10,6 +10,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/choice.h"
+
 namespace YAML {
 class Node;
 }
@@ -20,18 +22,18 @@ namespace upcycle {
 struct MoeConfig {
     int experts = 0;                         // E; 0 = a dense model
     std::string layers = "every_other";      // every_other (1, 3, 5, … zero-based) | all | "i,j,…"
-    std::string router = "topk";             // topk (token choice) | expert_choice
+    RouterKind router = RouterKind::TopK;    // topk (token choice) | expert_choice
     int k = 2;                               // experts per token (topk)
     double capacity_factor = 2.0;            // training; capacity = ceil(k·tokens·cf/E); ≤ 0: no limit
     double eval_capacity_factor = 2.0;       // evaluation
-    std::string combine = "softmax_topk";    // softmax_topk (the paper's) | renormalized
-    std::string priority = "token_order";    // which tokens overflow first: token_order | probability
+    Combine combine = Combine::SoftmaxTopK;  // softmax_topk (the paper's) | renormalized
+    Priority priority = Priority::TokenOrder;  // which tokens overflow first: token_order | probability
     double aux_loss_coef = 0.01;             // Switch load balancing E·Σ f_e·P_e
     double z_loss_coef = 0.001;              // router z-loss mean(logsumexp(logits)²)
 };
 
 struct ModelConfig {
-    std::string arch = "gpt";  // gpt (text, causal) | vit (images, encoder)
+    Arch arch = Arch::Gpt;     // gpt (text, causal) | vit (images, encoder)
     int vocab_size = 256;      // V; byte-level text by default (gpt)
     int context = 128;         // T (gpt); a ViT's T is 1 + (image_size/patch)², see tokens_per_example
     int channels = 128;        // C
@@ -55,7 +57,7 @@ std::string describe_model(const ModelConfig& model);
 std::vector<int> moe_layer_indices(const ModelConfig& model, const std::string& source = "");
 
 struct DataConfig {
-    std::string source = "kjv";             // kjv | synthetic | text (gpt); fashion_mnist (vit)
+    DataSource source = DataSource::Kjv;    // kjv | synthetic | text (gpt); fashion_mnist (vit)
     std::string path;                       // the file, for source: text
     double validation_fraction = 0.05;      // for text and synthetic (tail of the file)
     int64_t synthetic_bytes = 1 << 20;      // for source: synthetic
@@ -63,14 +65,14 @@ struct DataConfig {
     // images (fashion_mnist): a fixed, class-balanced validation split carved from train
     int validation_images = 5000;
     int64_t train_images = 0;               // keep a class-balanced subset of train (0: all)
-    std::string augment = "none";           // none | crop_flip (random crop + horizontal flip)
+    Augmentation augment = Augmentation::None;  // none | crop_flip (random crop + horizontal flip)
     int crop_padding = 2;                   // pixels of padding for the random crop
 };
 
 struct TrainConfig {
     int batch_size = 16;
     int64_t steps = 1000;
-    std::string schedule = "rsqrt";  // constant | rsqrt | cosine
+    Schedule schedule = Schedule::Rsqrt;  // constant | rsqrt | cosine
     double lr = 1e-3;
     int64_t warmup_steps = 100;
     double min_lr_ratio = 0.1;       // cosine floor, as a fraction of lr
@@ -85,7 +87,7 @@ struct TrainConfig {
     int micro_batch = 0;
     // GEMM operand precision: fp32, or bf16 (operands rounded to bfloat16, fp32
     // accumulation and outputs; master weights, optimizer state and checkpoints stay fp32).
-    std::string precision = "fp32";
+    Precision precision = Precision::FP32;
     uint64_t seed = 1;               // weights init and data order
     int64_t log_every = 10;
 };
@@ -157,8 +159,5 @@ const ModelPreset& find_model_preset(const std::string& name);  // UserError if 
 [[noreturn]] void throw_unknown_key(const std::string& source, const std::string& key,
                                     const std::string& leaf, const std::vector<std::string>& known,
                                     const std::string& where);
-
-// The closest candidate by edit distance, or "" if none is close ("did you mean").
-std::string closest_match(const std::string& word, const std::vector<std::string>& candidates);
 
 }  // namespace upcycle

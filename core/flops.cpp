@@ -8,7 +8,7 @@ namespace upcycle {
 
 double active_experts_per_token(const MoeConfig& moe) {
     if (moe.experts <= 0) return 1.0;
-    if (moe.router == "topk") return moe.k;
+    if (moe.router == RouterKind::TopK) return moe.k;
     return moe.capacity_factor > 0 ? std::min<double>(moe.capacity_factor, moe.experts) : moe.experts;
 }
 
@@ -23,7 +23,7 @@ FlopsPerToken flops_per_token(const ModelConfig& m) {
     // GPT: the tied head, V·C per token. ViT: the patch embedding (P·p²·C) and the head on the
     // class token (classes·C) happen once per image, spread over its T tokens.
     double edge_weights = V * C;
-    if (m.arch == "vit") {
+    if (m.arch == Arch::Vit) {
         const double P = T - 1, patch_pixels = static_cast<double>(m.patch) * m.patch;
         edge_weights = (P * patch_pixels * C + m.classes * C) / T;
     }
@@ -56,7 +56,7 @@ int64_t parameter_count(const ModelConfig& m) {
     const int64_t E = m.moe.experts;
     const int64_t blocks = L * attention_block + (L - moe_blocks) * mlp + moe_blocks * (E * C + E * mlp);
     const int64_t lnf = 2 * C;
-    if (m.arch == "vit") {
+    if (m.arch == Arch::Vit) {
         const int64_t patch_pixels = static_cast<int64_t>(m.patch) * m.patch, K = m.classes;
         // patch.{weight,bias}, cls, wpe, blocks, lnf, head.{weight,bias}
         return patch_pixels * C + C + C + T * C + blocks + lnf + K * C + K;

@@ -70,7 +70,7 @@ TrainSummary train(Backend& backend, const RunConfig& config, const TrainOptions
     };
     const ModelConfig& mc = config.model;
     const TrainConfig& tc = config.train;
-    backend.set_precision(parse_precision(tc.precision, config.name, "train.precision"));
+    backend.set_precision(tc.precision);
     const auto task = make_training_task(backend, config, config.name);
     const int parts = micro_batches(tc);
     Model& model = task->model();

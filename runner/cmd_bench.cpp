@@ -137,12 +137,12 @@ int run_bench(const BenchArgs& args) {
     if (moe) {
         moe_config.moe.experts = args.experts;
         moe_config.moe.k = args.k;
-        moe_config.moe.router = args.router;
+        moe_config.moe.router = parse_choice<RouterKind>(args.router, "", "--router");
         moe_config.moe.capacity_factor = args.capacity_factor;
         moe_config.moe.eval_capacity_factor = args.capacity_factor;
         RunConfig check;
         check.model = moe_config;
-        if (moe_config.arch == "vit") check.data.source = "fashion_mnist";
+        if (moe_config.arch == Arch::Vit) check.data.source = DataSource::FashionMnist;
         validate(check, "--experts");
     }
     const int B = args.batch > 0 ? args.batch : preset.batch_size;
@@ -151,7 +151,7 @@ int run_bench(const BenchArgs& args) {
         throw UserError("", "--micro-batch",
                         fmt::format("expected a divisor of the batch ({}), found {}", B, micro));
     }
-    const Precision precision = parse_precision(args.precision, "", "--precision");
+    const Precision precision = parse_choice<Precision>(args.precision, "", "--precision");
     const int T = tokens_per_example(dense_config);
     const double dense_flops = flops_per_token(dense_config).training * B * T;
     const int steps = args.steps > 0 ? args.steps : (dense_flops > 1e12 ? 3 : 20);
@@ -213,14 +213,14 @@ int run_bench(const BenchArgs& args) {
                "(forward + backward + AdamW) on random {}\n",
                preset.name, describe_model(dense_config), B,
                micro < B ? fmt::format(" in {} micro-batches of {}", B / micro, micro) : "",
-               B * T, args.precision, dense_config.arch == "vit" ? "images" : "tokens");
+               B * T, args.precision, dense_config.arch == Arch::Vit ? "images" : "tokens");
     fmt::print("backend {}\n", backend->describe());
     print_figures("dense", dense);
     if (sparse) {
         fmt::print("MoE {} experts, {}{}, capacity factor {}, blocks {} (FLOPs count active "
                    "experts and the router)\n",
-                   moe_config.moe.experts, moe_config.moe.router,
-                   moe_config.moe.router == "topk" ? fmt::format(" k={}", moe_config.moe.k) : "",
+                   moe_config.moe.experts, to_string(moe_config.moe.router),
+                   moe_config.moe.router == RouterKind::TopK ? fmt::format(" k={}", moe_config.moe.k) : "",
                    moe_config.moe.capacity_factor, moe_config.moe.layers);
         print_figures("moe  ", *sparse);
         fmt::print("MoE / dense achieved GFLOP/s: {:.1f}%\n", 100.0 * main_gflops / dense_gflops);

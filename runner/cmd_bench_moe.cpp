@@ -47,9 +47,8 @@ void check_args(const BenchMoeArgs& a) {
     require(a.tokens >= 0, "--tokens", "expected a positive number of tokens");
     require(a.channels >= 0, "--channels", "expected a positive number of channels");
     require(a.experts >= 1, "--experts", "expected at least one expert");
-    require(a.router == "topk" || a.router == "expert_choice", "--router",
-            "expected topk or expert_choice, found '" + a.router + "'");
-    require(a.router != "topk" || (a.k >= 1 && a.k <= a.experts), "--k",
+    const RouterKind router = parse_choice<RouterKind>(a.router, "", "--router");
+    require(router != RouterKind::TopK || (a.k >= 1 && a.k <= a.experts), "--k",
             fmt::format("expected 1 ≤ k ≤ experts ({}), found {}", a.experts, a.k));
     require(a.steps >= 1, "--steps", "expected at least one timed step");
     require(a.warmup >= 0, "--warmup", "expected a non-negative count");
@@ -57,7 +56,7 @@ void check_args(const BenchMoeArgs& a) {
 
 int run_bench_moe(BenchMoeArgs args) {
     check_args(args);
-    const Precision precision = parse_precision(args.precision, "", "--precision");
+    const Precision precision = parse_choice<Precision>(args.precision, "", "--precision");
     auto backend = make_backend(args.device);
     backend->set_precision(precision);
     const bool on_cpu = backend->kind() == DeviceKind::CPU;
@@ -68,11 +67,11 @@ int run_bench_moe(BenchMoeArgs args) {
     ModelConfig model;
     model.channels = C;
     model.moe.experts = E;
-    model.moe.router = args.router;
-    model.moe.k = args.router == "topk" ? args.k : 1;
+    model.moe.router = parse_choice<RouterKind>(args.router, "", "--router");
+    model.moe.k = model.moe.router == RouterKind::TopK ? args.k : 1;
     model.moe.capacity_factor = args.capacity_factor;
     model.moe.eval_capacity_factor = args.capacity_factor;
-    model.moe.combine = "renormalized";
+    model.moe.combine = Combine::Renormalized;
     MoeLayer layer(*backend, model, N, backend->pads_expert_rows());
 
     const auto n_params = static_cast<int64_t>(moe_layer_parameters(E, C));
@@ -143,7 +142,7 @@ int run_bench_moe(BenchMoeArgs args) {
     }
     fmt::print("one MoE layer: {} tokens, C {}, {} experts, {}{}, capacity factor {}, {} rows "
                "({} kept, {:.1f}% dropped), {} GEMMs\n",
-               N, C, E, args.router, args.router == "topk" ? fmt::format(" k={}", model.moe.k) : "",
+               N, C, E, args.router, model.moe.router == RouterKind::TopK ? fmt::format(" k={}", model.moe.k) : "",
                args.capacity_factor, backend->pads_expert_rows() ? "padded" : "compact",
                stats.assignments_kept, 100.0 * stats.dropped_fraction, args.precision);
     fmt::print("backend {}\n", backend->describe());

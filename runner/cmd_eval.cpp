@@ -35,7 +35,7 @@ struct EvalArgs {
 
 // --text: the GPT on any text file.
 EvalResult evaluate_text_file(const Checkpoint& ckpt, Backend& backend, const EvalArgs& args) {
-    if (ckpt.config.model.arch != "gpt") {
+    if (ckpt.config.model.arch != Arch::Gpt) {
         throw UserError(args.checkpoint, "--text", "only a GPT checkpoint evaluates on text");
     }
     Gpt model(backend, ckpt.config.model, args.batch);
@@ -51,8 +51,9 @@ EvalResult evaluate_text_file(const Checkpoint& ckpt, Backend& backend, const Ev
 int run_eval(const EvalArgs& args) {
     const Checkpoint ckpt = read_checkpoint(args.checkpoint);
     auto backend = make_backend(args.device);
-    const std::string precision = args.precision.empty() ? ckpt.config.train.precision : args.precision;
-    backend->set_precision(parse_precision(precision, "", "--precision"));
+    backend->set_precision(args.precision.empty()
+                               ? ckpt.config.train.precision
+                               : parse_choice<Precision>(args.precision, "", "--precision"));
     EvalResult r;
     std::string source;
     std::string unit = "bytes";
@@ -68,7 +69,7 @@ int run_eval(const EvalArgs& args) {
         const auto task = make_training_task(*backend, config, args.checkpoint);
         load_into(ckpt, task->model(), nullptr);
         r = task->evaluate(EvalScope::Full);
-        source = ckpt.config.data.source + " validation split";
+        source = to_string(ckpt.config.data.source) + " validation split";
         unit = task->prediction_unit();
     }
     if (args.json) {

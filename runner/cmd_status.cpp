@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -72,7 +73,8 @@ int run_status(const StatusArgs& args) {
         return 0;
     }
 
-    const char* const states[] = {kDone, kRunning, kPending, kFailed};
+    const TrialStatus states[] = {TrialStatus::Done, TrialStatus::Running, TrialStatus::Pending,
+                                  TrialStatus::Failed};
     std::vector<std::vector<std::string>> table{{"sweep", "trials", "done", "running", "pending",
                                                  "failed"}};
     for (const auto& name : names) {
@@ -80,29 +82,31 @@ int run_status(const StatusArgs& args) {
         int64_t total = 0;
         for (const auto& [state, n] : counts) total += n;
         std::vector<std::string> row{name, std::to_string(total)};
-        for (const char* state : states) row.push_back(std::to_string(counts.at(state)));
+        for (const TrialStatus state : states) row.push_back(std::to_string(counts.at(state)));
         table.push_back(std::move(row));
     }
     print_columns(table, "");
 
-    std::map<int64_t, std::string> status_of;
+    std::map<int64_t, TrialStatus> status_of;
     for (const auto& t : trials) status_of[t.id] = t.status;
-    auto parent_status = [&](int64_t parent) {
+    // nullopt: the parent is missing from the store
+    auto parent_status = [&](int64_t parent) -> std::optional<TrialStatus> {
         if (const auto it = status_of.find(parent); it != status_of.end()) return it->second;
         const auto p = store.trial(parent);
-        return p ? p->status : std::string("missing");
+        if (!p) return std::nullopt;
+        return p->status;
     };
 
     std::vector<std::vector<std::string>> running{
         {"trial", "method", "step", "heartbeat", "attempts", "host", "worker", "hash"}};
     for (const auto& t : trials) {
-        if (t.status != kRunning) continue;
+        if (t.status != TrialStatus::Running) continue;
         std::string heartbeat = "never";
         if (t.heartbeat_age_seconds) {
             heartbeat = format_duration(*t.heartbeat_age_seconds) + " ago";
             if (*t.heartbeat_age_seconds > kDefaultStaleAfterSeconds) heartbeat += " (stale)";
         }
-        running.push_back({std::to_string(t.id), t.method, std::to_string(t.step), heartbeat,
+        running.push_back({std::to_string(t.id), to_string(t.method), std::to_string(t.step), heartbeat,
                            std::to_string(t.attempts), t.host, t.worker, short_hash(t.hash)});
     }
     if (running.size() > 1) {
@@ -111,11 +115,11 @@ int run_status(const StatusArgs& args) {
     }
 
     const auto failed = std::count_if(trials.begin(), trials.end(),
-                                      [](const TrialRecord& t) { return t.status == kFailed; });
+                                      [](const TrialRecord& t) { return t.status == TrialStatus::Failed; });
     if (failed > 0) fmt::print("\nfailed ({}):\n", failed);
     for (const auto& t : trials) {
-        if (t.status != kFailed) continue;
-        fmt::print("  trial {} {} {} (attempt {}{}):\n", t.id, t.method, short_hash(t.hash),
+        if (t.status != TrialStatus::Failed) continue;
+        fmt::print("  trial {} {} {} (attempt {}{}):\n", t.id, to_string(t.method), short_hash(t.hash),
                    t.attempts, t.host.empty() ? "" : " on " + t.host);
         std::string error = t.error.empty() ? "(no error recorded)" : t.error;
         std::size_t start = 0;
@@ -128,12 +132,12 @@ int run_status(const StatusArgs& args) {
 
     int64_t pending = 0, waiting = 0, blocked = 0;
     for (const auto& t : trials) {
-        if (t.status != kPending) continue;
+        if (t.status != TrialStatus::Pending) continue;
         ++pending;
         if (!t.parent) continue;
-        const std::string ps = parent_status(*t.parent);
-        if (ps == kFailed) ++blocked;
-        else if (ps != kDone) ++waiting;
+        const auto ps = parent_status(*t.parent);
+        if (ps == TrialStatus::Failed) ++blocked;
+        else if (ps != TrialStatus::Done) ++waiting;
     }
     if (pending > 0) {
         fmt::print("\npending: {} ({} ready, {} waiting for a parent, {} blocked by a failed "

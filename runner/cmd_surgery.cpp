@@ -12,9 +12,7 @@
 #include "core/checkpoint.h"
 #include "core/config.h"
 #include "core/errors.h"
-#include "core/surgery/scratch.h"
-#include "core/surgery/upcycle.h"
-#include "core/surgery/warmstart.h"
+#include "core/surgery/continuation.h"
 #include "kernels/backend_factory.h"
 #include "runner/commands.h"
 #include "runner/format.h"
@@ -23,11 +21,19 @@ namespace upcycle::cli {
 
 namespace {
 
+// The methods `surgery` makes (dense continuation needs none).
+const std::vector<Method> kSurgeryMethods = {Method::Upcycle, Method::Warmstart, Method::Scratch};
+
 struct SurgeryArgs {
-    std::string method;
+    std::string method_name;
+    Method method = Method::Upcycle;  // parsed from method_name
     std::string in;
     std::string out;
     UpcycleOptions upcycle;  // its moe is also the scratch architecture
+    // the MoE choices, parsed into upcycle.moe
+    std::string router = to_string(upcycle.moe.router);
+    std::string combine = to_string(upcycle.moe.combine);
+    std::string priority = to_string(upcycle.moe.priority);
     int depth_multiplier = 2;
     std::string tiling = "stack";
     // the options given on the command line, to refuse those another method ignores
@@ -75,20 +81,22 @@ void refuse_unused_options(const SurgeryArgs& args) {
                                           "--capacity-factor", "--eval-capacity-factor",
                                           "--combine", "--priority", "--aux-loss-coef",
                                           "--z-loss-coef"};
-    std::map<std::string, std::vector<std::string>> users;  // option → methods that read it
-    for (const auto& o : moe) users[o] = {"upcycle", "scratch"};
-    for (const char* o : {"--init", "--noise-std", "--drop-ratio", "--router-init"}) users[o] = {"upcycle"};
-    users["--optimizer-state"] = {"upcycle", "warmstart"};
-    users["--depth-multiplier"] = {"warmstart"};
-    users["--tiling"] = {"warmstart"};
-    users["--seed"] = {"upcycle", "scratch"};
+    std::map<std::string, std::vector<Method>> users;  // option → methods that read it
+    for (const auto& o : moe) users[o] = {Method::Upcycle, Method::Scratch};
+    for (const char* o : {"--init", "--noise-std", "--drop-ratio", "--router-init"}) users[o] = {Method::Upcycle};
+    users["--optimizer-state"] = {Method::Upcycle, Method::Warmstart};
+    users["--depth-multiplier"] = {Method::Warmstart};
+    users["--tiling"] = {Method::Warmstart};
+    users["--seed"] = {Method::Upcycle, Method::Scratch};
     for (const auto& [option, methods] : users) {
         const CLI::Option* given = args.given.at(option);
         if (given->count() == 0) continue;
         if (std::find(methods.begin(), methods.end(), args.method) == methods.end()) {
+            std::vector<std::string> names;
+            for (const Method m : methods) names.push_back(to_string(m));
             throw UserError("", option,
                             fmt::format("applies to --method {} only, not {}",
-                                        fmt::join(methods, " or "), args.method));
+                                        fmt::join(names, " or "), to_string(args.method)));
         }
     }
     const std::string& init = args.upcycle.expert_init;
@@ -110,10 +118,23 @@ int64_t weights_of(const Checkpoint& c) {
     return total;
 }
 
-int run_surgery(const SurgeryArgs& args) {
-    if (args.method != "upcycle" && args.method != "warmstart" && args.method != "scratch") {
-        throw UserError("", "--method", "expected upcycle, warmstart or scratch, found '" + args.method + "'");
+// The method and the MoE choices, from their words on the command line.
+void parse_choices(SurgeryArgs& args) {
+    std::vector<std::string> names;
+    for (const Method m : kSurgeryMethods) names.push_back(to_string(m));
+    const auto method = find_choice<Method>(args.method_name);
+    if (!method || std::find(kSurgeryMethods.begin(), kSurgeryMethods.end(), *method) == kSurgeryMethods.end()) {
+        throw_bad_choice("", "--method", names, args.method_name);
     }
+    args.method = *method;
+    MoeConfig& moe = args.upcycle.moe;
+    moe.router = parse_choice<RouterKind>(args.router, "", "--router");
+    moe.combine = parse_choice<Combine>(args.combine, "", "--combine");
+    moe.priority = parse_choice<Priority>(args.priority, "", "--priority");
+}
+
+int run_surgery(SurgeryArgs& args) {
+    parse_choices(args);
     refuse_unused_options(args);
     if (!std::filesystem::exists(args.in)) throw UserError(args.in, "--in", "no such file");
     if (std::filesystem::exists(args.out) && std::filesystem::equivalent(args.in, args.out)) {
@@ -123,26 +144,23 @@ int run_surgery(const SurgeryArgs& args) {
     auto backend = make_backend("cpu");
     Checkpoint result;
     std::string what;
+    ContinuationOptions options;
+    options.upcycle = args.upcycle;
+    options.scratch = {args.upcycle.moe, args.upcycle.seed};
+    options.warmstart = {args.depth_multiplier, args.tiling, args.upcycle.optimizer_state};
     try {
-        if (args.method == "upcycle") {
-            result = upcycle_checkpoint(dense, args.upcycle);
-        } else if (args.method == "warmstart") {
-            result = warmstart_checkpoint(dense, args.depth_multiplier, args.tiling,
-                                          args.upcycle.optimizer_state);
-        } else {
-            result = scratch_checkpoint(dense, args.upcycle.moe, args.upcycle.seed, *backend);
-        }
+        result = make_continuation(args.method, options, dense, *backend);
     } catch (const UserError& e) {
         rethrow_as_option_error(e);
     }
     const ModelConfig& m = result.config.model;
-    if (args.method == "warmstart") {
+    if (args.method == Method::Warmstart) {
         what = fmt::format("{} → {} blocks ({}), optimizer {}", dense.config.model.layers, m.layers,
                            args.tiling, args.upcycle.optimizer_state);
     } else {
-        what = fmt::format("E={} {} k={} on blocks {}", m.moe.experts, m.moe.router, m.moe.k,
-                           blocks_text(moe_layer_indices(m)));
-        if (args.method == "upcycle") {
+        what = fmt::format("E={} {} k={} on blocks {}", m.moe.experts, to_string(m.moe.router),
+                           m.moe.k, blocks_text(moe_layer_indices(m)));
+        if (args.method == Method::Upcycle) {
             what += fmt::format(", experts {}, router {}, optimizer {}", args.upcycle.expert_init,
                                 args.upcycle.router_init, args.upcycle.optimizer_state);
         } else {
@@ -152,7 +170,7 @@ int run_surgery(const SurgeryArgs& args) {
     const std::filesystem::path out(args.out);
     if (out.has_parent_path()) std::filesystem::create_directories(out.parent_path());
     write_checkpoint(out, result, *backend);
-    fmt::print("surgery {}: {} → {} parameters | {} | step {} | {}\n", args.method,
+    fmt::print("surgery {}: {} → {} parameters | {} | step {} | {}\n", to_string(args.method),
                format_count(static_cast<double>(weights_of(dense))),
                format_count(static_cast<double>(weights_of(result))), what, result.state.step,
                args.out);
@@ -168,14 +186,14 @@ Command add_surgery_command(CLI::App& app) {
     auto* sub = app.add_subcommand(
         "surgery", "Turn a dense checkpoint into an MoE (upcycle), a deeper dense model "
                    "(warmstart) or the same MoE from random init (scratch)");
-    sub->add_option("--method", args->method, "upcycle | warmstart | scratch")->required();
+    sub->add_option("--method", args->method_name, "upcycle | warmstart | scratch")->required();
     sub->add_option("--in", args->in, "dense checkpoint (.safetensors)")->required();
     sub->add_option("--out", args->out, "output checkpoint (.safetensors)")->required();
     auto& g = args->given;
     g["--experts"] = sub->add_option("--experts", moe.experts, "experts E")->capture_default_str();
     g["--layers"] = sub->add_option("--layers", moe.layers, "MoE blocks: every_other | all | i,j,…")
                         ->capture_default_str();
-    g["--router"] = sub->add_option("--router", moe.router, "topk | expert_choice (refused in a GPT)")
+    g["--router"] = sub->add_option("--router", args->router, "topk | expert_choice (refused in a GPT)")
                         ->capture_default_str();
     g["--k"] = sub->add_option("--k", moe.k, "experts per token (topk)")->capture_default_str();
     g["--capacity-factor"] = sub->add_option("--capacity-factor", moe.capacity_factor,
@@ -184,9 +202,9 @@ Command add_surgery_command(CLI::App& app) {
     g["--eval-capacity-factor"] = sub->add_option("--eval-capacity-factor", moe.eval_capacity_factor,
                                                   "evaluation capacity factor (≤ 0: no limit)")
                                       ->capture_default_str();
-    g["--combine"] = sub->add_option("--combine", moe.combine, "softmax_topk | renormalized")
+    g["--combine"] = sub->add_option("--combine", args->combine, "softmax_topk | renormalized")
                          ->capture_default_str();
-    g["--priority"] = sub->add_option("--priority", moe.priority, "token_order | probability")
+    g["--priority"] = sub->add_option("--priority", args->priority, "token_order | probability")
                           ->capture_default_str();
     g["--aux-loss-coef"] = sub->add_option("--aux-loss-coef", moe.aux_loss_coef,
                                            "load-balancing loss coefficient")

@@ -49,8 +49,8 @@ int run_train(const TrainArgs& args) {
                format_count(static_cast<double>(parameter_count(config.model))),
                upcycle::format_flops(flops.training));
     fmt::print(stderr, "  data {} | {} steps × batch {} | schedule {} lr {:g} | {} | out {}\n",
-               config.data.source, config.train.steps, config.train.batch_size,
-               config.train.schedule, config.train.lr, backend->describe(), out);
+               to_string(config.data.source), config.train.steps, config.train.batch_size,
+               to_string(config.train.schedule), config.train.lr, backend->describe(), out);
 
     std::signal(SIGINT, request_stop);
     std::signal(SIGTERM, request_stop);

@@ -15,9 +15,7 @@
 
 #include "core/checkpoint.h"
 #include "core/errors.h"
-#include "core/surgery/scratch.h"
-#include "core/surgery/upcycle.h"
-#include "core/surgery/warmstart.h"
+#include "core/surgery/continuation.h"
 #include "core/sweep/sha256.h"
 #include "core/sweep/sweep.h"
 #include "core/train.h"
@@ -25,13 +23,12 @@
 #include "runner/format.h"
 #include "runner/progress.h"
 #include "runner/store/store.h"
+#include "runner/trial_recorder.h"
 
 namespace upcycle {
 
 namespace {
 
-// Metric rows are written in batches of about this many (one transaction each).
-constexpr std::size_t kMetricBatch = 256;
 // A budget in seconds leaves train.steps at 0 in the plan; the run stops on its milestones.
 constexpr int64_t kUnboundedSteps = int64_t{1} << 40;
 
@@ -39,27 +36,6 @@ std::string host_name() {
     char host[256] = {0};
     if (gethostname(host, sizeof(host) - 1) != 0) return "unknown";
     return host;
-}
-
-// An evaluation as stored: val_loss, val_accuracy and whatever else the task measured
-// (a ViT's test_accuracy and few-shot probe accuracies at milestones and at the end).
-nlohmann::json evaluation_metrics(const EvalResult& result) {
-    nlohmann::json metrics{{"val_loss", result.loss}, {"val_accuracy", result.accuracy}};
-    for (const auto& [key, value] : result.extra) metrics[key] = value;
-    return metrics;
-}
-
-PlannedTrial planned_from(const TrialRecord& record) {
-    PlannedTrial planned;
-    planned.hash = record.hash;
-    planned.method = record.method;
-    planned.config = record.config;
-    planned.parent_hash = record.parent_hash.value_or("");
-    if (record.config.contains("budget")) {
-        planned.milestones = record.config["budget"]["milestones"].get<std::vector<double>>();
-        planned.horizon_percent = record.config["budget"]["horizon_percent"].get<double>();
-    }
-    return planned;
 }
 
 // Writes the heartbeat from its own thread and connection, so a long step cannot look like a
@@ -103,7 +79,8 @@ public:
           store_(options.db, Store::Mode::ReadWrite), backend_(make_backend(options.device)),
           progress_("[" + id_ + "] ") {}
 
-    // Claims and runs trials until none is left (or a stop is requested).
+    // Claims and runs trials until none is left, a stop is requested, or an internal error
+    // on a device leaves this worker's device in doubt.
     void run() {
         while (!stop_.load()) {
             auto claimed = store_.claim_next(id_, host_, options_.stale_after_seconds, sweep_id_);
@@ -113,7 +90,7 @@ public:
                 std::this_thread::sleep_for(std::chrono::seconds(1));  // wait for a parent
                 continue;
             }
-            run_claimed(*claimed);
+            if (run_claimed(*claimed) == Outcome::DeviceInDoubt) return;
         }
     }
 
@@ -123,17 +100,19 @@ public:
     Counts count_states() {
         Counts c;
         for (const auto& t : store_.trials_of_sweep(sweep_id_)) {
-            if (t.status == kPending) ++c.pending;
-            if (t.status == kRunning) ++c.running;
+            if (t.status == TrialStatus::Pending) ++c.pending;
+            if (t.status == TrialStatus::Running) ++c.running;
         }
         return c;
     }
 
 private:
+    enum class Outcome { Finished, DeviceInDoubt };
+
     void log(const std::string& text) { progress_.note(text); }
 
-    void run_claimed(const TrialRecord& record) {
-        const std::string label = record.method + "-" + record.hash.substr(0, 12);
+    Outcome run_claimed(const TrialRecord& record) {
+        const std::string label = to_string(record.method) + "-" + record.hash.substr(0, 12);
         log(fmt::format("{} started (attempt {})", label, record.attempts));
         std::atomic<bool> lost{false};
         try {
@@ -147,15 +126,27 @@ private:
                 store_.release(record.id);
                 log(label + " stopped; it resumes from its checkpoint next time");
             }
+        } catch (const UserError& e) {
+            // bad input: this trial fails, the sweep goes on with the others
+            store_.fail(record.id, e.what());
+            log(label + " FAILED: " + e.what());
         } catch (const std::exception& e) {
             store_.fail(record.id, e.what());
             log(label + " FAILED: " + e.what());
+            // A failed CUDA call may leave the context unusable, and every later trial on it
+            // would fail too: this worker stops, and its device's trials wait for the next run.
+            if (backend_->kind() != DeviceKind::CPU) {
+                log(fmt::format("worker {} stops after an internal error on its device; run the "
+                                "sweep again to go on with the remaining trials", id_));
+                return Outcome::DeviceInDoubt;
+            }
         }
+        return Outcome::Finished;
     }
 
     // Returns whether the trial completed.
     bool run_trial(const TrialRecord& record, const std::string& label, std::atomic<bool>& lost) {
-        const PlannedTrial planned = planned_from(record);
+        const PlannedTrial planned = planned_trial(record.hash, record.config);
         RunConfig run = trial_run_config(planned);
         const auto dir = trial_directory(options_.runs_dir, record.hash);
         std::filesystem::create_directories(dir);
@@ -168,138 +159,72 @@ private:
         TrainingState origin;  // the state the trial starts from: its own compute counts from here
         double sunk_flops = 0;  // the parent pretraining's FLOPs (for the budget display)
 
-        if (record.method != "pretrain") {
+        if (planned.method != Method::Pretrain) {
             const auto parent = store_.trial(record.parent.value());
             UPCYCLE_ASSERT(parent.has_value(), "a continuation's parent is in the store");
-            const PlannedTrial parent_planned = planned_from(*parent);
             sunk_flops = parent->flops;
             const auto parent_ckpt = checkpoint_path(trial_directory(options_.runs_dir, parent->hash));
-            train_options.init_from = make_initial_checkpoint(record, planned, parent_ckpt, dir);
+            train_options.init_from = initial_checkpoint(planned, parent_ckpt, dir);
             origin = read_training_state(train_options.init_from);
-            const std::string unit = planned.config["budget"]["unit"].get<std::string>();
-            const int64_t base = restarts_step_counter(record.method) ? 0 : parent_planned.config["run"]["train"]["steps"].get<int64_t>();
-            for (const double percent : planned.milestones) {
-                Milestone m;
-                m.percent = percent;
-                if (unit == "seconds") {
-                    m.seconds = percent / 100.0 * parent->seconds;
-                } else {
-                    m.step = base + steps_for_budget(planned, parent_planned, percent).value();
-                }
-                train_options.milestones.push_back(m);
-            }
-            if (unit == "seconds") {
+            train_options.milestones =
+                trial_milestones(planned, planned_trial(parent->hash, parent->config), parent->seconds);
+            if (planned.budget_unit == BudgetUnit::Seconds) {
                 run.train.steps = kUnboundedSteps;
                 train_options.stop_at_last_milestone = true;
             }
             train_options.seconds_origin = origin.seconds;
         }
 
-        std::vector<MetricRow> pending;
-        std::vector<RoutingRow> routing;
-        auto flush = [&] {
-            if (!pending.empty()) store_.add_metrics(record.id, pending);
-            if (!routing.empty()) store_.add_routing(record.id, routing);
-            pending.clear();
-            routing.clear();
-        };
-        auto own = [&](double flops, double seconds) {
-            return std::pair<double, double>{flops - origin.flops, seconds - origin.seconds};
-        };
-        TrainObserver observer;
+        TrialRecorder recorder(store_, record.id, origin,
+                               [&](const std::string& text) { log(label + " " + text); });
+        TrainObserver observer = recorder.observer();
         observer.on_message = [&](const std::string& text) { log(label + ": " + text); };
-        observer.on_step = [&](const StepRecord& r) {
+        observer.on_step = [&, record_step = observer.on_step](const StepRecord& r) {
             if (stop_.load() || lost.load()) stop_training = true;
-            const auto [flops, seconds] = own(r.flops, r.seconds);
-            pending.push_back({"train_loss", r.step, flops, seconds, r.loss});
-            pending.push_back({"lr", r.step, flops, seconds, r.lr});
-            pending.push_back({"grad_norm", r.step, flops, seconds, r.grad_norm});
-            if (!r.moe_layers.empty()) pending.push_back({"aux_loss", r.step, flops, seconds, r.aux_loss});
-            for (std::size_t i = 0; i < r.routing.size(); ++i) {
-                const auto& s = r.routing[i];
-                routing.push_back({r.step, r.moe_layers[i], nlohmann::json(s.tokens_per_expert),
-                                   s.dropped_fraction, s.router_entropy, s.aux_loss, s.z_loss});
-            }
-            if (pending.size() >= kMetricBatch) flush();
-            const double remaining = static_cast<double>(r.total_steps - r.step) *
-                                     (r.step > origin.step ? (r.seconds - origin.seconds) / static_cast<double>(r.step - origin.step) : 0);
-            const bool bounded = r.total_steps < kUnboundedSteps;
+            record_step(r);
             // the budget spent so far, as % of the sunk cost, when the trial has milestones
-            std::string budget;
-            if (!train_options.milestones.empty() && sunk_flops > 0) {
-                budget = fmt::format(" | budget {:.0f}%", 100.0 * flops / sunk_flops);
-            }
-            progress_.update(fmt::format("{} step {}/{} | loss {:.4f}{} | {} tok/s{}", label, r.step,
-                                         bounded ? std::to_string(r.total_steps) : std::string("?"),
-                                         r.loss, budget, cli::format_count(r.tokens_per_second),
-                                         bounded ? " | eta " + cli::format_duration(remaining) : ""));
+            const double budget_percent = !train_options.milestones.empty() && sunk_flops > 0
+                                              ? 100.0 * recorder.own_flops(r.flops) / sunk_flops
+                                              : -1;
+            progress_.update(step_line(label, r, origin, budget_percent));
         };
-        // every metric of an evaluation, as a series point each
-        auto push_eval_metrics = [&](const EvalRecord& r, double flops, double seconds) {
-            const nlohmann::json metrics = evaluation_metrics(r.result);
-            for (const auto& [key, value] : metrics.items()) {
-                pending.push_back({key, r.step, flops, seconds, value.get<double>()});
-            }
-        };
-        observer.on_eval = [&](const EvalRecord& r) {
-            const auto [flops, seconds] = own(r.flops, r.seconds);
-            push_eval_metrics(r, flops, seconds);
-            flush();
-        };
-        observer.on_milestone = [&](const Milestone& m, const EvalRecord& r) {
-            const auto [flops, seconds] = own(r.flops, r.seconds);
-            store_.add_evaluation(record.id, m.percent, r.step, flops, seconds,
-                                  evaluation_metrics(r.result));
-            push_eval_metrics(r, flops, seconds);
-            flush();
-            log(fmt::format("{} budget {:g}% reached at step {}: val_loss {:.4f}", label, m.percent,
-                            r.step, r.result.loss));
-        };
-        observer.on_checkpoint = [&](const std::filesystem::path&, int64_t) { flush(); };
 
         const TrainSummary summary = train(*backend_, run, train_options, observer);
-        flush();
+        recorder.flush();
         if (!summary.completed) return false;
-        const auto [flops, seconds] = own(summary.state.flops, summary.state.seconds);
-        if (record.method == "pretrain") {
-            const auto& e = *summary.final_eval;
-            store_.add_evaluation(record.id, 0, summary.state.step, flops, seconds,
-                                  evaluation_metrics(e));
-        }
-        const auto ckpt = checkpoint_path(dir);
-        store_.add_artifact(record.id, "checkpoint", ckpt.string(),
-                            static_cast<int64_t>(std::filesystem::file_size(ckpt)), sha256_file(ckpt));
-        TrialProgress totals;
-        totals.step = summary.state.step;
-        totals.flops = flops;
-        totals.seconds = seconds;
-        totals.tokens = summary.state.tokens - origin.tokens;
-        store_.finish(record.id, totals, nlohmann::json(make_provenance(*backend_)));
+        recorder.finish(summary, planned.method == Method::Pretrain, checkpoint_path(dir),
+                        nlohmann::json(make_provenance(*backend_)));
         return true;
+    }
+
+    // "upcycle-0123abcd step 120/400 | loss 2.1234 | budget 30% | 12.3k tok/s | eta 1m 2s";
+    // budget_percent < 0: none shown.
+    static std::string step_line(const std::string& label, const StepRecord& r,
+                                 const TrainingState& origin, double budget_percent) {
+        const bool bounded = r.total_steps < kUnboundedSteps;
+        const double seconds_per_step =
+            r.step > origin.step
+                ? (r.seconds - origin.seconds) / static_cast<double>(r.step - origin.step)
+                : 0;
+        const double remaining = static_cast<double>(r.total_steps - r.step) * seconds_per_step;
+        const std::string budget =
+            budget_percent >= 0 ? fmt::format(" | budget {:.0f}%", budget_percent) : "";
+        return fmt::format("{} step {}/{} | loss {:.4f}{} | {} tok/s{}", label, r.step,
+                           bounded ? std::to_string(r.total_steps) : std::string("?"), r.loss,
+                           budget, cli::format_count(r.tokens_per_second),
+                           bounded ? " | eta " + cli::format_duration(remaining) : "");
     }
 
     // The checkpoint a continuation starts from: the parent's own for dense continuation, else
     // made once by surgery into the trial's directory (atomically, so a kill leaves none).
-    std::filesystem::path make_initial_checkpoint(const TrialRecord& record, const PlannedTrial& planned,
-                                                  const std::filesystem::path& parent_ckpt,
-                                                  const std::filesystem::path& dir) {
-        if (record.method == "dense") return parent_ckpt;
+    std::filesystem::path initial_checkpoint(const PlannedTrial& planned,
+                                             const std::filesystem::path& parent_ckpt,
+                                             const std::filesystem::path& dir) {
+        if (!makes_new_checkpoint(planned.method)) return parent_ckpt;
         const auto init = dir / "init.safetensors";
         if (std::filesystem::exists(init)) return init;
-        const Checkpoint parent = read_checkpoint(parent_ckpt);
-        const auto& o = planned.config["options"];
-        Checkpoint made;
-        if (record.method == "upcycle") {
-            made = upcycle_checkpoint(parent, upcycle_options_from_json(o));
-        } else if (record.method == "scratch") {
-            const auto s = scratch_options_from_json(o);
-            made = scratch_checkpoint(parent, s.moe, s.seed, *backend_);
-        } else if (record.method == "warmstart") {
-            const auto w = warmstart_options_from_json(o);
-            made = warmstart_checkpoint(parent, w.depth_multiplier, w.tiling, w.optimizer_state);
-        } else {
-            throw UserError("", "method", "unknown continuation method '" + record.method + "'");
-        }
+        const Checkpoint made = make_continuation(planned.method, continuation_options(planned),
+                                                  read_checkpoint(parent_ckpt), *backend_);
         write_checkpoint(init, made, *backend_);
         return init;
     }
@@ -383,9 +308,9 @@ ExecutorSummary run_sweep(const ExecutorOptions& options, const std::atomic<bool
     Store store(options.db, Store::Mode::ReadOnly);
     for (const auto& t : store.trials_of_sweep(sweep_id)) {
         ++summary.trials;
-        if (t.status == kDone) ++summary.done;
-        else if (t.status == kFailed) ++summary.failed;
-        else if (t.status == kRunning) ++summary.running;
+        if (t.status == TrialStatus::Done) ++summary.done;
+        else if (t.status == TrialStatus::Failed) ++summary.failed;
+        else if (t.status == TrialStatus::Running) ++summary.running;
         else ++summary.pending;
     }
     return summary;

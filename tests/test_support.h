@@ -66,8 +66,8 @@ inline CliResult run_cli(const std::string& args) {
 inline RunConfig tiny_synthetic_config() {
     RunConfig c;
     c.name = "tiny";
-    c.model = ModelConfig{"gpt", 256, 16, 32, 2, 2, {}};
-    c.data.source = "synthetic";
+    c.model = ModelConfig{Arch::Gpt, 256, 16, 32, 2, 2, {}};
+    c.data.source = DataSource::Synthetic;
     c.data.synthetic_bytes = 1 << 16;
     c.train.batch_size = 8;
     c.train.steps = 20;
@@ -86,13 +86,13 @@ inline RunConfig tiny_synthetic_config() {
 inline RunConfig small_vit_config() {
     RunConfig c;
     c.name = "vit-small";
-    c.model = ModelConfig{.arch = "vit", .channels = 32, .layers = 2, .heads = 2, .moe = {}, .patch = 7};
-    c.data.source = "fashion_mnist";
+    c.model = ModelConfig{.arch = Arch::Vit, .channels = 32, .layers = 2, .heads = 2, .moe = {}, .patch = 7};
+    c.data.source = DataSource::FashionMnist;
     c.data.train_images = 2000;
     c.data.validation_images = 500;
     c.train.batch_size = 32;
     c.train.steps = 500;
-    c.train.schedule = "rsqrt";
+    c.train.schedule = Schedule::Rsqrt;
     c.train.lr = 5e-3;
     c.train.warmup_steps = 20;
     c.train.log_every = 50;

@@ -209,13 +209,6 @@ void normalised_images(const ImageSplits& data, ImageSplitPart which, int64_t fi
     std::copy_n(set.labels.begin() + first, count, labels.begin());
 }
 
-Augmentation parse_augmentation(const std::string& name, const std::string& config_source) {
-    if (name == "none") return Augmentation::None;
-    if (name == "crop_flip") return Augmentation::CropFlip;
-    throw UserError(config_source, "data.augment",
-                    "expected none or crop_flip, got '" + name + "'");
-}
-
 ImageBatchSampler::ImageBatchSampler(const ImageSplits& data, uint64_t seed,
                                      Augmentation augmentation, int crop_padding)
     : data_(data), seed_(seed), augmentation_(augmentation), crop_padding_(crop_padding) {

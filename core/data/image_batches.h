@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "core/choice.h"
 #include "core/rng.h"
 
 namespace upcycle {
@@ -61,13 +62,6 @@ ImageSplits make_image_splits(const ImageDataset& train, const ImageDataset& tes
 // (evaluation batches, no augmentation).
 void normalised_images(const ImageSplits& data, ImageSplitPart which, int64_t first,
                        int64_t count, std::vector<float>& images, std::vector<int32_t>& labels);
-
-// "none": the normalised image as it is. "crop_flip": pad by crop_padding pixels with the
-// normalised value of a black pixel ((0 - mean)/std), take a rows x cols window at a random
-// offset, then mirror horizontally with probability 1/2.
-enum class Augmentation { None, CropFlip };
-// UserError (file = config_source, key data.augment) for any other name.
-Augmentation parse_augmentation(const std::string& name, const std::string& config_source);
 
 // Training batches, deterministic and resumable from the step counter alone.
 // Batch `step` holds positions step·B .. step·B+B-1 of an endless stream of epochs; epoch e

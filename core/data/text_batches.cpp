@@ -19,18 +19,19 @@ TextCorpus split_tail(std::string text, double validation_fraction, std::string 
 }  // namespace
 
 TextCorpus load_text_corpus(const DataConfig& data, const std::string& config_source) {
-    if (data.source == "kjv") return load_kjv();
-    if (data.source == "text") {
+    if (data.source == DataSource::Kjv) return load_kjv();
+    if (data.source == DataSource::Text) {
         return split_tail(read_text_file(data.path), data.validation_fraction,
                           "text file " + data.path);
     }
-    if (data.source == "synthetic") {
+    if (data.source == DataSource::Synthetic) {
         auto synthetic = make_synthetic_text(static_cast<std::size_t>(data.synthetic_bytes),
                                              data.synthetic_seed);
         return split_tail(std::move(synthetic.text), data.validation_fraction,
                           "synthetic Markov text");
     }
-    throw UserError(config_source, "data.source", "expected kjv, synthetic or text");
+    throw UserError(config_source, "data.source",
+                    "a text model reads kjv, synthetic or text, not " + to_string(data.source));
 }
 
 void sample_text_batch(std::string_view text, int B, int T, Rng& rng,

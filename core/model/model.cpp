@@ -30,12 +30,12 @@ ForwardStats classification_loss(Backend& backend, float* logits, float* losses,
 }
 
 std::vector<ParamInfo> parameter_layout(const ModelConfig& model) {
-    if (model.arch == "vit") return vit_parameter_layout(model);
+    if (model.arch == Arch::Vit) return vit_parameter_layout(model);
     return gpt_parameter_layout(model);
 }
 
 std::unique_ptr<Model> make_model(Backend& backend, const ModelConfig& model, int max_batch) {
-    if (model.arch == "vit") return std::make_unique<Vit>(backend, model, max_batch);
+    if (model.arch == Arch::Vit) return std::make_unique<Vit>(backend, model, max_batch);
     return std::make_unique<Gpt>(backend, model, max_batch);
 }
 

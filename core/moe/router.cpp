@@ -10,7 +10,7 @@ namespace upcycle {
 
 int64_t expert_capacity(const MoeConfig& moe, int64_t N, double capacity_factor) {
     const int64_t E = moe.experts;
-    const int64_t k = moe.router == "topk" ? moe.k : 1;
+    const int64_t k = moe.router == RouterKind::TopK ? moe.k : 1;
     if (capacity_factor <= 0) return N;  // no limit: an expert can never receive more than N
     const double exact = static_cast<double>(k) * static_cast<double>(N) * capacity_factor /
                          static_cast<double>(E);
@@ -23,10 +23,10 @@ MoeRouting routing_rule(const MoeConfig& moe, int N, double capacity_factor, boo
     MoeRouting r;
     r.N = N;
     r.E = moe.experts;
-    r.expert_choice = moe.router == "expert_choice";
+    r.expert_choice = moe.router == RouterKind::ExpertChoice;
     r.K = r.expert_choice ? 1 : moe.k;
-    r.renormalize = moe.combine == "renormalized";
-    r.probability_priority = !r.expert_choice && moe.priority == "probability";
+    r.renormalize = moe.combine == Combine::Renormalized;
+    r.probability_priority = !r.expert_choice && moe.priority == Priority::Probability;
     r.capacity = static_cast<int>(expert_capacity(moe, N, capacity_factor));
     r.rows_per_expert = r.expert_choice || (pad_rows && capacity_factor > 0) ? r.capacity : 0;
     r.aux_loss_coef = moe.aux_loss_coef;

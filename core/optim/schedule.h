@@ -16,6 +16,6 @@ double learning_rate(const TrainConfig& train, int64_t step);
 
 // Whether the schedule depends on the total number of steps (then a continuation with a
 // different budget is a different trial).
-bool schedule_depends_on_horizon(const std::string& schedule);
+bool schedule_depends_on_horizon(Schedule schedule);
 
 }  // namespace upcycle

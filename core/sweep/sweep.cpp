@@ -30,7 +30,6 @@ const std::vector<std::string> kTopLevelKeys = {"name",     "model",    "data", 
                                                 "zip",      "seeds"};
 const std::vector<std::string> kRunSections = {"name", "model", "data", "train", "eval", "checkpoint"};
 const std::vector<std::string> kContinueKeys = {"budget_unit", "budgets", "methods"};
-const std::vector<std::string> kBudgetUnits = {"flops", "seconds", "steps"};
 const char* const kTrainStepsHint =
     "a sweep sets the pretraining length with pretrain.steps, and the continuations' lengths "
     "come from continue.budgets";
@@ -75,24 +74,23 @@ bool contains(const std::vector<std::string>& list, const std::string& word) {
     return std::find(list.begin(), list.end(), word) != list.end();
 }
 
-// "a, b or c"
-std::string one_of(const std::vector<std::string>& choices) {
-    std::string out;
-    for (std::size_t i = 0; i < choices.size(); ++i) {
-        if (i > 0) out += i + 1 == choices.size() ? " or " : ", ";
-        out += choices[i];
-    }
-    return out;
-}
-
-
 void require_choice(const std::string& value, const std::vector<std::string>& choices,
                     const std::string& source, const std::string& key, const std::string& where) {
     if (contains(choices, value)) return;
-    std::string message = "expected " + one_of(choices) + ", found '" + value + "'" + where;
-    const std::string suggestion = closest_match(value, choices);
-    if (!suggestion.empty()) message += "; did you mean '" + suggestion + "'?";
-    throw UserError(source, key, message);
+    throw UserError(source, key, choice_error(choices, value) + where);
+}
+
+// The continuation method `name` names (dense, upcycle, scratch, warmstart), if any.
+std::optional<Method> continuation_method(const std::string& name) {
+    const auto method = find_choice<Method>(name);
+    if (!method || *method == Method::Pretrain) return std::nullopt;
+    return method;
+}
+
+std::vector<std::string> continuation_method_names() {
+    std::vector<std::string> names;
+    for (const Method m : continuation_methods()) names.push_back(to_string(m));
+    return names;
 }
 
 // The entries of a mapping by key (YAML keys are scalars here).
@@ -180,7 +178,7 @@ std::string flow_text(const YAML::Node& node) {
 std::vector<std::string> sweep_path(const std::string& dotted) {
     std::vector<std::string> keys = split(dotted, '.');
     if (keys.empty()) return keys;
-    if (contains(continuation_methods(), keys[0])) keys.insert(keys.begin(), {"continue", "methods"});
+    if (continuation_method(keys[0])) keys.insert(keys.begin(), {"continue", "methods"});
     else if (keys[0] == "budgets" || keys[0] == "budget_unit") keys.insert(keys.begin(), "continue");
     return keys;
 }
@@ -319,6 +317,18 @@ json warmstart_defaults() {
             {"optimizer_state", d.optimizer_state}};
 }
 
+// A method's options before the sweep's own: the surgery's defaults, seeded by the sweep.
+json method_defaults(Method method, uint64_t seed, const json* upcycle) {
+    switch (method) {
+    case Method::Upcycle: return upcycle_defaults(seed);
+    case Method::Scratch: return scratch_defaults(seed, upcycle);
+    case Method::Warmstart: return warmstart_defaults();
+    case Method::Dense:
+    case Method::Pretrain: break;
+    }
+    return json::object();
+}
+
 // The keys a grid, zip or --set may address; leaves are the defaults (their values unused).
 const json& sweep_schema() {
     static const json schema = [] {
@@ -327,13 +337,9 @@ const json& sweep_schema() {
         s["model"]["preset"] = "";
         s["train"].erase("steps");
         s["pretrain"] = {{"steps", TrainConfig{}.steps}};
-        s["continue"] = {{"budget_unit", ""},
-                         {"budgets", ""},
-                         {"methods",
-                          {{"dense", json::object()},
-                           {"upcycle", upcycle_defaults(0)},
-                           {"scratch", scratch_defaults(0, nullptr)},
-                           {"warmstart", warmstart_defaults()}}}};
+        json methods = json::object();
+        for (const Method m : continuation_methods()) methods[to_string(m)] = method_defaults(m, 0, nullptr);
+        s["continue"] = {{"budget_unit", ""}, {"budgets", ""}, {"methods", methods}};
         return s;
     }();
     return schema;
@@ -358,12 +364,11 @@ void check_sweep_path(const std::vector<std::string>& path, const std::string& k
     }
 }
 
-RunConfig continuation_run_config(const RunConfig& pretrain, const std::string& method,
-                                  const json& options) {
+RunConfig continuation_run_config(const RunConfig& pretrain, Method method, const json& options) {
     RunConfig config = pretrain;
-    if (method == "upcycle") config.model.moe = upcycle_options_from_json(options).moe;
-    else if (method == "scratch") config.model.moe = scratch_options_from_json(options).moe;
-    else if (method == "warmstart") config.model.layers *= warmstart_options_from_json(options).depth_multiplier;
+    if (method == Method::Upcycle) config.model.moe = upcycle_options_from_json(options).moe;
+    else if (method == Method::Scratch) config.model.moe = scratch_options_from_json(options).moe;
+    else if (method == Method::Warmstart) config.model.layers *= warmstart_options_from_json(options).depth_multiplier;
     return config;
 }
 
@@ -374,15 +379,14 @@ json canonical_run_json(const RunConfig& config) {
 }
 
 // percent/100 of the pretraining's cost, in continuation steps (see steps_for_budget).
-std::optional<int64_t> extra_steps(const std::string& unit, const RunConfig& pretrain,
+std::optional<int64_t> extra_steps(BudgetUnit unit, const RunConfig& pretrain,
                                    const ModelConfig& continuation, double percent) {
     double steps = 0;
-    if (unit == "seconds") return std::nullopt;
+    if (unit == BudgetUnit::Seconds) return std::nullopt;
     const double pretrain_steps = static_cast<double>(pretrain.train.steps);
-    if (unit == "steps") {
+    if (unit == BudgetUnit::Steps) {
         steps = percent / 100.0 * pretrain_steps;
     } else {
-        UPCYCLE_ASSERT(unit == "flops", "unknown budget unit " + unit);
         // both runs take batch × context tokens per step, so the tokens cancel
         const double tokens_per_step =
             static_cast<double>(pretrain.train.batch_size) * tokens_per_example(pretrain.model);
@@ -418,22 +422,18 @@ struct Axis {
     throw UserError(e.file(), prefix + "." + leaf, message_of(e) + where);
 }
 
-json resolve_method(const std::string& method, const YAML::Node& method_key,
-                    const YAML::Node& node, const RunConfig& pretrain, const json* upcycle,
-                    const std::string& source) {
-    const std::string prefix = "continue.methods." + method;
+json resolve_method(Method method, const YAML::Node& method_key, const YAML::Node& node,
+                    const RunConfig& pretrain, const json* upcycle, const std::string& source) {
+    const std::string prefix = "continue.methods." + to_string(method);
     const uint64_t seed = pretrain.train.seed;  // the sweep's seed also seeds the surgery
-    json options = method == "upcycle"   ? upcycle_defaults(seed)
-                   : method == "scratch" ? scratch_defaults(seed, upcycle)
-                   : method == "warmstart" ? warmstart_defaults()
-                                           : json::object();
+    json options = method_defaults(method, seed, upcycle);
     read_options(node, options, prefix, source);
     auto where = [&](const std::string& key) {
         const YAML::Node at = key_node(node, key);
         return at.IsDefined() ? line_of(at) : line_of(method_key);
     };
     auto text = [&](const std::string& key) { return options[key].get<std::string>(); };
-    if (method == "upcycle" || method == "scratch") {
+    if (method == Method::Upcycle || method == Method::Scratch) {
         const int experts = options["experts"].get<int>();
         if (experts < 1) {
             throw UserError(source, prefix + ".experts",
@@ -441,7 +441,7 @@ json resolve_method(const std::string& method, const YAML::Node& method_key,
                                 where("experts"));
         }
     }
-    if (method == "upcycle") {
+    if (method == Method::Upcycle) {
         require_choice(text("router_init"), {"normal", "zeros"}, source, prefix + ".router_init",
                        where("router_init"));
         require_choice(text("expert_init"), {"copy", "noise", "drop"}, source,
@@ -458,11 +458,11 @@ json resolve_method(const std::string& method, const YAML::Node& method_key,
                             "expected a fraction of the hidden neurons in [0, 1]" + where("drop_ratio"));
         }
     }
-    if (method == "upcycle" || method == "warmstart") {
+    if (method == Method::Upcycle || method == Method::Warmstart) {
         require_choice(text("optimizer_state"), {"reset", "copy"}, source,
                        prefix + ".optimizer_state", where("optimizer_state"));
     }
-    if (method == "warmstart") {
+    if (method == Method::Warmstart) {
         const int64_t multiplier = options["depth_multiplier"].get<int64_t>();
         if (multiplier < 2 || multiplier > INT_MAX / pretrain.model.layers) {
             throw UserError(source, prefix + ".depth_multiplier",
@@ -482,7 +482,7 @@ json resolve_method(const std::string& method, const YAML::Node& method_key,
 }
 
 void read_continue(const YAML::Node& node, SweepPoint& point, const std::string& source) {
-    point.budget_unit = "flops";
+    point.budget_unit = BudgetUnit::Flops;
     point.budgets = kDefaultBudgets;
     if (!present(node)) return;
     if (!node.IsMap()) throw UserError(source, "continue", "expected a mapping" + line_of(node));
@@ -494,8 +494,13 @@ void read_continue(const YAML::Node& node, SweepPoint& point, const std::string&
     }
     const YAML::Node unit = child(node, "budget_unit");
     if (present(unit)) {
-        point.budget_unit = read_like(unit, "", "continue.budget_unit", source).get<std::string>();
-        require_choice(point.budget_unit, kBudgetUnits, source, "continue.budget_unit", line_of(unit));
+        const auto name = read_like(unit, "", "continue.budget_unit", source).get<std::string>();
+        const auto value = find_choice<BudgetUnit>(name);
+        if (!value) {
+            throw UserError(source, "continue.budget_unit",
+                            choice_error(choice_names<BudgetUnit>(), name) + line_of(unit));
+        }
+        point.budget_unit = *value;
     }
     const YAML::Node budgets = child(node, "budgets");
     if (present(budgets)) {
@@ -552,9 +557,9 @@ SweepPoint resolve_point(const YAML::Node& tree, const std::string& source, cons
 
     const YAML::Node cont = child(tree, "continue");
     read_continue(cont, point, source);
-    if (schedule_depends_on_horizon(pretrain.train.schedule) && point.budget_unit == "seconds") {
+    if (schedule_depends_on_horizon(pretrain.train.schedule) && point.budget_unit == BudgetUnit::Seconds) {
         throw UserError(source, "continue.budget_unit",
-                        "a " + pretrain.train.schedule + " schedule needs its horizon in steps before "
+                        "a " + to_string(pretrain.train.schedule) + " schedule needs its horizon in steps before "
                         "the run starts, and a seconds budget is only known while it runs: use "
                         "budget_unit flops or steps, or a horizon-free schedule (constant, rsqrt)" +
                             line_of(key_node(cont, "budget_unit")));
@@ -566,17 +571,19 @@ SweepPoint resolve_point(const YAML::Node& tree, const std::string& source, cons
         }
         for (const auto& entry : methods) {
             const std::string method = key_text(entry.first);
-            if (!contains(continuation_methods(), method)) {
-                throw_unknown_key(source, "continue.methods." + method, method, continuation_methods(),
-                            line_of(entry.first));
+            if (!continuation_method(method)) {
+                throw_unknown_key(source, "continue.methods." + method, method,
+                                  continuation_method_names(), line_of(entry.first));
             }
         }
-        for (const auto& method : continuation_methods()) {
-            const YAML::Node key = key_node(methods, method);
+        const std::string upcycle_name = to_string(Method::Upcycle);
+        for (const Method method : continuation_methods()) {
+            const std::string name = to_string(method);
+            const YAML::Node key = key_node(methods, name);
             if (!key.IsDefined()) continue;
-            const json* upcycle = point.methods.contains("upcycle") ? &point.methods["upcycle"] : nullptr;
-            point.methods[method] =
-                resolve_method(method, key, child(methods, method), pretrain, upcycle, source);
+            const json* upcycle = point.methods.contains(upcycle_name) ? &point.methods[upcycle_name] : nullptr;
+            point.methods[name] =
+                resolve_method(method, key, child(methods, name), pretrain, upcycle, source);
         }
     }
     return point;
@@ -784,7 +791,7 @@ std::string trial_hash(const nlohmann::json& canonical_config) {
     return sha256_hex(canonical_config.dump());
 }
 
-bool restarts_step_counter(const std::string& method) { return method == "scratch"; }
+bool restarts_step_counter(Method method) { return method == Method::Scratch; }
 
 std::vector<PlannedTrial> plan_sweep(const SweepSpec& spec) {
     std::vector<PlannedTrial> trials;
@@ -794,19 +801,21 @@ std::vector<PlannedTrial> plan_sweep(const SweepSpec& spec) {
     };
     for (const SweepPoint& point : spec.points) {
         PlannedTrial pretrain;
-        pretrain.method = "pretrain";
-        pretrain.config = {{"method", "pretrain"}, {"run", canonical_run_json(point.pretrain)}};
+        pretrain.method = Method::Pretrain;
+        pretrain.config = {{"method", to_string(Method::Pretrain)},
+                           {"run", canonical_run_json(point.pretrain)}};
         pretrain.hash = trial_hash(pretrain.config);
         const std::string parent = pretrain.hash;
         add(std::move(pretrain));
 
         const bool one_per_budget = schedule_depends_on_horizon(point.pretrain.train.schedule);
-        for (const auto& method : continuation_methods()) {
-            if (!point.methods.contains(method)) continue;
-            const json& options = point.methods.at(method);
+        for (const Method method : continuation_methods()) {
+            const std::string name = to_string(method);
+            if (!point.methods.contains(name)) continue;
+            const json& options = point.methods.at(name);
             RunConfig run = continuation_run_config(point.pretrain, method, options);
             std::vector<double> milestones = point.budgets;
-            if (method == "scratch") milestones.push_back(milestones.back() + kScratchExtraPercent);
+            if (method == Method::Scratch) milestones.push_back(milestones.back() + kScratchExtraPercent);
             std::vector<std::vector<double>> groups;
             if (one_per_budget) for (double m : milestones) groups.push_back({m});
             else groups.push_back(milestones);
@@ -819,9 +828,10 @@ std::vector<PlannedTrial> plan_sweep(const SweepSpec& spec) {
                 PlannedTrial trial;
                 trial.method = method;
                 trial.parent_hash = parent;
+                trial.budget_unit = point.budget_unit;
                 trial.milestones = group;
                 trial.horizon_percent = horizon;
-                trial.config = {{"method", method},
+                trial.config = {{"method", name},
                                 {"run", canonical_run_json(run)},
                                 {"options", options},
                                 {"budget",
@@ -839,7 +849,7 @@ std::vector<PlannedTrial> plan_sweep(const SweepSpec& spec) {
 
 RunConfig trial_run_config(const PlannedTrial& trial) {
     RunConfig config = run_config_from_json(trial.config.at("run"), "trial " + trial.hash);
-    config.name = trial.method + "-" + trial.hash.substr(0, 12);
+    config.name = to_string(trial.method) + "-" + trial.hash.substr(0, 12);
     return config;
 }
 
@@ -870,14 +880,62 @@ WarmstartOptions warmstart_options_from_json(const nlohmann::json& o) {
     return w;
 }
 
+ContinuationOptions continuation_options(const PlannedTrial& trial) {
+    ContinuationOptions options;
+    const json& o = trial.config.at("options");
+    if (trial.method == Method::Upcycle) options.upcycle = upcycle_options_from_json(o);
+    if (trial.method == Method::Scratch) options.scratch = scratch_options_from_json(o);
+    if (trial.method == Method::Warmstart) options.warmstart = warmstart_options_from_json(o);
+    return options;
+}
+
 std::optional<int64_t> steps_for_budget(const PlannedTrial& trial, const PlannedTrial& parent,
                                         double percent) {
-    UPCYCLE_ASSERT(trial.parent_hash == parent.hash && parent.method == "pretrain",
+    UPCYCLE_ASSERT(trial.parent_hash == parent.hash && parent.method == Method::Pretrain,
                    "steps_for_budget needs a continuation and its pretraining parent");
     const RunConfig pretrain = run_config_from_json(parent.config.at("run"), "trial " + parent.hash);
     const RunConfig run = run_config_from_json(trial.config.at("run"), "trial " + trial.hash);
-    return extra_steps(trial.config.at("budget").at("unit").get<std::string>(), pretrain, run.model,
-                       percent);
+    return extra_steps(trial.budget_unit, pretrain, run.model, percent);
+}
+
+std::vector<Milestone> trial_milestones(const PlannedTrial& trial, const PlannedTrial& parent,
+                                        double parent_seconds) {
+    const int64_t base = restarts_step_counter(trial.method)
+                             ? 0
+                             : parent.config.at("run").at("train").at("steps").get<int64_t>();
+    std::vector<Milestone> milestones;
+    for (const double percent : trial.milestones) {
+        Milestone m;
+        m.percent = percent;
+        if (trial.budget_unit == BudgetUnit::Seconds) {
+            m.seconds = percent / 100.0 * parent_seconds;
+        } else {
+            m.step = base + steps_for_budget(trial, parent, percent).value();
+        }
+        milestones.push_back(m);
+    }
+    return milestones;
+}
+
+PlannedTrial planned_trial(const std::string& hash, const nlohmann::json& config) {
+    const std::string source = "trial " + hash;
+    PlannedTrial planned;
+    planned.hash = hash;
+    planned.config = config;
+    try {
+        planned.method = parse_choice<Method>(config.at("method").get<std::string>(), source, "method");
+        if (config.contains("parent")) planned.parent_hash = config.at("parent").get<std::string>();
+        if (config.contains("budget")) {
+            const json& budget = config.at("budget");
+            planned.budget_unit =
+                parse_choice<BudgetUnit>(budget.at("unit").get<std::string>(), source, "budget.unit");
+            planned.milestones = budget.at("milestones").get<std::vector<double>>();
+            planned.horizon_percent = budget.at("horizon_percent").get<double>();
+        }
+    } catch (const nlohmann::json::exception& e) {
+        throw UserError(source, "config", std::string("not a planned trial's config: ") + e.what());
+    }
+    return planned;
 }
 
 }  // namespace upcycle

@@ -24,37 +24,27 @@
 #include <nlohmann/json.hpp>
 
 #include "core/config.h"
-#include "core/surgery/upcycle.h"
+#include "core/surgery/continuation.h"
+#include "core/train.h"
 
 namespace upcycle {
 
 // The continuation methods, in the order plan_sweep emits them.
-inline const std::vector<std::string>& continuation_methods() {
-    static const std::vector<std::string> methods{"dense", "upcycle", "scratch", "warmstart"};
+inline const std::vector<Method>& continuation_methods() {
+    static const std::vector<Method> methods{Method::Dense, Method::Upcycle, Method::Scratch,
+                                             Method::Warmstart};
     return methods;
 }
-
-// The from-scratch baseline: the MoE architecture, randomly initialised from `seed`.
-struct ScratchOptions {
-    MoeConfig moe{.experts = kDefaultUpcycleExperts};
-    uint64_t seed = 0;
-};
-
-// Warm start by depth tiling (core/surgery/warmstart.h).
-struct WarmstartOptions {
-    int depth_multiplier = 2;
-    std::string tiling = "stack";           // stack | interleave
-    std::string optimizer_state = "reset";  // reset | copy
-};
 
 // One point of a sweep (one combination of grid values, zip entries and seed), resolved.
 struct SweepPoint {
     // The grid/zip keys and the seed that make this point, as key and value text.
     std::vector<std::pair<std::string, std::string>> assignments;
     RunConfig pretrain;           // the dense pretraining: train.steps = pretrain.steps
-    std::string budget_unit;      // flops | seconds | steps
+    BudgetUnit budget_unit = BudgetUnit::Flops;
     std::vector<double> budgets;  // extra budgets, percent of the sunk cost; ascending, distinct
-    // The methods that run, each with its options fully resolved (the canonical "options"):
+    // The methods that run, by name, each with its options fully resolved (the canonical
+    // "options"):
     // dense {}; upcycle {MoE keys, router_init, expert_init, noise_std, drop_ratio,
     // optimizer_state, seed}; scratch {MoE keys, seed}; warmstart {depth_multiplier, tiling,
     // optimizer_state}.
@@ -79,7 +69,7 @@ SweepSpec load_sweep(const std::filesystem::path& file,
 
 struct PlannedTrial {
     std::string hash;            // sha256_hex(config.dump())
-    std::string method;          // pretrain | dense | upcycle | scratch | warmstart
+    Method method = Method::Pretrain;
     // The fully resolved canonical config:
     //   pretrain:     {"method", "run"}
     //   continuation: {"method", "run", "options", "budget": {"unit", "milestones",
@@ -91,9 +81,14 @@ struct PlannedTrial {
     // scratch (it restarts at 0), and 0 with budget_unit seconds (the runner stops on time).
     nlohmann::json config;
     std::string parent_hash;         // "" for pretrain
+    BudgetUnit budget_unit = BudgetUnit::Flops;  // what a continuation's budgets count
     std::vector<double> milestones;  // budget percents at which to evaluate, ascending
     double horizon_percent = 0;      // the budget the trial runs to (0 for pretrain)
 };
+
+// A planned trial read back from its hash and canonical config (as the store keeps them).
+// Throws UserError (file "trial HASH") when the config is not one plan_sweep writes.
+PlannedTrial planned_trial(const std::string& hash, const nlohmann::json& canonical_config);
 
 // grid × zip × seeds → trials, parents before children, duplicates (same hash) dropped with
 // the first kept. Per point: one pretraining trial, then per method (in
@@ -108,7 +103,7 @@ std::string trial_hash(const nlohmann::json& canonical_config);
 
 // Whether the method restarts the training step counter at 0 (scratch) rather than keeping
 // the dense run's (its LR schedule warms up again).
-bool restarts_step_counter(const std::string& method);
+bool restarts_step_counter(Method method);
 
 // The trial's run config (config["run"]), named "<method>-<first 12 hex digits of hash>".
 RunConfig trial_run_config(const PlannedTrial& trial);
@@ -116,6 +111,8 @@ RunConfig trial_run_config(const PlannedTrial& trial);
 UpcycleOptions upcycle_options_from_json(const nlohmann::json& options);
 ScratchOptions scratch_options_from_json(const nlohmann::json& options);
 WarmstartOptions warmstart_options_from_json(const nlohmann::json& options);
+// A continuation trial's options, for make_continuation (the method's own member filled).
+ContinuationOptions continuation_options(const PlannedTrial& trial);
 
 // The number of continuation steps (counted from the checkpoint, not the step counter) that
 // spend `percent` % of the parent pretraining's cost:
@@ -126,5 +123,13 @@ WarmstartOptions warmstart_options_from_json(const nlohmann::json& options);
 //   seconds: only known at run time: nullopt.
 std::optional<int64_t> steps_for_budget(const PlannedTrial& trial, const PlannedTrial& parent,
                                         double percent);
+
+// A continuation's budget milestones for the trainer: for flops and steps budgets the step
+// counter at which each is reached (the parent's train.steps + steps_for_budget, or
+// steps_for_budget alone for a method that restarts the counter); for seconds budgets the
+// training seconds since the trial's start, percent/100 × parent_seconds (the parent's wall
+// time, known once it has run).
+std::vector<Milestone> trial_milestones(const PlannedTrial& trial, const PlannedTrial& parent,
+                                        double parent_seconds);
 
 }  // namespace upcycle

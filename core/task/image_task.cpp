@@ -28,7 +28,7 @@ public:
     ImageTask(Backend& backend, const RunConfig& config, const std::string& source)
         : config_(config),
           splits_(load_splits(config, source)),
-          sampler_(splits_, config.train.seed, parse_augmentation(config.data.augment, source),
+          sampler_(splits_, config.train.seed, config.data.augment,
                    config.data.crop_padding),
           model_(backend, config.model, micro_batch_size(config.train)),
           probe_shots_(probe_shot_counts(config.eval, source)) {}

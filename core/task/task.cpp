@@ -13,7 +13,7 @@ int micro_batches(const TrainConfig& train) { return train.batch_size / micro_ba
 
 std::unique_ptr<TrainingTask> make_training_task(Backend& backend, const RunConfig& config,
                                                  const std::string& config_source) {
-    if (config.model.arch == "vit") return make_image_task(backend, config, config_source);
+    if (config.model.arch == Arch::Vit) return make_image_task(backend, config, config_source);
     return make_text_task(backend, config, config_source);
 }
 

@@ -34,12 +34,14 @@ constexpr int kComparisonWidth = 1100, kComparisonHeight = 720;
 constexpr int kPanelWidth = 560, kPanelHeight = 340, kTitleHeight = 70;
 
 // Okabe–Ito colours, one per method; variants are shades of their method's.
-std::string method_color(const std::string& method) {
-    if (method == "pretrain") return kPretrainColor;
-    if (method == "dense") return "#0072B2";
-    if (method == "upcycle") return "#D55E00";
-    if (method == "scratch") return "#009E73";
-    if (method == "warmstart") return "#CC79A7";
+std::string method_color(Method method) {
+    switch (method) {
+    case Method::Pretrain: return kPretrainColor;
+    case Method::Dense: return "#0072B2";
+    case Method::Upcycle: return "#D55E00";
+    case Method::Scratch: return "#009E73";
+    case Method::Warmstart: return "#CC79A7";
+    }
     return "#E69F00";
 }
 
@@ -199,11 +201,11 @@ struct Style {
     int point = 7;
 };
 
-std::map<std::string, Style> row_styles(const std::vector<std::pair<std::string, std::string>>& rows) {
+std::map<std::string, Style> row_styles(const std::vector<std::pair<Method, std::string>>& rows) {
     // rows: (method, label) in report order
-    std::map<std::string, std::size_t> per_method;
+    std::map<Method, std::size_t> per_method;
     for (const auto& [method, label] : rows) ++per_method[method];
-    std::map<std::string, std::size_t> seen;
+    std::map<Method, std::size_t> seen;
     std::map<std::string, Style> styles;
     for (const auto& [method, label] : rows) {
         if (styles.count(label)) continue;
@@ -219,17 +221,11 @@ std::string metric_name(const std::string& metric) {
     return description.substr(0, description.find(','));
 }
 
-std::string unit_phrase(const std::string& unit) {
-    if (unit == "steps") return "extra training steps";
-    if (unit == "seconds") return "extra training seconds";
-    return "extra training FLOPs";
-}
-
 // ---- comparison ----------------------------------------------------------------------------
 
 void draw_comparison(const Store& store, const std::string& sweep, const PlotOptions& options,
                      const Report& report, FigureWriter& writer, PlotOutput& output) {
-    std::vector<std::pair<std::string, std::string>> labelled;
+    std::vector<std::pair<Method, std::string>> labelled;
     for (const auto& row : report.rows) labelled.emplace_back(row.method, row.label);
     const auto styles = row_styles(labelled);
 
@@ -239,7 +235,7 @@ void draw_comparison(const Store& store, const std::string& sweep, const PlotOpt
     }
     bool any_continuation = false;
     for (const auto& row : report.rows) {
-        if (row.method == "pretrain") continue;
+        if (row.method == Method::Pretrain) continue;
         for (const auto& cell : row.cells) any_continuation |= cell.mean.has_value();
     }
     if (!any_continuation || budgets.empty()) {
@@ -257,7 +253,7 @@ void draw_comparison(const Store& store, const std::string& sweep, const PlotOpt
     };
     for (const auto& row : report.rows) {
         const Style& style = styles.at(row.label);
-        if (row.method == "pretrain") {
+        if (row.method == Method::Pretrain) {
             const ReportCell* cell = row.cell(0);
             if (!cell || !cell->mean) continue;
             data += fmt::format("# {}: the dense checkpoint (mean over {} seed{}), drawn across "
@@ -280,9 +276,9 @@ void draw_comparison(const Store& store, const std::string& sweep, const PlotOpt
         }
         if (block.empty()) continue;
         data += fmt::format("# {}\n# budget_percent mean std n_seeds\n{}\n\n", row.label, block);
-        std::string title = row.method == "scratch" ? row.label + " (total compute)" : row.label;
+        std::string title = row.method == Method::Scratch ? row.label + " (total compute)" : row.label;
         if (incomplete) title += " (seeds missing)";
-        const std::string dash = row.method == "scratch" ? " dt 4" : "";
+        const std::string dash = row.method == Method::Scratch ? " dt 4" : "";
         add_plot(fmt::format("\"comparison.dat\" index {} using 1:2{} with {} lw 2 pt {} ps 1.1{} "
                              "lc rgb \"{}\" title {}",
                              index++, bars ? ":3" : "", bars ? "yerrorlines" : "linespoints",
@@ -298,7 +294,7 @@ void draw_comparison(const Store& store, const std::string& sweep, const PlotOpt
     double sunk = 0;
     int pretrainings = 0;
     for (const auto& t : store.trials(sweep)) {
-        if (t.method == "pretrain" && t.flops > 0) {
+        if (t.method == Method::Pretrain && t.flops > 0) {
             sunk += t.flops;
             ++pretrainings;
         }
@@ -336,7 +332,7 @@ void draw_training_curves(const Store& store, const std::string& sweep, FigureWr
     const std::vector<TrialLabel> labels = label_trials(trials);
     // The report's rows give the colours (as in the comparison) and the drawing order.
     const Report report = build_report(store, sweep, "val_loss");
-    std::vector<std::pair<std::string, std::string>> labelled;
+    std::vector<std::pair<Method, std::string>> labelled;
     for (const auto& row : report.rows) labelled.emplace_back(row.method, row.label);
     const auto styles = row_styles(labelled);
 
@@ -350,7 +346,7 @@ void draw_training_curves(const Store& store, const std::string& sweep, FigureWr
         total_flops[t.id] = flops;
     }
     auto offset_of = [&](const TrialRecord& t) {
-        if (t.method == "pretrain" || restarts_step_counter(t.method) || !t.parent) return 0.0;
+        if (t.method == Method::Pretrain || restarts_step_counter(t.method) || !t.parent) return 0.0;
         if (const auto it = total_flops.find(*t.parent); it != total_flops.end()) return it->second;
         const auto parent = store.trial(*t.parent);
         return parent ? parent->flops : 0.0;

@@ -156,8 +156,8 @@ std::string join_words(const std::string& a, const std::string& b) {
     return a + " " + b;
 }
 
-int method_rank(const std::string& method) {
-    if (method == "pretrain") return 0;
+int method_rank(Method method) {
+    if (method == Method::Pretrain) return 0;
     const auto& methods = continuation_methods();
     const auto it = std::find(methods.begin(), methods.end(), method);
     return it == methods.end() ? 1 + static_cast<int>(methods.size())
@@ -216,29 +216,39 @@ std::string delta_text(const ReportRow& row, const ReportRow* dense, double budg
 
 // The dense row that gives `row` its deltas, if it shows a delta line at all.
 const ReportRow* dense_reference(const Report& report, const ReportRow& row) {
-    if (row.method == "pretrain" || row.method == "dense" || !row.has_dense_reference) return nullptr;
+    if (row.method == Method::Pretrain || row.method == Method::Dense || !row.has_dense_reference) {
+        return nullptr;
+    }
     const ReportRow* found = nullptr;
     for (const auto& r : report.rows) {
-        if (r.method == "dense" && r.base == row.base && (!found || r.variant.empty())) found = &r;
+        if (r.method == Method::Dense && r.base == row.base && (!found || r.variant.empty())) found = &r;
     }
     return found;
 }
 
-std::string unit_phrase(const std::string& unit) {
-    if (unit == "steps") return "extra training steps";
-    if (unit == "seconds") return "extra training seconds";
+}  // namespace
+
+std::string unit_phrase(BudgetUnit unit) {
+    switch (unit) {
+    case BudgetUnit::Steps: return "extra training steps";
+    case BudgetUnit::Seconds: return "extra training seconds";
+    case BudgetUnit::Flops: break;
+    }
     return "extra training FLOPs";
 }
+
+namespace {
 
 std::string status_line(const Report& report) {
     int64_t total = 0;
     for (const auto& [state, n] : report.status_counts) total += n;
     std::string line = fmt::format("{} trial{}", total, total == 1 ? "" : "s");
     std::string parts;
-    for (const char* state : {kDone, kRunning, kPending, kFailed}) {
+    for (const TrialStatus state :
+         {TrialStatus::Done, TrialStatus::Running, TrialStatus::Pending, TrialStatus::Failed}) {
         const auto it = report.status_counts.find(state);
         const int64_t n = it == report.status_counts.end() ? 0 : it->second;
-        if (n > 0) parts += fmt::format("{}{} {}", parts.empty() ? "" : ", ", n, state);
+        if (n > 0) parts += fmt::format("{}{} {}", parts.empty() ? "" : ", ", n, to_string(state));
     }
     return parts.empty() ? line : line + ": " + parts;
 }
@@ -250,7 +260,7 @@ struct Legend {
 Legend legend_of(const Report& report) {
     Legend legend;
     for (const auto& row : report.rows) {
-        if (row.method == "scratch") legend.scratch = true;
+        if (row.method == Method::Scratch) legend.scratch = true;
         for (const auto& cell : row.cells) {
             if (cell.n == 0 && cell.failed == cell.planned && cell.planned > 0) legend.failed = true;
             else if (cell.n == 0) legend.missing = true;
@@ -310,7 +320,7 @@ std::string markdown_cell(const std::string& text) {
 std::vector<TrialLabel> label_trials(const std::vector<TrialRecord>& trials) {
     std::vector<TrialLabel> labels(trials.size());
     std::vector<Flat> flats(trials.size());
-    std::map<std::string, std::vector<std::size_t>> by_method;
+    std::map<Method, std::vector<std::size_t>> by_method;
     for (std::size_t i = 0; i < trials.size(); ++i) {
         flatten(trials[i].config, "", flats[i]);
         labels[i].method = trials[i].method;
@@ -322,7 +332,7 @@ std::vector<TrialLabel> label_trials(const std::vector<TrialRecord>& trials) {
     // The pretrainings first: their variants are the bases of every row.
     std::set<std::string> pretrain_varying;
     std::map<std::string, std::size_t> pretrain_by_hash;
-    if (const auto it = by_method.find("pretrain"); it != by_method.end()) {
+    if (const auto it = by_method.find(Method::Pretrain); it != by_method.end()) {
         std::vector<const Flat*> group;
         for (std::size_t i : it->second) group.push_back(&flats[i]);
         const VariantKeys keys = choose_variant_keys(
@@ -338,7 +348,7 @@ std::vector<TrialLabel> label_trials(const std::vector<TrialRecord>& trials) {
     std::set<std::string> excluded = excluded_continuation_paths();
     excluded.insert(pretrain_varying.begin(), pretrain_varying.end());
     for (const auto& [method, members] : by_method) {
-        if (method == "pretrain") continue;
+        if (method == Method::Pretrain) continue;
         std::vector<const Flat*> group;
         std::vector<std::string> bases;
         for (std::size_t i : members) {
@@ -355,7 +365,7 @@ std::vector<TrialLabel> label_trials(const std::vector<TrialRecord>& trials) {
         const VariantKeys keys = choose_variant_keys(group, bases, excluded);
         for (std::size_t i : members) {
             std::tie(labels[i].variant, labels[i].variant_key) = variant_of(flats[i], keys);
-            labels[i].label = join_words(join_words(method, labels[i].base), labels[i].variant);
+            labels[i].label = join_words(join_words(to_string(method), labels[i].base), labels[i].variant);
         }
     }
     return labels;
@@ -416,10 +426,11 @@ Report build_report(const Store& store, const std::string& sweep, const std::str
                                     sweep, metric, known.empty() ? "none yet" : known));
     }
 
-    report.budget_unit = "flops";
+    report.budget_unit = BudgetUnit::Flops;
     for (const auto& t : trials) {
         if (t.config.contains("budget") && t.config["budget"].contains("unit")) {
-            report.budget_unit = t.config["budget"]["unit"].get<std::string>();
+            report.budget_unit = parse_choice<BudgetUnit>(t.config["budget"]["unit"].get<std::string>(),
+                                                          report.database, "budget.unit");
             break;
         }
     }
@@ -438,7 +449,7 @@ Report build_report(const Store& store, const std::string& sweep, const std::str
     for (std::size_t i = 0; i < trials.size(); ++i) {
         const TrialRecord& trial = trials[i];
         const TrialLabel& label = labels[i];
-        const std::string id = label.method + "\x1f" + label.base + "\x1f" + label.variant;
+        const std::string id = to_string(label.method) + "\x1f" + label.base + "\x1f" + label.variant;
         Accumulator& acc = rows[id];
         if (acc.row.label.empty()) {
             acc.row.method = label.method;
@@ -449,7 +460,7 @@ Report build_report(const Store& store, const std::string& sweep, const std::str
             acc.variant_key = label.variant_key;
         }
         std::set<double> planned;
-        if (trial.method == "pretrain") planned.insert(0.0);
+        if (trial.method == Method::Pretrain) planned.insert(0.0);
         if (trial.config.contains("budget") && trial.config["budget"].contains("milestones")) {
             for (const auto& m : trial.config["budget"]["milestones"]) {
                 planned.insert(budget_key(m.get<double>()));
@@ -469,7 +480,7 @@ Report build_report(const Store& store, const std::string& sweep, const std::str
             ReportCell& cell = acc.cells[b];
             cell.budget_percent = b;
             ++cell.planned;
-            if (trial.status == kFailed && !evaluated.count(b)) ++cell.failed;
+            if (trial.status == TrialStatus::Failed && !evaluated.count(b)) ++cell.failed;
         }
     }
 
@@ -509,10 +520,10 @@ Report build_report(const Store& store, const std::string& sweep, const std::str
 
     // Deltas to the dense row of the same base (the plain one when several).
     for (auto& row : report.rows) {
-        if (row.method == "pretrain") continue;
+        if (row.method == Method::Pretrain) continue;
         const ReportRow* dense = nullptr;
         for (const auto& r : report.rows) {
-            if (r.method == "dense" && r.base == row.base && (!dense || r.variant.empty())) dense = &r;
+            if (r.method == Method::Dense && r.base == row.base && (!dense || r.variant.empty())) dense = &r;
         }
         if (!dense) continue;
         row.has_dense_reference = true;
@@ -596,7 +607,7 @@ std::string report_csv(const Report& report) {
     std::string out = "method,variant,budget_percent,n,mean,std,delta_vs_dense\n";
     for (const auto& row : report.rows) {
         for (const auto& cell : row.cells) {
-            out += fmt::format("{},{},{},{},{},{},{}\n", csv_field(row.method),
+            out += fmt::format("{},{},{},{},{},{},{}\n", csv_field(to_string(row.method)),
                                csv_field(row.variant_text()), cell.budget_percent, cell.n,
                                csv_number(cell.mean), csv_number(cell.std),
                                csv_number(cell.delta_vs_dense));
@@ -614,7 +625,7 @@ std::string report_json(const Report& report) {
     ordered rows = ordered::array();
     for (const auto& row : report.rows) {
         for (const auto& cell : row.cells) {
-            rows.push_back(ordered{{"method", row.method},
+            rows.push_back(ordered{{"method", to_string(row.method)},
                                    {"variant", row.variant_text()},
                                    {"budget_percent", cell.budget_percent},
                                    {"n", cell.n},

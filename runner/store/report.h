@@ -31,7 +31,7 @@ namespace upcycle {
 
 // How a trial reads in a report.
 struct TrialLabel {
-    std::string method;   // as stored: pretrain | dense | upcycle | scratch | warmstart
+    Method method = Method::Pretrain;
     std::string base;     // the pretraining's varying keys ("model.channels=256"); "" if none
     std::string variant;  // the method's varying keys ("experts=16"); "" if none
     std::string label;    // the row label: "upcycle experts=16", "pretrained (0%)"
@@ -39,6 +39,9 @@ struct TrialLabel {
     // Sorts rows: the base's then the variant's values, numbers by value.
     std::vector<nlohmann::json> base_key, variant_key;
 };
+
+// The x axis of a comparison: "extra training FLOPs" (or steps, seconds).
+std::string unit_phrase(BudgetUnit unit);
 
 // One label per trial, in the same order.
 std::vector<TrialLabel> label_trials(const std::vector<TrialRecord>& trials);
@@ -57,7 +60,7 @@ struct ReportCell {
 };
 
 struct ReportRow {
-    std::string method;   // "pretrain" for the pretrained reference row
+    Method method = Method::Pretrain;  // Pretrain for the pretrained reference row
     std::string base, variant, label;
     std::vector<ReportCell> cells;  // ascending budget: planned or recorded ones only
     bool has_dense_reference = false;  // a dense row of the same base gives the deltas
@@ -70,11 +73,11 @@ struct ReportRow {
 struct Report {
     std::string sweep, metric;
     std::string database;     // the store's path, as given
-    std::string budget_unit;  // flops | steps | seconds (of the continuations' budgets)
+    BudgetUnit budget_unit = BudgetUnit::Flops;  // of the continuations' budgets
     bool lower_is_better = true;
     std::vector<double> budgets;     // every column, ascending (0: the pretrained reference)
     std::vector<ReportRow> rows;     // pretrained, dense, upcycle, scratch, warmstart, others
-    std::map<std::string, int64_t> status_counts;  // trials of the sweep by status
+    std::map<TrialStatus, int64_t> status_counts;  // trials of the sweep by status
 };
 
 // The metrics a report may use without any evaluation recording them yet.

@@ -121,6 +121,13 @@ static_assert(std::size(kMigrations) == kStoreSchemaVersion,
               "one migration per schema version");
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+// A status as an SQL literal, 'done' (the names are fixed words, nothing to escape).
+std::string sql(TrialStatus status) { return "'" + to_string(status) + "'"; }
+constexpr auto kPending = TrialStatus::Pending;
+constexpr auto kRunning = TrialStatus::Running;
+constexpr auto kDone = TrialStatus::Done;
+constexpr auto kFailed = TrialStatus::Failed;
 constexpr std::size_t kHashBufferBytes = 1 << 20;
 
 // The trial columns every trial reader selects, in the order row_to_trial reads them.
@@ -153,8 +160,9 @@ TrialRecord row_to_trial(const SQLite::Statement& s) {
     TrialRecord r;
     r.id = s.getColumn(0).getInt64();
     r.hash = s.getColumn(1).getString();
-    r.method = s.getColumn(2).getString();
-    r.status = s.getColumn(3).getString();
+    const std::string source = "trial " + r.hash + " in the store";
+    r.method = parse_choice<Method>(s.getColumn(2).getString(), source, "method");
+    r.status = parse_choice<TrialStatus>(s.getColumn(3).getString(), source, "status");
     r.error = text_or_empty(s.getColumn(4));
     r.host = text_or_empty(s.getColumn(5));
     r.worker = text_or_empty(s.getColumn(6));
@@ -334,7 +342,7 @@ int64_t Store::upsert_sweep(const std::string& name, const std::string& yaml_tex
     return id;
 }
 
-int64_t Store::add_trial(int64_t sweep_id, const std::string& hash, const std::string& method,
+int64_t Store::add_trial(int64_t sweep_id, const std::string& hash, Method method,
                          const nlohmann::json& config, std::optional<std::string> parent_hash) {
     int64_t id = 0;
     write_transaction(*db_, [&] {
@@ -351,7 +359,7 @@ int64_t Store::add_trial(int64_t sweep_id, const std::string& hash, const std::s
                                        "(hash, method, config, parent_id, created_at) "
                                        "VALUES (?, ?, ?, ?, ?)");
         insert.bind(1, hash);
-        insert.bind(2, method);
+        insert.bind(2, to_string(method));
         insert.bind(3, config.dump());
         if (parent) insert.bind(4, *parent);
         else insert.bind(4);
@@ -386,10 +394,10 @@ std::optional<TrialRecord> Store::claim_next(const std::string& worker_id,
     write_transaction(*db_, [&] {
         if (max_attempts > 0) {
             SQLite::Statement abandon(
-                *db_, "UPDATE trials AS t SET status = 'failed', finished_at = :now, "
+                *db_, "UPDATE trials AS t SET status = " + sql(kFailed) + ", finished_at = :now, "
                       "error = printf('abandoned: its worker stopped heartbeating on each of "
                       "%d attempts (last: %s on %s)', t.attempts, t.worker, t.host) "
-                      "WHERE t.status = 'running' AND t.heartbeat_at < :cutoff "
+                      "WHERE t.status = " + sql(kRunning) + " AND t.heartbeat_at < :cutoff "
                       "AND t.attempts >= :max" + in_sweep);
             abandon.bind(":now", now);
             abandon.bind(":cutoff", cutoff);
@@ -398,15 +406,16 @@ std::optional<TrialRecord> Store::claim_next(const std::string& worker_id,
             abandon.exec();
         }
         SQLite::Statement pick(
-            *db_, "SELECT t.id FROM trials t WHERE ((t.status = 'pending' AND (t.parent_id IS "
+            *db_, "SELECT t.id FROM trials t WHERE ((t.status = " + sql(kPending) + " AND (t.parent_id IS "
                   "NULL OR EXISTS (SELECT 1 FROM trials p WHERE p.id = t.parent_id AND "
-                  "p.status = 'done'))) OR (t.status = 'running' AND (t.heartbeat_at IS NULL OR "
-                  "t.heartbeat_at < :cutoff)))" + in_sweep + " ORDER BY t.id LIMIT 1");
+                  "p.status = " + sql(kDone) + "))) OR (t.status = " + sql(kRunning) + " AND "
+                  "(t.heartbeat_at IS NULL OR t.heartbeat_at < :cutoff)))" + in_sweep +
+                  " ORDER BY t.id LIMIT 1");
         pick.bind(":cutoff", cutoff);
         if (sweep_id) pick.bind(":sweep", *sweep_id);
         if (!pick.executeStep()) return;
         claimed = pick.getColumn(0).getInt64();
-        SQLite::Statement mark(*db_, "UPDATE trials SET status = 'running', worker = ?, host = ?, "
+        SQLite::Statement mark(*db_, "UPDATE trials SET status = " + sql(kRunning) + ", worker = ?, host = ?, "
                                      "heartbeat_at = ?, started_at = ?, finished_at = NULL, "
                                      "error = NULL, attempts = attempts + 1 WHERE id = ?");
         mark.bind(1, worker_id);
@@ -427,7 +436,7 @@ bool Store::heartbeat(int64_t trial, const std::string& worker_id,
         SQLite::Statement s(*db_, "UPDATE trials SET heartbeat_at = ?, step = coalesce(?, step), "
                                   "flops = coalesce(?, flops), seconds = coalesce(?, seconds), "
                                   "tokens = coalesce(?, tokens) "
-                                  "WHERE id = ? AND worker = ? AND status = 'running'");
+                                  "WHERE id = ? AND worker = ? AND status = " + sql(kRunning));
         s.bind(1, utc_now_iso());
         if (progress) {
             s.bind(2, progress->step);
@@ -444,7 +453,7 @@ bool Store::heartbeat(int64_t trial, const std::string& worker_id,
 
 void Store::finish(int64_t trial, const TrialProgress& totals, const nlohmann::json& provenance) {
     write_transaction(*db_, [&] {
-        SQLite::Statement s(*db_, "UPDATE trials SET status = 'done', finished_at = ?, step = ?, "
+        SQLite::Statement s(*db_, "UPDATE trials SET status = " + sql(kDone) + ", finished_at = ?, step = ?, "
                                   "flops = ?, seconds = ?, tokens = ?, error = NULL, "
                                   "provenance = coalesce(?, provenance) WHERE id = ?");
         s.bind(1, utc_now_iso());
@@ -460,7 +469,7 @@ void Store::finish(int64_t trial, const TrialProgress& totals, const nlohmann::j
 
 void Store::fail(int64_t trial, const std::string& error) {
     write_transaction(*db_, [&] {
-        SQLite::Statement s(*db_, "UPDATE trials SET status = 'failed', finished_at = ?, "
+        SQLite::Statement s(*db_, "UPDATE trials SET status = " + sql(kFailed) + ", finished_at = ?, "
                                   "error = ? WHERE id = ?");
         s.bind(1, utc_now_iso());
         s.bind(2, error);
@@ -471,8 +480,8 @@ void Store::fail(int64_t trial, const std::string& error) {
 
 void Store::release(int64_t trial) {
     write_transaction(*db_, [&] {
-        SQLite::Statement s(*db_, "UPDATE trials SET status = 'pending', worker = NULL, "
-                                  "heartbeat_at = NULL WHERE id = ? AND status = 'running'");
+        SQLite::Statement s(*db_, "UPDATE trials SET status = " + sql(kPending) + ", worker = NULL, "
+                                  "heartbeat_at = NULL WHERE id = ? AND status = " + sql(kRunning));
         s.bind(1, trial);
         s.exec();
     });
@@ -481,9 +490,9 @@ void Store::release(int64_t trial) {
 int Store::requeue_failed(int64_t sweep_id) {
     int changed = 0;
     write_transaction(*db_, [&] {
-        SQLite::Statement s(*db_, "UPDATE trials SET status = 'pending', worker = NULL, "
+        SQLite::Statement s(*db_, "UPDATE trials SET status = " + sql(kPending) + ", worker = NULL, "
                                   "heartbeat_at = NULL, finished_at = NULL, error = NULL "
-                                  "WHERE status = 'failed' AND id IN "
+                                  "WHERE status = " + sql(kFailed) + " AND id IN "
                                   "(SELECT trial_id FROM sweep_trials WHERE sweep_id = ?)");
         s.bind(1, sweep_id);
         changed = s.exec();
@@ -654,9 +663,9 @@ std::vector<TrialRecord> Store::trials_of_sweep(int64_t sweep_id) const {
                          [&](SQLite::Statement& s) { s.bind(1, sweep_id); });
 }
 
-std::map<std::string, int64_t> Store::status_counts(
+std::map<TrialStatus, int64_t> Store::status_counts(
     const std::optional<std::string>& sweep_name) const {
-    std::map<std::string, int64_t> counts{{kPending, 0}, {kRunning, 0}, {kDone, 0}, {kFailed, 0}};
+    std::map<TrialStatus, int64_t> counts{{kPending, 0}, {kRunning, 0}, {kDone, 0}, {kFailed, 0}};
     if (sweep_name) sweep_ids_named(*sweep_name);
     SQLite::Statement s(
         *db_, sweep_name ? "SELECT status, count(*) FROM trials WHERE id IN (SELECT st.trial_id "
@@ -664,7 +673,10 @@ std::map<std::string, int64_t> Store::status_counts(
                            "WHERE s.name = ?) GROUP BY status"
                          : "SELECT status, count(*) FROM trials GROUP BY status");
     if (sweep_name) s.bind(1, *sweep_name);
-    while (s.executeStep()) counts[s.getColumn(0).getString()] = s.getColumn(1).getInt64();
+    while (s.executeStep()) {
+        counts[parse_choice<TrialStatus>(s.getColumn(0).getString(), "the store", "trials.status")] =
+            s.getColumn(1).getInt64();
+    }
     return counts;
 }
 
@@ -699,7 +711,8 @@ std::vector<EvaluationRecord> Store::select_evaluations(
     std::vector<EvaluationRecord> out;
     while (s.executeStep()) {
         out.push_back({s.getColumn(0).getInt64(), s.getColumn(1).getString(),
-                       s.getColumn(2).getString(), s.getColumn(3).getDouble(),
+                       parse_choice<Method>(s.getColumn(2).getString(), "the store", "trials.method"),
+                       s.getColumn(3).getDouble(),
                        s.getColumn(4).getInt64(), real_or_nan(s.getColumn(5)),
                        real_or_nan(s.getColumn(6)),
                        nlohmann::json::parse(s.getColumn(7).getString())});

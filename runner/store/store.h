@@ -18,6 +18,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/choice.h"
+
 namespace SQLite {
 class Database;
 class Statement;
@@ -34,11 +36,8 @@ inline constexpr int kStoreBusyTimeoutMs = 10'000;
 // Workers should heartbeat several times within it.
 inline constexpr double kDefaultStaleAfterSeconds = 120.0;
 
-// Trial states (the trials.status CHECK constraint allows exactly these).
-inline constexpr const char* kPending = "pending";
-inline constexpr const char* kRunning = "running";
-inline constexpr const char* kDone = "done";
-inline constexpr const char* kFailed = "failed";
+// Trial states are TrialStatus (core/choice.h); trials.status holds their names, and its CHECK
+// constraint allows exactly those.
 
 struct SweepRecord {
     int64_t id = 0;
@@ -48,7 +47,9 @@ struct SweepRecord {
 
 struct TrialRecord {
     int64_t id = 0;
-    std::string hash, method, status;
+    std::string hash;
+    Method method = Method::Pretrain;
+    TrialStatus status = TrialStatus::Pending;
     std::string error;   // "" unless failed
     std::string host;    // the host of the worker that last claimed it ("" if never)
     std::string worker;  // the worker id that last claimed it ("" if never)
@@ -83,7 +84,8 @@ struct MetricRow {
 
 struct EvaluationRecord {
     int64_t trial_id = 0;
-    std::string trial_hash, method;
+    std::string trial_hash;
+    Method method = Method::Pretrain;
     double budget_percent = 0;  // extra compute as a percentage of the sunk cost
     int64_t step = 0;
     double flops = 0, seconds = 0;
@@ -143,7 +145,7 @@ public:
                          const std::string& yaml_hash, const nlohmann::json& provenance);
     // Inserts the trial unless its hash exists (a trial shared by sweeps exists once) and makes
     // it a member of the sweep; returns the trial id. A parent must have been added first.
-    int64_t add_trial(int64_t sweep_id, const std::string& hash, const std::string& method,
+    int64_t add_trial(int64_t sweep_id, const std::string& hash, Method method,
                       const nlohmann::json& config, std::optional<std::string> parent_hash);
 
     // In one BEGIN IMMEDIATE transaction: the lowest-id trial that is pending with its parent
@@ -198,7 +200,7 @@ public:
     std::vector<TrialRecord> trials(const std::optional<std::string>& sweep_name) const;
     std::vector<TrialRecord> trials_of_sweep(int64_t sweep_id) const;
     // Trial counts by status (all four keys present), for a sweep name or the whole store.
-    std::map<std::string, int64_t> status_counts(
+    std::map<TrialStatus, int64_t> status_counts(
         const std::optional<std::string>& sweep_name) const;
     // A trial's metric series ordered by key then step; key "" means every key.
     std::vector<MetricRow> metrics(int64_t trial, const std::string& key = "") const;

@@ -27,7 +27,7 @@ TEST(Config, ReadsKeysFillsDefaultsAndAppliesOverrides) {
     EXPECT_EQ(c.train.steps, 1000);
     EXPECT_EQ(c.train.batch_size, 4);
     EXPECT_EQ(c.eval.every, 7);
-    EXPECT_EQ(c.train.schedule, "rsqrt");  // default
+    EXPECT_EQ(to_string(c.train.schedule), "rsqrt");  // default
 }
 
 TEST(Config, UnknownKeyNamesFileKeyLineAndSuggestion) {

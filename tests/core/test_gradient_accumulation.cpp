@@ -67,7 +67,7 @@ void expect_halves_accumulate_to_the_whole(const ModelConfig& config) {
 }
 
 TEST(GradientAccumulation, DenseGptHalvesAccumulateToTheWholeBatch) {
-    expect_halves_accumulate_to_the_whole(ModelConfig{"gpt", 256, 8, 16, 2, 2, {}});
+    expect_halves_accumulate_to_the_whole(ModelConfig{Arch::Gpt, 256, 8, 16, 2, 2, {}});
 }
 
 // Token-choice routing without a capacity limit decides each token alone, and the z-loss is
@@ -75,7 +75,7 @@ TEST(GradientAccumulation, DenseGptHalvesAccumulateToTheWholeBatch) {
 // of batch means and a capacity is a share of the batch: with those, micro-batches route
 // differently — documented at train.micro_batch.)
 TEST(GradientAccumulation, MoeGptHalvesAccumulateToTheWholeBatch) {
-    ModelConfig config{"gpt", 256, 8, 16, 2, 2, {}};
+    ModelConfig config{Arch::Gpt, 256, 8, 16, 2, 2, {}};
     config.moe.experts = 4;
     config.moe.k = 2;
     config.moe.capacity_factor = 0;

@@ -207,7 +207,7 @@ TEST(Train, ContinuesFromASurgeryCheckpoint) {
 
     UpcycleOptions upcycle;
     upcycle.moe.experts = 4;
-    upcycle.moe.combine = "renormalized";
+    upcycle.moe.combine = Combine::Renormalized;
     upcycle.moe.capacity_factor = 0;
     upcycle.moe.eval_capacity_factor = 0;
     const auto moe = upcycle_checkpoint(read_checkpoint(checkpoint_path(dense_dir.path())), upcycle);

@@ -87,7 +87,7 @@ TEST(VitTraining, ResumeIsBitIdentical) {
     config.model.channels = 16;
     config.data.train_images = 500;
     config.data.validation_images = 100;
-    config.data.augment = "crop_flip";
+    config.data.augment = Augmentation::CropFlip;
     config.data.crop_padding = 2;
     config.train.batch_size = 16;
     config.train.steps = 20;
@@ -142,7 +142,7 @@ TEST(VitTraining, UpcycledContinuationRuns) {
 
     UpcycleOptions upcycle;
     upcycle.moe.experts = 4;
-    upcycle.moe.router = "expert_choice";
+    upcycle.moe.router = RouterKind::ExpertChoice;
     upcycle.moe.capacity_factor = 2.0;
     upcycle.moe.eval_capacity_factor = 2.0;
     upcycle.moe.layers = "every_other";
@@ -187,7 +187,7 @@ TEST(VitTraining, UpcycledContinuationRuns) {
 
     const auto final_ckpt = read_checkpoint(checkpoint_path(moe_dir.path()));
     EXPECT_EQ(final_ckpt.state.step, 10);
-    EXPECT_EQ(final_ckpt.config.model.moe.router, "expert_choice");
+    EXPECT_EQ(to_string(final_ckpt.config.model.moe.router), "expert_choice");
     // copied moments: AdamW's own count went on from the dense run's
     EXPECT_EQ(final_ckpt.optimizer_step, 10);
 }

@@ -81,7 +81,7 @@ struct FixtureTrial {
 
 FixtureTrial describe(const PlannedTrial& t) {
     FixtureTrial f;
-    f.method = t.method;
+    f.method = to_string(t.method);
     f.seed = t.config.at("run").at("train").at("seed").get<int>();
     if (t.config.contains("options") && t.config["options"].contains("experts")) {
         f.experts = t.config["options"]["experts"].get<int>();
@@ -167,7 +167,7 @@ void build_fixture(const std::filesystem::path& db) {
     for (int64_t id : to_release) store.release(id);
     // A second sweep with nothing run yet: every figure is skipped, no error.
     const int64_t empty = store.upsert_sweep("empty", "name: empty", "h2", nullptr);
-    store.add_trial(empty, "e0", "pretrain", {{"method", "pretrain"}, {"run", {{"train", {{"seed", 1}}}}}},
+    store.add_trial(empty, "e0", Method::Pretrain, {{"method", "pretrain"}, {"run", {{"train", {{"seed", 1}}}}}},
                     std::nullopt);
 }
 
@@ -214,10 +214,10 @@ TEST_F(Reports, RowsAreMethodsAndTheGridValuesThatVary) {
                                                 "upcycle experts=8", "scratch experts=4",
                                                 "scratch experts=8", "warmstart"}));
     EXPECT_EQ(r.budgets, (std::vector<double>{0, 10, 50, 100, 200}));
-    EXPECT_EQ(r.budget_unit, "flops");
-    EXPECT_EQ(r.status_counts.at(kDone), 11);
-    EXPECT_EQ(r.status_counts.at(kRunning), 1);
-    EXPECT_EQ(r.status_counts.at(kPending), 2);
+    EXPECT_EQ(to_string(r.budget_unit), "flops");
+    EXPECT_EQ(r.status_counts.at(TrialStatus::Done), 11);
+    EXPECT_EQ(r.status_counts.at(TrialStatus::Running), 1);
+    EXPECT_EQ(r.status_counts.at(TrialStatus::Pending), 2);
 
     const ReportRow& upcycle4 = r.rows[2];
     const ReportCell* c = upcycle4.cell(50);

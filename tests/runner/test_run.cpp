@@ -60,13 +60,13 @@ TEST_F(Run, RunsEveryMethodAndARerunDoesNoWork) {
     const auto trials = store.trials("tiny");
     ASSERT_EQ(trials.size(), 5u);
     for (const auto& t : trials) {
-        EXPECT_EQ(t.status, "done") << t.method;
+        EXPECT_EQ(to_string(t.status), "done") << t.method;
         EXPECT_EQ(t.attempts, 1) << t.method;
         const auto evals = store.evaluations_of_trial(t.id);
-        if (t.method == "pretrain") {
+        if (t.method == Method::Pretrain) {
             ASSERT_EQ(evals.size(), 1u);
             EXPECT_EQ(evals[0].budget_percent, 0);
-        } else if (t.method == "scratch") {
+        } else if (t.method == Method::Scratch) {
             ASSERT_EQ(evals.size(), 3u);  // 50, 100 and 200 (max + 100: no sunk cost)
             EXPECT_EQ(evals[2].budget_percent, 200);
         } else {
@@ -78,7 +78,7 @@ TEST_F(Run, RunsEveryMethodAndARerunDoesNoWork) {
         }
         for (const auto& e : evals) EXPECT_GT(e.metrics["val_loss"].get<double>(), 0.5);
         EXPECT_EQ(store.artifacts(t.id).size(), 1u);
-        if (t.method == "upcycle" || t.method == "scratch") {
+        if (t.method == Method::Upcycle || t.method == Method::Scratch) {
             EXPECT_FALSE(store.routing(t.id).empty()) << t.method;
         }
     }
@@ -119,7 +119,7 @@ TEST_F(Run, AKilledWorkersTrialIsTakenOverAndResumedWithoutDuplicates) {
         Store store(db_, Store::Mode::ReadOnly);
         const auto trials = store.trials("tiny");
         ASSERT_FALSE(trials.empty());
-        EXPECT_EQ(trials[0].status, "running");  // left behind by the dead worker
+        EXPECT_EQ(to_string(trials[0].status), "running");  // left behind by the dead worker
     }
 
     const auto rerun = run_cli(args);
@@ -128,8 +128,8 @@ TEST_F(Run, AKilledWorkersTrialIsTakenOverAndResumedWithoutDuplicates) {
     Store store(db_, Store::Mode::ReadOnly);
     const auto trials = store.trials("tiny");
     ASSERT_EQ(trials.size(), 5u);
-    for (const auto& t : trials) EXPECT_EQ(t.status, "done") << t.method;
-    EXPECT_EQ(trials[0].method, "pretrain");
+    for (const auto& t : trials) EXPECT_EQ(to_string(t.status), "done") << t.method;
+    EXPECT_EQ(to_string(trials[0].method), "pretrain");
     EXPECT_EQ(trials[0].attempts, 2);
     // one train_loss row per logged step (every 10 of 400), none missing, none twice
     const auto losses = store.metrics(trials[0].id, "train_loss");
@@ -145,7 +145,7 @@ TEST_F(Run, TwoWorkersRunEveryTrialExactlyOnce) {
     const auto trials = store.trials("tiny");
     ASSERT_EQ(trials.size(), 5u);
     for (const auto& t : trials) {
-        EXPECT_EQ(t.status, "done") << t.method;
+        EXPECT_EQ(to_string(t.status), "done") << t.method;
         EXPECT_EQ(t.attempts, 1) << t.method;
     }
 }

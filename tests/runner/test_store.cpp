@@ -141,11 +141,11 @@ TEST(Store, TrialsAreIdempotentByHashAndSharedBetweenSweeps) {
     Store store(dir / "upcycle.db", Store::Mode::ReadWrite);
     const int64_t a = store.upsert_sweep("a", "a", "ha", nullptr);
     const int64_t b = store.upsert_sweep("b", "b", "hb", nullptr);
-    const int64_t dense = store.add_trial(a, "dense", "dense", config_for(0), std::nullopt);
-    EXPECT_EQ(store.add_trial(a, "dense", "dense", config_for(0), std::nullopt), dense);
-    const int64_t shared = store.add_trial(a, "shared", "upcycle", config_for(1), "dense");
-    EXPECT_EQ(store.add_trial(b, "shared", "upcycle", config_for(1), "dense"), shared);
-    store.add_trial(b, "only_b", "scratch", config_for(2), std::nullopt);
+    const int64_t dense = store.add_trial(a, "dense", Method::Dense, config_for(0), std::nullopt);
+    EXPECT_EQ(store.add_trial(a, "dense", Method::Dense, config_for(0), std::nullopt), dense);
+    const int64_t shared = store.add_trial(a, "shared", Method::Upcycle, config_for(1), "dense");
+    EXPECT_EQ(store.add_trial(b, "shared", Method::Upcycle, config_for(1), "dense"), shared);
+    store.add_trial(b, "only_b", Method::Scratch, config_for(2), std::nullopt);
 
     EXPECT_EQ(count(store, "SELECT count(*) FROM trials"), 3);
     EXPECT_EQ(count(store, "SELECT count(*) FROM sweep_trials"), 4);
@@ -156,14 +156,14 @@ TEST(Store, TrialsAreIdempotentByHashAndSharedBetweenSweeps) {
     EXPECT_EQ(in_a[1].parent, dense);
     EXPECT_EQ(in_a[1].parent_hash, "dense");
     EXPECT_EQ(in_a[1].config, config_for(1));
-    EXPECT_EQ(in_a[1].status, kPending);
+    EXPECT_EQ(in_a[1].status, TrialStatus::Pending);
     EXPECT_EQ(in_a[1].attempts, 0);
     EXPECT_FALSE(in_a[1].created_at.empty());
     EXPECT_EQ(store.trials(std::string("b")).size(), 2u);
     EXPECT_EQ(store.trials_of_sweep(b).size(), 2u);
     EXPECT_EQ(store.trials(std::nullopt).size(), 3u);
-    EXPECT_EQ(store.status_counts(std::string("b")).at(kPending), 2);
-    EXPECT_EQ(store.status_counts(std::nullopt).at(kDone), 0);
+    EXPECT_EQ(store.status_counts(std::string("b")).at(TrialStatus::Pending), 2);
+    EXPECT_EQ(store.status_counts(std::nullopt).at(TrialStatus::Done), 0);
     const std::string message = user_error_of([&] { store.trials(std::string("nope")); });
     EXPECT_NE(message.find("no sweep named 'nope'"), std::string::npos) << message;
     EXPECT_NE(message.find("a, b"), std::string::npos) << message;
@@ -173,15 +173,15 @@ TEST(Store, AChildIsClaimableOnlyOnceItsParentIsDone) {
     TempDir dir;
     Store store(dir / "upcycle.db", Store::Mode::ReadWrite);
     const int64_t sweep = store.upsert_sweep("s", "s", "h", nullptr);
-    const int64_t parent = store.add_trial(sweep, "p", "dense", config_for(0), std::nullopt);
-    const int64_t child = store.add_trial(sweep, "c", "upcycle", config_for(1), "p");
-    const int64_t orphan_parent = store.add_trial(sweep, "q", "dense", config_for(2), std::nullopt);
-    const int64_t orphan = store.add_trial(sweep, "o", "upcycle", config_for(3), "q");
+    const int64_t parent = store.add_trial(sweep, "p", Method::Dense, config_for(0), std::nullopt);
+    const int64_t child = store.add_trial(sweep, "c", Method::Upcycle, config_for(1), "p");
+    const int64_t orphan_parent = store.add_trial(sweep, "q", Method::Dense, config_for(2), std::nullopt);
+    const int64_t orphan = store.add_trial(sweep, "o", Method::Upcycle, config_for(3), "q");
 
     auto first = store.claim_next("w1", "hostA", kFresh, sweep);
     ASSERT_TRUE(first);
     EXPECT_EQ(first->id, parent);
-    EXPECT_EQ(first->status, kRunning);
+    EXPECT_EQ(first->status, TrialStatus::Running);
     EXPECT_EQ(first->attempts, 1);
     EXPECT_EQ(first->worker, "w1");
     EXPECT_EQ(first->host, "hostA");
@@ -200,7 +200,7 @@ TEST(Store, AChildIsClaimableOnlyOnceItsParentIsDone) {
     EXPECT_FALSE(store.claim_next("w4", "hostD", kFresh, sweep));
 
     const auto done = store.trial(parent);
-    EXPECT_EQ(done->status, kDone);
+    EXPECT_EQ(done->status, TrialStatus::Done);
     EXPECT_EQ(done->step, 100);
     EXPECT_DOUBLE_EQ(done->flops, 1e12);
     EXPECT_DOUBLE_EQ(done->seconds, 3.5);
@@ -208,19 +208,19 @@ TEST(Store, AChildIsClaimableOnlyOnceItsParentIsDone) {
     EXPECT_EQ(done->provenance["device"], "cpu");
     EXPECT_FALSE(done->finished_at.empty());
     const auto failed = store.trial(orphan_parent);
-    EXPECT_EQ(failed->status, kFailed);
+    EXPECT_EQ(failed->status, TrialStatus::Failed);
     EXPECT_EQ(failed->error, "diverged at step 7");
-    EXPECT_EQ(store.trial(orphan)->status, kPending);
+    EXPECT_EQ(store.trial(orphan)->status, TrialStatus::Pending);
 
     // another sweep's trials are not claimed by a worker of this one
     const int64_t other = store.upsert_sweep("other", "o", "ho", nullptr);
-    store.add_trial(other, "x", "dense", config_for(9), std::nullopt);
+    store.add_trial(other, "x", Method::Dense, config_for(9), std::nullopt);
     EXPECT_FALSE(store.claim_next("w4", "hostD", kFresh, sweep));
     EXPECT_TRUE(store.claim_next("w4", "hostD", kFresh, other));
 
     // failed trials can be queued again
     EXPECT_EQ(store.requeue_failed(sweep), 1);
-    EXPECT_EQ(store.trial(orphan_parent)->status, kPending);
+    EXPECT_EQ(store.trial(orphan_parent)->status, TrialStatus::Pending);
     EXPECT_EQ(store.trial(orphan_parent)->error, "");
 }
 
@@ -228,7 +228,7 @@ TEST(Store, AStaleHeartbeatIsTakenOverAndAFreshOneIsNot) {
     TempDir dir;
     Store store(dir / "upcycle.db", Store::Mode::ReadWrite);
     const int64_t sweep = store.upsert_sweep("s", "s", "h", nullptr);
-    const int64_t id = store.add_trial(sweep, "t", "dense", config_for(0), std::nullopt);
+    const int64_t id = store.add_trial(sweep, "t", Method::Dense, config_for(0), std::nullopt);
     ASSERT_TRUE(store.claim_next("w1", "hostA", kFresh));
     EXPECT_TRUE(store.heartbeat(id, "w1", TrialProgress{42, 1e9, 2.0, 1000}));
     EXPECT_EQ(store.trial(id)->step, 42);
@@ -251,7 +251,7 @@ TEST(Store, AStaleHeartbeatIsTakenOverAndAFreshOneIsNot) {
 
     // Ctrl-C: released trials go back to pending and are claimed again
     store.release(id);
-    EXPECT_EQ(store.trial(id)->status, kPending);
+    EXPECT_EQ(store.trial(id)->status, TrialStatus::Pending);
     EXPECT_FALSE(store.heartbeat(id, "w2"));
     const auto again = store.claim_next("w3", "hostC", kFresh);
     ASSERT_TRUE(again);
@@ -261,7 +261,7 @@ TEST(Store, AStaleHeartbeatIsTakenOverAndAFreshOneIsNot) {
     sleep_ms(30);
     EXPECT_FALSE(store.claim_next("w4", "hostD", 0.01, std::nullopt, 3));
     const auto abandoned = store.trial(id);
-    EXPECT_EQ(abandoned->status, kFailed);
+    EXPECT_EQ(abandoned->status, TrialStatus::Failed);
     EXPECT_NE(abandoned->error.find("abandoned"), std::string::npos) << abandoned->error;
 }
 
@@ -269,7 +269,7 @@ TEST(Store, ReaddingAMetricStepReplacesIt) {
     TempDir dir;
     Store store(dir / "upcycle.db", Store::Mode::ReadWrite);
     const int64_t sweep = store.upsert_sweep("s", "s", "h", nullptr);
-    const int64_t id = store.add_trial(sweep, "t", "dense", config_for(0), std::nullopt);
+    const int64_t id = store.add_trial(sweep, "t", Method::Dense, config_for(0), std::nullopt);
     store.add_metrics(id, {{"loss", 1, 10, 0.5, 3.0}, {"loss", 2, 20, 1.0, 2.5},
                            {"lr", 1, 10, 0.5, 1e-3}});
     store.add_metrics(id, {{"loss", 2, 21, 1.1, 2.0}, {"loss", 3, 30, 1.5, 1.8}});
@@ -288,7 +288,7 @@ TEST(Store, NaNSurvivesDistinctFromMissing) {
     TempDir dir;
     Store store(dir / "upcycle.db", Store::Mode::ReadWrite);
     const int64_t sweep = store.upsert_sweep("s", "s", "h", nullptr);
-    const int64_t id = store.add_trial(sweep, "t", "dense", config_for(0), std::nullopt);
+    const int64_t id = store.add_trial(sweep, "t", Method::Dense, config_for(0), std::nullopt);
     store.add_metrics(id, {{"loss", 1, 0, 0, kNaN}, {"loss", 2, 0, 0, kInf},
                            {"loss", 3, 0, 0, -kInf}, {"loss", 4, 0, 0, -0.5}});
     const auto rows = store.metrics(id, "loss");
@@ -323,7 +323,7 @@ TEST(Store, EvaluationsArtifactsAndRoutingUpsert) {
     TempDir dir;
     Store store(dir / "upcycle.db", Store::Mode::ReadWrite);
     const int64_t sweep = store.upsert_sweep("paper", "s", "h", nullptr);
-    const int64_t id = store.add_trial(sweep, "t", "upcycle", config_for(0), std::nullopt);
+    const int64_t id = store.add_trial(sweep, "t", Method::Upcycle, config_for(0), std::nullopt);
     store.add_evaluation(id, 50, 100, 1e12, 3.0, {{"val_loss", 2.5}, {"val_accuracy", 0.4}});
     store.add_evaluation(id, 50, 101, 1.1e12, 3.1, {{"val_loss", 2.4}, {"val_accuracy", 0.41}});
     store.add_evaluation(id, 100, 200, 2e12, 6.0, {{"val_loss", 2.2}, {"val_accuracy", 0.45}});
@@ -331,7 +331,7 @@ TEST(Store, EvaluationsArtifactsAndRoutingUpsert) {
     ASSERT_EQ(evals.size(), 2u);
     EXPECT_EQ(evals[0].budget_percent, 50);
     EXPECT_EQ(evals[0].step, 101);
-    EXPECT_EQ(evals[0].method, "upcycle");
+    EXPECT_EQ(to_string(evals[0].method), "upcycle");
     EXPECT_EQ(evals[0].trial_hash, "t");
     EXPECT_DOUBLE_EQ(evals[0].metrics["val_loss"].get<double>(), 2.4);
     // the generated columns users query directly
@@ -367,7 +367,7 @@ TEST(Store, QueryIsReadOnly) {
     {
         Store store(db, Store::Mode::ReadWrite);
         const int64_t sweep = store.upsert_sweep("s", "s", "h", nullptr);
-        store.add_trial(sweep, "t", "dense", config_for(0), std::nullopt);
+        store.add_trial(sweep, "t", Method::Dense, config_for(0), std::nullopt);
         // the writer refuses writes through query() too
         EXPECT_NE(user_error_of([&] { store.query("DELETE FROM trials"); }).find("read-only"),
                   std::string::npos);
@@ -444,7 +444,7 @@ TEST(StoreConcurrency, FourWorkersRunEveryTrialExactlyOnce) {
         Store store(db, Store::Mode::ReadWrite);
         sweep = store.upsert_sweep("many", "many", "h", nullptr);
         for (int i = 0; i < kTrials; ++i) {
-            store.add_trial(sweep, "t" + std::to_string(i), "dense", config_for(i), std::nullopt);
+            store.add_trial(sweep, "t" + std::to_string(i), Method::Dense, config_for(i), std::nullopt);
         }
     }  // closed before fork: a SQLite connection must not cross fork()
     std::vector<pid_t> children;
@@ -481,7 +481,7 @@ TEST(StoreConcurrency, FourWorkersRunEveryTrialExactlyOnce) {
     const auto trials = store.trials(std::string("many"));
     ASSERT_EQ(trials.size(), static_cast<std::size_t>(kTrials));
     for (const auto& t : trials) {
-        EXPECT_EQ(t.status, kDone) << t.id;
+        EXPECT_EQ(t.status, TrialStatus::Done) << t.id;
         EXPECT_EQ(t.attempts, 1) << t.id;
         const auto by = store.metrics(t.id, "claimed_by");
         ASSERT_EQ(by.size(), 1u) << t.id;
@@ -500,7 +500,7 @@ TEST(StoreConcurrency, AWorkerKilledMidTrialIsTakenOverWithoutDuplicateRows) {
     {
         Store store(db, Store::Mode::ReadWrite);
         sweep = store.upsert_sweep("kill", "kill", "h", nullptr);
-        store.add_trial(sweep, "victim", "dense", config_for(0), std::nullopt);
+        store.add_trial(sweep, "victim", Method::Dense, config_for(0), std::nullopt);
     }
     int ready[2];
     ASSERT_EQ(pipe(ready), 0);
@@ -563,7 +563,7 @@ TEST(StoreConcurrency, AWorkerKilledMidTrialIsTakenOverWithoutDuplicateRows) {
     ASSERT_EQ(after.size(), static_cast<std::size_t>(end + 1));
     for (std::size_t i = 0; i < after.size(); ++i) EXPECT_EQ(after[i].step, int64_t(i));
     EXPECT_EQ(count(store, "SELECT count(*) - count(DISTINCT step) FROM metrics"), 0);
-    EXPECT_EQ(store.trial(taken->id)->status, kDone);
+    EXPECT_EQ(store.trial(taken->id)->status, TrialStatus::Done);
     EXPECT_EQ(store.trial(taken->id)->worker, "rescuer");
 }
 
@@ -578,10 +578,10 @@ TEST(StoreCli, StatusAndQuery) {
     {
         Store store(db, Store::Mode::ReadWrite);
         const int64_t sweep = store.upsert_sweep("demo", "demo", "h", nullptr);
-        const int64_t a = store.add_trial(sweep, "aaaa1111", "dense", config_for(0), std::nullopt);
-        const int64_t b = store.add_trial(sweep, "bbbb2222", "upcycle", config_for(1), std::nullopt);
-        store.add_trial(sweep, "cccc3333", "scratch", config_for(2), "bbbb2222");
-        store.add_trial(sweep, "dddd4444", "warmstart", config_for(3), std::nullopt);
+        const int64_t a = store.add_trial(sweep, "aaaa1111", Method::Dense, config_for(0), std::nullopt);
+        const int64_t b = store.add_trial(sweep, "bbbb2222", Method::Upcycle, config_for(1), std::nullopt);
+        store.add_trial(sweep, "cccc3333", Method::Scratch, config_for(2), "bbbb2222");
+        store.add_trial(sweep, "dddd4444", Method::Warmstart, config_for(3), std::nullopt);
         store.claim_next("w1", "node7", kFresh);
         store.heartbeat(a, "w1", TrialProgress{123, 0, 0, 0});
         store.claim_next("w2", "node8", kFresh);

@@ -212,11 +212,12 @@ TEST(ImageSplits, ImpossibleNumbersNameTheKey) {
     expect_key(30, 171, t);  // only 170 left after validation
     EXPECT_NO_THROW(make_image_splits(f.train, f.test, 30, 170, kSource));
 
-    const UserError e = user_error_of([&] { parse_augmentation("mixup", kSource); });
+    const UserError e =
+        user_error_of([&] { parse_choice<Augmentation>("mixup", kSource, "data.augment"); });
     EXPECT_EQ(e.key(), "data.augment");
     EXPECT_EQ(e.file(), kSource);
-    EXPECT_EQ(parse_augmentation("none", kSource), Augmentation::None);
-    EXPECT_EQ(parse_augmentation("crop_flip", kSource), Augmentation::CropFlip);
+    EXPECT_EQ(parse_choice<Augmentation>("none", kSource, "data.augment"), Augmentation::None);
+    EXPECT_EQ(parse_choice<Augmentation>("crop_flip", kSource, "data.augment"), Augmentation::CropFlip);
 
     ImageDataset odd = synthetic_images(kTest, 0);
     odd.rows = 4;

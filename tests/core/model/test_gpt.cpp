@@ -17,7 +17,7 @@
 namespace upcycle {
 namespace {
 
-ModelConfig tiny_model() { return ModelConfig{"gpt", 256, 8, 16, 2, 2, {}}; }
+ModelConfig tiny_model() { return ModelConfig{Arch::Gpt, 256, 8, 16, 2, 2, {}}; }
 
 using Batch = testing::TextBatch;
 
@@ -71,7 +71,7 @@ TEST(Gpt, FutureTokensDoNotChangeEarlierLogits) {
 
 TEST(Gpt, InitIsDeterministicWithTheDocumentedScales) {
     CpuBackend backend;
-    const ModelConfig config{"gpt", 256, 32, 64, 4, 4, {}};
+    const ModelConfig config{Arch::Gpt, 256, 32, 64, 4, 4, {}};
     Gpt a(backend, config, 1), b(backend, config, 1), c(backend, config, 1);
     a.init_weights(7);
     b.init_weights(7);
@@ -100,7 +100,7 @@ TEST(Gpt, InitIsDeterministicWithTheDocumentedScales) {
 }
 
 TEST(Gpt, LayoutUsesTheCheckpointNamesAndShapes) {
-    const auto layout = gpt_parameter_layout(ModelConfig{"gpt", 256, 64, 48, 3, 4, {}});
+    const auto layout = gpt_parameter_layout(ModelConfig{Arch::Gpt, 256, 64, 48, 3, 4, {}});
     ASSERT_EQ(layout.size(), 2u + 3u * 12u + 2u);
     EXPECT_EQ(layout[0].name, "wte.weight");
     EXPECT_EQ(layout[0].shape, (std::vector<int64_t>{256, 48}));
@@ -117,7 +117,7 @@ TEST(Gpt, LayoutUsesTheCheckpointNamesAndShapes) {
 // at init to within 0.3 nats of the entropy rate on held-out windows.
 TEST(Gpt, LearnsSyntheticMarkovText) {
     CpuBackend backend;
-    const ModelConfig config{"gpt", 256, 32, 64, 2, 4, {}};
+    const ModelConfig config{Arch::Gpt, 256, 32, 64, 2, 4, {}};
     const int B = 16;
     Gpt model(backend, config, B);
     model.init_weights(1);
@@ -125,7 +125,7 @@ TEST(Gpt, LearnsSyntheticMarkovText) {
     TrainConfig train;
     train.lr = 3e-3;
     train.warmup_steps = 20;
-    train.schedule = "constant";
+    train.schedule = Schedule::Constant;
     const auto text = make_synthetic_text(1 << 17, 3);
     const std::string_view train_text(text.text.data(), text.text.size() - 8192);
     const std::string_view held_out(text.text.data() + text.text.size() - 8192, 8192);

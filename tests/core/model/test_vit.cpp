@@ -18,18 +18,18 @@ namespace {
 constexpr int kPatch = 7, kImage = 28, kClasses = 10, kBatch = 3;
 
 ModelConfig tiny_model() {
-    return ModelConfig{.arch = "vit", .channels = 16, .layers = 2, .heads = 2, .moe = {}, .patch = kPatch};
+    return ModelConfig{.arch = Arch::Vit, .channels = 16, .layers = 2, .heads = 2, .moe = {}, .patch = kPatch};
 }
 
 ModelConfig tiny_moe_model(const std::string& router, double cf, const std::string& combine) {
     ModelConfig m = tiny_model();
     m.moe.experts = 4;
     m.moe.layers = "1";
-    m.moe.router = router;
+    m.moe.router = parse_choice<RouterKind>(router, "test", "router");
     m.moe.k = 2;
     m.moe.capacity_factor = cf;
     m.moe.eval_capacity_factor = cf;
-    m.moe.combine = combine;
+    m.moe.combine = parse_choice<Combine>(combine, "test", "combine");
     return m;
 }
 
@@ -267,7 +267,7 @@ TEST(Vit, AttentionIsNotCausal) {
 
 TEST(Vit, InitIsDeterministicWithTheDocumentedScales) {
     CpuBackend backend;
-    const ModelConfig config{.arch = "vit", .channels = 64, .layers = 4, .heads = 4, .moe = {}, .patch = 4};
+    const ModelConfig config{.arch = Arch::Vit, .channels = 64, .layers = 4, .heads = 4, .moe = {}, .patch = 4};
     Vit a(backend, config, 1), b(backend, config, 1);
     a.init_weights(7);
     b.init_weights(7);

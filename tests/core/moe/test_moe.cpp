@@ -22,11 +22,11 @@ namespace {
 MoeConfig moe_config(const std::string& router, int E, int k, double cf, const std::string& combine) {
     MoeConfig m;
     m.experts = E;
-    m.router = router;
+    m.router = parse_choice<RouterKind>(router, "test", "router");
     m.k = k;
     m.capacity_factor = cf;
     m.eval_capacity_factor = cf;
-    m.combine = combine;
+    m.combine = parse_choice<Combine>(combine, "test", "combine");
     return m;
 }
 
@@ -49,7 +49,7 @@ TEST(MoeRouting, TopkDropsOverflowInTokenOrderOrByProbability) {
     EXPECT_DOUBLE_EQ(in_order.stats.dropped_fraction, 0.5);
     EXPECT_EQ(in_order.stats.tokens_per_expert, (std::vector<int64_t>{2, 0}));
 
-    m.priority = "probability";
+    m.priority = Priority::Probability;
     const auto by_probability = route(m, logits, 4, 1.0);
     ASSERT_EQ(by_probability.assignments.size(), 2u);
     EXPECT_EQ(by_probability.assignments[0].token, 2);  // the two most confident tokens
@@ -118,7 +118,7 @@ TEST_P(MoeRoutingLayout, MatchesTheReferenceDecisionAndKeepsTheInvariants) {
     CpuBackend be;
     const int N = 29, E = 4;
     auto m = moe_config(c.router, E, c.k, c.capacity_factor, "renormalized");
-    m.priority = c.priority;
+    m.priority = parse_choice<Priority>(c.priority, "test", "priority");
     Rng rng(8);
     std::vector<float> logits(N * E);
     for (auto& x : logits) x = rng.normal();
@@ -377,7 +377,7 @@ TEST(MoeLayerOutput, IdenticalExpertsWithSoftmaxTopkScaleTheMlpByTheTopkMass) {
 }
 
 ModelConfig tiny_moe_gpt(const std::string& combine, double cf) {
-    ModelConfig m{"gpt", 256, 8, 16, 2, 2, {}};
+    ModelConfig m{Arch::Gpt, 256, 8, 16, 2, 2, {}};
     m.moe = moe_config("topk", 4, 2, cf, combine);
     m.moe.layers = "every_other";
     return m;
@@ -387,7 +387,7 @@ ModelConfig tiny_moe_gpt(const std::string& combine, double cf) {
 // combine, no capacity limit) compute the same logits: the upcycling invariant.
 TEST(MoeGpt, CopiedExpertsWithRenormalizedCombinePreserveTheDenseFunction) {
     CpuBackend be;
-    const ModelConfig dense_config{"gpt", 256, 16, 32, 2, 4, {}};
+    const ModelConfig dense_config{Arch::Gpt, 256, 16, 32, 2, 4, {}};
     ModelConfig moe_config_ = dense_config;
     moe_config_.moe = moe_config("topk", 4, 2, 0.0, "renormalized");
     Gpt dense(be, dense_config, 2), moe(be, moe_config_, 2);
@@ -478,7 +478,7 @@ TEST(MoeGpt, GradientsMatchFiniteDifferences) {
 // An MoE GPT learns the Markov text and its routing statistics add up at every step.
 TEST(MoeGpt, TrainsAndItsRoutingStatisticsAddUp) {
     CpuBackend be;
-    ModelConfig config{"gpt", 256, 32, 64, 2, 4, {}};
+    ModelConfig config{Arch::Gpt, 256, 32, 64, 2, 4, {}};
     config.moe = moe_config("topk", 4, 2, 1.25, "softmax_topk");
     const int B = 16;
     Gpt model(be, config, B);
@@ -487,7 +487,7 @@ TEST(MoeGpt, TrainsAndItsRoutingStatisticsAddUp) {
     TrainConfig train;
     train.lr = 3e-3;
     train.warmup_steps = 20;
-    train.schedule = "constant";
+    train.schedule = Schedule::Constant;
     const auto text = make_synthetic_text(1 << 17, 3);
     Rng rng(1);
     std::vector<int32_t> inputs, targets;
@@ -516,7 +516,7 @@ TEST(MoeGpt, TrainsAndItsRoutingStatisticsAddUp) {
 }
 
 TEST(MoeFlops, CountsActiveExpertsAndTheRouter) {
-    ModelConfig dense{"gpt", 256, 128, 128, 4, 4, {}};
+    ModelConfig dense{Arch::Gpt, 256, 128, 128, 4, 4, {}};
     ModelConfig moe = dense;
     moe.moe = moe_config("topk", 8, 2, 1.25, "softmax_topk");  // blocks 1 and 3
     const double C = 128;

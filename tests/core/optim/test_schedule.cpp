@@ -13,7 +13,7 @@ namespace {
 
 TEST(Schedule, RsqrtWarmsUpLinearlyThenDecaysAsInverseSquareRoot) {
     TrainConfig t;
-    t.schedule = "rsqrt";
+    t.schedule = Schedule::Rsqrt;
     t.lr = 1e-3;
     t.warmup_steps = 100;
     EXPECT_DOUBLE_EQ(learning_rate(t, 1), 1e-5);
@@ -21,12 +21,12 @@ TEST(Schedule, RsqrtWarmsUpLinearlyThenDecaysAsInverseSquareRoot) {
     EXPECT_DOUBLE_EQ(learning_rate(t, 100), 1e-3);
     EXPECT_DOUBLE_EQ(learning_rate(t, 400), 5e-4);     // sqrt(100/400) = 1/2
     EXPECT_DOUBLE_EQ(learning_rate(t, 10000), 1e-4);   // sqrt(100/10000) = 1/10
-    EXPECT_FALSE(schedule_depends_on_horizon("rsqrt"));
+    EXPECT_FALSE(schedule_depends_on_horizon(Schedule::Rsqrt));
 }
 
 TEST(Schedule, CosineReachesItsFloorAtTheHorizon) {
     TrainConfig t;
-    t.schedule = "cosine";
+    t.schedule = Schedule::Cosine;
     t.lr = 1.0;
     t.warmup_steps = 10;
     t.steps = 110;
@@ -35,12 +35,12 @@ TEST(Schedule, CosineReachesItsFloorAtTheHorizon) {
     EXPECT_NEAR(learning_rate(t, 60), 0.55, 1e-12);  // halfway: floor + (1-floor)/2
     EXPECT_NEAR(learning_rate(t, 110), 0.1, 1e-12);
     EXPECT_NEAR(learning_rate(t, 500), 0.1, 1e-12);
-    EXPECT_TRUE(schedule_depends_on_horizon("cosine"));
+    EXPECT_TRUE(schedule_depends_on_horizon(Schedule::Cosine));
 }
 
 TEST(Schedule, ConstantHoldsAfterWarmup) {
     TrainConfig t;
-    t.schedule = "constant";
+    t.schedule = Schedule::Constant;
     t.lr = 2.0;
     t.warmup_steps = 0;
     EXPECT_DOUBLE_EQ(learning_rate(t, 1), 2.0);
@@ -48,13 +48,13 @@ TEST(Schedule, ConstantHoldsAfterWarmup) {
 }
 
 TEST(Flops, MatchesTheDocumentedFormula) {
-    const ModelConfig m{"gpt", 256, 128, 128, 4, 4, {}};
+    const ModelConfig m{Arch::Gpt, 256, 128, 128, 4, 4, {}};
     // 2·(L·12·C² + V·C) + L·4·T·C
     const double forward = 2.0 * (4 * 12.0 * 128 * 128 + 256.0 * 128) + 4 * 4.0 * 128 * 128;
     EXPECT_DOUBLE_EQ(flops_per_token(m).forward, forward);
     EXPECT_DOUBLE_EQ(flops_per_token(m).training, 3 * forward);
     // GPT-2 small: 124.4M parameters with the padded 50304 vocabulary
-    const ModelConfig gpt2{"gpt", 50304, 1024, 768, 12, 12, {}};
+    const ModelConfig gpt2{Arch::Gpt, 50304, 1024, 768, 12, 12, {}};
     EXPECT_EQ(parameter_count(gpt2), 124475904);
 }
 
@@ -69,7 +69,7 @@ TEST(Flops, VitCountsImageTokensPatchEmbeddingAndHead) {
     EXPECT_EQ(parameter_count(m), static_cast<int64_t>(Vit(backend, m, 1).num_parameters()));
     ModelConfig moe = m;
     moe.moe.experts = 4;
-    moe.moe.router = "expert_choice";
+    moe.moe.router = RouterKind::ExpertChoice;
     EXPECT_EQ(parameter_count(moe), static_cast<int64_t>(Vit(backend, moe, 1).num_parameters()));
     // expert choice at capacity factor 2: two expert MLPs per token in blocks 1, 3, 5
     const double moe_forward = forward + 2.0 * 3 * (8 * C * C + 4 * C);

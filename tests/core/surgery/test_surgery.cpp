@@ -15,6 +15,7 @@
 #include "core/checkpoint.h"
 #include "core/errors.h"
 #include "core/model/gpt.h"
+#include "core/surgery/continuation.h"
 #include "core/surgery/scratch.h"
 #include "core/surgery/upcycle.h"
 #include "core/surgery/warmstart.h"
@@ -107,11 +108,11 @@ TEST_F(Surgery, DenseFixtureHasOptimizerStateAndNontrivialBiases) {
 TEST_F(Surgery, UpcycleCopyMakesExactExpertsAndCopiesEverythingElse) {
     UpcycleOptions o = options(8);
     o.moe.k = 2;
-    o.moe.combine = "renormalized";
+    o.moe.combine = Combine::Renormalized;
     const Checkpoint moe = upcycle_checkpoint(dense(), o);
 
     EXPECT_EQ(moe.config.model.moe.experts, 8);
-    EXPECT_EQ(moe.config.model.moe.combine, "renormalized");
+    EXPECT_EQ(to_string(moe.config.model.moe.combine), "renormalized");
     EXPECT_EQ(moe.config.model.moe.layers, "every_other");
     EXPECT_EQ(moe_layer_indices(moe.config.model), (std::vector<int>{1, 3}));
     EXPECT_EQ(to_json(moe.config)["train"], to_json(dense().config)["train"]);
@@ -429,10 +430,44 @@ TEST_F(Surgery, ScratchIsRandomDeterministicAndStartsAtStepZero) {
 
 // Upcycling with copied experts, renormalised top-k combine and no capacity limit preserves the
 // dense model's function: the same logits at step 0.
+// make_continuation routes each method to its surgery with that method's options, and dense
+// continuation to the parent itself.
+TEST_F(Surgery, MakeContinuationRoutesEachMethodToItsSurgery) {
+    ContinuationOptions o;
+    o.upcycle = options(4);
+    o.scratch.moe = options(2).moe;
+    o.scratch.seed = 5;
+    o.warmstart.depth_multiplier = 3;
+    o.warmstart.tiling = "interleave";
+
+    const Checkpoint dense_copy = make_continuation(Method::Dense, o, dense(), backend_);
+    EXPECT_FALSE(makes_new_checkpoint(Method::Dense));
+    EXPECT_EQ(dense_copy.file.order, dense().file.order);
+    EXPECT_EQ(dense_copy.file.tensors.at("wte.weight").data, dense_tensor("wte.weight"));
+
+    const Checkpoint up = make_continuation(Method::Upcycle, o, dense(), backend_);
+    const Checkpoint direct = upcycle_checkpoint(dense(), o.upcycle);
+    EXPECT_EQ(up.config.model.moe.experts, 4);
+    EXPECT_EQ(up.file.order, direct.file.order);
+    EXPECT_EQ(tensor(up, block(1) + "mlp.router.weight"), tensor(direct, block(1) + "mlp.router.weight"));
+
+    const Checkpoint scratch = make_continuation(Method::Scratch, o, dense(), backend_);
+    EXPECT_EQ(scratch.config.model.moe.experts, 2);
+    EXPECT_EQ(scratch.state.step, 0);
+    EXPECT_EQ(tensor(scratch, "wte.weight"),
+              tensor(scratch_checkpoint(dense(), o.scratch.moe, 5, backend_), "wte.weight"));
+
+    const Checkpoint deeper = make_continuation(Method::Warmstart, o, dense(), backend_);
+    EXPECT_EQ(deeper.config.model.layers, 3 * kLayers);
+    // interleave: block 1 of the deeper model is a copy of block 0
+    EXPECT_EQ(tensor(deeper, block(1) + "mlp.fc.weight"), dense_tensor(block(0) + "mlp.fc.weight"));
+    EXPECT_TRUE(makes_new_checkpoint(Method::Warmstart));
+}
+
 TEST_F(Surgery, UpcycledCopyPreservesTheDenseFunction) {
     UpcycleOptions o = options(4);
     o.moe.k = 2;
-    o.moe.combine = "renormalized";
+    o.moe.combine = Combine::Renormalized;
     o.moe.capacity_factor = 0;
     o.moe.eval_capacity_factor = 0;
     for (const std::string layers : {"every_other", "all"}) {
@@ -485,7 +520,7 @@ TEST_F(Surgery, Refusals) {
               "model.moe.experts");
     {
         UpcycleOptions o = options(4);
-        o.moe.router = "expert_choice";
+        o.moe.router = RouterKind::ExpertChoice;
         const auto e = user_error([&] { upcycle_checkpoint(dense(), o); });
         EXPECT_EQ(e.key(), "model.moe.router");
         EXPECT_NE(std::string(e.what()).find("leaks the future"), std::string::npos) << e.what();

@@ -35,8 +35,8 @@ constexpr int kExperts = 4;
 RunConfig dense_vit_config() {
     RunConfig c;
     c.name = "vit-dense";
-    c.model = ModelConfig{.arch = "vit", .channels = 32, .layers = 2, .heads = 2, .moe = {}, .patch = 7};
-    c.data.source = "fashion_mnist";
+    c.model = ModelConfig{.arch = Arch::Vit, .channels = 32, .layers = 2, .heads = 2, .moe = {}, .patch = 7};
+    c.data.source = DataSource::FashionMnist;
     c.data.validation_images = 100;
     c.train.batch_size = kBatch;
     c.train.steps = 10;
@@ -123,11 +123,11 @@ protected:
         UpcycleOptions o;
         o.moe.experts = kExperts;
         o.moe.layers = "all";  // every MLP becomes an MoE: the strictest check
-        o.moe.router = router;
+        o.moe.router = parse_choice<RouterKind>(router, "test", "router");
         o.moe.k = 2;
         o.moe.capacity_factor = cf;
         o.moe.eval_capacity_factor = cf;
-        o.moe.combine = combine;
+        o.moe.combine = parse_choice<Combine>(combine, "test", "combine");
         o.router_init = "normal";
         o.expert_init = "copy";
         o.seed = 3;
@@ -169,7 +169,7 @@ TEST_F(VitSurgery, ExpertChoiceAtCapacityFactorEEqualsTheDenseParent) {
     for (const std::string combine : {"renormalized", "softmax_topk"}) {
         const Checkpoint moe = upcycle_checkpoint(
             *dense_, upcycle_options("expert_choice", static_cast<double>(kExperts), combine));
-        EXPECT_EQ(moe.config.model.moe.router, "expert_choice");
+        EXPECT_EQ(to_string(moe.config.model.moe.router), "expert_choice");
         const float d = max_abs_diff(logits_of(moe, "ec_" + combine), *dense_logits_);
         RecordProperty("max_abs_diff_" + combine, sci(d));
         EXPECT_LT(d, 1e-5f) << combine << ": max |Δ logits| = " << d;
@@ -210,12 +210,12 @@ TEST_F(VitSurgery, WarmstartLoadsRunsAndKeepsTheNonBlockTensors) {
 TEST_F(VitSurgery, ScratchLoadsAndRuns) {
     MoeConfig moe;
     moe.experts = kExperts;
-    moe.router = "expert_choice";
+    moe.router = RouterKind::ExpertChoice;
     moe.capacity_factor = 2.0;
     moe.eval_capacity_factor = 2.0;
     const Checkpoint scratch = scratch_checkpoint(*dense_, moe, 9, backend_);
     EXPECT_EQ(scratch.config.model.moe.experts, kExperts);
-    EXPECT_EQ(scratch.config.model.arch, "vit");
+    EXPECT_EQ(to_string(scratch.config.model.arch), "vit");
     EXPECT_EQ(scratch.state.step, 0);
     EXPECT_FALSE(scratch.has_optimizer);
     EXPECT_EQ(scratch.state.data_rng, dense_->state.data_rng);

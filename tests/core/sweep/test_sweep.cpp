@@ -27,13 +27,13 @@ std::string error_of(const std::string& yaml, const std::vector<std::string>& ov
 
 std::map<std::string, int> count_methods(const std::vector<PlannedTrial>& trials) {
     std::map<std::string, int> counts;
-    for (const auto& t : trials) ++counts[t.method];
+    for (const auto& t : trials) ++counts[to_string(t.method)];
     return counts;
 }
 
 const PlannedTrial& find_method(const std::vector<PlannedTrial>& trials, const std::string& method) {
     for (const auto& t : trials) {
-        if (t.method == method) return t;
+        if (to_string(t.method) == method) return t;
     }
     throw std::runtime_error("no " + method + " trial");
 }
@@ -45,12 +45,12 @@ void expect_well_formed(const std::vector<PlannedTrial>& trials) {
         EXPECT_EQ(t.hash, trial_hash(t.config));
         EXPECT_EQ(t.hash.size(), 64u);
         EXPECT_TRUE(by_hash.emplace(t.hash, &t).second) << "duplicate " << t.hash;
-        if (t.method == "pretrain") {
+        if (t.method == Method::Pretrain) {
             EXPECT_TRUE(t.parent_hash.empty());
             EXPECT_TRUE(t.milestones.empty());
         } else {
             ASSERT_TRUE(by_hash.count(t.parent_hash)) << t.method << " before its parent";
-            EXPECT_EQ(by_hash[t.parent_hash]->method, "pretrain");
+            EXPECT_EQ(by_hash[t.parent_hash]->method, Method::Pretrain);
             EXPECT_EQ(t.config["parent"], t.parent_hash);
             ASSERT_FALSE(t.milestones.empty());
             EXPECT_TRUE(std::is_sorted(t.milestones.begin(), t.milestones.end()));
@@ -113,13 +113,13 @@ TEST(Sweep, ReadsSectionsAndFillsThePapersDefaults) {
     EXPECT_EQ(p.pretrain.model.channels, 128);  // gpt-tiny
     EXPECT_EQ(p.pretrain.train.batch_size, 4);
     EXPECT_EQ(p.pretrain.train.steps, 100);
-    EXPECT_EQ(p.pretrain.train.schedule, "rsqrt");
-    EXPECT_EQ(p.budget_unit, "flops");
+    EXPECT_EQ(to_string(p.pretrain.train.schedule), "rsqrt");
+    EXPECT_EQ(to_string(p.budget_unit), "flops");
     EXPECT_EQ(p.budgets, (std::vector<double>{10, 50}));
     const auto up = upcycle_options_from_json(p.methods["upcycle"]);
     EXPECT_EQ(up.moe.experts, 8);
     EXPECT_EQ(up.moe.k, 2);
-    EXPECT_EQ(up.moe.router, "topk");
+    EXPECT_EQ(to_string(up.moe.router), "topk");
     EXPECT_EQ(up.moe.layers, "every_other");
     EXPECT_EQ(up.expert_init, "copy");
     EXPECT_EQ(up.router_init, "normal");
@@ -252,7 +252,7 @@ TEST(Sweep, HashesAreStable) {
     // sure that is intended (old results will not be reused), then update the literals.
     const auto trials = plan_sweep(parse_sweep(kTiny, "tiny.yaml"));
     ASSERT_EQ(trials.size(), 5u);
-    EXPECT_EQ(trials[0].method, "pretrain");
+    EXPECT_EQ(to_string(trials[0].method), "pretrain");
     EXPECT_EQ(trials[0].hash, "1fbafd96c88b20512193d39fa407df0bc483de35c7c54f4cf416803b6184def5");
     EXPECT_EQ(find_method(trials, "upcycle").hash,
               "7c6d2cb1ebad31173d9c05076891be96690692fc7360e848cdb3ef662cb10dcd");
@@ -272,7 +272,7 @@ TEST(Sweep, SharedPretrainingCollapsesToOneTrial) {
               (std::map<std::string, int>{{"pretrain", 1}, {"dense", 1}, {"upcycle", 3},
                                           {"scratch", 3}, {"warmstart", 1}}));
     for (const auto& t : trials) {
-        if (t.method != "pretrain") {
+        if (t.method != Method::Pretrain) {
             EXPECT_EQ(t.parent_hash, trials[0].hash);
         }
     }
@@ -291,8 +291,8 @@ TEST(Sweep, HorizonFreeScheduleMakesOneTrialPerMethodAndScratchRunsLonger) {
               (std::map<std::string, int>{{"pretrain", 1}, {"dense", 1}, {"upcycle", 1},
                                           {"scratch", 1}, {"warmstart", 1}}));
     for (const auto& t : trials) {
-        if (t.method == "pretrain") continue;
-        if (t.method == "scratch") {
+        if (t.method == Method::Pretrain) continue;
+        if (t.method == Method::Scratch) {
             EXPECT_EQ(t.milestones, (std::vector<double>{10, 50, 150}));
             EXPECT_DOUBLE_EQ(t.horizon_percent, 150);
         } else {
@@ -311,9 +311,9 @@ TEST(Sweep, CosineMakesOneTrialPerBudget) {
                                           {"scratch", 3}, {"warmstart", 2}}));
     std::set<double> scratch_horizons;
     for (const auto& t : trials) {
-        if (t.method == "pretrain") continue;
+        if (t.method == Method::Pretrain) continue;
         ASSERT_EQ(t.milestones.size(), 1u);
-        if (t.method == "scratch") scratch_horizons.insert(t.horizon_percent);
+        if (t.method == Method::Scratch) scratch_horizons.insert(t.horizon_percent);
     }
     EXPECT_EQ(scratch_horizons, (std::set<double>{10, 50, 150}));
     EXPECT_NE(error_of(kTiny, {"train.schedule=cosine", "budget_unit=seconds"}).find("horizon"),
@@ -357,6 +357,49 @@ TEST(Sweep, BudgetsInStepsFlopsAndSeconds) {
     const auto timed = plan_sweep(parse_sweep(kTiny, "t.yaml", {"budget_unit=seconds"}));
     EXPECT_FALSE(steps_for_budget(find_method(timed, "upcycle"), timed[0], 10).has_value());
     EXPECT_EQ(find_method(timed, "upcycle").config["run"]["train"]["steps"], 0);
+}
+
+// What the executor reads back from the store equals what was planned, and the trainer's
+// milestones are the budgets in steps on the trial's own step counter (or in seconds).
+TEST(Sweep, PlannedTrialsReadBackAndGiveTheirMilestones) {
+    for (const std::string unit : {"flops", "steps", "seconds"}) {
+        SCOPED_TRACE(unit);
+        const auto trials = plan_sweep(parse_sweep(kTiny, "t.yaml", {"budget_unit=" + unit}));
+        for (const PlannedTrial& t : trials) {
+            const PlannedTrial back = planned_trial(t.hash, t.config);
+            EXPECT_EQ(back.method, t.method);
+            EXPECT_EQ(back.parent_hash, t.parent_hash);
+            EXPECT_EQ(back.budget_unit, t.budget_unit);
+            EXPECT_EQ(back.milestones, t.milestones);
+            EXPECT_EQ(back.horizon_percent, t.horizon_percent);
+            if (t.method == Method::Pretrain) continue;
+            const auto milestones = trial_milestones(back, trials[0], 7.0);
+            ASSERT_EQ(milestones.size(), t.milestones.size());
+            const int64_t base = t.method == Method::Scratch ? 0 : 100;
+            for (std::size_t i = 0; i < milestones.size(); ++i) {
+                EXPECT_EQ(milestones[i].percent, t.milestones[i]);
+                if (unit == "seconds") {
+                    EXPECT_EQ(milestones[i].step, -1);
+                    EXPECT_DOUBLE_EQ(milestones[i].seconds, t.milestones[i] / 100.0 * 7.0);
+                } else {
+                    EXPECT_EQ(milestones[i].step,
+                              base + *steps_for_budget(back, trials[0], t.milestones[i]));
+                    EXPECT_LT(milestones[i].seconds, 0);
+                }
+            }
+            // the last milestone is where the trial's run ends
+            if (unit != "seconds") EXPECT_EQ(milestones.back().step, trial_run_config(t).train.steps);
+        }
+    }
+    nlohmann::json bad = plan_sweep(parse_sweep(kTiny, "t.yaml"))[1].config;
+    bad["method"] = "upcycel";
+    try {
+        planned_trial("abc", bad);
+        ADD_FAILURE() << "accepted an unknown method";
+    } catch (const UserError& e) {
+        EXPECT_EQ(e.key(), "method");
+        EXPECT_NE(std::string(e.what()).find("did you mean 'upcycle'"), std::string::npos) << e.what();
+    }
 }
 
 // ---- errors ---------------------------------------------------------------------------------

@@ -176,7 +176,7 @@ TEST(Bf16, TinyGptTrainsCloseToFp32) {
     testing::TempDir dir;
     auto run = [&](const std::string& precision) {
         RunConfig config = testing::tiny_synthetic_config();
-        config.train.precision = precision;
+        config.train.precision = parse_choice<Precision>(precision, "test", "train.precision");
         std::vector<double> losses;
         TrainObserver observer;
         observer.on_step = [&](const StepRecord& r) { losses.push_back(r.loss); };
@@ -184,7 +184,7 @@ TEST(Bf16, TinyGptTrainsCloseToFp32) {
         options.out_dir = dir / precision;
         CpuBackend backend;
         const TrainSummary summary = train(backend, config, options, observer);
-        EXPECT_EQ(backend.precision(), parse_precision(precision, "test", "train.precision"));  // the trainer set it
+        EXPECT_EQ(backend.precision(), config.train.precision);  // the trainer set it
         losses.push_back(summary.final_eval->loss);
         return losses;
     };

@@ -158,7 +158,7 @@ void expect_gpt_parity(Gpt& cpu_model, Gpt& cuda_model, const TextBatch& batch, 
 }
 
 TEST_F(CudaModelParity, TinyGpt) {
-    const ModelConfig config{"gpt", 256, 16, 32, 2, 2, {}};
+    const ModelConfig config{Arch::Gpt, 256, 16, 32, 2, 2, {}};
     const int B = 4;
     Gpt cpu_model(cpu_, config, B);
     Gpt cuda_model(*cuda_, config, B);
@@ -201,9 +201,9 @@ void expect_same_routing(const RoutingDecision& cpu, const RoutingDecision& cuda
 }
 
 TEST_F(CudaModelParity, MoeGptTopK) {
-    ModelConfig config{"gpt", 256, 16, 32, 2, 2, {}};
+    ModelConfig config{Arch::Gpt, 256, 16, 32, 2, 2, {}};
     config.moe.experts = 4;
-    config.moe.router = "topk";
+    config.moe.router = RouterKind::TopK;
     config.moe.k = 2;
     config.moe.layers = "every_other";  // block 1
     config.moe.capacity_factor = 1.0;   // capacity N/2 per expert: some assignments dropped
@@ -244,7 +244,7 @@ TEST_F(CudaModelParity, MoeGptTopK) {
 
 TEST_F(CudaModelParity, TinyVit) {
     const ModelConfig config{
-        .arch = "vit", .channels = 16, .layers = 2, .heads = 2, .moe = {}, .patch = 7};
+        .arch = Arch::Vit, .channels = 16, .layers = 2, .heads = 2, .moe = {}, .patch = 7};
     const int B = 3;
     Vit cpu_model(cpu_, config, B);
     Vit cuda_model(*cuda_, config, B);
@@ -304,9 +304,9 @@ TEST_F(CudaModelParity, UpcycledGptKeepsTheDenseLossOnTheGpu) {
     const Checkpoint dense = read_checkpoint(dir / "dense.safetensors");
     UpcycleOptions options;
     options.moe.experts = kExperts;
-    options.moe.router = "topk";
+    options.moe.router = RouterKind::TopK;
     options.moe.k = 2;
-    options.moe.combine = "renormalized";
+    options.moe.combine = Combine::Renormalized;
     options.moe.capacity_factor = 0;
     options.moe.eval_capacity_factor = 0;
     options.moe.layers = "every_other";

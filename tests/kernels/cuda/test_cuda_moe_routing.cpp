@@ -80,10 +80,10 @@ MoeConfig moe_config(const std::string& router, int E, int k, const std::string&
                      const std::string& combine, double cf) {
     MoeConfig m;
     m.experts = E;
-    m.router = router;
+    m.router = parse_choice<RouterKind>(router, "test", "router");
     m.k = k;
-    m.priority = priority;
-    m.combine = combine;
+    m.priority = parse_choice<Priority>(priority, "test", "priority");
+    m.combine = parse_choice<Combine>(combine, "test", "combine");
     m.capacity_factor = cf;
     m.eval_capacity_factor = cf;
     m.aux_loss_coef = kAuxLossCoef;
@@ -99,9 +99,9 @@ struct RuleCase {
 
     MoeRouting rule(int N) const { return routing_rule(moe, N, cf, pad_rows); }
     std::string name(int N) const {
-        return moe.router +
-               (moe.router == "topk" ? " k=" + std::to_string(moe.k) + " " + moe.priority : "") +
-               " " + moe.combine + " cf=" + std::to_string(cf) +
+        return to_string(moe.router) +
+               (moe.router == RouterKind::TopK ? " k=" + std::to_string(moe.k) + " " + to_string(moe.priority) : "") +
+               " " + to_string(moe.combine) + " cf=" + std::to_string(cf) +
                (pad_rows ? " padded" : " compact") + " E=" + std::to_string(moe.experts) +
                " N=" + std::to_string(N);
     }

@@ -157,7 +157,7 @@ RunConfig gpt_config(int64_t steps, const std::string& precision) {
     RunConfig c = tiny_synthetic_config();
     c.train.steps = steps;
     c.train.log_every = 1;
-    c.train.precision = precision;
+    c.train.precision = parse_choice<Precision>(precision, "test", "train.precision");
     validate(c, "test");
     return c;
 }

@@ -1,0 +1,97 @@
+#include "runner/trial_recorder.h"
+
+#include <fmt/format.h>
+
+#include "runner/store/store.h"  // sha256_file
+
+namespace upcycle {
+
+namespace {
+
+// Metric rows are written in batches of about this many (one transaction each).
+constexpr std::size_t kMetricBatch = 256;
+
+}  // namespace
+
+nlohmann::json evaluation_metrics(const EvalResult& result) {
+    nlohmann::json metrics{{"val_loss", result.loss}, {"val_accuracy", result.accuracy}};
+    for (const auto& [key, value] : result.extra) metrics[key] = value;
+    return metrics;
+}
+
+TrialRecorder::TrialRecorder(Store& store, int64_t trial_id, const TrainingState& origin,
+                             std::function<void(const std::string&)> on_milestone_text)
+    : store_(store), trial_id_(trial_id), origin_(origin),
+      on_milestone_text_(std::move(on_milestone_text)) {}
+
+void TrialRecorder::flush() {
+    if (!metrics_.empty()) store_.add_metrics(trial_id_, metrics_);
+    if (!routing_.empty()) store_.add_routing(trial_id_, routing_);
+    metrics_.clear();
+    routing_.clear();
+}
+
+// every metric of an evaluation, as a series point each
+void TrialRecorder::push_evaluation(const EvalRecord& r) {
+    const double flops = own_flops(r.flops), seconds = own_seconds(r.seconds);
+    const nlohmann::json metrics = evaluation_metrics(r.result);
+    for (const auto& [key, value] : metrics.items()) {
+        metrics_.push_back({key, r.step, flops, seconds, value.get<double>()});
+    }
+}
+
+TrainObserver TrialRecorder::observer() {
+    TrainObserver observer;
+    observer.on_step = [this](const StepRecord& r) {
+        const double flops = own_flops(r.flops), seconds = own_seconds(r.seconds);
+        metrics_.push_back({"train_loss", r.step, flops, seconds, r.loss});
+        metrics_.push_back({"lr", r.step, flops, seconds, r.lr});
+        metrics_.push_back({"grad_norm", r.step, flops, seconds, r.grad_norm});
+        if (!r.moe_layers.empty()) metrics_.push_back({"aux_loss", r.step, flops, seconds, r.aux_loss});
+        for (std::size_t i = 0; i < r.routing.size(); ++i) {
+            const auto& s = r.routing[i];
+            routing_.push_back({r.step, r.moe_layers[i], nlohmann::json(s.tokens_per_expert),
+                                s.dropped_fraction, s.router_entropy, s.aux_loss, s.z_loss});
+        }
+        if (metrics_.size() >= kMetricBatch) flush();
+    };
+    observer.on_eval = [this](const EvalRecord& r) {
+        push_evaluation(r);
+        flush();
+    };
+    observer.on_milestone = [this](const Milestone& m, const EvalRecord& r) {
+        store_.add_evaluation(trial_id_, m.percent, r.step, own_flops(r.flops), own_seconds(r.seconds),
+                              evaluation_metrics(r.result));
+        push_evaluation(r);
+        flush();
+        if (on_milestone_text_) {
+            on_milestone_text_(fmt::format("budget {:g}% reached at step {}: val_loss {:.4f}",
+                                           m.percent, r.step, r.result.loss));
+        }
+    };
+    observer.on_checkpoint = [this](const std::filesystem::path&, int64_t) { flush(); };
+    return observer;
+}
+
+void TrialRecorder::finish(const TrainSummary& summary, bool record_final_evaluation,
+                           const std::filesystem::path& checkpoint,
+                           const nlohmann::json& provenance) {
+    flush();
+    const double flops = own_flops(summary.state.flops);
+    const double seconds = own_seconds(summary.state.seconds);
+    if (record_final_evaluation) {
+        store_.add_evaluation(trial_id_, 0, summary.state.step, flops, seconds,
+                              evaluation_metrics(*summary.final_eval));
+    }
+    store_.add_artifact(trial_id_, "checkpoint", checkpoint.string(),
+                        static_cast<int64_t>(std::filesystem::file_size(checkpoint)),
+                        sha256_file(checkpoint));
+    TrialProgress totals;
+    totals.step = summary.state.step;
+    totals.flops = flops;
+    totals.seconds = seconds;
+    totals.tokens = summary.state.tokens - origin_.tokens;
+    store_.finish(trial_id_, totals, provenance);
+}
+
+}  // namespace upcycle

@@ -1,0 +1,60 @@
+#pragma once
+// The wiring from a training run to the store: a TrialRecorder hands train() an observer
+// whose callbacks stream the trial's metric series (train_loss, lr, grad_norm, aux_loss and
+// every evaluation metric), routing statistics and budget-milestone evaluations into the
+// store, and records the finished trial (its final evaluation for a pretraining, the
+// checkpoint artifact, the totals and the provenance). Every figure it stores counts the
+// trial's own compute: FLOPs and seconds since `origin`, the state it started from.
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/train.h"
+#include "runner/store/store.h"
+
+namespace upcycle {
+
+class TrialRecorder {
+public:
+    // on_milestone_text: a line for people when a budget milestone is evaluated.
+    TrialRecorder(Store& store, int64_t trial_id, const TrainingState& origin,
+                  std::function<void(const std::string&)> on_milestone_text);
+    TrialRecorder(const TrialRecorder&) = delete;
+    TrialRecorder& operator=(const TrialRecorder&) = delete;
+
+    // Callbacks that record into the store (on_message is left for the caller). It refers to
+    // this recorder, which must outlive the training run.
+    TrainObserver observer();
+
+    // Writes what is still buffered (metric rows go in batches, one transaction each).
+    void flush();
+
+    // After a completed run: the final evaluation as budget 0 when the trial is a pretraining
+    // (`summary.final_eval`), the checkpoint as an artifact, and the trial done with its totals.
+    void finish(const TrainSummary& summary, bool record_final_evaluation,
+                const std::filesystem::path& checkpoint, const nlohmann::json& provenance);
+
+    // The trial's own FLOPs and seconds at a cumulative point of the run.
+    double own_flops(double flops) const { return flops - origin_.flops; }
+    double own_seconds(double seconds) const { return seconds - origin_.seconds; }
+
+private:
+    void push_evaluation(const EvalRecord& record);
+
+    Store& store_;
+    int64_t trial_id_;
+    TrainingState origin_;
+    std::function<void(const std::string&)> on_milestone_text_;
+    std::vector<MetricRow> metrics_;
+    std::vector<RoutingRow> routing_;
+};
+
+// An evaluation as stored: val_loss, val_accuracy and whatever else the task measured
+// (a ViT's test_accuracy and few-shot probe accuracies at milestones and at the end).
+nlohmann::json evaluation_metrics(const EvalResult& result);
+
+}  // namespace upcycle
