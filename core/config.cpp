@@ -13,6 +13,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include "core/errors.h"
+#include "core/yaml_input.h"
 
 namespace upcycle {
 
@@ -113,12 +114,6 @@ std::string type_name() {
     else return "an integer";
 }
 
-std::string line_of(const YAML::Node& node) {
-    const auto mark = node.Mark();
-    if (mark.line < 0) return "";
-    return " (line " + std::to_string(mark.line + 1) + ")";
-}
-
 template <class T>
 T yaml_scalar(const YAML::Node& node, const std::string& key, const std::string& source) {
     if (!node.IsScalar()) {
@@ -126,17 +121,8 @@ T yaml_scalar(const YAML::Node& node, const std::string& key, const std::string&
     }
     try {
         if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
-            // yaml-cpp reads "1e3" as no integer type; accept integral-valued numbers too.
-            try {
-                return node.as<T>();
-            } catch (const YAML::BadConversion&) {
-                const double value = node.as<double>();
-                const bool integral = std::floor(value) == value;
-                const bool in_range = value >= static_cast<double>(std::numeric_limits<T>::min()) &&
-                                      value <= static_cast<double>(std::numeric_limits<T>::max());
-                if (!integral || !in_range) throw;
-                return static_cast<T>(value);
-            }
+            if (const auto value = integral_value<T>(node)) return *value;
+            throw YAML::BadConversion(node.Mark());
         } else {
             return node.as<T>();
         }
@@ -145,14 +131,6 @@ T yaml_scalar(const YAML::Node& node, const std::string& key, const std::string&
                         "expected " + type_name<T>() + ", found '" + node.Scalar() +
                             "'" + line_of(node));
     }
-}
-
-std::vector<std::string> split(const std::string& text, char sep) {
-    std::vector<std::string> parts;
-    std::string part;
-    std::istringstream in(text);
-    while (std::getline(in, part, sep)) parts.push_back(part);
-    return parts;
 }
 
 template <class Section>
@@ -249,37 +227,6 @@ void section_from_json(const nlohmann::json& fields, Section& section, const std
     });
 }
 
-// Sets root[a][b]... = value for "a.b...=value"; the value is parsed as YAML.
-void apply_override(YAML::Node& root, const std::string& assignment, const std::string& source) {
-    const auto eq = assignment.find('=');
-    if (eq == std::string::npos || eq == 0) {
-        throw UserError(source, assignment, "an override must look like key.path=value");
-    }
-    const std::string path = assignment.substr(0, eq);
-    const std::string value = assignment.substr(eq + 1);
-    const auto keys = split(path, '.');
-    YAML::Node parsed;
-    try {
-        parsed = YAML::Load(value);
-    } catch (const YAML::Exception& e) {
-        throw UserError(source, path, "cannot parse override value '" + value + "'");
-    }
-    // yaml-cpp nodes are references: walk with fresh handles via recursion on copies.
-    std::vector<YAML::Node> chain{root};
-    for (std::size_t i = 0; i + 1 < keys.size(); ++i) {
-        YAML::Node next = chain.back()[keys[i]];
-        if (!next || next.IsNull()) {
-            chain.back()[keys[i]] = YAML::Node(YAML::NodeType::Map);
-            next = chain.back()[keys[i]];
-        }
-        if (!next.IsMap()) {
-            throw UserError(source, path, "'" + keys[i] + "' is not a section");
-        }
-        chain.push_back(next);
-    }
-    chain.back()[keys.back()] = parsed;
-}
-
 RunConfig read_run_config(const YAML::Node& root, const std::string& source) {
     RunConfig config;
     if (!root || root.IsNull()) return config;
@@ -319,14 +266,12 @@ RunConfig read_run_config(const YAML::Node& root, const std::string& source) {
 
 RunConfig parse_run_config(const std::string& yaml_text, const std::string& source,
                            const std::vector<std::string>& overrides) {
-    YAML::Node root;
-    try {
-        root = YAML::Load(yaml_text);
-    } catch (const YAML::ParserException& e) {
-        throw UserError(source, "", "not valid YAML: " + std::string(e.what()));
+    YAML::Node root = parse_yaml_mapping(yaml_text, source);
+    for (const auto& assignment : overrides) {
+        const Override o = parse_override(assignment);
+        // reset() rebinds the handle; `=` would overwrite the node it shares with the tree
+        root.reset(with_value(root, split_dotted(o.key), 0, o.value, "--set", /*unmarked_key=*/true));
     }
-    if (!root || root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
-    for (const auto& assignment : overrides) apply_override(root, assignment, "--set");
     RunConfig config = read_run_config(root, source);
     validate(config, source);
     return config;
@@ -340,11 +285,7 @@ RunConfig run_config_from_yaml(const YAML::Node& root, const std::string& source
 
 RunConfig load_run_config(const std::filesystem::path& file,
                           const std::vector<std::string>& overrides) {
-    std::ifstream in(file);
-    if (!in) throw UserError(file.string(), "", "cannot open the config file");
-    std::stringstream text;
-    text << in.rdbuf();
-    return parse_run_config(text.str(), file.string(), overrides);
+    return parse_run_config(read_yaml_file(file, "config"), file.string(), overrides);
 }
 
 nlohmann::json to_json(const RunConfig& config_in) {
@@ -450,7 +391,8 @@ namespace {
 // trailing spaces allowed).
 std::optional<std::vector<int>> parse_int_list(const std::string& text) {
     std::vector<int> values;
-    for (const auto& part : split(text, ',')) {
+    std::istringstream in(text);
+    for (std::string part; std::getline(in, part, ',');) {
         std::size_t used = 0;
         int value = 0;
         try {

@@ -13,6 +13,7 @@
 #include "core/flops.h"
 #include "core/optim/schedule.h"
 #include "core/sweep/sha256.h"
+#include "core/yaml_input.h"
 
 namespace upcycle {
 
@@ -39,13 +40,6 @@ const char* const kModelMoeHint =
 
 // ---- small helpers ------------------------------------------------------------------------
 
-std::string line_of(const YAML::Node& node) {
-    if (!node.IsDefined()) return "";
-    const auto mark = node.Mark();
-    if (mark.line < 0) return "";
-    return " (line " + std::to_string(mark.line + 1) + ")";
-}
-
 // The message of a UserError without the "file: 'key': " prefix it composes.
 std::string message_of(const UserError& e) {
     std::string prefix;
@@ -53,15 +47,6 @@ std::string message_of(const UserError& e) {
     if (!e.key().empty()) prefix += "'" + e.key() + "': ";
     const std::string what = e.what();
     return what.rfind(prefix, 0) == 0 ? what.substr(prefix.size()) : what;
-}
-
-std::vector<std::string> split(const std::string& text, char sep) {
-    std::vector<std::string> parts;
-    std::string part;
-    std::istringstream in(text);
-    while (std::getline(in, part, sep)) parts.push_back(part);
-    if (!text.empty() && text.back() == sep) parts.emplace_back();
-    return parts;
 }
 
 std::string join(const std::vector<std::string>& parts, const std::string& sep) {
@@ -115,56 +100,6 @@ YAML::Node child(const YAML::Node& map, const std::string& key) {
 
 bool present(const YAML::Node& node) { return node.IsDefined() && !node.IsNull(); }
 
-// A copy of `node` with no source marks: values from --set have no line in the file.
-YAML::Node without_marks(const YAML::Node& node) {
-    switch (node.Type()) {
-        case YAML::NodeType::Scalar: return YAML::Node(node.Scalar());
-        case YAML::NodeType::Sequence: {
-            YAML::Node out(YAML::NodeType::Sequence);
-            for (const auto& item : node) out.push_back(without_marks(item));
-            return out;
-        }
-        case YAML::NodeType::Map: {
-            YAML::Node out(YAML::NodeType::Map);
-            for (const auto& entry : node) out[key_text(entry.first)] = without_marks(entry.second);
-            return out;
-        }
-        default: return YAML::Node();
-    }
-}
-
-// A copy of the tree with tree[keys[0]][keys[1]]… = value; `tree` itself is unchanged.
-// YAML::Clone keeps every node's line, so errors still point into the file. (Sharing nodes
-// between trees, or inserting with a Node as key, crashes yaml-cpp 0.7: its memory holders
-// are not merged by force_insert and Node-key lookups convert every key.) With unmarked_key
-// the last key is a new node without a line (for --set: errors about the key then name no
-// line of the file).
-YAML::Node with_value(const YAML::Node& tree, const std::vector<std::string>& keys, std::size_t i,
-                      const YAML::Node& value, const std::string& source, bool unmarked_key = false) {
-    if (i == keys.size()) return value;
-    if (present(tree) && !tree.IsMap()) {
-        std::vector<std::string> head(keys.begin(), keys.begin() + static_cast<std::ptrdiff_t>(i));
-        throw UserError(source, join(head, "."), "expected a mapping" + line_of(tree));
-    }
-    YAML::Node root = present(tree) ? YAML::Clone(tree) : YAML::Node(YAML::NodeType::Map);
-    YAML::Node current;
-    current.reset(root);
-    for (std::size_t j = i; j + 1 < keys.size(); ++j) {
-        YAML::Node next = current[keys[j]];
-        if (!present(next)) {
-            current[keys[j]] = YAML::Node(YAML::NodeType::Map);
-        } else if (!next.IsMap()) {
-            std::vector<std::string> head(keys.begin(), keys.begin() + static_cast<std::ptrdiff_t>(j + 1));
-            throw UserError(source, join(head, "."), "expected a mapping" + line_of(next));
-        }
-        YAML::Node child_node = current[keys[j]];
-        current.reset(child_node);
-    }
-    if (unmarked_key) current.remove(keys.back());
-    current[keys.back()] = YAML::Clone(value);
-    return root;
-}
-
 std::string flow_text(const YAML::Node& node) {
     if (node.IsScalar()) return node.Scalar();
     YAML::Emitter out;
@@ -176,7 +111,7 @@ std::string flow_text(const YAML::Node& node) {
 // (upcycle.experts → continue.methods.upcycle.experts) or a continue key (budgets →
 // continue.budgets).
 std::vector<std::string> sweep_path(const std::string& dotted) {
-    std::vector<std::string> keys = split(dotted, '.');
+    std::vector<std::string> keys = split_dotted(dotted);
     if (keys.empty()) return keys;
     if (continuation_method(keys[0])) keys.insert(keys.begin(), {"continue", "methods"});
     else if (keys[0] == "budgets" || keys[0] == "budget_unit") keys.insert(keys.begin(), "continue");
@@ -184,22 +119,6 @@ std::vector<std::string> sweep_path(const std::string& dotted) {
 }
 
 // ---- typed reading, by the type of the default value -------------------------------------
-
-template <class T>
-std::optional<T> integral_value(const YAML::Node& node) {
-    try {
-        return node.as<T>();
-    } catch (const YAML::BadConversion&) {
-    }
-    try {  // yaml-cpp reads "1e3" as no integer type; accept integral-valued numbers too
-        const double value = node.as<double>();
-        const bool in_range = value >= static_cast<double>(std::numeric_limits<T>::min()) &&
-                              value <= static_cast<double>(std::numeric_limits<T>::max());
-        if (std::floor(value) == value && in_range) return static_cast<T>(value);
-    } catch (const YAML::BadConversion&) {
-    }
-    return std::nullopt;
-}
 
 // `node` read as the type of `like` (the default); key names it in errors.
 json read_like(const YAML::Node& node, const json& like, const std::string& key,
@@ -633,34 +552,15 @@ std::string path_text(const std::vector<std::string>& path) { return join(path, 
 
 SweepSpec parse_sweep(const std::string& yaml_text, const std::string& source,
                       const std::vector<std::string>& overrides) {
-    YAML::Node root;
-    try {
-        root = YAML::Load(yaml_text);
-    } catch (const YAML::ParserException& e) {
-        throw UserError(source, "", "not valid YAML: " + std::string(e.what()));
-    }
-    if (!present(root)) root = YAML::Node(YAML::NodeType::Map);
-    if (!root.IsMap()) throw UserError(source, "", "expected a mapping at the top level");
-
+    YAML::Node root = parse_yaml_mapping(yaml_text, source);
     for (const auto& assignment : overrides) {
-        const auto eq = assignment.find('=');
-        if (eq == std::string::npos || eq == 0) {
-            throw UserError("--set", assignment, "an override must look like key.path=value");
-        }
-        const std::string key = assignment.substr(0, eq);
-        const std::string text = assignment.substr(eq + 1);
+        const Override o = parse_override(assignment);
         std::vector<std::string> path;
-        if (key.rfind("grid.", 0) == 0) path = {"grid", key.substr(5)};
-        else path = sweep_path(key);
-        if (contains(path, "")) throw UserError("--set", key, "expected a dotted key such as train.lr");
-        YAML::Node value;
-        try {
-            value = without_marks(YAML::Load(text));
-        } catch (const YAML::Exception&) {
-            throw UserError("--set", key, "cannot parse override value '" + text + "'");
-        }
+        if (o.key.rfind("grid.", 0) == 0) path = {"grid", o.key.substr(5)};
+        else path = sweep_path(o.key);
+        if (contains(path, "")) throw UserError("--set", o.key, "expected a dotted key such as train.lr");
         // reset() rebinds the handle; `=` would overwrite the node it shares with the tree
-        root.reset(with_value(root, path, 0, value, "--set", /*unmarked_key=*/true));
+        root.reset(with_value(root, path, 0, o.value, "--set", /*unmarked_key=*/true));
     }
 
     for (const auto& entry : root) {
@@ -780,11 +680,7 @@ SweepSpec parse_sweep(const std::string& yaml_text, const std::string& source,
 }
 
 SweepSpec load_sweep(const std::filesystem::path& file, const std::vector<std::string>& overrides) {
-    std::ifstream in(file);
-    if (!in) throw UserError(file.string(), "", "cannot open the sweep file");
-    std::stringstream text;
-    text << in.rdbuf();
-    return parse_sweep(text.str(), file.string(), overrides);
+    return parse_sweep(read_yaml_file(file, "sweep"), file.string(), overrides);
 }
 
 std::string trial_hash(const nlohmann::json& canonical_config) {
