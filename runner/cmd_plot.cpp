@@ -1,13 +1,13 @@
 // upcycle plot SWEEP [--db results/upcycle.db] [--out results/plots/SWEEP] [--metric val_loss]:
 // PNG and SVG figures of a sweep drawn with gnuplot; the data files and .gp scripts stay
-// beside them to edit and re-run (runner/store/plot.h).
+// beside them to edit and re-run (runner/report/plot.h).
 #include <memory>
 #include <string>
 
 #include <fmt/format.h>
 
 #include "runner/commands.h"
-#include "runner/store/plot.h"
+#include "runner/report/plot.h"
 #include "runner/store/store.h"
 
 namespace upcycle::cli {

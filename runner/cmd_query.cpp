@@ -9,7 +9,7 @@
 
 #include "core/errors.h"
 #include "runner/commands.h"
-#include "runner/store/report.h"
+#include "runner/report/report.h"
 #include "runner/store/store.h"
 
 namespace upcycle::cli {

@@ -1,7 +1,7 @@
 // upcycle results SWEEP [--db results/upcycle.db] [--format table|csv|json|markdown]
 // [--metric val_loss|val_accuracy]: the paper's comparison of the continuation methods at each
 // budget, mean ± std over seeds and the difference to dense continuation
-// (runner/store/report.h).
+// (runner/report/report.h).
 #include <memory>
 #include <string>
 
@@ -9,7 +9,7 @@
 
 #include "core/errors.h"
 #include "runner/commands.h"
-#include "runner/store/report.h"
+#include "runner/report/report.h"
 #include "runner/store/store.h"
 
 namespace upcycle::cli {

@@ -32,7 +32,7 @@
 #include "core/errors.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/fast_math.h"
-#include "kernels/cpu/scratch.h"
+#include "kernels/cpu/thread_buffer.h"
 
 namespace upcycle {
 
@@ -220,7 +220,7 @@ void CpuBackend::attention_forward(float* out, float* lse, const float* qkv, int
     for (int pair = 0; pair < pairs; ++pair) {
         const int b = pair / H;
         const int h = pair % H;
-        thread_local cpu::ScratchBuffer input_scratch, score_scratch, stats_scratch;
+        thread_local cpu::ThreadBuffer input_scratch, score_scratch, stats_scratch;
         const std::size_t th = static_cast<std::size_t>(T) * hs;
         float* q = input_scratch.get(3 * th);
         float* k = q + th;
@@ -281,7 +281,7 @@ void CpuBackend::attention_backward(float* dqkv, const float* dout, const float*
     for (int pair = 0; pair < pairs; ++pair) {
         const int b = pair / H;
         const int h = pair % H;
-        thread_local cpu::ScratchBuffer input_scratch, block_scratch, stats_scratch;
+        thread_local cpu::ThreadBuffer input_scratch, block_scratch, stats_scratch;
         const std::size_t th = static_cast<std::size_t>(T) * hs;
         float* q = input_scratch.get(4 * th);
         float* k = q + th;

@@ -13,7 +13,7 @@
 #include <cstdint>
 
 #include "kernels/cpu/cpu_backend.h"
-#include "kernels/cpu/scratch.h"
+#include "kernels/cpu/thread_buffer.h"
 
 namespace upcycle {
 
@@ -59,7 +59,7 @@ void CpuBackend::layernorm_backward(float* dinp, float* dweight, float* dbias,
     const int chunks = (N + kRowChunk - 1) / kRowChunk;
     // Per-chunk partials [chunks][2][C]: dweight then dbias. Kept across calls by the
     // calling thread; shared with the worker threads of the parallel regions below.
-    thread_local cpu::ScratchBuffer partials;
+    thread_local cpu::ThreadBuffer partials;
     float* part = param_grads ? partials.get(static_cast<std::size_t>(chunks) * 2 * C) : nullptr;
     const float inv_c = 1.0f / static_cast<float>(C);
 

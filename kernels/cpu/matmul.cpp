@@ -27,7 +27,7 @@
 
 #include "kernels/cpu/bf16.h"
 #include "kernels/cpu/cpu_backend.h"
-#include "kernels/cpu/scratch.h"
+#include "kernels/cpu/thread_buffer.h"
 
 namespace upcycle {
 
@@ -114,7 +114,7 @@ public:
                  std::size_t b_size)
         : a_(a), b_(b) {
         if (precision != Precision::BF16) return;
-        thread_local cpu::ScratchBuffer a_copy, b_copy;
+        thread_local cpu::ThreadBuffer a_copy, b_copy;
         float* a_rounded = a_copy.get(a_size);
         float* b_rounded = b_copy.get(b_size);
         cpu::round_to_bf16(a_rounded, a, a_size);

@@ -1,6 +1,6 @@
 // The experts' linear layers on cuBLAS: one weight per expert at a fixed stride
 // (W_e = weight + e·weight_stride [N,K], b_e = bias + e·bias_stride [N]) applied to the rows
-// each expert owns. Specification: kernels/cpu/moe_dispatch.cpp.
+// each expert owns. Specification: kernels/cpu/expert_matmul.cpp.
 //   forward   out[rows of e] = inp[rows of e] · W_e^T + b_e
 //   backward  dinp += dout · W_e;  dW_e += doutᵀ · inp;  db_e += Σ_rows dout   (accumulate)
 // Precision and the row-major → column-major mapping are those of matmul.cu (gemm.cuh).

@@ -1,5 +1,5 @@
 // Mixture-of-Experts routing on the GPU: moe_route and moe_route_backward of core/backend.h.
-// Specification: the CPU backend (kernels/cpu/moe_routing.cpp), i.e. write_routing(route())
+// Specification: the CPU backend (kernels/cpu/moe_router.cpp), i.e. write_routing(route())
 // and router_logits_gradient() of core/moe/router.cpp, which states the rule. The per-token and
 // per-item arithmetic lives in moe_router.cuh, written in the reference's operation order.
 //

@@ -12,8 +12,8 @@
 
 #include "core/errors.h"
 #include "core/sweep/sweep.h"
-#include "runner/store/plot.h"
-#include "runner/store/report.h"
+#include "runner/report/plot.h"
+#include "runner/report/report.h"
 #include "runner/store/store.h"
 #include "test_support.h"
 

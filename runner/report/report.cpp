@@ -1,4 +1,4 @@
-#include "runner/store/report.h"
+#include "runner/report/report.h"
 
 #include <algorithm>
 #include <cmath>

@@ -5,7 +5,7 @@
 // again; each script writes NAME.png (pngcairo) and NAME.svg.
 //
 //   comparison       the metric against extra compute as % of the sunk cost: one line per
-//                    report row (runner/store/report.h), the mean over seeds with ± std bars
+//                    report row (runner/report/report.h), the mean over seeds with ± std bars
 //                    where two or more seeds were evaluated, and the pretrained checkpoint's
 //                    value as a dashed horizontal reference.
 //   training_curves  train_loss (lines) and val_loss (points) against cumulative training

@@ -9,7 +9,7 @@
 
 namespace upcycle::cpu {
 
-class ScratchBuffer {
+class ThreadBuffer {
 public:
     // At least `floats` floats; contents are unspecified. Valid until the next call.
     float* get(std::size_t floats) {

@@ -1,6 +1,6 @@
 #pragma once
 // The paper's comparison over one sweep of the results store (`upcycle results`), and the
-// grouping of a sweep's trials into report rows that the plots share (runner/store/plot.h).
+// grouping of a sweep's trials into report rows that the plots share (runner/report/plot.h).
 //
 // Rows are methods — the dense pretraining ("pretrained (0%)", the checkpoint every
 // continuation starts from), then dense, upcycle, scratch, warmstart — split by the config

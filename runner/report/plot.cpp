@@ -1,4 +1,4 @@
-#include "runner/store/plot.h"
+#include "runner/report/plot.h"
 
 #include <sys/wait.h>
 #include <unistd.h>
@@ -16,7 +16,7 @@
 #include "core/errors.h"
 #include "core/flops.h"
 #include "core/sweep/sweep.h"
-#include "runner/store/report.h"
+#include "runner/report/report.h"
 
 namespace upcycle {
 
