@@ -16,7 +16,7 @@
 #include "core/checkpoint.h"
 #include "core/errors.h"
 #include "core/surgery/continuation.h"
-#include "core/sweep/sha256.h"
+#include "core/sha256.h"
 #include "core/sweep/sweep.h"
 #include "core/train.h"
 #include "kernels/backend_factory.h"

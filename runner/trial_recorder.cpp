@@ -2,7 +2,7 @@
 
 #include <fmt/format.h>
 
-#include "runner/store/store.h"  // sha256_file
+#include "core/sha256.h"
 
 namespace upcycle {
 

@@ -12,7 +12,7 @@
 #include "core/errors.h"
 #include "core/flops.h"
 #include "core/optim/schedule.h"
-#include "core/sweep/sha256.h"
+#include "core/sha256.h"
 #include "core/yaml_input.h"
 
 namespace upcycle {

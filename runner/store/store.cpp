@@ -2,8 +2,6 @@
 
 #include <sqlite3.h>
 
-#include <openssl/evp.h>
-
 #include <chrono>
 #include <cmath>
 #include <ctime>
@@ -128,7 +126,6 @@ constexpr auto kPending = TrialStatus::Pending;
 constexpr auto kRunning = TrialStatus::Running;
 constexpr auto kDone = TrialStatus::Done;
 constexpr auto kFailed = TrialStatus::Failed;
-constexpr std::size_t kHashBufferBytes = 1 << 20;
 
 // The trial columns every trial reader selects, in the order row_to_trial reads them.
 constexpr const char* kTrialSelect = R"sql(
@@ -839,35 +836,6 @@ QueryResult Store::query(const std::string& sql) const {
         out.rows.push_back(std::move(row));
     }
     return out;
-}
-
-// ---- files ----------------------------------------------------------------------------------
-
-std::string sha256_file(const std::filesystem::path& path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw UserError(path.string(), "", "cannot read the file to hash it");
-    std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(),
-                                                                 &EVP_MD_CTX_free);
-    const bool started = ctx && EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) == 1;
-    UPCYCLE_ASSERT(started, "OpenSSL could not start a SHA-256 digest");
-    std::vector<char> buffer(kHashBufferBytes);
-    while (in) {
-        in.read(buffer.data(), static_cast<std::streamsize>(buffer.size()));
-        const auto n = in.gcount();
-        if (n <= 0) continue;
-        const bool updated =
-            EVP_DigestUpdate(ctx.get(), buffer.data(), static_cast<std::size_t>(n)) == 1;
-        UPCYCLE_ASSERT(updated, "SHA-256 update failed");
-    }
-    if (in.bad()) throw UserError(path.string(), "", "read error while hashing the file");
-    unsigned char digest[EVP_MAX_MD_SIZE];
-    unsigned int length = 0;
-    const bool finished = EVP_DigestFinal_ex(ctx.get(), digest, &length) == 1;
-    UPCYCLE_ASSERT(finished, "SHA-256 final failed");
-    std::string hex;
-    hex.reserve(2 * length);
-    for (unsigned int i = 0; i < length; ++i) hex += fmt::format("{:02x}", digest[i]);
-    return hex;
 }
 
 }  // namespace upcycle

@@ -229,8 +229,6 @@ private:
     std::unique_ptr<SQLite::Database> db_;
 };
 
-// Hex SHA-256 of a file's bytes, streamed (OpenSSL EVP). An unreadable file is a UserError.
-std::string sha256_file(const std::filesystem::path& path);
 // The current time as ISO-8601 UTC with milliseconds: 2024-05-01T12:34:56.789Z.
 std::string utc_now_iso();
 

@@ -19,6 +19,7 @@
 #include <thread>
 
 #include "core/errors.h"
+#include "core/sha256.h"
 #include "runner/store/store.h"
 #include "test_support.h"
 

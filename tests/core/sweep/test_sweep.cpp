@@ -10,7 +10,7 @@
 
 #include "core/errors.h"
 #include "core/flops.h"
-#include "core/sweep/sha256.h"
+#include "core/sha256.h"
 #include "core/sweep/sweep.h"
 
 namespace upcycle {
@@ -388,7 +388,9 @@ TEST(Sweep, PlannedTrialsReadBackAndGiveTheirMilestones) {
                 }
             }
             // the last milestone is where the trial's run ends
-            if (unit != "seconds") EXPECT_EQ(milestones.back().step, trial_run_config(t).train.steps);
+            if (unit != "seconds") {
+                EXPECT_EQ(milestones.back().step, trial_run_config(t).train.steps);
+            }
         }
     }
     nlohmann::json bad = plan_sweep(parse_sweep(kTiny, "t.yaml"))[1].config;
