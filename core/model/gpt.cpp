@@ -20,17 +20,8 @@ std::vector<ParamInfo> gpt_parameter_layout(const ModelConfig& config) {
 }
 
 Gpt::Gpt(Backend& backend, const ModelConfig& config, int max_batch)
-    : backend_(&backend),
-      config_(config),
-      max_batch_(max_batch),
-      layout_(gpt_parameter_layout(config)),
-      index_(layout_),
-      num_parameters_(layout_.back().offset + layout_.back().numel),
-      parameters_(Tensor::zeros(backend, {static_cast<int64_t>(num_parameters_)})),
-      gradients_(Tensor::zeros(backend, {static_cast<int64_t>(num_parameters_)})),
-      blocks_(backend, config, index_, max_batch, config.context, /*causal=*/true) {
-    UPCYCLE_ASSERT(max_batch > 0, "max_batch must be positive");
-    UPCYCLE_ASSERT(config.channels % config.heads == 0, "channels must divide into heads");
+    : TransformerModel(backend, config, max_batch, gpt_parameter_layout(config), config.context,
+                       /*causal=*/true) {
     const int64_t B = max_batch, T = config.context, C = config.channels;
     const int64_t N = B * T, V = config.vocab_size;
     inputs_ = Tensor(backend, {B, T}, DType::I32);
@@ -44,11 +35,6 @@ Gpt::Gpt(Backend& backend, const ModelConfig& config, int max_batch)
     dresidual_ = Tensor(backend, {N, C});
     dln_ = Tensor(backend, {N, C});
 }
-
-const float* Gpt::p(const std::string& name) const {
-    return parameters_.f32() + index_.at(name).offset;
-}
-float* Gpt::g(const std::string& name) { return gradients_.f32() + index_.at(name).offset; }
 
 void Gpt::init_weights(uint64_t seed) {
     parameters_.copy_from_host(init_parameters(layout_, config_.layers, seed));

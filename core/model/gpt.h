@@ -14,30 +14,19 @@
 #include <vector>
 
 #include "core/config.h"
-#include "core/model/blocks.h"
-#include "core/model/model.h"
+#include "core/model/transformer_model.h"
 #include "core/tensor.h"
 
 namespace upcycle {
 
-
 // Names, shapes and offsets of every parameter of this configuration, in buffer order.
 std::vector<ParamInfo> gpt_parameter_layout(const ModelConfig& config);
 
-class Gpt final : public Model {
+class Gpt final : public TransformerModel {
 public:
     // Allocates parameters, gradients and activations for batches of up to max_batch
     // sequences of config.context tokens.
     Gpt(Backend& backend, const ModelConfig& config, int max_batch);
-
-    const ModelConfig& config() const override { return config_; }
-    Backend& backend() const override { return *backend_; }
-    int max_batch() const override { return max_batch_; }
-    const std::vector<ParamInfo>& layout() const override { return layout_; }
-    const ParamInfo& param_info(const std::string& name) const { return index_.at(name); }
-    std::size_t num_parameters() const override { return num_parameters_; }
-    Tensor& parameters() override { return parameters_; }
-    Tensor& gradients() override { return gradients_; }
 
     // Normal(0, 0.02) for matrices, with the residual output projections (attn.proj, mlp.proj)
     // scaled by 1/sqrt(2·layers); zero biases; LayerNorm weight 1, bias 0. Deterministic.
@@ -53,26 +42,7 @@ public:
     // Logits of the last forward, [B, T, V], on the host (for tests and tools).
     std::vector<float> logits_host() const;
 
-    // Blocks whose MLP is an MoE layer, and their routing statistics from the last forward
-    // (same order).
-    const std::vector<int>& moe_layers() const override { return blocks_.moe_layers(); }
-    std::vector<RoutingStats> routing_stats() const override { return blocks_.routing_stats(); }
-    // The MoE layer of block l (null for a dense block), for tests and tools.
-    const MoeLayer* moe_layer(int l) const { return blocks_.moe_layer(l); }
-
 private:
-    const float* p(const std::string& name) const;
-    float* g(const std::string& name);
-
-    Backend* backend_;
-    ModelConfig config_;
-    int max_batch_;
-    std::vector<ParamInfo> layout_;
-    ParameterIndex index_;
-    std::size_t num_parameters_ = 0;
-    Tensor parameters_, gradients_;
-    TransformerBlocks blocks_;
-
     // activations for the last forward
     int batch_ = 0;              // B of the last forward
     bool have_train_forward_ = false;

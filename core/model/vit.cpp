@@ -26,22 +26,13 @@ std::vector<ParamInfo> vit_parameter_layout(const ModelConfig& model) {
 }
 
 Vit::Vit(Backend& backend, const ModelConfig& model, int max_batch)
-    : backend_(&backend),
-      config_(model),
-      shape_(model),
-      max_batch_(max_batch),
-      layout_(vit_parameter_layout(model)),
-      index_(layout_),
-      num_parameters_(layout_.back().offset + layout_.back().numel),
-      parameters_(Tensor::zeros(backend, {static_cast<int64_t>(num_parameters_)})),
-      gradients_(Tensor::zeros(backend, {static_cast<int64_t>(num_parameters_)})),
-      blocks_(backend, model, index_, max_batch, shape_.tokens(), /*causal=*/false) {
+    : TransformerModel(backend, model, max_batch, vit_parameter_layout(model),
+                       VitShape(model).tokens(), /*causal=*/false),
+      shape_(model) {
     const int patch = shape_.patch, image = shape_.image, classes = shape_.classes;
-    UPCYCLE_ASSERT(max_batch > 0, "max_batch must be positive");
     UPCYCLE_ASSERT(patch > 0 && image > 0 && image % patch == 0,
                    "the image side must be a multiple of the patch size");
     UPCYCLE_ASSERT(classes > 0, "classes must be positive");
-    UPCYCLE_ASSERT(model.channels % model.heads == 0, "channels must divide into heads");
     const int64_t B = max_batch, T = shape_.tokens(), P = shape_.patches();
     const int64_t C = model.channels, N = B * T, K = classes;
     const int64_t pp = int64_t{patch} * patch;
@@ -61,11 +52,6 @@ Vit::Vit(Backend& backend, const ModelConfig& model, int max_batch)
     dresidual_ = Tensor(backend, {N, C});
     dpatch_emb_ = Tensor(backend, {B * P, C});
 }
-
-const float* Vit::p(const std::string& name) const {
-    return parameters_.f32() + index_.at(name).offset;
-}
-float* Vit::g(const std::string& name) { return gradients_.f32() + index_.at(name).offset; }
 
 void Vit::init_weights(uint64_t seed) {
     parameters_.copy_from_host(init_parameters(layout_, config_.layers, seed, {"cls"}));

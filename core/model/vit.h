@@ -16,8 +16,7 @@
 #include <vector>
 
 #include "core/config.h"
-#include "core/model/model.h"
-#include "core/moe/moe_layer.h"
+#include "core/model/transformer_model.h"
 #include "core/tensor.h"
 
 namespace upcycle {
@@ -36,20 +35,12 @@ struct VitShape {
 // patch.{weight,bias}, cls, wpe.weight, blocks.{i}.* (as the GPT's), lnf.*, head.*.
 std::vector<ParamInfo> vit_parameter_layout(const ModelConfig& model);
 
-class Vit final : public Model {
+class Vit final : public TransformerModel {
 public:
     // Allocates parameters, gradients and activations for batches of up to max_batch images.
     Vit(Backend& backend, const ModelConfig& model, int max_batch);
 
-    const ModelConfig& config() const override { return config_; }
     const VitShape& shape() const { return shape_; }
-    Backend& backend() const override { return *backend_; }
-    int max_batch() const override { return max_batch_; }
-    const std::vector<ParamInfo>& layout() const override { return layout_; }
-    const ParamInfo& param_info(const std::string& name) const { return index_.at(name); }
-    std::size_t num_parameters() const override { return num_parameters_; }
-    Tensor& parameters() override { return parameters_; }
-    Tensor& gradients() override { return gradients_; }
 
     // Normal(0, 0.02) for every matrix (patch.weight, wpe.weight, the blocks' and
     // head.weight — not zero-initialised) and for cls; the residual output projections
@@ -75,23 +66,8 @@ public:
     // [B, C] — the frozen features of the few-shot linear probe.
     std::vector<float> features_host() const;
 
-    const std::vector<int>& moe_layers() const override { return blocks_.moe_layers(); }
-    std::vector<RoutingStats> routing_stats() const override { return blocks_.routing_stats(); }
-    const MoeLayer* moe_layer(int l) const { return blocks_.moe_layer(l); }
-
 private:
-    const float* p(const std::string& name) const;
-    float* g(const std::string& name);
-
-    Backend* backend_;
-    ModelConfig config_;
     VitShape shape_;
-    int max_batch_;
-    std::vector<ParamInfo> layout_;
-    ParameterIndex index_;
-    std::size_t num_parameters_ = 0;
-    Tensor parameters_, gradients_;
-    TransformerBlocks blocks_;
 
     int batch_ = 0;
     bool have_train_forward_ = false;
