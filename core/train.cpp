@@ -1,8 +1,6 @@
 #include "core/train.h"
 
 #include <chrono>
-#include <fstream>
-#include <sstream>
 
 #include <nlohmann/json.hpp>
 
@@ -11,6 +9,7 @@
 #include "core/optim/adamw.h"
 #include "core/optim/schedule.h"
 #include "core/task/task.h"
+#include "core/train_log.h"
 
 namespace upcycle {
 
@@ -38,25 +37,6 @@ std::string first_difference(const nlohmann::json& a, const nlohmann::json& b,
     return a == b ? "" : prefix;
 }
 
-// log.jsonl keeps one JSON record per line; on resume, records past the checkpoint's step
-// are dropped so the log matches an uninterrupted run.
-void truncate_log_after(const std::filesystem::path& log, int64_t step) {
-    std::ifstream in(log);
-    if (!in) return;
-    std::ostringstream kept;
-    std::string line;
-    while (std::getline(in, line)) {
-        try {
-            const auto record = nlohmann::json::parse(line);
-            if (record.value("step", int64_t{0}) <= step) kept << line << '\n';
-        } catch (const nlohmann::json::exception&) {
-            // a line cut by a kill: drop it
-        }
-    }
-    in.close();
-    std::ofstream(log, std::ios::trunc) << kept.str();
-}
-
 }  // namespace
 
 std::filesystem::path checkpoint_path(const std::filesystem::path& out_dir) {
@@ -81,7 +61,6 @@ TrainSummary train(Backend& backend, const RunConfig& config, const TrainOptions
 
     std::filesystem::create_directories(options.out_dir);
     const auto ckpt_path = checkpoint_path(options.out_dir);
-    const auto log_path = options.out_dir / "log.jsonl";
     if (options.resume && std::filesystem::exists(ckpt_path)) {
         const Checkpoint ckpt = read_checkpoint(ckpt_path);
         const auto diff = first_difference(to_json(ckpt.config), to_json(config));
@@ -95,7 +74,6 @@ TrainSummary train(Backend& backend, const RunConfig& config, const TrainOptions
         data_rng.set_state(state.data_rng);
         summary.resumed = true;
         summary.resumed_from_step = state.step;
-        truncate_log_after(log_path, state.step);
         message("resuming from " + ckpt_path.string() + " at step " + std::to_string(state.step));
     } else if (!options.init_from.empty()) {
         const Checkpoint ckpt = read_checkpoint(options.init_from);
@@ -108,15 +86,14 @@ TrainSummary train(Backend& backend, const RunConfig& config, const TrainOptions
         state = ckpt.state;
         data_rng.set_state(state.data_rng);
         summary.initialized_from_checkpoint = true;
-        std::ofstream(log_path, std::ios::trunc);
         message("starting from " + options.init_from.string() + " at step " +
                 std::to_string(state.step) +
                 (ckpt.has_optimizer ? " with its optimizer state" : " with a fresh optimizer"));
     } else {
         model.init_weights(tc.seed);
-        std::ofstream(log_path, std::ios::trunc);
     }
-    std::ofstream log(log_path, std::ios::app);
+    TrainLog log = summary.resumed ? TrainLog::resume(log_path(options.out_dir), state.step)
+                                   : TrainLog::start(log_path(options.out_dir));
 
     const int64_t tokens_per_step = int64_t{tc.batch_size} * tokens_per_example(mc);
     const double flops_per_step =
@@ -138,15 +115,7 @@ TrainSummary train(Backend& backend, const RunConfig& config, const TrainOptions
         record.flops = state.flops;
         record.seconds = state.seconds;
         record.result = task->evaluate(scope);
-        nlohmann::json line{{"kind", "eval"},
-                            {"step", record.step},
-                            {"flops", record.flops},
-                            {"seconds", record.seconds},
-                            {"val_loss", record.result.loss},
-                            {"val_accuracy", record.result.accuracy},
-                            {"val_tokens", record.result.tokens}};
-        for (const auto& [key, value] : record.result.extra) line[key] = value;
-        log << line.dump() << '\n' << std::flush;
+        log.write_eval(record);
         if (observer.on_eval) observer.on_eval(record);
         return record.result;
     };
@@ -212,24 +181,7 @@ TrainSummary train(Backend& backend, const RunConfig& config, const TrainOptions
             record.routing = model.routing_stats();  // of the step's last micro-batch
             interval_start = Clock::now();
             interval_tokens = 0;
-            nlohmann::json line{{"kind", "train"},       {"step", step},
-                                {"loss", record.loss},    {"lr", lr},
-                                {"grad_norm", opt.grad_norm}, {"tokens", state.tokens},
-                                {"flops", state.flops},   {"seconds", state.seconds}};
-            if (!record.moe_layers.empty()) {
-                // the objective also had the MoE auxiliary losses; routing per MoE block
-                line["aux_loss"] = stats.aux_loss;
-                for (std::size_t i = 0; i < record.routing.size(); ++i) {
-                    const auto& r = record.routing[i];
-                    line["routing"].push_back({{"layer", record.moe_layers[i]},
-                                               {"tokens_per_expert", r.tokens_per_expert},
-                                               {"dropped_fraction", r.dropped_fraction},
-                                               {"router_entropy", r.router_entropy},
-                                               {"aux_loss", r.aux_loss},
-                                               {"z_loss", r.z_loss}});
-                }
-            }
-            log << line.dump() << '\n';
+            log.write_step(record);
             if (observer.on_step) observer.on_step(record);
         }
         bool milestone_now = false;
