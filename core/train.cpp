@@ -133,6 +133,8 @@ TrainSummary train(Backend& backend, const RunConfig& config, const TrainOptions
     const std::function<void(const std::string&)> message = [&](const std::string& text) {
         if (observer.on_message) observer.on_message(text);
     };
+    UPCYCLE_ASSERT(options.communicator != nullptr, "a training run needs a communicator");
+    Communicator& communicator = *options.communicator;
     const TrainConfig& tc = config.train;
     backend.set_precision(parse_precision(tc.precision, config.name, "train.precision"));
     const auto task = make_training_task(backend, config, config.name);
@@ -182,6 +184,7 @@ TrainSummary train(Backend& backend, const RunConfig& config, const TrainOptions
         }
         const auto step_start = Clock::now();
         const ForwardStats stats = forward_backward(*task, state.step, parts, data_rng);
+        communicator.all_reduce_gradients(model.gradients());  // the optimizer steps on the mean
         const double lr = learning_rate(tc, state.step + 1);
         const auto opt = optimizer.update(model.layout(), model.parameters(), model.gradients(), tc,
                                           lr, 1.0 / parts);
