@@ -30,7 +30,9 @@ public:
     // gradients [parameters] become the mean over ranks. Each rank's gradient is the mean over
     // its own equal share of the batch, so the mean over ranks is the whole batch's.
     // Virtual so that a communicator may reduce in buckets, overlapped with the backward.
-    virtual void all_reduce_gradients(Tensor& gradients) { all_reduce(gradients, ReduceOp::Average); }
+    virtual void all_reduce_gradients(Tensor& gradients) {
+        all_reduce(gradients, ReduceOp::Average);
+    }
 };
 
 // One process, one rank: the sum and the mean over ranks are the rank's own buffer.

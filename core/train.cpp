@@ -147,7 +147,8 @@ TrainSummary train(Backend& backend, const RunConfig& config, const TrainOptions
 
     std::filesystem::create_directories(options.out_dir);
     const auto ckpt_path = checkpoint_path(options.out_dir);
-    const RunStart start = restore_or_init(config, options, model, optimizer, state, data_rng, message);
+    const RunStart start =
+        restore_or_init(config, options, model, optimizer, state, data_rng, message);
     summary.resumed = start == RunStart::Resumed;
     summary.resumed_from_step = summary.resumed ? state.step : 0;
     summary.initialized_from_checkpoint = start == RunStart::FromCheckpoint;
