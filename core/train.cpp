@@ -103,6 +103,7 @@ ForwardStats forward_backward(TrainingTask& task, int64_t step, int parts, Rng& 
     return stats;
 }
 
+// What the log and on_step get for the step that brought the run to `state`.
 StepRecord step_record(const TrainingState& state, int64_t total_steps, const ForwardStats& stats,
                        double lr, const OptimizerStepStats& opt, double tokens_per_second,
                        const Model& model) {
