@@ -1,8 +1,7 @@
 #include "core/train.h"
 
 #include <chrono>
-#include <fstream>
-#include <sstream>
+#include <functional>
 
 #include <nlohmann/json.hpp>
 
@@ -11,6 +10,9 @@
 #include "core/optim/adamw.h"
 #include "core/optim/schedule.h"
 #include "core/task/task.h"
+#include "core/throughput_meter.h"
+#include "core/train_log.h"
+#include "core/train_policy.h"
 
 namespace upcycle {
 
@@ -38,23 +40,87 @@ std::string first_difference(const nlohmann::json& a, const nlohmann::json& b,
     return a == b ? "" : prefix;
 }
 
-// log.jsonl keeps one JSON record per line; on resume, records past the checkpoint's step
-// are dropped so the log matches an uninterrupted run.
-void truncate_log_after(const std::filesystem::path& log, int64_t step) {
-    std::ifstream in(log);
-    if (!in) return;
-    std::ostringstream kept;
-    std::string line;
-    while (std::getline(in, line)) {
-        try {
-            const auto record = nlohmann::json::parse(line);
-            if (record.value("step", int64_t{0}) <= step) kept << line << '\n';
-        } catch (const nlohmann::json::exception&) {
-            // a line cut by a kill: drop it
+// How a run began.
+enum class RunStart {
+    Fresh,            // weights initialised from the seed
+    Resumed,          // from the checkpoint in the output directory
+    FromCheckpoint,   // from TrainOptions::init_from
+};
+
+// Loads the weights, optimizer moments, training state and data stream of the checkpoint in
+// out_dir (a resume), else of options.init_from, else initialises the weights from the seed.
+// A checkpoint trained with another config (init_from: another model) is refused, naming the
+// first key that differs.
+RunStart restore_or_init(const RunConfig& config, const TrainOptions& options, Model& model,
+                         AdamW& optimizer, TrainingState& state, Rng& data_rng,
+                         const std::function<void(const std::string&)>& message) {
+    const auto ckpt_path = checkpoint_path(options.out_dir);
+    if (options.resume && std::filesystem::exists(ckpt_path)) {
+        const Checkpoint ckpt = read_checkpoint(ckpt_path);
+        const auto diff = first_difference(to_json(ckpt.config), to_json(config));
+        if (!diff.empty()) {
+            throw UserError(ckpt_path.string(), diff,
+                            "the checkpoint in the output directory was trained with a different "
+                            "value; use another --out directory (or --restart to overwrite it)");
         }
+        load_into(ckpt, model, &optimizer);
+        state = ckpt.state;
+        data_rng.set_state(state.data_rng);
+        message("resuming from " + ckpt_path.string() + " at step " + std::to_string(state.step));
+        return RunStart::Resumed;
     }
-    in.close();
-    std::ofstream(log, std::ios::trunc) << kept.str();
+    if (!options.init_from.empty()) {
+        const Checkpoint ckpt = read_checkpoint(options.init_from);
+        const auto diff = first_difference(to_json(ckpt.config)["model"], to_json(config)["model"]);
+        if (!diff.empty()) {
+            throw UserError(options.init_from.string(), "model." + diff,
+                            "the checkpoint's model differs from the run's config");
+        }
+        load_into(ckpt, model, &optimizer);
+        state = ckpt.state;
+        data_rng.set_state(state.data_rng);
+        message("starting from " + options.init_from.string() + " at step " +
+                std::to_string(state.step) +
+                (ckpt.has_optimizer ? " with its optimizer state" : " with a fresh optimizer"));
+        return RunStart::FromCheckpoint;
+    }
+    model.init_weights(config.train.seed);
+    return RunStart::Fresh;
+}
+
+// One step's forward and backward passes, micro-batch by micro-batch (gradient
+// accumulation): their mean gradients are summed in model.gradients(), and the optimizer
+// takes their mean (gradient_scale 1/parts).
+ForwardStats forward_backward(TrainingTask& task, int64_t step, int parts, Rng& data_rng) {
+    ForwardStats stats;
+    for (int part = 0; part < parts; ++part) {
+        const ForwardStats micro = task.train_forward(step, part, data_rng);
+        task.model().backward(part == 0 ? Gradients::Overwrite : Gradients::Accumulate);
+        stats.loss_sum += micro.loss_sum;
+        stats.tokens += micro.tokens;
+        stats.aux_loss += micro.aux_loss / parts;
+    }
+    return stats;
+}
+
+// What the log and on_step get for the step that brought the run to `state`.
+StepRecord step_record(const TrainingState& state, int64_t total_steps, const ForwardStats& stats,
+                       double lr, const OptimizerStepStats& opt, double tokens_per_second,
+                       const Model& model) {
+    StepRecord record;
+    record.step = state.step;
+    record.total_steps = total_steps;
+    record.loss = stats.mean_loss();
+    record.lr = lr;
+    record.grad_norm = opt.grad_norm;
+    record.tokens = state.tokens;
+    record.flops = state.flops;
+    record.seconds = state.seconds;
+    record.tokens_per_second = tokens_per_second;
+    record.aux_loss = stats.aux_loss;
+    record.moe_layers = model.moe_layers();
+    record.routing = model.routing_stats();  // of the step's last micro-batch
+    return record;
 }
 
 }  // namespace
@@ -65,10 +131,11 @@ std::filesystem::path checkpoint_path(const std::filesystem::path& out_dir) {
 
 TrainSummary train(Backend& backend, const RunConfig& config, const TrainOptions& options,
                    const TrainObserver& observer) {
-    auto message = [&](const std::string& text) {
+    const std::function<void(const std::string&)> message = [&](const std::string& text) {
         if (observer.on_message) observer.on_message(text);
     };
-    const ModelConfig& mc = config.model;
+    UPCYCLE_ASSERT(options.communicator != nullptr, "a training run needs a communicator");
+    Communicator& communicator = *options.communicator;
     const TrainConfig& tc = config.train;
     backend.set_precision(tc.precision);
     const auto task = make_training_task(backend, config, config.name);
@@ -81,90 +148,35 @@ TrainSummary train(Backend& backend, const RunConfig& config, const TrainOptions
 
     std::filesystem::create_directories(options.out_dir);
     const auto ckpt_path = checkpoint_path(options.out_dir);
-    const auto log_path = options.out_dir / "log.jsonl";
-    if (options.resume && std::filesystem::exists(ckpt_path)) {
-        const Checkpoint ckpt = read_checkpoint(ckpt_path);
-        const auto diff = first_difference(to_json(ckpt.config), to_json(config));
-        if (!diff.empty()) {
-            throw UserError(ckpt_path.string(), diff,
-                            "the checkpoint in the output directory was trained with a different "
-                            "value; use another --out directory (or --restart to overwrite it)");
-        }
-        load_into(ckpt, model, &optimizer);
-        state = ckpt.state;
-        data_rng.set_state(state.data_rng);
-        summary.resumed = true;
-        summary.resumed_from_step = state.step;
-        truncate_log_after(log_path, state.step);
-        message("resuming from " + ckpt_path.string() + " at step " + std::to_string(state.step));
-    } else if (!options.init_from.empty()) {
-        const Checkpoint ckpt = read_checkpoint(options.init_from);
-        const auto diff = first_difference(to_json(ckpt.config)["model"], to_json(config)["model"]);
-        if (!diff.empty()) {
-            throw UserError(options.init_from.string(), "model." + diff,
-                            "the checkpoint's model differs from the run's config");
-        }
-        load_into(ckpt, model, &optimizer);
-        state = ckpt.state;
-        data_rng.set_state(state.data_rng);
-        summary.initialized_from_checkpoint = true;
-        std::ofstream(log_path, std::ios::trunc);
-        message("starting from " + options.init_from.string() + " at step " +
-                std::to_string(state.step) +
-                (ckpt.has_optimizer ? " with its optimizer state" : " with a fresh optimizer"));
-    } else {
-        model.init_weights(tc.seed);
-        std::ofstream(log_path, std::ios::trunc);
-    }
-    std::ofstream log(log_path, std::ios::app);
+    const RunStart start =
+        restore_or_init(config, options, model, optimizer, state, data_rng, message);
+    summary.resumed = start == RunStart::Resumed;
+    summary.resumed_from_step = summary.resumed ? state.step : 0;
+    summary.initialized_from_checkpoint = start == RunStart::FromCheckpoint;
+    TrainLog log = summary.resumed ? TrainLog::resume(log_path(options.out_dir), state.step)
+                                   : TrainLog::start(log_path(options.out_dir));
 
-    const int64_t tokens_per_step = int64_t{tc.batch_size} * tokens_per_example(mc);
+    const int64_t tokens_per_step = int64_t{tc.batch_size} * tokens_per_example(config.model);
     const double flops_per_step =
-        flops_per_token(mc).training * static_cast<double>(tokens_per_step);
-    auto last_checkpoint_time = Clock::now();
-    auto interval_start = Clock::now();
-    int64_t interval_tokens = 0;
+        flops_per_token(config.model).training * static_cast<double>(tokens_per_step);
+    TrainPolicy policy(config, options, state);
+    ThroughputMeter throughput;
 
     auto save = [&]() {
         state.data_rng = data_rng.state();
         save_checkpoint(ckpt_path, config, model, &optimizer, state);
-        last_checkpoint_time = Clock::now();
+        policy.checkpointed();
         summary.checkpoint = ckpt_path;
         if (observer.on_checkpoint) observer.on_checkpoint(ckpt_path, state.step);
     };
-    auto run_eval = [&](EvalScope scope) {
-        EvalRecord record;
-        record.step = state.step;
-        record.flops = state.flops;
-        record.seconds = state.seconds;
-        record.result = task->evaluate(scope);
-        nlohmann::json line{{"kind", "eval"},
-                            {"step", record.step},
-                            {"flops", record.flops},
-                            {"seconds", record.seconds},
-                            {"val_loss", record.result.loss},
-                            {"val_accuracy", record.result.accuracy},
-                            {"val_tokens", record.result.tokens}};
-        for (const auto& [key, value] : record.result.extra) line[key] = value;
-        log << line.dump() << '\n' << std::flush;
+    auto evaluate = [&](EvalScope scope) {
+        EvalRecord record{state.step, state.flops, state.seconds, task->evaluate(scope)};
+        log.write_eval(record);
         if (observer.on_eval) observer.on_eval(record);
-        return record.result;
+        return record;
     };
 
-    // milestones already behind a resumed (or initial) state are not redone
-    auto reached = [&](const Milestone& m) {
-        return (m.step >= 0 && state.step >= m.step) ||
-               (m.seconds >= 0 && state.seconds - options.seconds_origin >= m.seconds);
-    };
-    std::size_t next_milestone = 0;
-    while (next_milestone < options.milestones.size() && reached(options.milestones[next_milestone])) {
-        ++next_milestone;
-    }
-    bool all_milestones_done =
-        options.stop_at_last_milestone && !options.milestones.empty() &&
-        next_milestone == options.milestones.size();
-
-    while (state.step < tc.steps && !all_milestones_done) {
+    while (policy.wants_step(state)) {
         if (options.stop_requested && options.stop_requested->load()) {
             message("stop requested: checkpointing at step " + std::to_string(state.step));
             save();
@@ -173,99 +185,36 @@ TrainSummary train(Backend& backend, const RunConfig& config, const TrainOptions
             return summary;
         }
         const auto step_start = Clock::now();
-        // gradient accumulation: the micro-batches' mean gradients are summed, and the
-        // optimizer takes their mean (gradient_scale 1/parts)
-        ForwardStats stats;
-        for (int part = 0; part < parts; ++part) {
-            const ForwardStats micro = task->train_forward(state.step, part, data_rng);
-            model.backward(part == 0 ? Gradients::Overwrite : Gradients::Accumulate);
-            stats.loss_sum += micro.loss_sum;
-            stats.tokens += micro.tokens;
-            stats.aux_loss += micro.aux_loss / parts;
-        }
-        const int64_t step = state.step + 1;
-        const double lr = learning_rate(tc, step);
+        const ForwardStats stats = forward_backward(*task, state.step, parts, data_rng);
+        communicator.all_reduce_gradients(model.gradients());  // the optimizer steps on the mean
+        const double lr = learning_rate(tc, state.step + 1);
         const auto opt = optimizer.update(model.layout(), model.parameters(), model.gradients(), tc,
                                           lr, 1.0 / parts);
-        const double step_seconds = std::chrono::duration<double>(Clock::now() - step_start).count();
-
-        state.step = step;
+        state.step += 1;
         state.tokens += tokens_per_step;
         state.flops += flops_per_step;
-        state.seconds += step_seconds;
-        interval_tokens += tokens_per_step;
+        state.seconds += std::chrono::duration<double>(Clock::now() - step_start).count();
+        throughput.add(tokens_per_step);
 
-        if (step % tc.log_every == 0 || step == tc.steps) {
-            StepRecord record;
-            record.step = step;
-            record.total_steps = tc.steps;
-            record.loss = stats.mean_loss();
-            record.lr = lr;
-            record.grad_norm = opt.grad_norm;
-            record.tokens = state.tokens;
-            record.flops = state.flops;
-            record.seconds = state.seconds;
-            const double interval = std::chrono::duration<double>(Clock::now() - interval_start).count();
-            record.tokens_per_second = interval > 0 ? static_cast<double>(interval_tokens) / interval : 0;
-            record.aux_loss = stats.aux_loss;
-            record.moe_layers = model.moe_layers();
-            record.routing = model.routing_stats();  // of the step's last micro-batch
-            interval_start = Clock::now();
-            interval_tokens = 0;
-            nlohmann::json line{{"kind", "train"},       {"step", step},
-                                {"loss", record.loss},    {"lr", lr},
-                                {"grad_norm", opt.grad_norm}, {"tokens", state.tokens},
-                                {"flops", state.flops},   {"seconds", state.seconds}};
-            if (!record.moe_layers.empty()) {
-                // the objective also had the MoE auxiliary losses; routing per MoE block
-                line["aux_loss"] = stats.aux_loss;
-                for (std::size_t i = 0; i < record.routing.size(); ++i) {
-                    const auto& r = record.routing[i];
-                    line["routing"].push_back({{"layer", record.moe_layers[i]},
-                                               {"tokens_per_expert", r.tokens_per_expert},
-                                               {"dropped_fraction", r.dropped_fraction},
-                                               {"router_entropy", r.router_entropy},
-                                               {"aux_loss", r.aux_loss},
-                                               {"z_loss", r.z_loss}});
-                }
-            }
-            log << line.dump() << '\n';
+        if (state.step % tc.log_every == 0 || state.step == tc.steps) {
+            const StepRecord record = step_record(state, tc.steps, stats, lr, opt,
+                                                  throughput.tokens_per_second(), model);
+            throughput.reset();
+            log.write_step(record);
             if (observer.on_step) observer.on_step(record);
         }
-        bool milestone_now = false;
-        std::optional<EvalResult> milestone_eval;
-        while (next_milestone < options.milestones.size() && reached(options.milestones[next_milestone])) {
-            if (!milestone_eval) milestone_eval = run_eval(EvalScope::Full);
-            EvalRecord record;
-            record.step = state.step;
-            record.flops = state.flops;
-            record.seconds = state.seconds;
-            record.result = *milestone_eval;
-            if (observer.on_milestone) observer.on_milestone(options.milestones[next_milestone], record);
-            ++next_milestone;
-            milestone_now = true;
+        const StepPlan plan = policy.after_step(state);
+        if (plan.eval) {
+            const EvalRecord record = evaluate(*plan.eval);
+            for (const Milestone& milestone : plan.milestones) {
+                if (observer.on_milestone) observer.on_milestone(milestone, record);
+            }
+            if (plan.last) summary.final_eval = record.result;
+            throughput.reset();  // evaluation time is not training throughput
         }
-        all_milestones_done = options.stop_at_last_milestone && !options.milestones.empty() &&
-                              next_milestone == options.milestones.size();
-        const bool last = step == tc.steps || all_milestones_done;
-        if (milestone_eval) {
-            if (last) summary.final_eval = milestone_eval;
-            interval_start = Clock::now();
-            interval_tokens = 0;
-        } else if (last || (config.eval.every > 0 && step % config.eval.every == 0)) {
-            const auto result = run_eval(last ? EvalScope::Full : EvalScope::Validation);
-            if (last) summary.final_eval = result;
-            interval_start = Clock::now();  // evaluation time is not training throughput
-            interval_tokens = 0;
-        }
-        const double since_checkpoint =
-            std::chrono::duration<double>(Clock::now() - last_checkpoint_time).count();
-        if (last || milestone_now ||
-            (config.checkpoint.every > 0 && step % config.checkpoint.every == 0) ||
-            (config.checkpoint.every_seconds > 0 && since_checkpoint >= config.checkpoint.every_seconds)) {
+        if (policy.checkpoint_due(state, plan)) {
             save();
-            interval_start = Clock::now();
-            interval_tokens = 0;
+            throughput.reset();
         }
     }
     if (!summary.final_eval) {

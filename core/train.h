@@ -10,6 +10,7 @@
 
 #include "core/backend.h"
 #include "core/checkpoint.h"
+#include "core/comm.h"
 #include "core/config.h"
 #include "core/eval.h"
 #include "core/moe/router.h"
@@ -70,6 +71,9 @@ struct TrainOptions {
     std::vector<Milestone> milestones;
     double seconds_origin = 0;
     bool stop_at_last_milestone = false;
+    // The ranks of a data-parallel job, which average their gradients before each optimizer
+    // step; one process is the 1-rank local communicator. Never null.
+    Communicator* communicator = &local_communicator();
 };
 
 struct TrainSummary {

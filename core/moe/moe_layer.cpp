@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <utility>
 
 #include "core/errors.h"
 
@@ -67,8 +68,11 @@ private:
 };
 }  // namespace
 
-MoeLayer::MoeLayer(Backend& backend, const ModelConfig& model, int max_tokens, bool pad_rows)
+MoeLayer::MoeLayer(Backend& backend, const ModelConfig& model, int max_tokens, bool pad_rows,
+                   std::unique_ptr<TokenDispatcher> dispatcher)
     : backend_(&backend),
+      dispatcher_(dispatcher ? std::move(dispatcher)
+                             : std::make_unique<LocalTokenDispatcher>(backend)),
       moe_(model.moe),
       C_(model.channels),
       max_tokens_(max_tokens),
@@ -105,13 +109,12 @@ void MoeLayer::forward(float* out, const float* x, int N, const MoeTensors& w,
     be.matmul_forward(logits_.f32(), x, w.router, nullptr, N, C, E);
     be.moe_route(routing_, logits_.f32());
     clock.lap(MoePhase::RouterForward);
-    be.gather_rows(xin_.f32(), x, routing_.row_token, routing_.rows(), C);
+    dispatcher_->dispatch(xin_.f32(), x, routing_, C);
     clock.lap(MoePhase::DispatchForward);
     experts_forward(be, w.experts, routing_.groups(), xin_.f32(),
                     {hidden_.f32(), hidden_gelu_.f32()}, yout_.f32(), C);
     clock.lap(MoePhase::ExpertsForward);
-    be.combine_rows(out, yout_.f32(), routing_.slot_weight, routing_.slot_row, N,
-                    routing_.slots(), C);
+    dispatcher_->combine(out, yout_.f32(), routing_, C);
     clock.lap(MoePhase::CombineForward);
 }
 
@@ -125,15 +128,14 @@ void MoeLayer::backward(float* dx, const float* dout, const float* x, const MoeT
     // combine → rows' and weights' gradients (padding rows stay zero, as the experts need)
     be.zero(dyout_.f32(), rows_c * sizeof(float));
     be.zero(dslot_weight_.f32(), static_cast<std::size_t>(N) * S * sizeof(float));
-    be.combine_rows_backward(dyout_.f32(), dslot_weight_.f32(), dout, yout_.f32(),
-                             r.slot_weight, r.slot_row, N, S, C);
+    dispatcher_->combine_backward(dyout_.f32(), dslot_weight_.f32(), dout, yout_.f32(), r, C);
     clock.lap(MoePhase::CombineBackward);
     be.zero(dxin_.f32(), rows_c * sizeof(float));
     experts_backward(be, w.experts, grad.experts, r.groups(), xin_.f32(),
                      {hidden_.f32(), hidden_gelu_.f32()}, dyout_.f32(), dxin_.f32(),
                      dhidden_gelu_.f32(), dhidden_.f32(), C);
     clock.lap(MoePhase::ExpertsBackward);
-    be.gather_rows_backward(dx, dxin_.f32(), r.slot_row, N, S, C);
+    dispatcher_->dispatch_backward(dx, dxin_.f32(), r, C);
     clock.lap(MoePhase::DispatchBackward);
     // router: combine-weight gradients + auxiliary losses → logits → router weight and x
     be.moe_route_backward(dlogits_.f32(), dslot_weight_.f32(), r);

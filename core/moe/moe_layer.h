@@ -1,19 +1,22 @@
 #pragma once
 // An MoE layer in place of a block's MLP: route → dispatch → experts → combine, forward and
 // backward, with the router's gradient coming through the combine weights and the auxiliary
-// losses (load balancing, z-loss).
+// losses (load balancing, z-loss). Tokens move to the experts' rows and back through a
+// TokenDispatcher (core/moe/token_dispatcher.h), the seam for expert parallelism.
 //
 // Everything runs on the backend in fixed shapes (MoeRouting, core/backend.h): with a
 // capacity limit a forward and backward read nothing back to the host. The routing
 // statistics stay on the device until stats() or auxiliary_loss() asks for them.
 #include <array>
 #include <cstdint>
+#include <memory>
 #include <optional>
 
 #include "core/config.h"
 #include "core/moe/experts.h"
 #include "core/moe/router.h"
 #include "core/moe/routing_buffers.h"
+#include "core/moe/token_dispatcher.h"
 #include "core/tensor.h"
 
 namespace upcycle {
@@ -49,8 +52,10 @@ class MoeLayer {
 public:
     // Buffers for up to max_tokens tokens per forward. pad_rows: lay a capacity-limited
     // layer's expert rows out in padded blocks (routing_rule); the backend's preference is
-    // Backend::pads_expert_rows().
-    MoeLayer(Backend& backend, const ModelConfig& model, int max_tokens, bool pad_rows);
+    // Backend::pads_expert_rows(). dispatcher: how tokens reach the experts' rows and come
+    // back; null: a LocalTokenDispatcher on backend.
+    MoeLayer(Backend& backend, const ModelConfig& model, int max_tokens, bool pad_rows,
+             std::unique_ptr<TokenDispatcher> dispatcher = nullptr);
 
     // x [N,C] → out [N,C] (overwrites). capacity_factor: the train or eval one.
     void forward(float* out, const float* x, int N, const MoeTensors& w, double capacity_factor);
@@ -71,6 +76,7 @@ public:
 
 private:
     Backend* backend_;
+    std::unique_ptr<TokenDispatcher> dispatcher_;
     MoeConfig moe_;
     int C_;
     int max_tokens_;

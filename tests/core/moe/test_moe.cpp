@@ -1,8 +1,12 @@
 // The MoE layer: capacity arithmetic, routing on hand-built cases, the backend layout of a
-// routing decision, dispatch/combine identities, finite-difference gradients with the routing held fixed, and the MoE GPT.
+// routing decision, dispatch/combine identities, the local token dispatcher against the
+// reference decision, the layer's output against dense expert MLPs, finite-difference
+// gradients with the routing held fixed, and the MoE GPT.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <memory>
 #include <numeric>
 
 #include "core/data/synthetic.h"
@@ -11,6 +15,7 @@
 #include "core/model/gpt.h"
 #include "core/moe/moe_layer.h"
 #include "core/moe/routing_buffers.h"
+#include "core/moe/token_dispatcher.h"
 #include "core/optim/adamw.h"
 #include "core/optim/schedule.h"
 #include "core/rng.h"
@@ -216,6 +221,126 @@ TEST(MoeDispatch, GatherThenCombineWithUnitWeightsIsTheIdentity) {
     EXPECT_EQ(out.to_host(), x);
 }
 
+class LocalDispatch : public ::testing::TestWithParam<LayoutCase> {};
+
+// The local dispatcher moves rows as route()'s reference decision says: every kept (token,
+// expert) pair is one row of its expert's block (padded: from e·P; compact: after the earlier
+// experts' rows), in token order within the expert. dispatch copies the token there (zeros on
+// padding), combine sums a token's rows with its combine weights (zeros without any), and the
+// backward passes are their transposes and add to what their outputs hold.
+TEST_P(LocalDispatch, MovesRowsAsTheReferenceDecisionSays) {
+    const auto c = GetParam();
+    CpuBackend be;
+    const int N = 13, C = 5, E = 4;
+    auto m = moe_config(c.router, E, c.k, c.capacity_factor, "softmax_topk");
+    m.priority = c.priority;
+    Rng rng(31);
+    auto randn = [&](std::size_t n) {
+        std::vector<float> v(n);
+        for (auto& x : v) x = rng.normal();
+        return v;
+    };
+    const std::vector<float> logits = randn(N * E);
+    const RoutingDecision reference = route(m, logits, N, c.capacity_factor);
+    const MoeRouting rule = routing_rule(m, N, c.capacity_factor, c.pad_rows);
+    RoutingBuffers buffers(be, N, E, rule.slots(), rule.rows());
+    const MoeRouting r = buffers.bind(rule);
+    be.moe_route(r, logits.data());
+    const int R = r.rows(), S = r.slots();
+
+    // each assignment's row and slot, from the reference decision alone
+    const auto& assignments = reference.assignments;
+    std::vector<int> kept(E, 0), next_row(E, 0), row_of, slot_of;
+    for (const auto& a : assignments) ++kept[a.expert];
+    for (int e = 0; e < E; ++e) {
+        next_row[e] = r.rows_per_expert > 0 ? e * r.rows_per_expert
+                                            : (e == 0 ? 0 : next_row[e - 1] + kept[e - 1]);
+    }
+    for (const auto& a : assignments) {
+        row_of.push_back(next_row[a.expert]++);
+        const int first = reference.selected_offsets[a.token];
+        int slot = 0;
+        while (reference.selected_experts[first + slot] != a.expert) ++slot;
+        slot_of.push_back(slot);
+    }
+    ASSERT_FALSE(assignments.empty());
+
+    LocalTokenDispatcher dispatcher(be);
+    const auto x = randn(N * C), expert_out = randn(R * C);
+    const auto dout = randn(N * C), drows = randn(R * C);
+    auto at = [C](std::vector<float>& v, int row) {
+        return v.begin() + static_cast<std::ptrdiff_t>(row) * C;
+    };
+
+    // dispatch: exact copies and zeros (the output starts as garbage: it is overwritten)
+    auto x_dev = Tensor::from_host(be, {N, C}, x);
+    auto rows = Tensor::from_host(be, {R, C}, std::vector<float>(R * C, 7.0f));
+    dispatcher.dispatch(rows.f32(), x_dev.f32(), r, C);
+    std::vector<float> expected_rows(R * C, 0.0f);
+    for (std::size_t i = 0; i < assignments.size(); ++i) {
+        std::copy_n(x.begin() + assignments[i].token * C, C, at(expected_rows, row_of[i]));
+    }
+    EXPECT_EQ(rows.to_host(), expected_rows);
+
+    // combine (overwrites) and dispatch_backward (adds to the ones dx holds)
+    std::vector<double> expected_out(N * C, 0.0), expected_dx(N * C, 1.0);
+    for (std::size_t i = 0; i < assignments.size(); ++i) {
+        const auto& a = assignments[i];
+        for (int ch = 0; ch < C; ++ch) {
+            expected_out[a.token * C + ch] +=
+                static_cast<double>(a.weight) * expert_out[row_of[i] * C + ch];
+            expected_dx[a.token * C + ch] += drows[row_of[i] * C + ch];
+        }
+    }
+    auto expert_out_dev = Tensor::from_host(be, {R, C}, expert_out);
+    auto out = Tensor::from_host(be, {N, C}, std::vector<float>(N * C, 7.0f));
+    dispatcher.combine(out.f32(), expert_out_dev.f32(), r, C);
+    auto drows_dev = Tensor::from_host(be, {R, C}, drows);
+    auto dx = Tensor::from_host(be, {N, C}, std::vector<float>(N * C, 1.0f));
+    dispatcher.dispatch_backward(dx.f32(), drows_dev.f32(), r, C);
+    const auto out_host = out.to_host(), dx_host = dx.to_host();
+    for (int i = 0; i < N * C; ++i) {
+        EXPECT_NEAR(out_host[i], expected_out[i], 1e-5) << "out[" << i << "]";
+        EXPECT_NEAR(dx_host[i], expected_dx[i], 1e-5) << "dx[" << i << "]";
+    }
+
+    // combine_backward: each kept row gets its weight times the token's gradient, each kept
+    // slot the dot product of the token's gradient and its row; nothing else is touched
+    auto dout_dev = Tensor::from_host(be, {N, C}, dout);
+    auto drows_out = Tensor::zeros(be, {R, C});
+    auto dslot_weight = Tensor::zeros(be, {N, S});
+    dispatcher.combine_backward(drows_out.f32(), dslot_weight.f32(), dout_dev.f32(),
+                                expert_out_dev.f32(), r, C);
+    std::vector<float> expected_drows(R * C, 0.0f);
+    std::vector<double> expected_dslot(N * S, 0.0);
+    for (std::size_t i = 0; i < assignments.size(); ++i) {
+        const auto& a = assignments[i];
+        for (int ch = 0; ch < C; ++ch) {
+            expected_drows[row_of[i] * C + ch] = a.weight * dout[a.token * C + ch];
+            expected_dslot[a.token * S + slot_of[i]] +=
+                static_cast<double>(dout[a.token * C + ch]) * expert_out[row_of[i] * C + ch];
+        }
+    }
+    EXPECT_EQ(drows_out.to_host(), expected_drows);
+    const auto dslot_host = dslot_weight.to_host();
+    for (int i = 0; i < N * S; ++i) {
+        EXPECT_NEAR(dslot_host[i], expected_dslot[i], 1e-5) << "dslot_weight[" << i << "]";
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Layouts, LocalDispatch,
+    ::testing::Values(LayoutCase{"topk", 2, 0.5, "token_order", false},
+                      LayoutCase{"topk", 2, 0.5, "probability", true},
+                      LayoutCase{"topk", 1, 0.0, "token_order", false},
+                      LayoutCase{"expert_choice", 1, 0.5, "token_order", true}),
+    [](const ::testing::TestParamInfo<LayoutCase>& info) {
+        const auto& c = info.param;
+        return c.router + "_k" + std::to_string(c.k) + "_cf" +
+               std::to_string(static_cast<int>(c.capacity_factor * 100)) +
+               (c.pad_rows ? "_padded" : "_compact");
+    });
+
 struct LayerCase {
     std::string router;
     std::string combine;
@@ -314,21 +439,26 @@ TEST_P(MoeLayerGradient, MatchesFiniteDifferences) {
     EXPECT_GT(checked, 5 * skipped) << "routing flipped too often for a meaningful check";
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    RoutersAndCombines, MoeLayerGradient,
-    ::testing::Values(LayerCase{"topk", "softmax_topk", 0.0, false},
-                      LayerCase{"topk", "renormalized", 0.0, false},
-                      LayerCase{"topk", "softmax_topk", 0.5, true},
-                      LayerCase{"topk", "renormalized", 0.5, true},
-                      LayerCase{"topk", "renormalized", 0.5, true, true},
-                      LayerCase{"expert_choice", "softmax_topk", 1.0, true},
-                      LayerCase{"expert_choice", "renormalized", 1.0, true},
-                      LayerCase{"expert_choice", "renormalized", 0.0, false}),
-    [](const ::testing::TestParamInfo<LayerCase>& info) {
-        return info.param.router + "_" + info.param.combine +
-               (info.param.expect_drops ? "_drops" : "_nodrops") +
-               (info.param.pad_rows ? "_padded" : "");
-    });
+// Both routers, both combines, with and without capacity drops, both row layouts.
+std::vector<LayerCase> layer_cases() {
+    return {LayerCase{"topk", "softmax_topk", 0.0, false},
+            LayerCase{"topk", "renormalized", 0.0, false},
+            LayerCase{"topk", "softmax_topk", 0.5, true},
+            LayerCase{"topk", "renormalized", 0.5, true},
+            LayerCase{"topk", "renormalized", 0.5, true, true},
+            LayerCase{"expert_choice", "softmax_topk", 1.0, true},
+            LayerCase{"expert_choice", "renormalized", 1.0, true},
+            LayerCase{"expert_choice", "renormalized", 0.0, false}};
+}
+
+std::string layer_case_name(const ::testing::TestParamInfo<LayerCase>& info) {
+    return info.param.router + "_" + info.param.combine +
+           (info.param.expect_drops ? "_drops" : "_nodrops") +
+           (info.param.pad_rows ? "_padded" : "");
+}
+
+INSTANTIATE_TEST_SUITE_P(RoutersAndCombines, MoeLayerGradient, ::testing::ValuesIn(layer_cases()),
+                         layer_case_name);
 
 // With identical experts, no capacity limit and softmax_topk combine, the MoE output is the
 // dense MLP's output scaled by each token's sum of top-k router probabilities.
@@ -374,6 +504,126 @@ TEST(MoeLayerOutput, IdenticalExpertsWithSoftmaxTopkScaleTheMlpByTheTopkMass) {
             EXPECT_NEAR(y[n * C + c], reference[n * C + c] * mass, 1e-6) << "token " << n;
         }
     }
+}
+
+// The layer's output from route()'s reference decision and a dense MLP per expert: every token
+// gets Σ over its kept experts of combine weight · that expert's MLP of the token (capacity
+// drops included; a token no expert kept gets zeros).
+class MoeLayerOutputCase : public ::testing::TestWithParam<LayerCase> {};
+
+TEST_P(MoeLayerOutputCase, IsTheReferenceDecisionsWeightedSumOfExpertMlps) {
+    const auto c = GetParam();
+    CpuBackend be;
+    const int N = 12, C = 6, E = 4, H = 4 * C;
+    ModelConfig model;
+    model.channels = C;
+    model.moe = moe_config(c.router, E, 2, c.capacity_factor, c.combine);
+    MoeLayer layer(be, model, N, c.pad_rows);
+    Rng rng(23);
+    std::vector<float> params(moe_layer_parameters(E, C)), x(N * C);
+    for (auto& v : params) v = 0.5f * rng.normal();
+    for (auto& v : x) v = rng.normal();
+    auto p_dev = Tensor::from_host(be, {static_cast<int64_t>(params.size())}, params);
+    const MoeTensors w = moe_tensors_in(p_dev.f32(), E, C);
+    auto x_dev = Tensor::from_host(be, {N, C}, x);
+    auto out = Tensor(be, {N, C});
+    layer.forward(out.f32(), x_dev.f32(), N, w, c.capacity_factor);
+    EXPECT_EQ(layer.stats().dropped_fraction > 0, c.expect_drops);
+
+    auto logits = Tensor(be, {N, E});
+    be.matmul_forward(logits.f32(), x_dev.f32(), w.router, nullptr, N, C, E);
+    const RoutingDecision reference = route(model.moe, logits.to_host(), N, c.capacity_factor);
+    // every expert's MLP on every token
+    std::vector<std::vector<float>> mlp(E);
+    auto h = Tensor(be, {N, H}), g = Tensor(be, {N, H}), y = Tensor(be, {N, C});
+    for (int e = 0; e < E; ++e) {
+        const std::size_t offset = e * w.experts.stride;
+        be.matmul_forward(h.f32(), x_dev.f32(), w.experts.fc_weight + offset,
+                          w.experts.fc_bias + offset, N, C, H);
+        be.gelu_forward(g.f32(), h.f32(), static_cast<std::size_t>(N) * H);
+        be.matmul_forward(y.f32(), g.f32(), w.experts.proj_weight + offset,
+                          w.experts.proj_bias + offset, N, H, C);
+        mlp[e] = y.to_host();
+    }
+    std::vector<double> expected(N * C, 0.0);
+    for (const auto& a : reference.assignments) {
+        for (int ch = 0; ch < C; ++ch) {
+            expected[a.token * C + ch] +=
+                static_cast<double>(a.weight) * mlp[a.expert][a.token * C + ch];
+        }
+    }
+    const auto got = out.to_host();
+    for (int i = 0; i < N * C; ++i) {
+        EXPECT_NEAR(got[i], expected[i], 1e-5 * std::max(1.0, std::fabs(expected[i])))
+            << "out[" << i << "]";
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(RoutersAndCombines, MoeLayerOutputCase, ::testing::ValuesIn(layer_cases()),
+                         layer_case_name);
+
+// Forwards to a local dispatcher and counts the calls.
+class CountingDispatcher final : public TokenDispatcher {
+public:
+    explicit CountingDispatcher(Backend& backend) : local_(backend) {}
+    void dispatch(float* rows, const float* x, const MoeRouting& r, int C) override {
+        ++dispatches;
+        local_.dispatch(rows, x, r, C);
+    }
+    void dispatch_backward(float* dx, const float* drows, const MoeRouting& r, int C) override {
+        ++dispatch_backwards;
+        local_.dispatch_backward(dx, drows, r, C);
+    }
+    void combine(float* out, const float* rows, const MoeRouting& r, int C) override {
+        ++combines;
+        local_.combine(out, rows, r, C);
+    }
+    void combine_backward(float* drows, float* dslot_weight, const float* dout, const float* rows,
+                          const MoeRouting& r, int C) override {
+        ++combine_backwards;
+        local_.combine_backward(drows, dslot_weight, dout, rows, r, C);
+    }
+    int dispatches = 0, dispatch_backwards = 0, combines = 0, combine_backwards = 0;
+
+private:
+    LocalTokenDispatcher local_;
+};
+
+// A layer given a dispatcher moves its tokens through it, once each way per pass, and computes
+// what the default (local) layer does, bit for bit.
+TEST(MoeLayerDispatcher, MovesTokensThroughTheDispatcherItIsGiven) {
+    CpuBackend be;
+    const int N = 12, C = 6, E = 4;
+    ModelConfig model;
+    model.channels = C;
+    model.moe = moe_config("topk", E, 2, 0.5, "softmax_topk");
+    auto counting = std::make_unique<CountingDispatcher>(be);
+    const CountingDispatcher& calls = *counting;
+    MoeLayer given(be, model, N, false, std::move(counting));
+    MoeLayer local(be, model, N, false);
+    Rng rng(29);
+    std::vector<float> params(moe_layer_parameters(E, C)), x(N * C), dout(N * C);
+    for (auto& v : params) v = 0.5f * rng.normal();
+    for (auto& v : x) v = rng.normal();
+    for (auto& v : dout) v = rng.normal();
+    auto p_dev = Tensor::from_host(be, {static_cast<int64_t>(params.size())}, params);
+    auto x_dev = Tensor::from_host(be, {N, C}, x);
+    auto dout_dev = Tensor::from_host(be, {N, C}, dout);
+    const MoeTensors w = moe_tensors_in(p_dev.f32(), E, C);
+    auto run = [&](MoeLayer& layer) {
+        auto out = Tensor(be, {N, C});
+        auto dx = Tensor::zeros(be, {N, C});
+        auto grads = Tensor::zeros(be, {static_cast<int64_t>(params.size())});
+        layer.forward(out.f32(), x_dev.f32(), N, w, 0.5);
+        layer.backward(dx.f32(), dout_dev.f32(), x_dev.f32(), w, moe_tensors_in(grads.f32(), E, C));
+        return std::vector<std::vector<float>>{out.to_host(), dx.to_host(), grads.to_host()};
+    };
+    const auto through_given = run(given);
+    EXPECT_EQ(calls.dispatches, 1);
+    EXPECT_EQ(calls.combines, 1);
+    EXPECT_EQ(calls.combine_backwards, 1);
+    EXPECT_EQ(calls.dispatch_backwards, 1);
+    EXPECT_EQ(through_given, run(local));
 }
 
 ModelConfig tiny_moe_gpt(const std::string& combine, double cf) {
