@@ -233,7 +233,7 @@ TEST_P(LocalDispatch, MovesRowsAsTheReferenceDecisionSays) {
     CpuBackend be;
     const int N = 13, C = 5, E = 4;
     auto m = moe_config(c.router, E, c.k, c.capacity_factor, "softmax_topk");
-    m.priority = c.priority;
+    m.priority = parse_choice<Priority>(c.priority, "test", "priority");
     Rng rng(31);
     auto randn = [&](std::size_t n) {
         std::vector<float> v(n);
