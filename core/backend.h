@@ -25,10 +25,10 @@ enum class DeviceKind { CPU, CUDA };
 // Rows grouped by expert, for the experts' GEMMs (views of a MoeRouting's layout).
 struct ExpertGroups {
     int E = 0;
-    int rows_per_expert = 0;             // P > 0: padded, expert e's block is [e·P, (e+1)·P)
-    int rows = 0;                        // all rows, padding included
-    const int32_t* offset = nullptr;     // [E+1] device: first row of each expert
-    const int32_t* count = nullptr;      // [E] device: rows each expert owns
+    int rows_per_expert = 0;          // P > 0: padded, expert e's block is [e·P, (e+1)·P)
+    int rows = 0;                     // all rows, padding included
+    const int32_t* offset = nullptr;  // [E+1] device: first row of each expert
+    const int32_t* count = nullptr;   // [E] device: rows each expert owns
 };
 
 // A routing decision on the device (every pointer is backend memory; moe_route writes them).
@@ -57,7 +57,9 @@ struct MoeRouting {
     double z_loss_coef = 0;
     int slots() const { return expert_choice ? E : K; }
     int rows() const { return rows_per_expert > 0 ? E * rows_per_expert : N * K; }
-    ExpertGroups groups() const { return {E, rows_per_expert, rows(), expert_offset, expert_count}; }
+    ExpertGroups groups() const {
+        return {E, rows_per_expert, rows(), expert_offset, expert_count};
+    }
 
     // ---- device buffers
     float* probabilities = nullptr;    // [N,E] softmax of the logits
@@ -119,8 +121,7 @@ public:
     // dinp[M,K] += dout[M,N] · weight[N,K];  dweight[N,K] += dout^T · inp;
     // dbias[N] += Σ_m dout[m,:].  dinp and dbias may be null (skipped).
     virtual void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout,
-                                 const float* inp, const float* weight, int M, int K,
-                                 int N) = 0;
+                                 const float* inp, const float* weight, int M, int K, int N) = 0;
 
     // ---- embeddings ---------------------------------------------------------------------
     // out[B,T,C] = wte[tokens[b,t],:] + wpe[t,:]
@@ -134,27 +135,26 @@ public:
     // out[N,C] = (inp - mean) · rstd · weight + bias; saves mean[N], rstd[N]
     virtual void layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
                                    const float* weight, const float* bias, int N, int C) = 0;
-    virtual void layernorm_backward(float* dinp, float* dweight, float* dbias,
-                                    const float* dout, const float* inp, const float* weight,
-                                    const float* mean, const float* rstd, int N, int C) = 0;
+    virtual void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
+                                    const float* inp, const float* weight, const float* mean,
+                                    const float* rstd, int N, int C) = 0;
 
     // ---- multi-head self-attention core (softmax(q·kᵀ/√hs [+ causal mask]) · v) ---------
     // qkv[B,T,3C]: q, k, v stacked in that order; inside each, head h owns columns
     // [h·hs, (h+1)·hs), hs = C/H.  out[B,T,C] in the same head layout.
     // lse[B,H,T] saves each query row's log-sum-exp of the scaled scores, so the backward
     // recomputes the probabilities: memory is linear in T (no T×T cache).
-    virtual void attention_forward(float* out, float* lse, const float* qkv, int B, int T,
-                                   int C, int H, bool causal) = 0;
+    virtual void attention_forward(float* out, float* lse, const float* qkv, int B, int T, int C,
+                                   int H, bool causal) = 0;
     // dqkv[B,T,3C] += gradient; needs the forward's out and lse.
     virtual void attention_backward(float* dqkv, const float* dout, const float* qkv,
-                                    const float* out, const float* lse, int B, int T, int C,
-                                    int H, bool causal) = 0;
+                                    const float* out, const float* lse, int B, int T, int C, int H,
+                                    bool causal) = 0;
 
     // ---- pointwise ----------------------------------------------------------------------
     // tanh-approximated GELU, as PyTorch's gelu(approximate="tanh")
     virtual void gelu_forward(float* out, const float* inp, std::size_t n) = 0;
-    virtual void gelu_backward(float* dinp, const float* inp, const float* dout,
-                               std::size_t n) = 0;
+    virtual void gelu_backward(float* dinp, const float* inp, const float* dout, std::size_t n) = 0;
     // out = a + b (out may alias a or b)
     virtual void add(float* out, const float* a, const float* b, std::size_t n) = 0;
     // y += x
@@ -170,8 +170,8 @@ public:
     //   argmax[n] = index of the largest logit, lowest index on ties (null = skip)
     // A negative target marks a row to ignore: loss 0, gradient 0.
     virtual void softmax_crossentropy(float* losses, float* dlogits, int32_t* argmax,
-                                      const float* logits, const int32_t* targets, int N,
-                                      int V, float grad_scale) = 0;
+                                      const float* logits, const int32_t* targets, int N, int V,
+                                      float grad_scale) = 0;
 
     // ---- Mixture-of-Experts: routing, dispatch, expert GEMMs, combine -------------------
     // The routing decision lives on the device in fixed shapes (MoeRouting above), so a
@@ -225,8 +225,7 @@ public:
     // Patch rows of grey images (a pure rearrangement, no backward): images[B,H,W] →
     // out[B·P, p·p], P = (H/p)·(W/p); patches in row-major order over the image, pixels
     // row-major within each patch. H and W are multiples of p.
-    virtual void patch_embed_input(float* out, const float* images, int B, int H, int W,
-                                   int p) = 0;
+    virtual void patch_embed_input(float* out, const float* images, int B, int H, int W, int p) = 0;
     // Token sequence with the class token first: out[B, 1+P, C] with
     //   out[b,0,:] = cls + wpe[0,:];  out[b,1+i,:] = patch_emb[b·P+i,:] + wpe[1+i,:]
     virtual void assemble_tokens(float* out, const float* patch_emb, const float* cls,
@@ -244,9 +243,9 @@ public:
     // AdamW (decoupled weight decay, bias-corrected, step ≥ 1) on n parameters:
     //   g = grads · grad_scale;  m = β1·m + (1-β1)·g;  v = β2·v + (1-β2)·g²
     //   params -= lr · ( m̂ / (√v̂ + eps) + weight_decay · params )
-    virtual void adamw_update(float* params, const float* grads, float* m, float* v,
-                              std::size_t n, float lr, float beta1, float beta2, float eps,
-                              float weight_decay, float grad_scale, int64_t step) = 0;
+    virtual void adamw_update(float* params, const float* grads, float* m, float* v, std::size_t n,
+                              float lr, float beta1, float beta2, float eps, float weight_decay,
+                              float grad_scale, int64_t step) = 0;
     // Σ x² over n elements in double, in a fixed order (deterministic).
     virtual double sum_squares(const float* x, std::size_t n) = 0;
 

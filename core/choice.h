@@ -19,18 +19,18 @@
 
 namespace upcycle {
 
-enum class Arch { Gpt, Vit };                          // model.arch
-enum class RouterKind { TopK, ExpertChoice };          // model.moe.router
-enum class Combine { SoftmaxTopK, Renormalized };      // model.moe.combine
-enum class Priority { TokenOrder, Probability };       // model.moe.priority
-enum class Schedule { Constant, Rsqrt, Cosine };       // train.schedule
+enum class Arch { Gpt, Vit };                                  // model.arch
+enum class RouterKind { TopK, ExpertChoice };                  // model.moe.router
+enum class Combine { SoftmaxTopK, Renormalized };              // model.moe.combine
+enum class Priority { TokenOrder, Probability };               // model.moe.priority
+enum class Schedule { Constant, Rsqrt, Cosine };               // train.schedule
 enum class DataSource { Kjv, Synthetic, Text, FashionMnist };  // data.source
 // data.augment. CropFlip: pad by data.crop_padding pixels with the normalised value of a black
 // pixel, take a rows × cols window at a random offset, then mirror horizontally with p = 1/2.
 enum class Augmentation { None, CropFlip };
 enum class Method { Pretrain, Dense, Upcycle, Scratch, Warmstart };  // a trial's method
-enum class BudgetUnit { Flops, Seconds, Steps };       // continue.budget_unit
-enum class TrialStatus { Pending, Running, Done, Failed };  // trials.status in the store
+enum class BudgetUnit { Flops, Seconds, Steps };                     // continue.budget_unit
+enum class TrialStatus { Pending, Running, Done, Failed };           // trials.status in the store
 
 // The name table of each choice, in the order errors list them.
 template <class E>
@@ -60,8 +60,9 @@ struct ChoiceNames<Priority> {
 };
 template <>
 struct ChoiceNames<Schedule> {
-    static constexpr NameTable<Schedule, 3> table{
-        {{Schedule::Constant, "constant"}, {Schedule::Rsqrt, "rsqrt"}, {Schedule::Cosine, "cosine"}}};
+    static constexpr NameTable<Schedule, 3> table{{{Schedule::Constant, "constant"},
+                                                   {Schedule::Rsqrt, "rsqrt"},
+                                                   {Schedule::Cosine, "cosine"}}};
 };
 template <>
 struct ChoiceNames<DataSource> {
@@ -90,8 +91,9 @@ struct ChoiceNames<Method> {
 };
 template <>
 struct ChoiceNames<BudgetUnit> {
-    static constexpr NameTable<BudgetUnit, 3> table{
-        {{BudgetUnit::Flops, "flops"}, {BudgetUnit::Seconds, "seconds"}, {BudgetUnit::Steps, "steps"}}};
+    static constexpr NameTable<BudgetUnit, 3> table{{{BudgetUnit::Flops, "flops"},
+                                                     {BudgetUnit::Seconds, "seconds"},
+                                                     {BudgetUnit::Steps, "steps"}}};
 };
 template <>
 struct ChoiceNames<TrialStatus> {
@@ -103,7 +105,9 @@ struct ChoiceNames<TrialStatus> {
 
 // An enum with a name table.
 template <class E>
-concept Choice = std::is_enum_v<E> && requires { ChoiceNames<E>::table; };
+concept Choice = std::is_enum_v<E> && requires {
+    ChoiceNames<E>::table;
+};
 
 // The value's name, as JSON and the store hold it.
 template <Choice E>

@@ -106,12 +106,18 @@ concept NestedSection = std::is_class_v<T> && !std::is_same_v<T, std::string>;
 
 template <class T>
 std::string type_name() {
-    if constexpr (std::is_same_v<T, std::string>) return "a string";
-    else if constexpr (Choice<T>) return choice_list(choice_names<T>());
-    else if constexpr (std::is_same_v<T, bool>) return "true or false";
-    else if constexpr (std::is_floating_point_v<T>) return "a number";
-    else if constexpr (std::is_unsigned_v<T>) return "a non-negative integer";
-    else return "an integer";
+    if constexpr (std::is_same_v<T, std::string>)
+        return "a string";
+    else if constexpr (Choice<T>)
+        return choice_list(choice_names<T>());
+    else if constexpr (std::is_same_v<T, bool>)
+        return "true or false";
+    else if constexpr (std::is_floating_point_v<T>)
+        return "a number";
+    else if constexpr (std::is_unsigned_v<T>)
+        return "a non-negative integer";
+    else
+        return "an integer";
 }
 
 template <class T>
@@ -127,9 +133,9 @@ T yaml_scalar(const YAML::Node& node, const std::string& key, const std::string&
             return node.as<T>();
         }
     } catch (const YAML::BadConversion&) {
-        throw UserError(source, key,
-                        "expected " + type_name<T>() + ", found '" + node.Scalar() +
-                            "'" + line_of(node));
+        throw UserError(
+            source, key,
+            "expected " + type_name<T>() + ", found '" + node.Scalar() + "'" + line_of(node));
     }
 }
 
@@ -146,7 +152,6 @@ std::vector<std::string> section_names() {
     visit_sections(scratch, [&](const char* key, auto&) { names.emplace_back(key); });
     return names;
 }
-
 
 template <class Section>
 void read_section(const YAML::Node& node, Section& section, const std::string& prefix,
@@ -165,7 +170,8 @@ void read_section(const YAML::Node& node, Section& section, const std::string& p
             const auto text = yaml_scalar<std::string>(child, path, source);
             const auto value = find_choice<T>(text);
             if (!value) {
-                throw UserError(source, path, choice_error(choice_names<T>(), text) + line_of(child));
+                throw UserError(source, path,
+                                choice_error(choice_names<T>(), text) + line_of(child));
             }
             field = *value;
         } else if constexpr (std::is_same_v<T, std::string>) {
@@ -188,7 +194,7 @@ void read_section(const YAML::Node& node, Section& section, const std::string& p
         const std::string key = entry.first.as<std::string>();
         if (!known.count(key)) {
             throw_unknown_key(source, prefix + "." + key, key, field_names(section),
-                        line_of(entry.first));
+                              line_of(entry.first));
         }
     }
 }
@@ -198,8 +204,10 @@ nlohmann::json section_to_json(Section& section) {
     nlohmann::json fields = nlohmann::json::object();
     visit_fields(section, [&](const char* key, auto& field) {
         using T = std::decay_t<decltype(field)>;
-        if constexpr (NestedSection<T>) fields[key] = section_to_json(field);
-        else fields[key] = field;
+        if constexpr (NestedSection<T>)
+            fields[key] = section_to_json(field);
+        else
+            fields[key] = field;
     });
     return fields;
 }
@@ -215,7 +223,8 @@ void section_from_json(const nlohmann::json& fields, Section& section, const std
         if constexpr (NestedSection<T>) {
             section_from_json(fields[key], field, path, source);
         } else if constexpr (Choice<T>) {
-            if (!fields[key].is_string()) throw UserError(source, path, "expected " + type_name<T>());
+            if (!fields[key].is_string())
+                throw UserError(source, path, "expected " + type_name<T>());
             field = parse_choice<T>(fields[key].template get<std::string>(), source, path);
         } else {
             try {
@@ -250,7 +259,8 @@ RunConfig read_run_config(const YAML::Node& root, const std::string& source) {
         }
         YAML::Node rest(YAML::NodeType::Map);
         for (const auto& entry : model) {
-            if (entry.first.as<std::string>() != "preset") rest[entry.first.as<std::string>()] = entry.second;
+            if (entry.first.as<std::string>() != "preset")
+                rest[entry.first.as<std::string>()] = entry.second;
         }
         model = rest;
     }
@@ -270,7 +280,8 @@ RunConfig parse_run_config(const std::string& yaml_text, const std::string& sour
     for (const auto& assignment : overrides) {
         const Override o = parse_override(assignment);
         // reset() rebinds the handle; `=` would overwrite the node it shares with the tree
-        root.reset(with_value(root, split_dotted(o.key), 0, o.value, "--set", /*unmarked_key=*/true));
+        root.reset(
+            with_value(root, split_dotted(o.key), 0, o.value, "--set", /*unmarked_key=*/true));
     }
     RunConfig config = read_run_config(root, source);
     validate(config, source);
@@ -307,15 +318,17 @@ struct ConfigKey {
 };
 // Keys that only one architecture reads.
 constexpr ConfigKey kTextOnlyKeys[] = {
-    {"model", "vocab_size"},   {"model", "context"},          {"data", "path"},
+    {"model", "vocab_size"},         {"model", "context"},        {"data", "path"},
     {"data", "validation_fraction"}, {"data", "synthetic_bytes"}, {"data", "synthetic_seed"},
     {"eval", "max_windows"},
 };
 constexpr ConfigKey kImageOnlyKeys[] = {
-    {"model", "patch"},       {"model", "image_size"},  {"model", "classes"},
-    {"data", "validation_images"}, {"data", "train_images"}, {"data", "augment"},
-    {"data", "crop_padding"}, {"eval", "max_images"},   {"eval", "probe_shots"},
-    {"eval", "probe_seeds"},  {"eval", "probe_ridge"},
+    {"model", "patch"},       {"model", "image_size"},
+    {"model", "classes"},     {"data", "validation_images"},
+    {"data", "train_images"}, {"data", "augment"},
+    {"data", "crop_padding"}, {"eval", "max_images"},
+    {"eval", "probe_shots"},  {"eval", "probe_seeds"},
+    {"eval", "probe_ridge"},
 };
 
 // Keys added after trial hashes were first recorded: left out of a trial's identity while
@@ -332,8 +345,10 @@ nlohmann::json to_identity_json(const RunConfig& config) {
     auto erase = [&](const auto& keys) {
         for (const auto& key : keys) out[key.section].erase(key.field);
     };
-    if (config.model.arch == Arch::Vit) erase(kTextOnlyKeys);
-    else erase(kImageOnlyKeys);
+    if (config.model.arch == Arch::Vit)
+        erase(kTextOnlyKeys);
+    else
+        erase(kImageOnlyKeys);
     const nlohmann::json defaults = to_json(RunConfig{});
     for (const auto& key : kHashedOnlyWhenSetKeys) {
         if (out[key.section][key.field] == defaults[key.section][key.field]) {
@@ -348,7 +363,8 @@ RunConfig run_config_from_json(const nlohmann::json& json, const std::string& so
     if (!json.is_object()) throw UserError(source, "config", "expected a JSON object");
     if (json.contains("name")) config.name = json["name"].get<std::string>();
     visit_sections(config, [&](const char* section_key, auto& section) {
-        if (json.contains(section_key)) section_from_json(json[section_key], section, section_key, source);
+        if (json.contains(section_key))
+            section_from_json(json[section_key], section, section_key, source);
     });
     return config;
 }
@@ -414,7 +430,8 @@ std::vector<int> probe_shot_counts(const EvalConfig& eval, const std::string& so
     if (!shots || std::any_of(shots->begin(), shots->end(), [](int n) { return n < 1; })) {
         throw UserError(source, "eval.probe_shots",
                         "expected a list of positive examples-per-class counts such as "
-                        "[1, 5, 10] (or \"\" for no probe), found '" + eval.probe_shots + "'");
+                        "[1, 5, 10] (or \"\" for no probe), found '" +
+                            eval.probe_shots + "'");
     }
     return *shots;
 }
@@ -429,9 +446,9 @@ std::vector<int> moe_layer_indices(const ModelConfig& model, const std::string& 
         for (int l = 0; l < model.layers; ++l) layers.push_back(l);
     } else {
         const auto listed = parse_int_list(spec);
-        const bool in_range =
-            listed && std::all_of(listed->begin(), listed->end(),
-                                  [&](int l) { return l >= 0 && l < model.layers; });
+        const bool in_range = listed && std::all_of(listed->begin(), listed->end(), [&](int l) {
+                                  return l >= 0 && l < model.layers;
+                              });
         if (!in_range) {
             throw UserError(source, "model.moe.layers",
                             "expected every_other, all, or a list of block indices in [0, " +
@@ -469,17 +486,19 @@ void validate(const RunConfig& c, const std::string& source) {
                     ") must divide model.image_size (" + std::to_string(c.model.image_size) + ")");
         require(c.model.classes >= 2, "model.classes", "expected at least 2");
         require(c.data.source == DataSource::FashionMnist, "data.source",
-                "a vit trains on images: expected fashion_mnist, found '" + to_string(c.data.source) +
-                    "'");
+                "a vit trains on images: expected fashion_mnist, found '" +
+                    to_string(c.data.source) + "'");
         require(c.model.image_size == 28, "model.image_size",
                 "Fashion-MNIST images are 28×28, found " + std::to_string(c.model.image_size));
         require(c.model.classes == 10, "model.classes",
                 "Fashion-MNIST has 10 classes, found " + std::to_string(c.model.classes));
         require(c.data.validation_images >= c.model.classes, "data.validation_images",
                 "expected at least one image per class (" + std::to_string(c.model.classes) + ")");
-        require(c.data.train_images >= 0, "data.train_images", "expected a non-negative integer (0: all)");
+        require(c.data.train_images >= 0, "data.train_images",
+                "expected a non-negative integer (0: all)");
         require(c.data.crop_padding >= 0, "data.crop_padding", "expected a non-negative integer");
-        require(c.eval.max_images >= 0, "eval.max_images", "expected a non-negative integer (0: all)");
+        require(c.eval.max_images >= 0, "eval.max_images",
+                "expected a non-negative integer (0: all)");
         probe_shot_counts(c.eval, source);  // throws on a malformed list
         require(c.eval.probe_seeds >= 1, "eval.probe_seeds", "expected a positive integer");
         require(c.eval.probe_ridge > 0, "eval.probe_ridge", "expected a positive number");
@@ -494,14 +513,16 @@ void validate(const RunConfig& c, const std::string& source) {
     const MoeConfig& moe = c.model.moe;
     require(moe.experts >= 0, "model.moe.experts", "expected a non-negative integer (0: dense)");
     if (moe.experts > 0) {
-        require(!(moe.router == RouterKind::ExpertChoice && c.model.arch == Arch::Gpt), "model.moe.router",
+        require(!(moe.router == RouterKind::ExpertChoice && c.model.arch == Arch::Gpt),
+                "model.moe.router",
                 "expert_choice routing is refused in a causal (GPT) model: each expert picks its "
                 "top tokens across the whole sequence, so a token's output would depend on "
                 "later tokens (it leaks the future); use topk");
         require(moe.k >= 1 && moe.k <= moe.experts, "model.moe.k",
                 "expected 1 ≤ k ≤ experts (" + std::to_string(moe.experts) + "), found " +
                     std::to_string(moe.k));
-        require(moe.aux_loss_coef >= 0, "model.moe.aux_loss_coef", "expected a non-negative number");
+        require(moe.aux_loss_coef >= 0, "model.moe.aux_loss_coef",
+                "expected a non-negative number");
         require(moe.z_loss_coef >= 0, "model.moe.z_loss_coef", "expected a non-negative number");
         // throws on a malformed list
         require(!moe_layer_indices(c.model, source).empty(), "model.moe.layers",
@@ -543,7 +564,10 @@ const std::vector<ModelPreset>& model_presets() {
         {"gpt-small", ModelConfig{Arch::Gpt, 256, 256, 512, 8, 8, {}}, 8},
         {"gpt-124m", ModelConfig{Arch::Gpt, 50304, 1024, 768, 12, 12, {}}, 8},
         // the vision issue's benchmark shape: patch 4 on 28×28 (T = 50), C 128, L 6, H 4
-        {"vit-tiny", ModelConfig{.arch = Arch::Vit, .channels = 128, .layers = 6, .heads = 4, .moe = {}, .patch = 4}, 128},
+        {"vit-tiny",
+         ModelConfig{
+             .arch = Arch::Vit, .channels = 128, .layers = 6, .heads = 4, .moe = {}, .patch = 4},
+         128},
     };
     return presets;
 }
@@ -556,7 +580,8 @@ const ModelPreset& find_model_preset(const std::string& name) {
     }
     std::string message = "unknown model preset '" + name + "'";
     const auto suggestion = closest_match(name, names);
-    if (!suggestion.empty()) message += "; did you mean '" + suggestion + "'?";
+    if (!suggestion.empty())
+        message += "; did you mean '" + suggestion + "'?";
     else {
         message += "; expected one of:";
         for (const auto& n : names) message += " " + n;

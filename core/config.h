@@ -20,29 +20,30 @@ namespace upcycle {
 
 // Mixture-of-Experts: which blocks' MLPs are MoE layers and how they route.
 struct MoeConfig {
-    int experts = 0;                         // E; 0 = a dense model
-    std::string layers = "every_other";      // every_other (1, 3, 5, … zero-based) | all | "i,j,…"
-    RouterKind router = RouterKind::TopK;    // topk (token choice) | expert_choice
-    int k = 2;                               // experts per token (topk)
-    double capacity_factor = 2.0;            // training; capacity = ceil(k·tokens·cf/E); ≤ 0: no limit
+    int experts = 0;                     // E; 0 = a dense model
+    std::string layers = "every_other";  // every_other (1, 3, 5, … zero-based) | all | "i,j,…"
+    RouterKind router = RouterKind::TopK;  // topk (token choice) | expert_choice
+    int k = 2;                             // experts per token (topk)
+    double capacity_factor = 2.0;  // training; capacity = ceil(k·tokens·cf/E); ≤ 0: no limit
     double eval_capacity_factor = 2.0;       // evaluation
     Combine combine = Combine::SoftmaxTopK;  // softmax_topk (the paper's) | renormalized
-    Priority priority = Priority::TokenOrder;  // which tokens overflow first: token_order | probability
-    double aux_loss_coef = 0.01;             // Switch load balancing E·Σ f_e·P_e
-    double z_loss_coef = 0.001;              // router z-loss mean(logsumexp(logits)²)
+    Priority priority =
+        Priority::TokenOrder;     // which tokens overflow first: token_order | probability
+    double aux_loss_coef = 0.01;  // Switch load balancing E·Σ f_e·P_e
+    double z_loss_coef = 0.001;   // router z-loss mean(logsumexp(logits)²)
 };
 
 struct ModelConfig {
-    Arch arch = Arch::Gpt;     // gpt (text, causal) | vit (images, encoder)
-    int vocab_size = 256;      // V; byte-level text by default (gpt)
-    int context = 128;         // T (gpt); a ViT's T is 1 + (image_size/patch)², see tokens_per_example
-    int channels = 128;        // C
-    int layers = 4;            // L
-    int heads = 4;             // H
-    MoeConfig moe;             // experts = 0: dense
-    int patch = 4;             // p: ViT patch side in pixels (vit)
-    int image_size = 28;       // ViT input side (square, grey), fixed by the data (vit)
-    int classes = 10;          // ViT head outputs (vit)
+    Arch arch = Arch::Gpt;  // gpt (text, causal) | vit (images, encoder)
+    int vocab_size = 256;   // V; byte-level text by default (gpt)
+    int context = 128;    // T (gpt); a ViT's T is 1 + (image_size/patch)², see tokens_per_example
+    int channels = 128;   // C
+    int layers = 4;       // L
+    int heads = 4;        // H
+    MoeConfig moe;        // experts = 0: dense
+    int patch = 4;        // p: ViT patch side in pixels (vit)
+    int image_size = 28;  // ViT input side (square, grey), fixed by the data (vit)
+    int classes = 10;     // ViT head outputs (vit)
 };
 
 // Tokens one example occupies: the context for a GPT, 1 (class token) + patches for a ViT.
@@ -57,16 +58,16 @@ std::string describe_model(const ModelConfig& model);
 std::vector<int> moe_layer_indices(const ModelConfig& model, const std::string& source = "");
 
 struct DataConfig {
-    DataSource source = DataSource::Kjv;    // kjv | synthetic | text (gpt); fashion_mnist (vit)
-    std::string path;                       // the file, for source: text
-    double validation_fraction = 0.05;      // for text and synthetic (tail of the file)
-    int64_t synthetic_bytes = 1 << 20;      // for source: synthetic
+    DataSource source = DataSource::Kjv;  // kjv | synthetic | text (gpt); fashion_mnist (vit)
+    std::string path;                     // the file, for source: text
+    double validation_fraction = 0.05;    // for text and synthetic (tail of the file)
+    int64_t synthetic_bytes = 1 << 20;    // for source: synthetic
     uint64_t synthetic_seed = 1;
     // images (fashion_mnist): a fixed, class-balanced validation split carved from train
     int validation_images = 5000;
-    int64_t train_images = 0;               // keep a class-balanced subset of train (0: all)
+    int64_t train_images = 0;                   // keep a class-balanced subset of train (0: all)
     Augmentation augment = Augmentation::None;  // none | crop_flip (random crop + horizontal flip)
-    int crop_padding = 2;                   // pixels of padding for the random crop
+    int crop_padding = 2;                       // pixels of padding for the random crop
 };
 
 struct TrainConfig {
@@ -75,12 +76,12 @@ struct TrainConfig {
     Schedule schedule = Schedule::Rsqrt;  // constant | rsqrt | cosine
     double lr = 1e-3;
     int64_t warmup_steps = 100;
-    double min_lr_ratio = 0.1;       // cosine floor, as a fraction of lr
+    double min_lr_ratio = 0.1;  // cosine floor, as a fraction of lr
     double beta1 = 0.9;
     double beta2 = 0.95;
     double eps = 1e-8;
-    double weight_decay = 0.1;       // matrices only
-    double grad_clip = 1.0;          // global norm; 0 disables
+    double weight_decay = 0.1;  // matrices only
+    double grad_clip = 1.0;     // global norm; 0 disables
     // Examples per forward/backward pass; batch_size/micro_batch passes accumulate into one
     // optimizer step (gradient accumulation). 0: the whole batch in one pass. Must divide
     // batch_size. An MoE layer routes (and applies its capacity to) each micro-batch alone.
@@ -88,12 +89,12 @@ struct TrainConfig {
     // GEMM operand precision: fp32, or bf16 (operands rounded to bfloat16, fp32
     // accumulation and outputs; master weights, optimizer state and checkpoints stay fp32).
     Precision precision = Precision::FP32;
-    uint64_t seed = 1;               // weights init and data order
+    uint64_t seed = 1;  // weights init and data order
     int64_t log_every = 10;
 };
 
 struct EvalConfig {
-    int64_t every = 250;     // steps between evaluations (0: only at the end)
+    int64_t every = 250;        // steps between evaluations (0: only at the end)
     int64_t max_windows = 512;  // evenly spaced validation windows per evaluation (0: all) (text)
     // images: validation images per evaluation (evenly spaced; 0: all). At budget milestones and
     // at the end a ViT is also measured on the test split: accuracy and the few-shot probe.

@@ -9,7 +9,8 @@ namespace upcycle {
 double active_experts_per_token(const MoeConfig& moe) {
     if (moe.experts <= 0) return 1.0;
     if (moe.router == RouterKind::TopK) return moe.k;
-    return moe.capacity_factor > 0 ? std::min<double>(moe.capacity_factor, moe.experts) : moe.experts;
+    return moe.capacity_factor > 0 ? std::min<double>(moe.capacity_factor, moe.experts)
+                                   : moe.experts;
 }
 
 FlopsPerToken flops_per_token(const ModelConfig& m) {
@@ -47,14 +48,15 @@ std::string format_flops(double flops) {
 
 int64_t parameter_count(const ModelConfig& m) {
     const int64_t C = m.channels, L = m.layers, T = tokens_per_example(m), V = m.vocab_size;
-    const int64_t attention_block = 2 * C              // ln1
-                                    + 3 * C * C + 3 * C  // qkv
-                                    + C * C + C          // attn proj
-                                    + 2 * C;             // ln2
+    const int64_t attention_block = 2 * C                   // ln1
+                                    + 3 * C * C + 3 * C     // qkv
+                                    + C * C + C             // attn proj
+                                    + 2 * C;                // ln2
     const int64_t mlp = 4 * C * C + 4 * C + 4 * C * C + C;  // fc + proj
     const auto moe_blocks = static_cast<int64_t>(moe_layer_indices(m).size());
     const int64_t E = m.moe.experts;
-    const int64_t blocks = L * attention_block + (L - moe_blocks) * mlp + moe_blocks * (E * C + E * mlp);
+    const int64_t blocks =
+        L * attention_block + (L - moe_blocks) * mlp + moe_blocks * (E * C + E * mlp);
     const int64_t lnf = 2 * C;
     if (m.arch == Arch::Vit) {
         const int64_t patch_pixels = static_cast<int64_t>(m.patch) * m.patch, K = m.classes;

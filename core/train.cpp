@@ -42,9 +42,9 @@ std::string first_difference(const nlohmann::json& a, const nlohmann::json& b,
 
 // How a run began.
 enum class RunStart {
-    Fresh,            // weights initialised from the seed
-    Resumed,          // from the checkpoint in the output directory
-    FromCheckpoint,   // from TrainOptions::init_from
+    Fresh,           // weights initialised from the seed
+    Resumed,         // from the checkpoint in the output directory
+    FromCheckpoint,  // from TrainOptions::init_from
 };
 
 // Loads the weights, optimizer moments, training state and data stream of the checkpoint in
@@ -197,8 +197,8 @@ TrainSummary train(Backend& backend, const RunConfig& config, const TrainOptions
         throughput.add(tokens_per_step);
 
         if (state.step % tc.log_every == 0 || state.step == tc.steps) {
-            const StepRecord record = step_record(state, tc.steps, stats, lr, opt,
-                                                  throughput.tokens_per_second(), model);
+            const StepRecord record =
+                step_record(state, tc.steps, stats, lr, opt, throughput.tokens_per_second(), model);
             throughput.reset();
             log.write_step(record);
             if (observer.on_step) observer.on_step(record);

@@ -18,26 +18,26 @@
 namespace upcycle {
 
 struct StepRecord {
-    int64_t step = 0;            // optimizer step just taken (1-based)
+    int64_t step = 0;  // optimizer step just taken (1-based)
     int64_t total_steps = 0;
-    double loss = 0;             // training loss of this step's batch
+    double loss = 0;  // training loss of this step's batch
     double lr = 0;
     double grad_norm = 0;
-    int64_t tokens = 0;          // cumulative training tokens
-    double flops = 0;            // cumulative training FLOPs
-    double seconds = 0;          // cumulative training wall seconds
-    double tokens_per_second = 0;  // over the last logging interval
-    double aux_loss = 0;           // MoE auxiliary losses of this step (coefficient-weighted)
-    std::vector<int> moe_layers;               // blocks with an MoE layer
-    std::vector<RoutingStats> routing;         // their routing statistics, same order
+    int64_t tokens = 0;                 // cumulative training tokens
+    double flops = 0;                   // cumulative training FLOPs
+    double seconds = 0;                 // cumulative training wall seconds
+    double tokens_per_second = 0;       // over the last logging interval
+    double aux_loss = 0;                // MoE auxiliary losses of this step (coefficient-weighted)
+    std::vector<int> moe_layers;        // blocks with an MoE layer
+    std::vector<RoutingStats> routing;  // their routing statistics, same order
 };
 
 // A budget milestone: evaluate (and checkpoint) once the run reaches this step, or once it
 // has trained this many seconds since `TrainOptions::seconds_origin`.
 struct Milestone {
-    double percent = 0;    // the budget it stands for (% of the sunk cost), for reports
-    int64_t step = -1;     // reached when the step counter is ≥ step (if ≥ 0)
-    double seconds = -1;   // reached when training seconds − seconds_origin ≥ this (if ≥ 0)
+    double percent = 0;   // the budget it stands for (% of the sunk cost), for reports
+    int64_t step = -1;    // reached when the step counter is ≥ step (if ≥ 0)
+    double seconds = -1;  // reached when training seconds − seconds_origin ≥ this (if ≥ 0)
 };
 
 struct EvalRecord {
@@ -57,9 +57,10 @@ struct TrainObserver {
 };
 
 struct TrainOptions {
-    std::filesystem::path out_dir;                // checkpoint.safetensors and log.jsonl go here
-    bool resume = true;                           // continue from out_dir's checkpoint if any
-    const std::atomic<bool>* stop_requested = nullptr;  // set by a signal handler: checkpoint, return
+    std::filesystem::path out_dir;  // checkpoint.safetensors and log.jsonl go here
+    bool resume = true;             // continue from out_dir's checkpoint if any
+    const std::atomic<bool>* stop_requested =
+        nullptr;  // set by a signal handler: checkpoint, return
     // Start from this checkpoint (e.g. one made by surgery) instead of a fresh init: its
     // weights, optimizer moments if it has them (else AdamW starts fresh) and training state
     // (step counter, tokens, FLOPs, seconds, data stream). Its model config must equal the
@@ -78,7 +79,7 @@ struct TrainOptions {
 
 struct TrainSummary {
     int64_t steps = 0;
-    bool completed = false;          // false if stopped early
+    bool completed = false;  // false if stopped early
     bool resumed = false;
     int64_t resumed_from_step = 0;
     bool initialized_from_checkpoint = false;

@@ -46,10 +46,10 @@ TrainLog TrainLog::resume(const std::filesystem::path& path, int64_t step) {
 }
 
 void TrainLog::write_step(const StepRecord& record) {
-    nlohmann::json line{{"kind", "train"},          {"step", record.step},
-                        {"loss", record.loss},       {"lr", record.lr},
-                        {"grad_norm", record.grad_norm}, {"tokens", record.tokens},
-                        {"flops", record.flops},     {"seconds", record.seconds}};
+    nlohmann::json line{
+        {"kind", "train"},       {"step", record.step},           {"loss", record.loss},
+        {"lr", record.lr},       {"grad_norm", record.grad_norm}, {"tokens", record.tokens},
+        {"flops", record.flops}, {"seconds", record.seconds}};
     if (!record.moe_layers.empty()) {
         // the objective also had the MoE auxiliary losses; routing per MoE block
         line["aux_loss"] = record.aux_loss;

@@ -23,8 +23,7 @@ bool TrainPolicy::reached(const Milestone& m, const TrainingState& state) const 
 }
 
 bool TrainPolicy::all_milestones_done() const {
-    return stop_at_last_milestone_ && !milestones_.empty() &&
-           next_milestone_ == milestones_.size();
+    return stop_at_last_milestone_ && !milestones_.empty() && next_milestone_ == milestones_.size();
 }
 
 bool TrainPolicy::wants_step(const TrainingState& state) const {

@@ -59,6 +59,7 @@ Override parse_override(const std::string& assignment);
 // (file = source) when a key on the way holds a value instead of a mapping. unmarked_key: the
 // last key is a new node without a line (an override's key is not in the file).
 YAML::Node with_value(const YAML::Node& tree, const std::vector<std::string>& keys, std::size_t i,
-                      const YAML::Node& value, const std::string& source, bool unmarked_key = false);
+                      const YAML::Node& value, const std::string& source,
+                      bool unmarked_key = false);
 
 }  // namespace upcycle

@@ -16,8 +16,8 @@
 #include <memory>
 
 #include <fmt/format.h>
-#include <nlohmann/json.hpp>
 #include <omp.h>
+#include <nlohmann/json.hpp>
 
 #include "core/config.h"
 #include "core/errors.h"
@@ -37,9 +37,9 @@ namespace {
 
 struct BenchArgs {
     std::string model = "gpt-tiny";
-    int steps = 0;   // 0: a default by model size
+    int steps = 0;  // 0: a default by model size
     int warmup = 2;
-    int batch = 0;   // 0: the preset's
+    int batch = 0;        // 0: the preset's
     int micro_batch = 0;  // 0: the whole batch in one pass
     bool json = false;
     std::string device = "cpu";
@@ -55,7 +55,10 @@ class StepTimer {
 public:
     // `batch` examples per step in passes of `micro` examples (batch a multiple of micro).
     StepTimer(Backend& backend, const ModelConfig& config, int batch, int micro)
-        : backend_(&backend), config_(config), B_(batch), micro_(micro),
+        : backend_(&backend),
+          config_(config),
+          B_(batch),
+          micro_(micro),
           model_(make_model(backend, config, micro)),
           optimizer_(backend, model_->num_parameters()) {
         const int B = micro;  // the random inputs are one micro-batch, fed every pass
@@ -64,14 +67,17 @@ public:
         if (auto* vit = dynamic_cast<Vit*>(model_.get())) {
             images_.resize(static_cast<std::size_t>(B) * config.image_size * config.image_size);
             for (auto& x : images_) x = rng.normal();
-            for (int i = 0; i < B; ++i) labels_.push_back(static_cast<int32_t>(rng.below(config.classes)));
+            for (int i = 0; i < B; ++i)
+                labels_.push_back(static_cast<int32_t>(rng.below(config.classes)));
             forward_ = [this, vit] { vit->forward(images_, labels_, micro_, Pass::Train); };
         } else {
             auto* gpt = dynamic_cast<Gpt*>(model_.get());
             const auto n = static_cast<std::size_t>(B) * config.context;
             const auto V = static_cast<uint64_t>(config.vocab_size);
-            for (std::size_t i = 0; i < n; ++i) inputs_.push_back(static_cast<int32_t>(rng.below(V)));
-            for (std::size_t i = 0; i < n; ++i) labels_.push_back(static_cast<int32_t>(rng.below(V)));
+            for (std::size_t i = 0; i < n; ++i)
+                inputs_.push_back(static_cast<int32_t>(rng.below(V)));
+            for (std::size_t i = 0; i < n; ++i)
+                labels_.push_back(static_cast<int32_t>(rng.below(V)));
             forward_ = [this, gpt] { gpt->forward(inputs_, labels_, micro_, Pass::Train); };
         }
     }
@@ -87,7 +93,8 @@ public:
             optimizer_.update(model_->layout(), model_->parameters(), model_->gradients(), train_,
                               1e-4, 1.0 / parts);
             backend_->synchronize();
-            if (record) seconds_.push_back(std::chrono::duration<double>(Clock::now() - start).count());
+            if (record)
+                seconds_.push_back(std::chrono::duration<double>(Clock::now() - start).count());
         }
     }
     double median_step() const { return median(seconds_); }
@@ -102,10 +109,10 @@ private:
     int B_, micro_;
     std::unique_ptr<Model> model_;
     AdamW optimizer_;
-    TrainConfig train_;  // defaults: AdamW betas, clip 1.0, weight decay 0.1
-    std::vector<int32_t> inputs_;   // GPT: token ids [micro,T]
-    std::vector<float> images_;     // ViT: [micro, image, image]
-    std::vector<int32_t> labels_;   // GPT: targets [micro,T]; ViT: classes [micro]
+    TrainConfig train_;            // defaults: AdamW betas, clip 1.0, weight decay 0.1
+    std::vector<int32_t> inputs_;  // GPT: token ids [micro,T]
+    std::vector<float> images_;    // ViT: [micro, image, image]
+    std::vector<int32_t> labels_;  // GPT: targets [micro,T]; ViT: classes [micro]
     std::function<void()> forward_;
     std::vector<double> seconds_;
 };
@@ -122,11 +129,11 @@ nlohmann::json figures(const StepTimer& t) {
 
 void print_figures(const std::string& label, const StepTimer& t) {
     const double step = t.median_step();
-    fmt::print("{}: {} parameters, median step of {} {:.2f} ms, {:.0f} tokens/s, "
-               "{:.4g} FLOPs/token, {:.1f} GFLOP/s\n",
-               label, t.model().num_parameters(), t.timed(), step * 1e3,
-               t.tokens_per_step() / step, t.flops_per_step() / t.tokens_per_step(),
-               t.flops_per_step() / step / 1e9);
+    fmt::print(
+        "{}: {} parameters, median step of {} {:.2f} ms, {:.0f} tokens/s, "
+        "{:.4g} FLOPs/token, {:.1f} GFLOP/s\n",
+        label, t.model().num_parameters(), t.timed(), step * 1e3, t.tokens_per_step() / step,
+        t.flops_per_step() / t.tokens_per_step(), t.flops_per_step() / step / 1e9);
 }
 
 int run_bench(const BenchArgs& args) {
@@ -181,14 +188,10 @@ int run_bench(const BenchArgs& args) {
     const double peak_gflops = backend->peak_flops(precision) / 1e9;
 
     if (args.json) {
-        nlohmann::json out{{"model", preset.name},
-                           {"batch", B},
-                           {"micro_batch", micro},
-                           {"context", T},
-                           {"precision", args.precision},
-                           {"threads", omp_get_max_threads()},
-                           {"backend", backend->describe()},
-                           {"dense", figures(dense)}};
+        nlohmann::json out{{"model", preset.name},           {"batch", B},
+                           {"micro_batch", micro},           {"context", T},
+                           {"precision", args.precision},    {"threads", omp_get_max_threads()},
+                           {"backend", backend->describe()}, {"dense", figures(dense)}};
         if (on_cpu) {
             out["sgemm_shape"] = {M, N, K};
             out["sgemm_gflops"] = sgemm_gflops;
@@ -209,19 +212,21 @@ int run_bench(const BenchArgs& args) {
         fmt::print("{}\n", out.dump(2));
         return 0;
     }
-    fmt::print("model {} ({}), batch {}{} ({} tokens per step), {} GEMMs, training steps "
-               "(forward + backward + AdamW) on random {}\n",
-               preset.name, describe_model(dense_config), B,
-               micro < B ? fmt::format(" in {} micro-batches of {}", B / micro, micro) : "",
-               B * T, args.precision, dense_config.arch == Arch::Vit ? "images" : "tokens");
+    fmt::print(
+        "model {} ({}), batch {}{} ({} tokens per step), {} GEMMs, training steps "
+        "(forward + backward + AdamW) on random {}\n",
+        preset.name, describe_model(dense_config), B,
+        micro < B ? fmt::format(" in {} micro-batches of {}", B / micro, micro) : "", B * T,
+        args.precision, dense_config.arch == Arch::Vit ? "images" : "tokens");
     fmt::print("backend {}\n", backend->describe());
     print_figures("dense", dense);
     if (sparse) {
-        fmt::print("MoE {} experts, {}{}, capacity factor {}, blocks {} (FLOPs count active "
-                   "experts and the router)\n",
-                   moe_config.moe.experts, to_string(moe_config.moe.router),
-                   moe_config.moe.router == RouterKind::TopK ? fmt::format(" k={}", moe_config.moe.k) : "",
-                   moe_config.moe.capacity_factor, moe_config.moe.layers);
+        fmt::print(
+            "MoE {} experts, {}{}, capacity factor {}, blocks {} (FLOPs count active "
+            "experts and the router)\n",
+            moe_config.moe.experts, to_string(moe_config.moe.router),
+            moe_config.moe.router == RouterKind::TopK ? fmt::format(" k={}", moe_config.moe.k) : "",
+            moe_config.moe.capacity_factor, moe_config.moe.layers);
         print_figures("moe  ", *sparse);
         fmt::print("MoE / dense achieved GFLOP/s: {:.1f}%\n", 100.0 * main_gflops / dense_gflops);
     }
@@ -230,12 +235,14 @@ int run_bench(const BenchArgs& args) {
         fmt::print("{} fraction of sgemm: {:.1f}%\n", sparse ? "MoE" : "dense",
                    100.0 * main_gflops / sgemm_gflops);
     } else if (peak_gflops > 0) {
-        fmt::print("MFU = training FLOPs per step / median step time / peak, with training "
-                   "FLOPs = 3 × forward (2 × active parameters + attention) per token; peak "
-                   "{:.1f} TFLOP/s ({} dense)\n",
-                   peak_gflops / 1e3, args.precision);
+        fmt::print(
+            "MFU = training FLOPs per step / median step time / peak, with training "
+            "FLOPs = 3 × forward (2 × active parameters + attention) per token; peak "
+            "{:.1f} TFLOP/s ({} dense)\n",
+            peak_gflops / 1e3, args.precision);
         fmt::print("dense MFU: {:.1f}%\n", 100.0 * dense_gflops / peak_gflops);
-        if (sparse) fmt::print("MoE MFU (active FLOPs): {:.1f}%\n", 100.0 * main_gflops / peak_gflops);
+        if (sparse)
+            fmt::print("MoE MFU (active FLOPs): {:.1f}%\n", 100.0 * main_gflops / peak_gflops);
     } else {
         fmt::print("no peak figure is known for this device: MFU not printed\n");
     }
@@ -260,7 +267,8 @@ Command add_bench_command(CLI::App& app) {
     sub->add_option("--experts", args->experts,
                     "also time the preset with every other block's MLP an MoE layer of E experts");
     sub->add_option("--k", args->k, "experts per token (topk)");
-    sub->add_option("--capacity-factor", args->capacity_factor, "expert capacity factor (≤ 0: no limit)");
+    sub->add_option("--capacity-factor", args->capacity_factor,
+                    "expert capacity factor (≤ 0: no limit)");
     sub->add_option("--router", args->router, "topk | expert_choice");
     return [args] { return run_bench(*args); };
 }

@@ -81,7 +81,8 @@ int run_bench_moe(BenchMoeArgs args) {
         for (auto& x : v) x = scale * rng.normal();
         return v;
     };
-    auto params = Tensor::from_host(*backend, {n_params}, randn(static_cast<std::size_t>(n_params), 0.02f));
+    auto params =
+        Tensor::from_host(*backend, {n_params}, randn(static_cast<std::size_t>(n_params), 0.02f));
     auto grads = Tensor::zeros(*backend, {n_params});
     const MoeTensors w = moe_tensors_in(params.f32(), E, C), g = moe_tensors_in(grads.f32(), E, C);
     auto x = Tensor::from_host(*backend, {N, C}, randn(static_cast<std::size_t>(N) * C, 1.0f));
@@ -140,11 +141,13 @@ int run_bench_moe(BenchMoeArgs args) {
         fmt::print("{}\n", result.dump(2));
         return 0;
     }
-    fmt::print("one MoE layer: {} tokens, C {}, {} experts, {}{}, capacity factor {}, {} rows "
-               "({} kept, {:.1f}% dropped), {} GEMMs\n",
-               N, C, E, args.router, model.moe.router == RouterKind::TopK ? fmt::format(" k={}", model.moe.k) : "",
-               args.capacity_factor, backend->pads_expert_rows() ? "padded" : "compact",
-               stats.assignments_kept, 100.0 * stats.dropped_fraction, args.precision);
+    fmt::print(
+        "one MoE layer: {} tokens, C {}, {} experts, {}{}, capacity factor {}, {} rows "
+        "({} kept, {:.1f}% dropped), {} GEMMs\n",
+        N, C, E, args.router,
+        model.moe.router == RouterKind::TopK ? fmt::format(" k={}", model.moe.k) : "",
+        args.capacity_factor, backend->pads_expert_rows() ? "padded" : "compact",
+        stats.assignments_kept, 100.0 * stats.dropped_fraction, args.precision);
     fmt::print("backend {}\n", backend->describe());
     fmt::print("median over {} steps, each phase between synchronisations:\n", args.steps);
     for (std::size_t p = 0; p < kPhases; ++p) {
@@ -167,8 +170,10 @@ int run_bench_moe(BenchMoeArgs args) {
 Command add_bench_moe_command(CLI::App& app) {
     auto args = std::make_shared<BenchMoeArgs>();
     auto* sub = app.add_subcommand("bench-moe", "Time one MoE layer, phase by phase");
-    sub->add_option("--tokens", args->tokens, "tokens routed (default 65536 on a GPU, 4096 on the CPU)");
-    sub->add_option("--channels", args->channels, "model width C (default 768 on a GPU, 128 on the CPU)");
+    sub->add_option("--tokens", args->tokens,
+                    "tokens routed (default 65536 on a GPU, 4096 on the CPU)");
+    sub->add_option("--channels", args->channels,
+                    "model width C (default 768 on a GPU, 128 on the CPU)");
     sub->add_option("--experts", args->experts, "experts E (default 8)");
     sub->add_option("--k", args->k, "experts per token, topk (default 2)");
     sub->add_option("--capacity-factor", args->capacity_factor,

@@ -42,8 +42,9 @@ EvalResult evaluate_text_file(const Checkpoint& ckpt, Backend& backend, const Ev
     load_into(ckpt, model, nullptr);
     const std::string text = read_text_file(args.text);
     if (count_eval_windows(text.size(), ckpt.config.model.context) == 0) {
-        throw UserError(args.text, "", "shorter than one window of " +
-                                           std::to_string(ckpt.config.model.context + 1) + " bytes");
+        throw UserError(args.text, "",
+                        "shorter than one window of " +
+                            std::to_string(ckpt.config.model.context + 1) + " bytes");
     }
     return evaluate_text(model, text, args.max_windows);
 }
@@ -87,8 +88,8 @@ int run_eval(const EvalArgs& args) {
         for (const auto& [key, value] : r.extra) out[key] = value;
         fmt::print("{}\n", out.dump(2));
     } else {
-        fmt::print("{} (step {}) on {}: loss {:.4f} | accuracy {:.4f} | {} {}{}\n",
-                   args.checkpoint, ckpt.state.step, source, r.loss, r.accuracy, r.tokens, unit,
+        fmt::print("{} (step {}) on {}: loss {:.4f} | accuracy {:.4f} | {} {}{}\n", args.checkpoint,
+                   ckpt.state.step, source, r.loss, r.accuracy, r.tokens, unit,
                    format_extra_metrics(r));
     }
     return 0;
@@ -98,13 +99,18 @@ int run_eval(const EvalArgs& args) {
 
 Command add_eval_command(CLI::App& app) {
     auto args = std::make_shared<EvalArgs>();
-    auto* sub = app.add_subcommand("eval", "Validation loss and accuracy of a checkpoint (a ViT's also on the test split)");
+    auto* sub = app.add_subcommand(
+        "eval", "Validation loss and accuracy of a checkpoint (a ViT's also on the test split)");
     sub->add_option("--ckpt", args->checkpoint, "checkpoint (.safetensors)")->required();
-    sub->add_option("--text", args->text, "evaluate on this text file instead of the held-out split");
+    sub->add_option("--text", args->text,
+                    "evaluate on this text file instead of the held-out split");
     sub->add_flag("--json", args->json, "print JSON");
-    sub->add_option("--max-windows", args->max_windows, "text: evaluate N evenly spaced windows (0: all)");
-    sub->add_option("--max-images", args->max_images, "images: evaluate N evenly spaced validation images (0: all)");
-    sub->add_option("--batch", args->batch, "windows or images per forward pass")->check(CLI::PositiveNumber);
+    sub->add_option("--max-windows", args->max_windows,
+                    "text: evaluate N evenly spaced windows (0: all)");
+    sub->add_option("--max-images", args->max_images,
+                    "images: evaluate N evenly spaced validation images (0: all)");
+    sub->add_option("--batch", args->batch, "windows or images per forward pass")
+        ->check(CLI::PositiveNumber);
     sub->add_option("--device", args->device, "cpu | cuda[:N]");
     sub->add_option("--precision", args->precision,
                     "GEMM precision: fp32 | bf16 (default: the checkpoint's train.precision)");

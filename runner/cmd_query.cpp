@@ -40,10 +40,14 @@ std::string table_text(const QueryCell& cell, std::size_t max_width) {
     if (cell.type == QueryCell::Type::Null) return "NULL";
     std::string out;
     for (char c : cell.text) {
-        if (c == '\n') out += "\\n";
-        else if (c == '\t') out += "\\t";
-        else if (c == '\r') out += "\\r";
-        else out += c;
+        if (c == '\n')
+            out += "\\n";
+        else if (c == '\t')
+            out += "\\t";
+        else if (c == '\r')
+            out += "\\r";
+        else
+            out += c;
     }
     if (max_width == 0 || display_width(out) <= max_width) return out;
     std::size_t keep = 0, points = 0;
@@ -94,7 +98,6 @@ void print_table(const QueryResult& result, std::size_t max_width) {
     fmt::print("({} row{})\n", result.rows.size(), result.rows.size() == 1 ? "" : "s");
 }
 
-
 void print_csv(const QueryResult& result) {
     std::string line;
     for (std::size_t c = 0; c < result.columns.size(); ++c) {
@@ -103,7 +106,8 @@ void print_csv(const QueryResult& result) {
     fmt::print("{}\n", line);
     for (const auto& row : result.rows) {
         line.clear();
-        for (std::size_t c = 0; c < row.size(); ++c) line += (c ? "," : "") + csv_field(row[c].text);
+        for (std::size_t c = 0; c < row.size(); ++c)
+            line += (c ? "," : "") + csv_field(row[c].text);
         fmt::print("{}\n", line);
     }
 }
@@ -136,9 +140,12 @@ int run_query(const QueryArgs& args) {
     }
     const Store store(args.db, Store::Mode::ReadOnly);
     const QueryResult result = store.query(args.sql);
-    if (args.format == "csv") print_csv(result);
-    else if (args.format == "json") print_json(result);
-    else print_table(result, args.max_width);
+    if (args.format == "csv")
+        print_csv(result);
+    else if (args.format == "json")
+        print_json(result);
+    else
+        print_table(result, args.max_width);
     return 0;
 }
 
@@ -146,11 +153,13 @@ int run_query(const QueryArgs& args) {
 
 Command add_query_command(CLI::App& app) {
     auto args = std::make_shared<QueryArgs>();
-    auto* sub = app.add_subcommand(
-        "query", "Run one read-only SQL statement over the results store (tables: "
-                 "runner/store/SCHEMA.md)");
-    sub->add_option("sql", args->sql, "the SQL, e.g. \"SELECT status, count(*) FROM trials "
-                                      "GROUP BY status\"")
+    auto* sub =
+        app.add_subcommand("query",
+                           "Run one read-only SQL statement over the results store (tables: "
+                           "runner/store/SCHEMA.md)");
+    sub->add_option("sql", args->sql,
+                    "the SQL, e.g. \"SELECT status, count(*) FROM trials "
+                    "GROUP BY status\"")
         ->required();
     sub->add_option("--db", args->db, "results database")->capture_default_str();
     sub->add_option("--format", args->format, "table | csv | json")->capture_default_str();

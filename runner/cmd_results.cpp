@@ -31,10 +31,14 @@ int run_results(const ResultsArgs& args) {
     }
     const Store store(args.db, Store::Mode::ReadOnly);
     const Report report = build_report(store, args.sweep, args.metric);
-    if (args.format == "csv") fmt::print("{}", report_csv(report));
-    else if (args.format == "json") fmt::print("{}", report_json(report));
-    else if (args.format == "markdown") fmt::print("{}", report_markdown(report));
-    else fmt::print("{}", report_table(report));
+    if (args.format == "csv")
+        fmt::print("{}", report_csv(report));
+    else if (args.format == "json")
+        fmt::print("{}", report_json(report));
+    else if (args.format == "markdown")
+        fmt::print("{}", report_markdown(report));
+    else
+        fmt::print("{}", report_table(report));
     return 0;
 }
 
@@ -43,8 +47,9 @@ int run_results(const ResultsArgs& args) {
 Command add_results_command(CLI::App& app) {
     auto args = std::make_shared<ResultsArgs>();
     auto* sub = app.add_subcommand(
-        "results", "Compare the continuation methods of a sweep at each budget (mean ± std over "
-                   "seeds, difference to dense continuation)");
+        "results",
+        "Compare the continuation methods of a sweep at each budget (mean ± std over "
+        "seeds, difference to dense continuation)");
     sub->add_option("sweep", args->sweep, "the sweep's name (as in `upcycle status`)")->required();
     sub->add_option("--db", args->db, "results database")->capture_default_str();
     sub->add_option("--format", args->format, "table | csv | json | markdown")

@@ -66,8 +66,8 @@ int run_status(const StatusArgs& args) {
             if (seen.insert(s.name).second) names.push_back(s.name);
         }
     }
-    fmt::print("{}: {} sweep{}, {} trial{}\n", args.db, names.size(),
-               names.size() == 1 ? "" : "s", trials.size(), trials.size() == 1 ? "" : "s");
+    fmt::print("{}: {} sweep{}, {} trial{}\n", args.db, names.size(), names.size() == 1 ? "" : "s",
+               trials.size(), trials.size() == 1 ? "" : "s");
     if (trials.empty()) {
         fmt::print("no trials yet\n");
         return 0;
@@ -75,8 +75,8 @@ int run_status(const StatusArgs& args) {
 
     const TrialStatus states[] = {TrialStatus::Done, TrialStatus::Running, TrialStatus::Pending,
                                   TrialStatus::Failed};
-    std::vector<std::vector<std::string>> table{{"sweep", "trials", "done", "running", "pending",
-                                                 "failed"}};
+    std::vector<std::vector<std::string>> table{
+        {"sweep", "trials", "done", "running", "pending", "failed"}};
     for (const auto& name : names) {
         const auto counts = store.status_counts(name);
         int64_t total = 0;
@@ -106,21 +106,23 @@ int run_status(const StatusArgs& args) {
             heartbeat = format_duration(*t.heartbeat_age_seconds) + " ago";
             if (*t.heartbeat_age_seconds > kDefaultStaleAfterSeconds) heartbeat += " (stale)";
         }
-        running.push_back({std::to_string(t.id), to_string(t.method), std::to_string(t.step), heartbeat,
-                           std::to_string(t.attempts), t.host, t.worker, short_hash(t.hash)});
+        running.push_back({std::to_string(t.id), to_string(t.method), std::to_string(t.step),
+                           heartbeat, std::to_string(t.attempts), t.host, t.worker,
+                           short_hash(t.hash)});
     }
     if (running.size() > 1) {
         fmt::print("\nrunning ({}):\n", running.size() - 1);
         print_columns(running, "  ");
     }
 
-    const auto failed = std::count_if(trials.begin(), trials.end(),
-                                      [](const TrialRecord& t) { return t.status == TrialStatus::Failed; });
+    const auto failed = std::count_if(trials.begin(), trials.end(), [](const TrialRecord& t) {
+        return t.status == TrialStatus::Failed;
+    });
     if (failed > 0) fmt::print("\nfailed ({}):\n", failed);
     for (const auto& t : trials) {
         if (t.status != TrialStatus::Failed) continue;
-        fmt::print("  trial {} {} {} (attempt {}{}):\n", t.id, to_string(t.method), short_hash(t.hash),
-                   t.attempts, t.host.empty() ? "" : " on " + t.host);
+        fmt::print("  trial {} {} {} (attempt {}{}):\n", t.id, to_string(t.method),
+                   short_hash(t.hash), t.attempts, t.host.empty() ? "" : " on " + t.host);
         std::string error = t.error.empty() ? "(no error recorded)" : t.error;
         std::size_t start = 0;
         while (start <= error.size()) {
@@ -136,13 +138,16 @@ int run_status(const StatusArgs& args) {
         ++pending;
         if (!t.parent) continue;
         const auto ps = parent_status(*t.parent);
-        if (ps == TrialStatus::Failed) ++blocked;
-        else if (ps != TrialStatus::Done) ++waiting;
+        if (ps == TrialStatus::Failed)
+            ++blocked;
+        else if (ps != TrialStatus::Done)
+            ++waiting;
     }
     if (pending > 0) {
-        fmt::print("\npending: {} ({} ready, {} waiting for a parent, {} blocked by a failed "
-                   "parent)\n",
-                   pending, pending - waiting - blocked, waiting, blocked);
+        fmt::print(
+            "\npending: {} ({} ready, {} waiting for a parent, {} blocked by a failed "
+            "parent)\n",
+            pending, pending - waiting - blocked, waiting, blocked);
     }
     return 0;
 }
@@ -151,8 +156,8 @@ int run_status(const StatusArgs& args) {
 
 Command add_status_command(CLI::App& app) {
     auto args = std::make_shared<StatusArgs>();
-    auto* sub = app.add_subcommand(
-        "status", "Trials by state: what is running, what failed and why");
+    auto* sub =
+        app.add_subcommand("status", "Trials by state: what is running, what failed and why");
     sub->add_option("sweep", args->sweep, "only this sweep (by name)");
     sub->add_option("--db", args->db, "results database")->capture_default_str();
     return [args] { return run_status(*args); };

@@ -77,13 +77,15 @@ const std::map<std::string, std::string>& option_for_key() {
 
 // Options that only some methods read: giving one to another method is a mistake.
 void refuse_unused_options(const SurgeryArgs& args) {
-    const std::vector<std::string> moe = {"--experts", "--layers", "--router", "--k",
+    const std::vector<std::string> moe = {"--experts",         "--layers",
+                                          "--router",          "--k",
                                           "--capacity-factor", "--eval-capacity-factor",
-                                          "--combine", "--priority", "--aux-loss-coef",
-                                          "--z-loss-coef"};
+                                          "--combine",         "--priority",
+                                          "--aux-loss-coef",   "--z-loss-coef"};
     std::map<std::string, std::vector<Method>> users;  // option → methods that read it
     for (const auto& o : moe) users[o] = {Method::Upcycle, Method::Scratch};
-    for (const char* o : {"--init", "--noise-std", "--drop-ratio", "--router-init"}) users[o] = {Method::Upcycle};
+    for (const char* o : {"--init", "--noise-std", "--drop-ratio", "--router-init"})
+        users[o] = {Method::Upcycle};
     users["--optimizer-state"] = {Method::Upcycle, Method::Warmstart};
     users["--depth-multiplier"] = {Method::Warmstart};
     users["--tiling"] = {Method::Warmstart};
@@ -108,12 +110,15 @@ void refuse_unused_options(const SurgeryArgs& args) {
     }
 }
 
-std::string blocks_text(const std::vector<int>& blocks) { return fmt::format("{}", fmt::join(blocks, ",")); }
+std::string blocks_text(const std::vector<int>& blocks) {
+    return fmt::format("{}", fmt::join(blocks, ","));
+}
 
 int64_t weights_of(const Checkpoint& c) {
     int64_t total = 0;
     for (const auto& name : c.file.order) {
-        if (name.rfind("optimizer.", 0) != 0) total += static_cast<int64_t>(c.file.tensors.at(name).data.size());
+        if (name.rfind("optimizer.", 0) != 0)
+            total += static_cast<int64_t>(c.file.tensors.at(name).data.size());
     }
     return total;
 }
@@ -123,7 +128,8 @@ void parse_choices(SurgeryArgs& args) {
     std::vector<std::string> names;
     for (const Method m : kSurgeryMethods) names.push_back(to_string(m));
     const auto method = find_choice<Method>(args.method_name);
-    if (!method || std::find(kSurgeryMethods.begin(), kSurgeryMethods.end(), *method) == kSurgeryMethods.end()) {
+    if (!method || std::find(kSurgeryMethods.begin(), kSurgeryMethods.end(), *method) ==
+                       kSurgeryMethods.end()) {
         throw_bad_choice("", "--method", names, args.method_name);
     }
     args.method = *method;
@@ -183,9 +189,10 @@ Command add_surgery_command(CLI::App& app) {
     auto args = std::make_shared<SurgeryArgs>();
     UpcycleOptions& u = args->upcycle;
     MoeConfig& moe = u.moe;
-    auto* sub = app.add_subcommand(
-        "surgery", "Turn a dense checkpoint into an MoE (upcycle), a deeper dense model "
-                   "(warmstart) or the same MoE from random init (scratch)");
+    auto* sub =
+        app.add_subcommand("surgery",
+                           "Turn a dense checkpoint into an MoE (upcycle), a deeper dense model "
+                           "(warmstart) or the same MoE from random init (scratch)");
     sub->add_option("--method", args->method_name, "upcycle | warmstart | scratch")->required();
     sub->add_option("--in", args->in, "dense checkpoint (.safetensors)")->required();
     sub->add_option("--out", args->out, "output checkpoint (.safetensors)")->required();
@@ -193,24 +200,27 @@ Command add_surgery_command(CLI::App& app) {
     g["--experts"] = sub->add_option("--experts", moe.experts, "experts E")->capture_default_str();
     g["--layers"] = sub->add_option("--layers", moe.layers, "MoE blocks: every_other | all | i,j,…")
                         ->capture_default_str();
-    g["--router"] = sub->add_option("--router", args->router, "topk | expert_choice (refused in a GPT)")
-                        ->capture_default_str();
+    g["--router"] =
+        sub->add_option("--router", args->router, "topk | expert_choice (refused in a GPT)")
+            ->capture_default_str();
     g["--k"] = sub->add_option("--k", moe.k, "experts per token (topk)")->capture_default_str();
     g["--capacity-factor"] = sub->add_option("--capacity-factor", moe.capacity_factor,
                                              "training capacity factor (≤ 0: no limit)")
                                  ->capture_default_str();
-    g["--eval-capacity-factor"] = sub->add_option("--eval-capacity-factor", moe.eval_capacity_factor,
-                                                  "evaluation capacity factor (≤ 0: no limit)")
-                                      ->capture_default_str();
+    g["--eval-capacity-factor"] =
+        sub->add_option("--eval-capacity-factor", moe.eval_capacity_factor,
+                        "evaluation capacity factor (≤ 0: no limit)")
+            ->capture_default_str();
     g["--combine"] = sub->add_option("--combine", args->combine, "softmax_topk | renormalized")
                          ->capture_default_str();
     g["--priority"] = sub->add_option("--priority", args->priority, "token_order | probability")
                           ->capture_default_str();
-    g["--aux-loss-coef"] = sub->add_option("--aux-loss-coef", moe.aux_loss_coef,
-                                           "load-balancing loss coefficient")
-                               ->capture_default_str();
-    g["--z-loss-coef"] = sub->add_option("--z-loss-coef", moe.z_loss_coef, "router z-loss coefficient")
-                             ->capture_default_str();
+    g["--aux-loss-coef"] =
+        sub->add_option("--aux-loss-coef", moe.aux_loss_coef, "load-balancing loss coefficient")
+            ->capture_default_str();
+    g["--z-loss-coef"] =
+        sub->add_option("--z-loss-coef", moe.z_loss_coef, "router z-loss coefficient")
+            ->capture_default_str();
     g["--init"] = sub->add_option("--init", u.expert_init, "expert init: copy | noise | drop")
                       ->capture_default_str();
     g["--noise-std"] = sub->add_option("--noise-std", u.noise_std,
@@ -219,14 +229,15 @@ Command add_surgery_command(CLI::App& app) {
     g["--drop-ratio"] = sub->add_option("--drop-ratio", u.drop_ratio,
                                         "fraction of hidden neurons re-initialised (--init drop)")
                             ->capture_default_str();
-    g["--router-init"] = sub->add_option("--router-init", u.router_init, "normal (std 0.02) | zeros")
-                             ->capture_default_str();
-    g["--optimizer-state"] = sub->add_option("--optimizer-state", u.optimizer_state,
-                                             "reset | copy (upcycle, warmstart)")
-                                 ->capture_default_str();
-    g["--depth-multiplier"] = sub->add_option("--depth-multiplier", args->depth_multiplier,
-                                              "warmstart: blocks × M")
-                                  ->capture_default_str();
+    g["--router-init"] =
+        sub->add_option("--router-init", u.router_init, "normal (std 0.02) | zeros")
+            ->capture_default_str();
+    g["--optimizer-state"] =
+        sub->add_option("--optimizer-state", u.optimizer_state, "reset | copy (upcycle, warmstart)")
+            ->capture_default_str();
+    g["--depth-multiplier"] =
+        sub->add_option("--depth-multiplier", args->depth_multiplier, "warmstart: blocks × M")
+            ->capture_default_str();
     g["--tiling"] = sub->add_option("--tiling", args->tiling, "warmstart: stack | interleave")
                         ->capture_default_str();
     g["--seed"] = sub->add_option("--seed", u.seed, "router / noise / drop / scratch init seed")

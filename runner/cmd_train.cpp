@@ -86,10 +86,12 @@ int run_train(const TrainArgs& args) {
         return 130;
     }
     const auto& e = *summary.final_eval;
-    fmt::print("final validation loss {:.4f} | accuracy {:.4f}{} | {} steps | {} | {:.1f}s | "
-               "checkpoint {}\n",
-               e.loss, e.accuracy, format_extra_metrics(e), summary.steps, upcycle::format_flops(summary.state.flops),
-               summary.state.seconds, summary.checkpoint.string());
+    fmt::print(
+        "final validation loss {:.4f} | accuracy {:.4f}{} | {} steps | {} | {:.1f}s | "
+        "checkpoint {}\n",
+        e.loss, e.accuracy, format_extra_metrics(e), summary.steps,
+        upcycle::format_flops(summary.state.flops), summary.state.seconds,
+        summary.checkpoint.string());
     return 0;
 }
 
@@ -106,7 +108,8 @@ Command add_train_command(CLI::App& app) {
     sub->add_option("--set", args->overrides, "override a config key: key.path=value (repeatable)");
     sub->add_option("--out", args->out, "output directory (default results/train/NAME)");
     sub->add_option("--device", args->device, "cpu | cuda[:N]");
-    sub->add_flag("--restart", args->restart, "ignore an existing checkpoint in the output directory");
+    sub->add_flag("--restart", args->restart,
+                  "ignore an existing checkpoint in the output directory");
     return [args] { return run_train(*args); };
 }
 

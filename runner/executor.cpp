@@ -15,8 +15,8 @@
 
 #include "core/checkpoint.h"
 #include "core/errors.h"
-#include "core/surgery/continuation.h"
 #include "core/sha256.h"
+#include "core/surgery/continuation.h"
 #include "core/sweep/sweep.h"
 #include "core/train.h"
 #include "kernels/backend_factory.h"
@@ -48,7 +48,9 @@ public:
               Store store(db, Store::Mode::ReadWrite);
               std::unique_lock<std::mutex> lock(mutex_);
               while (!done_) {
-                  if (cv_.wait_for(lock, std::chrono::duration<double>(period), [&] { return done_; })) break;
+                  if (cv_.wait_for(lock, std::chrono::duration<double>(period),
+                                   [&] { return done_; }))
+                      break;
                   try {
                       if (!store.heartbeat(trial, worker)) lost = true;
                   } catch (const std::exception&) {
@@ -74,9 +76,15 @@ private:
 
 class Worker {
 public:
-    Worker(const ExecutorOptions& options, int64_t sweep_id, std::string id, const std::atomic<bool>& stop)
-        : options_(options), sweep_id_(sweep_id), id_(std::move(id)), host_(host_name()), stop_(stop),
-          store_(options.db, Store::Mode::ReadWrite), backend_(make_backend(options.device)),
+    Worker(const ExecutorOptions& options, int64_t sweep_id, std::string id,
+           const std::atomic<bool>& stop)
+        : options_(options),
+          sweep_id_(sweep_id),
+          id_(std::move(id)),
+          host_(host_name()),
+          stop_(stop),
+          store_(options.db, Store::Mode::ReadWrite),
+          backend_(make_backend(options.device)),
           progress_("[" + id_ + "] ") {}
 
     // Claims and runs trials until none is left, a stop is requested, or an internal error
@@ -136,8 +144,10 @@ private:
             // A failed CUDA call may leave the context unusable, and every later trial on it
             // would fail too: this worker stops, and its device's trials wait for the next run.
             if (backend_->kind() != DeviceKind::CPU) {
-                log(fmt::format("worker {} stops after an internal error on its device; run the "
-                                "sweep again to go on with the remaining trials", id_));
+                log(
+                    fmt::format("worker {} stops after an internal error on its device; run the "
+                                "sweep again to go on with the remaining trials",
+                                id_));
                 return Outcome::DeviceInDoubt;
             }
         }
@@ -156,18 +166,19 @@ private:
         // stop on Ctrl-C, or when another worker has taken the trial over
         std::atomic<bool> stop_training{false};
         train_options.stop_requested = &stop_training;
-        TrainingState origin;  // the state the trial starts from: its own compute counts from here
+        TrainingState origin;   // the state the trial starts from: its own compute counts from here
         double sunk_flops = 0;  // the parent pretraining's FLOPs (for the budget display)
 
         if (planned.method != Method::Pretrain) {
             const auto parent = store_.trial(record.parent.value());
             UPCYCLE_ASSERT(parent.has_value(), "a continuation's parent is in the store");
             sunk_flops = parent->flops;
-            const auto parent_ckpt = checkpoint_path(trial_directory(options_.runs_dir, parent->hash));
+            const auto parent_ckpt =
+                checkpoint_path(trial_directory(options_.runs_dir, parent->hash));
             train_options.init_from = initial_checkpoint(planned, parent_ckpt, dir);
             origin = read_training_state(train_options.init_from);
-            train_options.milestones =
-                trial_milestones(planned, planned_trial(parent->hash, parent->config), parent->seconds);
+            train_options.milestones = trial_milestones(
+                planned, planned_trial(parent->hash, parent->config), parent->seconds);
             if (planned.budget_unit == BudgetUnit::Seconds) {
                 run.train.steps = kUnboundedSteps;
                 train_options.stop_at_last_milestone = true;
@@ -248,7 +259,8 @@ std::string read_file(const std::filesystem::path& path) {
 
 }  // namespace
 
-std::filesystem::path trial_directory(const std::filesystem::path& runs_dir, const std::string& hash) {
+std::filesystem::path trial_directory(const std::filesystem::path& runs_dir,
+                                      const std::string& hash) {
     return runs_dir / hash.substr(0, 16);
 }
 
@@ -262,10 +274,12 @@ ExecutorSummary run_sweep(const ExecutorOptions& options, const std::atomic<bool
         Store store(options.db, Store::Mode::ReadWrite);
         std::string yaml = read_file(options.sweep_file);
         for (const auto& o : options.overrides) yaml += "\n# --set " + o;
-        sweep_id = store.upsert_sweep(spec.name, yaml, sha256_hex(yaml), nlohmann::json{{"host", host_name()}});
+        sweep_id = store.upsert_sweep(spec.name, yaml, sha256_hex(yaml),
+                                      nlohmann::json{{"host", host_name()}});
         for (const auto& t : trials) {
-            store.add_trial(sweep_id, t.hash, t.method, t.config,
-                            t.parent_hash.empty() ? std::nullopt : std::optional<std::string>(t.parent_hash));
+            store.add_trial(
+                sweep_id, t.hash, t.method, t.config,
+                t.parent_hash.empty() ? std::nullopt : std::optional<std::string>(t.parent_hash));
         }
         if (options.retry_failed) store.requeue_failed(sweep_id);
     }
@@ -308,10 +322,14 @@ ExecutorSummary run_sweep(const ExecutorOptions& options, const std::atomic<bool
     Store store(options.db, Store::Mode::ReadOnly);
     for (const auto& t : store.trials_of_sweep(sweep_id)) {
         ++summary.trials;
-        if (t.status == TrialStatus::Done) ++summary.done;
-        else if (t.status == TrialStatus::Failed) ++summary.failed;
-        else if (t.status == TrialStatus::Running) ++summary.running;
-        else ++summary.pending;
+        if (t.status == TrialStatus::Done)
+            ++summary.done;
+        else if (t.status == TrialStatus::Failed)
+            ++summary.failed;
+        else if (t.status == TrialStatus::Running)
+            ++summary.running;
+        else
+            ++summary.pending;
     }
     return summary;
 }

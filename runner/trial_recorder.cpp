@@ -21,7 +21,9 @@ nlohmann::json evaluation_metrics(const EvalResult& result) {
 
 TrialRecorder::TrialRecorder(Store& store, int64_t trial_id, const TrainingState& origin,
                              std::function<void(const std::string&)> on_milestone_text)
-    : store_(store), trial_id_(trial_id), origin_(origin),
+    : store_(store),
+      trial_id_(trial_id),
+      origin_(origin),
       on_milestone_text_(std::move(on_milestone_text)) {}
 
 void TrialRecorder::flush() {
@@ -47,7 +49,8 @@ TrainObserver TrialRecorder::observer() {
         metrics_.push_back({"train_loss", r.step, flops, seconds, r.loss});
         metrics_.push_back({"lr", r.step, flops, seconds, r.lr});
         metrics_.push_back({"grad_norm", r.step, flops, seconds, r.grad_norm});
-        if (!r.moe_layers.empty()) metrics_.push_back({"aux_loss", r.step, flops, seconds, r.aux_loss});
+        if (!r.moe_layers.empty())
+            metrics_.push_back({"aux_loss", r.step, flops, seconds, r.aux_loss});
         for (std::size_t i = 0; i < r.routing.size(); ++i) {
             const auto& s = r.routing[i];
             routing_.push_back({r.step, r.moe_layers[i], nlohmann::json(s.tokens_per_expert),
@@ -60,8 +63,8 @@ TrainObserver TrialRecorder::observer() {
         flush();
     };
     observer.on_milestone = [this](const Milestone& m, const EvalRecord& r) {
-        store_.add_evaluation(trial_id_, m.percent, r.step, own_flops(r.flops), own_seconds(r.seconds),
-                              evaluation_metrics(r.result));
+        store_.add_evaluation(trial_id_, m.percent, r.step, own_flops(r.flops),
+                              own_seconds(r.seconds), evaluation_metrics(r.result));
         push_evaluation(r);
         flush();
         if (on_milestone_text_) {

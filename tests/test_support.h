@@ -86,7 +86,8 @@ inline RunConfig tiny_synthetic_config() {
 inline RunConfig small_vit_config() {
     RunConfig c;
     c.name = "vit-small";
-    c.model = ModelConfig{.arch = Arch::Vit, .channels = 32, .layers = 2, .heads = 2, .moe = {}, .patch = 7};
+    c.model = ModelConfig{
+        .arch = Arch::Vit, .channels = 32, .layers = 2, .heads = 2, .moe = {}, .patch = 7};
     c.data.source = DataSource::FashionMnist;
     c.data.train_images = 2000;
     c.data.validation_images = 500;
@@ -125,7 +126,8 @@ inline bool have_fashion_mnist() {
     const auto dir = fashion_mnist_dir();
     for (const std::string name : {"train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                                    "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"}) {
-        if (!std::filesystem::exists(dir / (name + ".gz")) && !std::filesystem::exists(dir / name)) {
+        if (!std::filesystem::exists(dir / (name + ".gz")) &&
+            !std::filesystem::exists(dir / name)) {
             return false;
         }
     }

@@ -65,10 +65,10 @@ void check_dataset(const ImageDataset& data, const char* name) {
     if (data.count <= 0 || data.rows <= 0 || data.cols <= 0) {
         throw UserError("", "data", std::string("the ") + name + " images are empty");
     }
-    UPCYCLE_ASSERT(data.pixels.size() ==
-                           static_cast<std::size_t>(data.count) * data.rows * data.cols &&
-                       data.labels.size() == static_cast<std::size_t>(data.count),
-                   "ImageDataset sizes disagree with its count");
+    UPCYCLE_ASSERT(
+        data.pixels.size() == static_cast<std::size_t>(data.count) * data.rows * data.cols &&
+            data.labels.size() == static_cast<std::size_t>(data.count),
+        "ImageDataset sizes disagree with its count");
 }
 
 }  // namespace
@@ -147,8 +147,9 @@ ImageSplits make_image_splits(const ImageDataset& train, const ImageDataset& tes
     const int64_t available = train.count - validation_images;
     const std::string tkey = "data.train_images";
     if (train_images < 0) {
-        throw UserError(config_source, tkey,
-                        "expected 0 (all) or a positive count, got " + std::to_string(train_images));
+        throw UserError(
+            config_source, tkey,
+            "expected 0 (all) or a positive count, got " + std::to_string(train_images));
     }
     if (train_images > 0 && train_images < classes) {
         throw UserError(config_source, tkey,
@@ -195,8 +196,8 @@ ImageSplits make_image_splits(const ImageDataset& train, const ImageDataset& tes
     return splits;
 }
 
-void normalised_images(const ImageSplits& data, ImageSplitPart which, int64_t first,
-                       int64_t count, std::vector<float>& images, std::vector<int32_t>& labels) {
+void normalised_images(const ImageSplits& data, ImageSplitPart which, int64_t first, int64_t count,
+                       std::vector<float>& images, std::vector<int32_t>& labels) {
     const ImageSet& set = data.part(which);
     UPCYCLE_ASSERT(first >= 0 && count >= 0 && first + count <= set.count(),
                    "normalised_images: range outside the part");

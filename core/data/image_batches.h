@@ -60,8 +60,8 @@ ImageSplits make_image_splits(const ImageDataset& train, const ImageDataset& tes
 
 // Normalised images [count, rows, cols] and labels [count] of a part, images first..first+count-1
 // (evaluation batches, no augmentation).
-void normalised_images(const ImageSplits& data, ImageSplitPart which, int64_t first,
-                       int64_t count, std::vector<float>& images, std::vector<int32_t>& labels);
+void normalised_images(const ImageSplits& data, ImageSplitPart which, int64_t first, int64_t count,
+                       std::vector<float>& images, std::vector<int32_t>& labels);
 
 // Training batches, deterministic and resumable from the step counter alone.
 // Batch `step` holds positions step·B .. step·B+B-1 of an endless stream of epochs; epoch e

@@ -8,7 +8,8 @@ namespace upcycle {
 
 namespace {
 TextCorpus split_tail(std::string text, double validation_fraction, std::string description) {
-    const auto held_out = static_cast<std::size_t>(static_cast<double>(text.size()) * validation_fraction);
+    const auto held_out =
+        static_cast<std::size_t>(static_cast<double>(text.size()) * validation_fraction);
     TextCorpus corpus;
     corpus.validation = text.substr(text.size() - held_out);
     text.resize(text.size() - held_out);
@@ -34,8 +35,8 @@ TextCorpus load_text_corpus(const DataConfig& data, const std::string& config_so
                     "a text model reads kjv, synthetic or text, not " + to_string(data.source));
 }
 
-void sample_text_batch(std::string_view text, int B, int T, Rng& rng,
-                       std::vector<int32_t>& inputs, std::vector<int32_t>& targets) {
+void sample_text_batch(std::string_view text, int B, int T, Rng& rng, std::vector<int32_t>& inputs,
+                       std::vector<int32_t>& targets) {
     UPCYCLE_ASSERT(text.size() > static_cast<std::size_t>(T) + 1, "text shorter than a window");
     inputs.resize(static_cast<std::size_t>(B) * T);
     targets.resize(static_cast<std::size_t>(B) * T);

@@ -12,7 +12,8 @@ TransformerBlocks::TransformerBlocks(Backend& backend, const ModelConfig& model,
                                      const ParameterIndex& index, int max_batch, int T, bool causal)
     : backend_(&backend), config_(model), max_batch_(max_batch), T_(T), causal_(causal) {
     const int64_t B = max_batch, C = model.channels, H = model.heads, N = B * T;
-    for (int l = 0; l <= model.layers; ++l) residuals_.emplace_back(backend, std::vector<int64_t>{N, C});
+    for (int l = 0; l <= model.layers; ++l)
+        residuals_.emplace_back(backend, std::vector<int64_t>{N, C});
     layers_.resize(static_cast<std::size_t>(model.layers));
     moe_layer_indices_ = moe_layer_indices(model);
     moe_.resize(static_cast<std::size_t>(model.layers));
@@ -44,7 +45,8 @@ TransformerBlocks::TransformerBlocks(Backend& backend, const ModelConfig& model,
             o.expert_fc_bias = expert(0, "fc.bias");
             o.expert_proj_weight = expert(0, "proj.weight");
             o.expert_proj_bias = expert(0, "proj.bias");
-            o.expert_stride = model.moe.experts > 1 ? expert(1, "fc.weight") - o.expert_fc_weight : 0;
+            o.expert_stride =
+                model.moe.experts > 1 ? expert(1, "fc.weight") - o.expert_fc_weight : 0;
             for (int e = 0; e < model.moe.experts; ++e) {
                 const std::size_t shift = e * o.expert_stride;
                 UPCYCLE_ASSERT(expert(e, "fc.weight") == o.expert_fc_weight + shift &&
@@ -108,8 +110,7 @@ void TransformerBlocks::forward(Tensor& parameters, int B, Pass pass) {
         const float* residual = residuals_[l].f32();
         be.layernorm_forward(a.ln1.f32(), a.ln1_mean.f32(), a.ln1_rstd.f32(), residual,
                              w + o.ln1_weight, w + o.ln1_bias, N, C);
-        be.matmul_forward(a.qkv.f32(), a.ln1.f32(), w + o.qkv_weight,
-                          w + o.qkv_bias, N, C, 3 * C);
+        be.matmul_forward(a.qkv.f32(), a.ln1.f32(), w + o.qkv_weight, w + o.qkv_bias, N, C, 3 * C);
         be.attention_forward(a.atty.f32(), a.lse.f32(), a.qkv.f32(), B, T, C, H, causal_);
         be.matmul_forward(scratch_.f32(), a.atty.f32(), w + o.attn_proj_weight,
                           w + o.attn_proj_bias, N, C, C);
@@ -121,8 +122,8 @@ void TransformerBlocks::forward(Tensor& parameters, int B, Pass pass) {
                                                   : config_.moe.eval_capacity_factor;
             moe_[l]->forward(scratch_.f32(), a.ln2.f32(), N, moe_tensors(l, parameters), cf);
         } else {
-            be.matmul_forward(a.fch.f32(), a.ln2.f32(), w + o.fc_weight,
-                              w + o.fc_bias, N, C, 4 * C);
+            be.matmul_forward(a.fch.f32(), a.ln2.f32(), w + o.fc_weight, w + o.fc_bias, N, C,
+                              4 * C);
             be.gelu_forward(a.fch_gelu.f32(), a.fch.f32(), NC * 4);
             be.matmul_forward(scratch_.f32(), a.fch_gelu.f32(), w + o.mlp_proj_weight,
                               w + o.mlp_proj_bias, N, 4 * C, C);
@@ -153,22 +154,22 @@ void TransformerBlocks::backward(Tensor& parameters, Tensor& gradients, float* d
                                dresidual, a.fch_gelu.f32(), w + o.mlp_proj_weight, N, 4 * C, C);
             be.zero(dfch_.f32(), NC * 4 * sizeof(float));
             be.gelu_backward(dfch_.f32(), a.fch.f32(), dfch_gelu_.f32(), NC * 4);
-            be.matmul_backward(dln_.f32(), dw + o.fc_weight, dw + o.fc_bias,
-                               dfch_.f32(), a.ln2.f32(), w + o.fc_weight, N, C, 4 * C);
+            be.matmul_backward(dln_.f32(), dw + o.fc_weight, dw + o.fc_bias, dfch_.f32(),
+                               a.ln2.f32(), w + o.fc_weight, N, C, 4 * C);
         }
         be.layernorm_backward(dresidual, dw + o.ln2_weight, dw + o.ln2_bias, dln_.f32(),
                               a.residual2.f32(), w + o.ln2_weight, a.ln2_mean.f32(),
                               a.ln2_rstd.f32(), N, C);
         // attention branch: residual2 = residual + proj(attention(qkv(ln1(residual))))
         be.zero(datty_.f32(), NC * sizeof(float));
-        be.matmul_backward(datty_.f32(), dw + o.attn_proj_weight, dw + o.attn_proj_bias,
-                           dresidual, a.atty.f32(), w + o.attn_proj_weight, N, C, C);
+        be.matmul_backward(datty_.f32(), dw + o.attn_proj_weight, dw + o.attn_proj_bias, dresidual,
+                           a.atty.f32(), w + o.attn_proj_weight, N, C, C);
         be.zero(dqkv_.f32(), NC * 3 * sizeof(float));
-        be.attention_backward(dqkv_.f32(), datty_.f32(), a.qkv.f32(), a.atty.f32(), a.lse.f32(),
-                              B, T, C, H, causal_);
+        be.attention_backward(dqkv_.f32(), datty_.f32(), a.qkv.f32(), a.atty.f32(), a.lse.f32(), B,
+                              T, C, H, causal_);
         be.zero(dln_.f32(), NC * sizeof(float));
-        be.matmul_backward(dln_.f32(), dw + o.qkv_weight, dw + o.qkv_bias,
-                           dqkv_.f32(), a.ln1.f32(), w + o.qkv_weight, N, C, 3 * C);
+        be.matmul_backward(dln_.f32(), dw + o.qkv_weight, dw + o.qkv_bias, dqkv_.f32(), a.ln1.f32(),
+                           w + o.qkv_weight, N, C, 3 * C);
         be.layernorm_backward(dresidual, dw + o.ln1_weight, dw + o.ln1_bias, dln_.f32(),
                               residuals_[l].f32(), w + o.ln1_weight, a.ln1_mean.f32(),
                               a.ln1_rstd.f32(), N, C);

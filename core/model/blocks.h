@@ -60,7 +60,7 @@ private:
         std::size_t ln1_weight, ln1_bias, qkv_weight, qkv_bias, attn_proj_weight, attn_proj_bias;
         std::size_t ln2_weight, ln2_bias;
         std::size_t fc_weight = 0, fc_bias = 0, mlp_proj_weight = 0, mlp_proj_bias = 0;  // dense
-        std::size_t router = 0;                                                         // MoE
+        std::size_t router = 0;                                                          // MoE
         std::size_t expert_fc_weight = 0, expert_fc_bias = 0, expert_proj_weight = 0,  // expert 0's
             expert_proj_bias = 0, expert_stride = 0;
     };
@@ -76,10 +76,10 @@ private:
     std::vector<LayerOffsets> offsets_;
     std::vector<int> moe_layer_indices_;
     std::vector<std::unique_ptr<MoeLayer>> moe_;  // per block; null where the MLP is dense
-    Tensor scratch_;                  // [N,C] branch outputs before the residual add
-    Tensor dln_, datty_;              // [N,C]
-    Tensor dqkv_;                     // [N,3C]
-    Tensor dfch_gelu_, dfch_;         // [N,4C]
+    Tensor scratch_;                              // [N,C] branch outputs before the residual add
+    Tensor dln_, datty_;                          // [N,C]
+    Tensor dqkv_;                                 // [N,3C]
+    Tensor dfch_gelu_, dfch_;                     // [N,4C]
 };
 
 }  // namespace upcycle

@@ -40,8 +40,8 @@ void Gpt::init_weights(uint64_t seed) {
     parameters_.copy_from_host(init_parameters(layout_, config_.layers, seed));
 }
 
-ForwardStats Gpt::forward(std::span<const int32_t> inputs, std::span<const int32_t> targets,
-                          int B, Pass pass) {
+ForwardStats Gpt::forward(std::span<const int32_t> inputs, std::span<const int32_t> targets, int B,
+                          Pass pass) {
     const int T = config_.context, C = config_.channels;
     const int V = config_.vocab_size;
     const int N = B * T;
@@ -57,15 +57,15 @@ ForwardStats Gpt::forward(std::span<const int32_t> inputs, std::span<const int32
     be.upload(targets_.i32(), targets.data(), sizeof(int32_t) * N);
     batch_ = B;
 
-    be.embedding_forward(blocks_.stream(0), inputs_.i32(), p("wte.weight"), p("wpe.weight"), B,
-                         T, C);
+    be.embedding_forward(blocks_.stream(0), inputs_.i32(), p("wte.weight"), p("wpe.weight"), B, T,
+                         C);
     blocks_.forward(parameters_, B, pass);
     be.layernorm_forward(lnf.f32(), lnf_mean.f32(), lnf_rstd.f32(), blocks_.stream(config_.layers),
                          p("lnf.weight"), p("lnf.bias"), N, C);
     be.matmul_forward(logits_.f32(), lnf.f32(), p("wte.weight"), nullptr, N, C, V);
 
     ForwardStats stats = classification_loss(be, logits_.f32(), losses_.f32(), argmax_.i32(),
-                                              targets_.i32(), targets, V, pass);
+                                             targets_.i32(), targets, V, pass);
     stats.aux_loss = blocks_.auxiliary_loss();
     have_train_forward_ = pass == Pass::Train;
     return stats;
@@ -95,8 +95,7 @@ void Gpt::backward(Gradients mode) {
 }
 
 std::vector<float> Gpt::logits_host() const {
-    const std::size_t n =
-        static_cast<std::size_t>(batch_) * config_.context * config_.vocab_size;
+    const std::size_t n = static_cast<std::size_t>(batch_) * config_.context * config_.vocab_size;
     std::vector<float> out(n);
     backend_->download(out.data(), logits_.f32(), n * sizeof(float));
     return out;

@@ -34,8 +34,8 @@ public:
 
     // inputs, targets: host arrays of B·T token ids (T = context), B ≤ max_batch.
     // A negative target is not predicted. Train pass: mean-loss gradient prepared.
-    ForwardStats forward(std::span<const int32_t> inputs, std::span<const int32_t> targets,
-                         int B, Pass pass);
+    ForwardStats forward(std::span<const int32_t> inputs, std::span<const int32_t> targets, int B,
+                         Pass pass);
     // Zeroes and fills gradients() with d(mean loss)/d(parameters) of the last Train forward.
     void backward(Gradients mode = Gradients::Overwrite) override;
 
@@ -44,15 +44,15 @@ public:
 
 private:
     // activations for the last forward
-    int batch_ = 0;              // B of the last forward
+    int batch_ = 0;  // B of the last forward
     bool have_train_forward_ = false;
-    Tensor inputs_, targets_;    // [B,T] int32
+    Tensor inputs_, targets_;        // [B,T] int32
     Tensor lnf, lnf_mean, lnf_rstd;  // [N,C], [N], [N]
     Tensor logits_;                  // [N,V]; holds dlogits after a Train forward
     Tensor losses_;                  // [N]
     Tensor argmax_;                  // [N] int32
     // backward scratch
-    Tensor dresidual_, dln_;         // [N,C]
+    Tensor dresidual_, dln_;  // [N,C]
 };
 
 }  // namespace upcycle

@@ -24,7 +24,8 @@ ForwardStats classification_loss(Backend& backend, float* logits, float* losses,
     if (!train) {
         std::vector<int32_t> host_argmax(static_cast<std::size_t>(N));
         backend.download(host_argmax.data(), argmax, sizeof(int32_t) * host_argmax.size());
-        for (int i = 0; i < N; ++i) stats.correct += targets[i] >= 0 && host_argmax[i] == targets[i];
+        for (int i = 0; i < N; ++i)
+            stats.correct += targets[i] >= 0 && host_argmax[i] == targets[i];
     }
     return stats;
 }

@@ -88,7 +88,7 @@ std::vector<float> init_parameters(const std::vector<ParamInfo>& layout, int lay
         } else if (ends_with(info.name, "ln1.weight") || ends_with(info.name, "ln2.weight") ||
                    info.name == "lnf.weight") {
             std::fill(dst, dst + info.numel, 1.0f);  // LayerNorm gains
-        }  // biases stay zero
+        }                                            // biases stay zero
     }
     return host;
 }

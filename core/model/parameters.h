@@ -12,11 +12,11 @@
 namespace upcycle {
 
 struct ParamInfo {
-    std::string name;             // e.g. "blocks.0.attn.qkv.weight"
-    std::vector<int64_t> shape;   // e.g. [3C, C]
-    std::size_t offset = 0;       // into the flat buffer, in floats
+    std::string name;            // e.g. "blocks.0.attn.qkv.weight"
+    std::vector<int64_t> shape;  // e.g. [3C, C]
+    std::size_t offset = 0;      // into the flat buffer, in floats
     std::size_t numel = 0;
-    bool is_matrix = false;       // 2-D: gets weight decay and normal init
+    bool is_matrix = false;  // 2-D: gets weight decay and normal init
 };
 
 // Builds a parameter layout: names, shapes and offsets into one flat buffer, in order.

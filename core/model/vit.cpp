@@ -77,12 +77,12 @@ ForwardStats Vit::forward(std::span<const float> images, std::span<const int32_t
     be.assemble_tokens(blocks_.stream(0), patch_emb_.f32(), p("cls"), p("wpe.weight"), B, P, C);
     blocks_.forward(parameters_, B, pass);
     be.gather_class_tokens(cls_out_.f32(), blocks_.stream(config_.layers), B, T, C);
-    be.layernorm_forward(lnf.f32(), lnf_mean.f32(), lnf_rstd.f32(), cls_out_.f32(),
-                         p("lnf.weight"), p("lnf.bias"), B, C);
+    be.layernorm_forward(lnf.f32(), lnf_mean.f32(), lnf_rstd.f32(), cls_out_.f32(), p("lnf.weight"),
+                         p("lnf.bias"), B, C);
     be.matmul_forward(logits_.f32(), lnf.f32(), p("head.weight"), p("head.bias"), B, C, K);
 
     ForwardStats stats = classification_loss(be, logits_.f32(), losses_.f32(), argmax_.i32(),
-                                              labels_.i32(), labels, K, pass);
+                                             labels_.i32(), labels, K, pass);
     stats.aux_loss = blocks_.auxiliary_loss();
     have_train_forward_ = pass == Pass::Train;
     logits_valid_ = !have_train_forward_;

@@ -22,8 +22,8 @@
 namespace upcycle {
 
 struct VitShape {
-    int patch;         // p
-    int image;         // image side (square, grey)
+    int patch;  // p
+    int image;  // image side (square, grey)
     int classes;
     explicit VitShape(const ModelConfig& model)
         : patch(model.patch), image(model.image_size), classes(model.classes) {}
@@ -81,9 +81,9 @@ private:
     Tensor losses_;                  // [B]
     Tensor argmax_;                  // [B] int32
     // backward scratch
-    Tensor dcls_out_, dlnf_;          // [B,C]
-    Tensor dresidual_;                // [N,C]
-    Tensor dpatch_emb_;               // [B·P, C]
+    Tensor dcls_out_, dlnf_;  // [B,C]
+    Tensor dresidual_;        // [N,C]
+    Tensor dpatch_emb_;       // [B·P, C]
 };
 
 }  // namespace upcycle

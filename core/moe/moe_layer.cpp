@@ -34,7 +34,8 @@ std::size_t moe_layer_parameters(int E, int C) {
 }
 
 MoeTensors moe_tensors_in(float* flat, int E, int C) {
-    const std::size_t fc_w = 4 * static_cast<std::size_t>(C) * C, fc_b = 4 * static_cast<std::size_t>(C);
+    const std::size_t fc_w = 4 * static_cast<std::size_t>(C) * C,
+                      fc_b = 4 * static_cast<std::size_t>(C);
     MoeTensors t;
     t.router = flat;
     float* e0 = flat + static_cast<std::size_t>(E) * C;  // expert 0's; the next one's a stride on

@@ -23,14 +23,14 @@ namespace upcycle {
 
 // The layer's phases, for timing (benchmarks and profiles).
 enum class MoePhase : int {
-    RouterForward,     // router GEMM and routing
-    DispatchForward,   // gather the tokens into expert rows
-    ExpertsForward,    // the experts' GEMMs and GELU
-    CombineForward,    // the weighted sum back into tokens
+    RouterForward,    // router GEMM and routing
+    DispatchForward,  // gather the tokens into expert rows
+    ExpertsForward,   // the experts' GEMMs and GELU
+    CombineForward,   // the weighted sum back into tokens
     CombineBackward,
     ExpertsBackward,
     DispatchBackward,
-    RouterBackward,    // routing gradient and the router GEMM's backward
+    RouterBackward,  // routing gradient and the router GEMM's backward
     Count,
 };
 const char* moe_phase_name(MoePhase phase);
@@ -82,12 +82,12 @@ private:
     int max_tokens_;
     bool pad_rows_;
     RoutingBuffers buffers_;
-    MoeRouting routing_;                       // the last forward's rule, bound to buffers_
+    MoeRouting routing_;  // the last forward's rule, bound to buffers_
     mutable std::optional<RoutingStats> stats_;
     MoePhaseSeconds* phase_seconds_ = nullptr;
-    Tensor logits_, dlogits_;                  // [N,E]
-    Tensor dslot_weight_;                      // [N,S]
-    Tensor xin_, yout_, dxin_, dyout_;         // [rows,C]
+    Tensor logits_, dlogits_;                               // [N,E]
+    Tensor dslot_weight_;                                   // [N,S]
+    Tensor xin_, yout_, dxin_, dyout_;                      // [rows,C]
     Tensor hidden_, hidden_gelu_, dhidden_, dhidden_gelu_;  // [rows,4C]
 };
 

@@ -12,8 +12,8 @@ int64_t expert_capacity(const MoeConfig& moe, int64_t N, double capacity_factor)
     const int64_t E = moe.experts;
     const int64_t k = moe.router == RouterKind::TopK ? moe.k : 1;
     if (capacity_factor <= 0) return N;  // no limit: an expert can never receive more than N
-    const double exact = static_cast<double>(k) * static_cast<double>(N) * capacity_factor /
-                         static_cast<double>(E);
+    const double exact =
+        static_cast<double>(k) * static_cast<double>(N) * capacity_factor / static_cast<double>(E);
     // ceil, robust to k·N·cf/E landing a hair above an integer through rounding
     const auto capacity = static_cast<int64_t>(std::ceil(exact - 1e-9));
     return std::clamp<int64_t>(capacity, 1, N);
@@ -72,8 +72,8 @@ std::vector<double> routing_sums(const RoutingDecision& d, int N, int E) {
 
 }  // namespace
 
-RoutingStats routing_stats(const MoeRouting& rule, const int32_t* expert_count,
-                           const double* sums, const double* load_fraction) {
+RoutingStats routing_stats(const MoeRouting& rule, const int32_t* expert_count, const double* sums,
+                           const double* load_fraction) {
     const int N = rule.N, E = rule.E;
     RoutingStats s;
     s.tokens_per_expert.assign(expert_count, expert_count + E);
@@ -83,14 +83,16 @@ RoutingStats routing_stats(const MoeRouting& rule, const int32_t* expert_count,
         s.dropped_fraction = N > 0 ? sums[kUnroutedTokens] / N : 0.0;
     } else {
         s.assignments_wanted = static_cast<int64_t>(N) * rule.K;
-        s.dropped_fraction = s.assignments_wanted > 0
-                                 ? 1.0 - static_cast<double>(s.assignments_kept) / s.assignments_wanted
-                                 : 0.0;
+        s.dropped_fraction =
+            s.assignments_wanted > 0
+                ? 1.0 - static_cast<double>(s.assignments_kept) / s.assignments_wanted
+                : 0.0;
     }
     s.router_entropy = N > 0 ? sums[kEntropySum] / N : 0;
     s.z_loss = N > 0 ? sums[kSquaredLseSum] / N : 0;
     s.aux_loss = 0;
-    for (int e = 0; e < E; ++e) s.aux_loss += load_fraction[e] * (N > 0 ? sums[kRoutingSums + e] / N : 0);
+    for (int e = 0; e < E; ++e)
+        s.aux_loss += load_fraction[e] * (N > 0 ? sums[kRoutingSums + e] / N : 0);
     s.aux_loss *= E;
     return s;
 }
@@ -124,7 +126,8 @@ RoutingDecision route(const MoeRouting& rule, const float* logits) {
                 const float pa = prob(n, a), pb = prob(n, b);
                 return pa > pb || (pa == pb && a < b);
             });
-            for (int j = 0; j < K; ++j) d.selected_experts[static_cast<std::size_t>(n) * K + j] = order[j];
+            for (int j = 0; j < K; ++j)
+                d.selected_experts[static_cast<std::size_t>(n) * K + j] = order[j];
             d.selected_offsets[n + 1] = (n + 1) * K;
         }
         // claim slots rank by rank; within a rank in token order or by probability
@@ -190,7 +193,8 @@ RoutingDecision route(const MoeRouting& rule, const float* logits) {
             a.token = n;
             a.expert = e;
             a.probability = prob(n, e);
-            a.weight = rule.renormalize ? static_cast<float>(a.probability / selected_sum) : a.probability;
+            a.weight =
+                rule.renormalize ? static_cast<float>(a.probability / selected_sum) : a.probability;
             d.assignments.push_back(a);
         }
     }
@@ -233,7 +237,8 @@ void write_routing(const RoutingDecision& d, const MoeRouting& r) {
     for (const auto& a : d.assignments) {
         if (a.token != token) token = a.token, slot = 0;
         // the token's kept assignments follow its selected experts' order
-        while (slot < S && r.slot_expert[static_cast<std::size_t>(token) * S + slot] != a.expert) ++slot;
+        while (slot < S && r.slot_expert[static_cast<std::size_t>(token) * S + slot] != a.expert)
+            ++slot;
         UPCYCLE_ASSERT(slot < S, "a kept assignment's expert is not among its token's selected");
         const std::size_t at = static_cast<std::size_t>(token) * S + slot;
         const int32_t row = cursor[a.expert]++;
@@ -268,8 +273,9 @@ RoutingDecision read_routing(Backend& be, const MoeRouting& r) {
             if (slot_expert[at] < 0) continue;
             d.selected_experts.push_back(slot_expert[at]);
             if (slot_row[at] >= 0) {
-                d.assignments.push_back({n, slot_expert[at], slot_weight[at],
-                                         d.probabilities[static_cast<std::size_t>(n) * E + slot_expert[at]]});
+                d.assignments.push_back(
+                    {n, slot_expert[at], slot_weight[at],
+                     d.probabilities[static_cast<std::size_t>(n) * E + slot_expert[at]]});
             }
         }
         d.selected_offsets[n + 1] = static_cast<int32_t>(d.selected_experts.size());

@@ -17,8 +17,8 @@ void LocalTokenDispatcher::combine(float* out, const float* rows, const MoeRouti
 
 void LocalTokenDispatcher::combine_backward(float* drows, float* dslot_weight, const float* dout,
                                             const float* rows, const MoeRouting& r, int C) {
-    backend_->combine_rows_backward(drows, dslot_weight, dout, rows, r.slot_weight, r.slot_row,
-                                    r.N, r.slots(), C);
+    backend_->combine_rows_backward(drows, dslot_weight, dout, rows, r.slot_weight, r.slot_row, r.N,
+                                    r.slots(), C);
 }
 
 }  // namespace upcycle

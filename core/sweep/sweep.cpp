@@ -26,10 +26,11 @@ constexpr double kScratchExtraPercent = 100.0;
 // a sweep that expands to more points than this is surely a typo in a grid
 constexpr std::size_t kMaxSweepPoints = 100000;
 const std::vector<double> kDefaultBudgets = {10, 25, 50, 100};
-const std::vector<std::string> kTopLevelKeys = {"name",     "model",    "data", "train", "eval",
-                                                "checkpoint", "pretrain", "continue", "grid",
-                                                "zip",      "seeds"};
-const std::vector<std::string> kRunSections = {"name", "model", "data", "train", "eval", "checkpoint"};
+const std::vector<std::string> kTopLevelKeys = {"name", "model",      "data",     "train",
+                                                "eval", "checkpoint", "pretrain", "continue",
+                                                "grid", "zip",        "seeds"};
+const std::vector<std::string> kRunSections = {"name",  "model", "data",
+                                               "train", "eval",  "checkpoint"};
 const std::vector<std::string> kContinueKeys = {"budget_unit", "budgets", "methods"};
 const char* const kTrainStepsHint =
     "a sweep sets the pretraining length with pretrain.steps, and the continuations' lengths "
@@ -113,8 +114,10 @@ std::string flow_text(const YAML::Node& node) {
 std::vector<std::string> sweep_path(const std::string& dotted) {
     std::vector<std::string> keys = split_dotted(dotted);
     if (keys.empty()) return keys;
-    if (continuation_method(keys[0])) keys.insert(keys.begin(), {"continue", "methods"});
-    else if (keys[0] == "budgets" || keys[0] == "budget_unit") keys.insert(keys.begin(), "continue");
+    if (continuation_method(keys[0]))
+        keys.insert(keys.begin(), {"continue", "methods"});
+    else if (keys[0] == "budgets" || keys[0] == "budget_unit")
+        keys.insert(keys.begin(), "continue");
     return keys;
 }
 
@@ -141,7 +144,9 @@ json read_like(const YAML::Node& node, const json& like, const std::string& key,
         return fail("a string");
     }
     if (!node.IsScalar()) {
-        return fail(like.is_number_float() ? "a number" : like.is_boolean() ? "true or false" : "an integer");
+        return fail(like.is_number_float() ? "a number"
+                    : like.is_boolean()    ? "true or false"
+                                           : "an integer");
     }
     if (like.is_boolean()) {
         try {
@@ -151,7 +156,8 @@ json read_like(const YAML::Node& node, const json& like, const std::string& key,
         }
     }
     if (like.is_number_unsigned()) {
-        if (!node.Scalar().empty() && node.Scalar()[0] == '-') return fail("a non-negative integer");
+        if (!node.Scalar().empty() && node.Scalar()[0] == '-')
+            return fail("a non-negative integer");
         const auto value = integral_value<uint64_t>(node);
         return value ? json(*value) : fail("a non-negative integer");
     }
@@ -184,7 +190,8 @@ void read_options(const YAML::Node& node, json& options, const std::string& pref
     for (const auto& entry : node) {
         const std::string key = key_text(entry.first);
         if (!options.contains(key)) {
-            throw_unknown_key(source, prefix + "." + key, key, keys_of(options), line_of(entry.first));
+            throw_unknown_key(source, prefix + "." + key, key, keys_of(options),
+                              line_of(entry.first));
         }
         if (!present(entry.second)) continue;
         options[key] = read_like(entry.second, options[key], prefix + "." + key, source);
@@ -239,11 +246,11 @@ json warmstart_defaults() {
 // A method's options before the sweep's own: the surgery's defaults, seeded by the sweep.
 json method_defaults(Method method, uint64_t seed, const json* upcycle) {
     switch (method) {
-    case Method::Upcycle: return upcycle_defaults(seed);
-    case Method::Scratch: return scratch_defaults(seed, upcycle);
-    case Method::Warmstart: return warmstart_defaults();
-    case Method::Dense:
-    case Method::Pretrain: break;
+        case Method::Upcycle: return upcycle_defaults(seed);
+        case Method::Scratch: return scratch_defaults(seed, upcycle);
+        case Method::Warmstart: return warmstart_defaults();
+        case Method::Dense:
+        case Method::Pretrain: break;
     }
     return json::object();
 }
@@ -257,7 +264,8 @@ const json& sweep_schema() {
         s["train"].erase("steps");
         s["pretrain"] = {{"steps", TrainConfig{}.steps}};
         json methods = json::object();
-        for (const Method m : continuation_methods()) methods[to_string(m)] = method_defaults(m, 0, nullptr);
+        for (const Method m : continuation_methods())
+            methods[to_string(m)] = method_defaults(m, 0, nullptr);
         s["continue"] = {{"budget_unit", ""}, {"budgets", ""}, {"methods", methods}};
         return s;
     }();
@@ -285,9 +293,12 @@ void check_sweep_path(const std::vector<std::string>& path, const std::string& k
 
 RunConfig continuation_run_config(const RunConfig& pretrain, Method method, const json& options) {
     RunConfig config = pretrain;
-    if (method == Method::Upcycle) config.model.moe = upcycle_options_from_json(options).moe;
-    else if (method == Method::Scratch) config.model.moe = scratch_options_from_json(options).moe;
-    else if (method == Method::Warmstart) config.model.layers *= warmstart_options_from_json(options).depth_multiplier;
+    if (method == Method::Upcycle)
+        config.model.moe = upcycle_options_from_json(options).moe;
+    else if (method == Method::Scratch)
+        config.model.moe = scratch_options_from_json(options).moe;
+    else if (method == Method::Warmstart)
+        config.model.layers *= warmstart_options_from_json(options).depth_multiplier;
     return config;
 }
 
@@ -309,7 +320,8 @@ std::optional<int64_t> extra_steps(BudgetUnit unit, const RunConfig& pretrain,
         // both runs take batch × context tokens per step, so the tokens cancel
         const double tokens_per_step =
             static_cast<double>(pretrain.train.batch_size) * tokens_per_example(pretrain.model);
-        const double sunk = flops_per_token(pretrain.model).training * tokens_per_step * pretrain_steps;
+        const double sunk =
+            flops_per_token(pretrain.model).training * tokens_per_step * pretrain_steps;
         const double per_step = flops_per_token(continuation).training * tokens_per_step;
         steps = percent / 100.0 * sunk / per_step;
     }
@@ -333,8 +345,10 @@ struct Axis {
                                           const YAML::Node& method_node) {
     const std::string moe_prefix = "model.moe.";
     std::string leaf;
-    if (e.key().rfind(moe_prefix, 0) == 0) leaf = e.key().substr(moe_prefix.size());
-    else if (e.key() == "model.layers") leaf = "depth_multiplier";
+    if (e.key().rfind(moe_prefix, 0) == 0)
+        leaf = e.key().substr(moe_prefix.size());
+    else if (e.key() == "model.layers")
+        leaf = "depth_multiplier";
     if (leaf.empty()) throw e;
     const YAML::Node at = key_node(method_node, leaf);
     const std::string where = at.IsDefined() ? line_of(at) : line_of(method_key);
@@ -369,12 +383,14 @@ json resolve_method(Method method, const YAML::Node& method_key, const YAML::Nod
         if (!std::isfinite(noise_std) || noise_std < 0) {
             throw UserError(source, prefix + ".noise_std",
                             "expected a finite non-negative number (σ relative to each tensor's "
-                            "std)" + where("noise_std"));
+                            "std)" +
+                                where("noise_std"));
         }
         const double drop_ratio = options["drop_ratio"].get<double>();
         if (!(drop_ratio >= 0 && drop_ratio <= 1)) {
-            throw UserError(source, prefix + ".drop_ratio",
-                            "expected a fraction of the hidden neurons in [0, 1]" + where("drop_ratio"));
+            throw UserError(
+                source, prefix + ".drop_ratio",
+                "expected a fraction of the hidden neurons in [0, 1]" + where("drop_ratio"));
         }
     }
     if (method == Method::Upcycle || method == Method::Warmstart) {
@@ -426,7 +442,8 @@ void read_continue(const YAML::Node& node, SweepPoint& point, const std::string&
         if (!budgets.IsSequence() || budgets.size() == 0) {
             throw UserError(source, "continue.budgets",
                             "expected a non-empty list of budgets (percent of the pretraining "
-                            "cost)" + line_of(budgets));
+                            "cost)" +
+                                line_of(budgets));
         }
         point.budgets.clear();
         for (const auto& item : budgets) {
@@ -439,7 +456,8 @@ void read_continue(const YAML::Node& node, SweepPoint& point, const std::string&
             point.budgets.push_back(b);
         }
         std::sort(point.budgets.begin(), point.budgets.end());
-        point.budgets.erase(std::unique(point.budgets.begin(), point.budgets.end()), point.budgets.end());
+        point.budgets.erase(std::unique(point.budgets.begin(), point.budgets.end()),
+                            point.budgets.end());
     }
 }
 
@@ -448,17 +466,21 @@ SweepPoint resolve_point(const YAML::Node& tree, const std::string& source, cons
     SweepPoint point;
     for (const auto& entry : tree) {
         const std::string key = key_text(entry.first);
-        if (!contains(kTopLevelKeys, key)) throw_unknown_key(source, key, key, kTopLevelKeys, line_of(entry.first));
+        if (!contains(kTopLevelKeys, key))
+            throw_unknown_key(source, key, key, kTopLevelKeys, line_of(entry.first));
     }
     // the dense pretraining: RunConfig's sections, read and validated by core/config
     YAML::Node run(YAML::NodeType::Map);
     for (const auto& entry : tree) {
-        if (contains(kRunSections, key_text(entry.first))) run[key_text(entry.first)] = entry.second;
+        if (contains(kRunSections, key_text(entry.first)))
+            run[key_text(entry.first)] = entry.second;
     }
     const YAML::Node train_steps = key_node(child(tree, "train"), "steps");
-    if (train_steps.IsDefined()) throw UserError(source, "train.steps", kTrainStepsHint + line_of(train_steps));
+    if (train_steps.IsDefined())
+        throw UserError(source, "train.steps", kTrainStepsHint + line_of(train_steps));
     const YAML::Node model_moe = key_node(child(tree, "model"), "moe");
-    if (model_moe.IsDefined()) throw UserError(source, "model.moe", kModelMoeHint + line_of(model_moe));
+    if (model_moe.IsDefined())
+        throw UserError(source, "model.moe", kModelMoeHint + line_of(model_moe));
     RunConfig pretrain = run_config_from_yaml(run, source);
 
     json pretrain_options = {{"steps", TrainConfig{}.steps}};
@@ -476,17 +498,21 @@ SweepPoint resolve_point(const YAML::Node& tree, const std::string& source, cons
 
     const YAML::Node cont = child(tree, "continue");
     read_continue(cont, point, source);
-    if (schedule_depends_on_horizon(pretrain.train.schedule) && point.budget_unit == BudgetUnit::Seconds) {
-        throw UserError(source, "continue.budget_unit",
-                        "a " + to_string(pretrain.train.schedule) + " schedule needs its horizon in steps before "
-                        "the run starts, and a seconds budget is only known while it runs: use "
-                        "budget_unit flops or steps, or a horizon-free schedule (constant, rsqrt)" +
-                            line_of(key_node(cont, "budget_unit")));
+    if (schedule_depends_on_horizon(pretrain.train.schedule) &&
+        point.budget_unit == BudgetUnit::Seconds) {
+        throw UserError(
+            source, "continue.budget_unit",
+            "a " + to_string(pretrain.train.schedule) +
+                " schedule needs its horizon in steps before "
+                "the run starts, and a seconds budget is only known while it runs: use "
+                "budget_unit flops or steps, or a horizon-free schedule (constant, rsqrt)" +
+                line_of(key_node(cont, "budget_unit")));
     }
     const YAML::Node methods = child(cont, "methods");
     if (present(methods)) {
         if (!methods.IsMap()) {
-            throw UserError(source, "continue.methods", "expected a mapping of methods" + line_of(methods));
+            throw UserError(source, "continue.methods",
+                            "expected a mapping of methods" + line_of(methods));
         }
         for (const auto& entry : methods) {
             const std::string method = key_text(entry.first);
@@ -500,7 +526,8 @@ SweepPoint resolve_point(const YAML::Node& tree, const std::string& source, cons
             const std::string name = to_string(method);
             const YAML::Node key = key_node(methods, name);
             if (!key.IsDefined()) continue;
-            const json* upcycle = point.methods.contains(upcycle_name) ? &point.methods[upcycle_name] : nullptr;
+            const json* upcycle =
+                point.methods.contains(upcycle_name) ? &point.methods[upcycle_name] : nullptr;
             point.methods[name] =
                 resolve_method(method, key, child(methods, name), pretrain, upcycle, source);
         }
@@ -512,8 +539,8 @@ std::vector<Axis> read_axes(const YAML::Node& map, const std::string& section,
                             const YAML::Node& base, const std::string& source) {
     std::vector<Axis> axes;
     if (!map.IsMap()) {
-        throw UserError(source, section, "expected a mapping of dotted keys to lists of values" +
-                                             line_of(map));
+        throw UserError(source, section,
+                        "expected a mapping of dotted keys to lists of values" + line_of(map));
     }
     for (const auto& entry : map) {
         Axis axis;
@@ -528,15 +555,18 @@ std::vector<Axis> read_axes(const YAML::Node& map, const std::string& section,
         if (axis.path.size() > 3 && axis.path[0] == "continue" && axis.path[1] == "methods" &&
             !key_node(child(child(base, "continue"), "methods"), axis.path[2]).IsDefined()) {
             throw UserError(source, named,
-                            "this sweep does not run " + axis.path[2] + ": add it under "
-                            "continue.methods" + where);
+                            "this sweep does not run " + axis.path[2] +
+                                ": add it under "
+                                "continue.methods" +
+                                where);
         }
         if (!entry.second.IsSequence()) {
             throw UserError(source, named, "expected a list of values" + line_of(entry.second));
         }
         if (entry.second.size() == 0) {
-            throw UserError(source, named, "an empty list: an axis needs at least one value" +
-                                               line_of(entry.second));
+            throw UserError(
+                source, named,
+                "an empty list: an axis needs at least one value" + line_of(entry.second));
         }
         for (const auto& value : entry.second) axis.values.push_back(value);
         axes.push_back(std::move(axis));
@@ -556,16 +586,20 @@ SweepSpec parse_sweep(const std::string& yaml_text, const std::string& source,
     for (const auto& assignment : overrides) {
         const Override o = parse_override(assignment);
         std::vector<std::string> path;
-        if (o.key.rfind("grid.", 0) == 0) path = {"grid", o.key.substr(5)};
-        else path = sweep_path(o.key);
-        if (contains(path, "")) throw UserError("--set", o.key, "expected a dotted key such as train.lr");
+        if (o.key.rfind("grid.", 0) == 0)
+            path = {"grid", o.key.substr(5)};
+        else
+            path = sweep_path(o.key);
+        if (contains(path, ""))
+            throw UserError("--set", o.key, "expected a dotted key such as train.lr");
         // reset() rebinds the handle; `=` would overwrite the node it shares with the tree
         root.reset(with_value(root, path, 0, o.value, "--set", /*unmarked_key=*/true));
     }
 
     for (const auto& entry : root) {
         const std::string key = key_text(entry.first);
-        if (!contains(kTopLevelKeys, key)) throw_unknown_key(source, key, key, kTopLevelKeys, line_of(entry.first));
+        if (!contains(kTopLevelKeys, key))
+            throw_unknown_key(source, key, key, kTopLevelKeys, line_of(entry.first));
     }
 
     SweepSpec spec;
@@ -583,16 +617,22 @@ SweepSpec parse_sweep(const std::string& yaml_text, const std::string& source,
     const YAML::Node zip_node = child(root, "zip");
     if (present(zip_node)) {
         std::vector<YAML::Node> groups;
-        if (zip_node.IsMap()) groups.push_back(zip_node);
-        else if (zip_node.IsSequence()) for (const auto& g : zip_node) groups.push_back(g);
-        else throw UserError(source, "zip", "expected a list of mappings of keys to equally long lists" + line_of(zip_node));
+        if (zip_node.IsMap())
+            groups.push_back(zip_node);
+        else if (zip_node.IsSequence())
+            for (const auto& g : zip_node) groups.push_back(g);
+        else
+            throw UserError(
+                source, "zip",
+                "expected a list of mappings of keys to equally long lists" + line_of(zip_node));
         for (const auto& group_node : groups) {
             auto group = read_axes(group_node, "zip", root, source);
             for (const auto& axis : group) {
                 if (axis.values.size() != group.front().values.size()) {
                     throw UserError(source, "zip." + axis.key,
-                                    "zip lists must be equally long: '" + group.front().key + "' has " +
-                                        std::to_string(group.front().values.size()) + " values" +
+                                    "zip lists must be equally long: '" + group.front().key +
+                                        "' has " + std::to_string(group.front().values.size()) +
+                                        " values" +
                                         line_of(key_node(group_node, group.front().key)) + ", '" +
                                         axis.key + "' has " + std::to_string(axis.values.size()) +
                                         line_of(key_node(group_node, axis.key)));
@@ -605,7 +645,8 @@ SweepSpec parse_sweep(const std::string& yaml_text, const std::string& source,
     const YAML::Node seeds_node = child(root, "seeds");
     if (present(seeds_node)) {
         if (!seeds_node.IsSequence() || seeds_node.size() == 0) {
-            throw UserError(source, "seeds", "expected a non-empty list of seeds" + line_of(seeds_node));
+            throw UserError(source, "seeds",
+                            "expected a non-empty list of seeds" + line_of(seeds_node));
         }
         for (const auto& item : seeds_node) {
             seeds.emplace_back(read_like(item, json(uint64_t{0}), "seeds", source).get<uint64_t>());
@@ -617,11 +658,13 @@ SweepSpec parse_sweep(const std::string& yaml_text, const std::string& source,
     std::set<std::string> varied;
     std::vector<const Axis*> all_axes;
     for (const auto& axis : grid) all_axes.push_back(&axis);
-    for (const auto& group : zips) for (const auto& axis : group) all_axes.push_back(&axis);
+    for (const auto& group : zips)
+        for (const auto& axis : group) all_axes.push_back(&axis);
     for (const Axis* axis : all_axes) {
         const std::string path = path_text(axis->path);
         if (!varied.insert(path).second) {
-            throw UserError(source, axis->key, "is varied twice (by grid and zip, or twice in them)");
+            throw UserError(source, axis->key,
+                            "is varied twice (by grid and zip, or twice in them)");
         }
         if (present(seeds_node) && path == "train.seed") {
             throw UserError(source, axis->key, "train.seed is set by seeds:" + line_of(seeds_node));
@@ -634,8 +677,9 @@ SweepSpec parse_sweep(const std::string& yaml_text, const std::string& source,
     for (const auto& axis : grid) count *= axis.values.size();
     for (const auto& group : zips) count *= group.front().values.size();
     if (count > kMaxSweepPoints) {
-        throw UserError(source, "grid", "the sweep expands to " + std::to_string(count) +
-                                            " points, more than " + std::to_string(kMaxSweepPoints));
+        throw UserError(source, "grid",
+                        "the sweep expands to " + std::to_string(count) + " points, more than " +
+                            std::to_string(kMaxSweepPoints));
     }
 
     // expand: seeds outermost, then the grid in file order, then the zip groups; the last
@@ -711,16 +755,21 @@ std::vector<PlannedTrial> plan_sweep(const SweepSpec& spec) {
             const json& options = point.methods.at(name);
             RunConfig run = continuation_run_config(point.pretrain, method, options);
             std::vector<double> milestones = point.budgets;
-            if (method == Method::Scratch) milestones.push_back(milestones.back() + kScratchExtraPercent);
+            if (method == Method::Scratch)
+                milestones.push_back(milestones.back() + kScratchExtraPercent);
             std::vector<std::vector<double>> groups;
-            if (one_per_budget) for (double m : milestones) groups.push_back({m});
-            else groups.push_back(milestones);
+            if (one_per_budget)
+                for (double m : milestones) groups.push_back({m});
+            else
+                groups.push_back(milestones);
             for (const auto& group : groups) {
                 const double horizon = group.back();
-                const auto extra = extra_steps(point.budget_unit, point.pretrain, run.model, horizon);
+                const auto extra =
+                    extra_steps(point.budget_unit, point.pretrain, run.model, horizon);
                 run.train.steps = !extra ? 0
-                                  : restarts_step_counter(method) ? *extra
-                                                                  : point.pretrain.train.steps + *extra;
+                                  : restarts_step_counter(method)
+                                      ? *extra
+                                      : point.pretrain.train.steps + *extra;
                 PlannedTrial trial;
                 trial.method = method;
                 trial.parent_hash = parent;
@@ -789,7 +838,8 @@ std::optional<int64_t> steps_for_budget(const PlannedTrial& trial, const Planned
                                         double percent) {
     UPCYCLE_ASSERT(trial.parent_hash == parent.hash && parent.method == Method::Pretrain,
                    "steps_for_budget needs a continuation and its pretraining parent");
-    const RunConfig pretrain = run_config_from_json(parent.config.at("run"), "trial " + parent.hash);
+    const RunConfig pretrain =
+        run_config_from_json(parent.config.at("run"), "trial " + parent.hash);
     const RunConfig run = run_config_from_json(trial.config.at("run"), "trial " + trial.hash);
     return extra_steps(trial.budget_unit, pretrain, run.model, percent);
 }
@@ -819,12 +869,13 @@ PlannedTrial planned_trial(const std::string& hash, const nlohmann::json& config
     planned.hash = hash;
     planned.config = config;
     try {
-        planned.method = parse_choice<Method>(config.at("method").get<std::string>(), source, "method");
+        planned.method =
+            parse_choice<Method>(config.at("method").get<std::string>(), source, "method");
         if (config.contains("parent")) planned.parent_hash = config.at("parent").get<std::string>();
         if (config.contains("budget")) {
             const json& budget = config.at("budget");
-            planned.budget_unit =
-                parse_choice<BudgetUnit>(budget.at("unit").get<std::string>(), source, "budget.unit");
+            planned.budget_unit = parse_choice<BudgetUnit>(budget.at("unit").get<std::string>(),
+                                                           source, "budget.unit");
             planned.milestones = budget.at("milestones").get<std::vector<double>>();
             planned.horizon_percent = budget.at("horizon_percent").get<double>();
         }

@@ -40,7 +40,7 @@ inline const std::vector<Method>& continuation_methods() {
 struct SweepPoint {
     // The grid/zip keys and the seed that make this point, as key and value text.
     std::vector<std::pair<std::string, std::string>> assignments;
-    RunConfig pretrain;           // the dense pretraining: train.steps = pretrain.steps
+    RunConfig pretrain;  // the dense pretraining: train.steps = pretrain.steps
     BudgetUnit budget_unit = BudgetUnit::Flops;
     std::vector<double> budgets;  // extra budgets, percent of the sunk cost; ascending, distinct
     // The methods that run, by name, each with its options fully resolved (the canonical
@@ -68,7 +68,7 @@ SweepSpec load_sweep(const std::filesystem::path& file,
                      const std::vector<std::string>& overrides = {});
 
 struct PlannedTrial {
-    std::string hash;            // sha256_hex(config.dump())
+    std::string hash;  // sha256_hex(config.dump())
     Method method = Method::Pretrain;
     // The fully resolved canonical config:
     //   pretrain:     {"method", "run"}
@@ -80,10 +80,10 @@ struct PlannedTrial {
     // keep the dense run's counter (dense, upcycle, warmstart), the extra steps alone for
     // scratch (it restarts at 0), and 0 with budget_unit seconds (the runner stops on time).
     nlohmann::json config;
-    std::string parent_hash;         // "" for pretrain
+    std::string parent_hash;                     // "" for pretrain
     BudgetUnit budget_unit = BudgetUnit::Flops;  // what a continuation's budgets count
-    std::vector<double> milestones;  // budget percents at which to evaluate, ascending
-    double horizon_percent = 0;      // the budget the trial runs to (0 for pretrain)
+    std::vector<double> milestones;              // budget percents at which to evaluate, ascending
+    double horizon_percent = 0;                  // the budget the trial runs to (0 for pretrain)
 };
 
 // A planned trial read back from its hash and canonical config (as the store keeps them).

@@ -28,8 +28,7 @@ public:
     ImageTask(Backend& backend, const RunConfig& config, const std::string& source)
         : config_(config),
           splits_(load_splits(config, source)),
-          sampler_(splits_, config.train.seed, config.data.augment,
-                   config.data.crop_padding),
+          sampler_(splits_, config.train.seed, config.data.augment, config.data.crop_padding),
           model_(backend, config.model, micro_batch_size(config.train)),
           probe_shots_(probe_shot_counts(config.eval, source)) {}
 
@@ -43,9 +42,9 @@ public:
     EvalResult evaluate(EvalScope scope) override {
         const int64_t validation = splits_.validation.count();
         const int64_t max_images = config_.eval.max_images;
-        EvalResult result = evaluate_part(ImageSplitPart::Validation,
-                                          max_images > 0 ? std::min(max_images, validation) : validation,
-                                          nullptr);
+        EvalResult result =
+            evaluate_part(ImageSplitPart::Validation,
+                          max_images > 0 ? std::min(max_images, validation) : validation, nullptr);
         if (scope == EvalScope::Full) {
             std::vector<float> test_features;
             const EvalResult test =
@@ -90,7 +89,8 @@ private:
         for (int64_t first = 0; first < count; first += batch) {
             const int64_t n = std::min(batch, count - first);
             normalised_images(splits_, part, first, n, images_, labels_);
-            const auto stats = model_.forward(images_, labels_, static_cast<int>(n), Pass::Evaluate);
+            const auto stats =
+                model_.forward(images_, labels_, static_cast<int>(n), Pass::Evaluate);
             loss_sum += stats.loss_sum;
             correct += stats.correct;
             result.tokens += stats.tokens;
@@ -115,11 +115,10 @@ private:
         evaluate_part(ImageSplitPart::Train, pool, &pool_features);
         const std::vector<int32_t> pool_labels(splits_.train.labels.begin(),
                                                splits_.train.labels.begin() + pool);
-        const auto probe = few_shot_probe(pool_features, pool_labels, test_features,
-                                          splits_.test.labels, config_.model.channels,
-                                          config_.model.classes, probe_shots_,
-                                          config_.eval.probe_seeds, kProbeSeed,
-                                          config_.eval.probe_ridge);
+        const auto probe =
+            few_shot_probe(pool_features, pool_labels, test_features, splits_.test.labels,
+                           config_.model.channels, config_.model.classes, probe_shots_,
+                           config_.eval.probe_seeds, kProbeSeed, config_.eval.probe_ridge);
         for (const auto& r : probe) {
             result.extra["probe_" + std::to_string(r.shots) + "shot_accuracy"] = r.mean_accuracy;
         }

@@ -206,8 +206,8 @@ void probabilities_and_delta(float* delta, float* pt, const float* dpt, const fl
 
 }  // namespace
 
-void CpuBackend::attention_forward(float* out, float* lse, const float* qkv, int B, int T,
-                                   int C, int H, bool causal) {
+void CpuBackend::attention_forward(float* out, float* lse, const float* qkv, int B, int T, int C,
+                                   int H, bool causal) {
     UPCYCLE_ASSERT(H > 0 && C % H == 0, "attention: C must be a multiple of H");
     const int hs = C / H;
     const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
@@ -246,12 +246,11 @@ void CpuBackend::attention_forward(float* out, float* lse, const float* qkv, int
             column_max(row_max, st, blk);
             exp_and_column_sum(row_sum, st, row_max, blk);
 #pragma omp simd
-            for (int i = 0; i < rows; ++i)
-                lse_bh[r0 + i] = row_max[i] + cpu::fast_log(row_sum[i]);
+            for (int i = 0; i < rows; ++i) lse_bh[r0 + i] = row_max[i] + cpu::fast_log(row_sum[i]);
             // out[r0:r0+rows, head columns] = (Pᵀ)ᵀ · v[0:kv], then each row divided by its sum
             float* out_blk = out_bh + static_cast<std::size_t>(r0) * C;
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, rows, hs, blk.kv, 1.0f, st,
-                        blk.ld, v, hs, 0.0f, out_blk, C);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, rows, hs, blk.kv, 1.0f, st, blk.ld,
+                        v, hs, 0.0f, out_blk, C);
             for (int i = 0; i < rows; ++i) {
                 float* orow = out_blk + static_cast<std::size_t>(i) * C;
                 const float inv = 1.0f / row_sum[i];
@@ -263,8 +262,8 @@ void CpuBackend::attention_forward(float* out, float* lse, const float* qkv, int
 }
 
 void CpuBackend::attention_backward(float* dqkv, const float* dout, const float* qkv,
-                                    const float* out, const float* lse, int B, int T, int C,
-                                    int H, bool causal) {
+                                    const float* out, const float* lse, int B, int T, int C, int H,
+                                    bool causal) {
     // D_i = dout_i·out_i is computed as Σ_j P_ij·dP_ij from the recomputed block instead
     // (the same value; no per-row reductions), so out itself is not read.
     (void)out;
@@ -289,7 +288,7 @@ void CpuBackend::attention_backward(float* dqkv, const float* dout, const float*
         float* dy = v + th;
         const std::size_t block_floats = static_cast<std::size_t>(T) * block_ld;
         float* pt = block_scratch.get(2 * block_floats);  // Sᵀ, then Pᵀ
-        float* dpt = pt + block_floats;                    // dPᵀ, then dSᵀ
+        float* dpt = pt + block_floats;                   // dPᵀ, then dSᵀ
         float* delta = stats_scratch.get(static_cast<std::size_t>(block_ld));
 
         const float* base = qkv + static_cast<std::size_t>(b) * T * row_stride + h * hs;
@@ -328,8 +327,7 @@ void CpuBackend::attention_backward(float* dqkv, const float* dout, const float*
                         blk.ld, q_blk, hs, 1.0f, dk, ldqkv);
             // dq_blk += (dSᵀ)ᵀ·k[0:kv] / √hs
             cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, rows, hs, blk.kv, scale, dpt,
-                        blk.ld, k, hs, 1.0f, dq + static_cast<std::size_t>(r0) * row_stride,
-                        ldqkv);
+                        blk.ld, k, hs, 1.0f, dq + static_cast<std::size_t>(r0) * row_stride, ldqkv);
         }
     }
 }

@@ -30,7 +30,7 @@ constexpr std::int64_t kParallelMin = 1 << 14;
 void CpuBackend::layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
                                    const float* weight, const float* bias, int N, int C) {
     const float inv_c = 1.0f / static_cast<float>(C);
-#pragma omp parallel for schedule(static) if (static_cast<std::int64_t>(N) * C >= kParallelMin)
+#pragma omp parallel for schedule(static) if (static_cast <std::int64_t>(N) * C >= kParallelMin)
     for (int n = 0; n < N; ++n) {
         const float* x = inp + static_cast<std::size_t>(n) * C;
         float* o = out + static_cast<std::size_t>(n) * C;
@@ -52,9 +52,9 @@ void CpuBackend::layernorm_forward(float* out, float* mean, float* rstd, const f
     }
 }
 
-void CpuBackend::layernorm_backward(float* dinp, float* dweight, float* dbias,
-                                    const float* dout, const float* inp, const float* weight,
-                                    const float* mean, const float* rstd, int N, int C) {
+void CpuBackend::layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
+                                    const float* inp, const float* weight, const float* mean,
+                                    const float* rstd, int N, int C) {
     const bool param_grads = dweight != nullptr || dbias != nullptr;
     const int chunks = (N + kRowChunk - 1) / kRowChunk;
     // Per-chunk partials [chunks][2][C]: dweight then dbias. Kept across calls by the
@@ -63,7 +63,7 @@ void CpuBackend::layernorm_backward(float* dinp, float* dweight, float* dbias,
     float* part = param_grads ? partials.get(static_cast<std::size_t>(chunks) * 2 * C) : nullptr;
     const float inv_c = 1.0f / static_cast<float>(C);
 
-#pragma omp parallel for schedule(static) if (static_cast<std::int64_t>(N) * C >= kParallelMin)
+#pragma omp parallel for schedule(static) if (static_cast <std::int64_t>(N) * C >= kParallelMin)
     for (int chunk = 0; chunk < chunks; ++chunk) {
         float* pw = param_grads ? part + static_cast<std::size_t>(chunk) * 2 * C : nullptr;
         float* pb = param_grads ? pw + C : nullptr;
@@ -105,7 +105,7 @@ void CpuBackend::layernorm_backward(float* dinp, float* dweight, float* dbias,
 
     if (!param_grads) return;
     const int grains = (C + kChannelGrain - 1) / kChannelGrain;
-#pragma omp parallel if (static_cast<std::int64_t>(N) * C >= kParallelMin)
+#pragma omp parallel if (static_cast <std::int64_t>(N) * C >= kParallelMin)
     {
         const int nthreads = omp_get_num_threads();
         const int tid = omp_get_thread_num();

@@ -82,12 +82,10 @@ struct TileGrid {
 };
 
 // C[M,N] = alpha·op(A)·op(B) + beta·C, row-major; op(A) is [M,K], op(B) is [K,N].
-void tiled_sgemm(CBLAS_TRANSPOSE trans_a, CBLAS_TRANSPOSE trans_b, int M, int N, int K,
-                 float alpha, const float* A, int lda, const float* B, int ldb, float beta,
-                 float* C, int ldc) {
+void tiled_sgemm(CBLAS_TRANSPOSE trans_a, CBLAS_TRANSPOSE trans_b, int M, int N, int K, float alpha,
+                 const float* A, int lda, const float* B, int ldb, float beta, float* C, int ldc) {
     if (static_cast<std::int64_t>(M) * N * K <= kSerialMultiplyAdds) {
-        cblas_sgemm(CblasRowMajor, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C,
-                    ldc);
+        cblas_sgemm(CblasRowMajor, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
     const TileGrid grid(M, N, K);
@@ -148,8 +146,7 @@ void CpuBackend::matmul_forward(float* out, const float* inp, const float* weigh
     float beta = 0.0f;
     if (bias) {
         const std::size_t row_bytes = static_cast<std::size_t>(N) * sizeof(float);
-#pragma omp parallel for schedule(static) \
-    if (static_cast<std::int64_t>(M) * N >= kParallelMin)
+#pragma omp parallel for schedule(static) if (static_cast <std::int64_t>(M) * N >= kParallelMin)
         for (int m = 0; m < M; ++m)
             std::memcpy(out + static_cast<std::size_t>(m) * N, bias, row_bytes);
         beta = 1.0f;
@@ -182,7 +179,7 @@ void CpuBackend::matmul_backward(float* dinp, float* dweight, float* dbias, cons
         // in double (M reaches 8192 and more), so the result does not depend on the thread
         // count.
         const int grains = ceil_div(N, kColumnGrain);
-#pragma omp parallel if (static_cast<std::int64_t>(M) * N >= kParallelMin)
+#pragma omp parallel if (static_cast <std::int64_t>(M) * N >= kParallelMin)
         {
             const int nthreads = omp_get_num_threads();
             const int tid = omp_get_thread_num();

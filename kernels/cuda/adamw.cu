@@ -21,8 +21,8 @@ __global__ void adamw_kernel(float* __restrict__ params, const float* __restrict
                              float* __restrict__ m, float* __restrict__ v, std::int64_t n,
                              AdamWStep s) {
     const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
-    for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-         i < n; i += stride) {
+    for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+         i += stride) {
         const float g = grads[i] * s.grad_scale;
         const float mi = fmaf(s.beta1, m[i], s.one_minus_b1 * g);
         const float vi = fmaf(s.beta2, v[i], s.one_minus_b2 * g * g);
@@ -38,14 +38,14 @@ __global__ void adamw_kernel(float* __restrict__ params, const float* __restrict
 
 }  // namespace
 
-void CudaBackend::adamw_update(float* params, const float* grads, float* m, float* v,
-                               std::size_t n, float lr, float beta1, float beta2, float eps,
-                               float weight_decay, float grad_scale, int64_t step) {
+void CudaBackend::adamw_update(float* params, const float* grads, float* m, float* v, std::size_t n,
+                               float lr, float beta1, float beta2, float eps, float weight_decay,
+                               float grad_scale, int64_t step) {
     if (n == 0) return;
     const AdamWStep s = make_adamw_step(lr, beta1, beta2, eps, weight_decay, grad_scale, step);
     const auto count = static_cast<std::int64_t>(n);
-    adamw_kernel<<<gpu::blocks_for(count), gpu::kThreads, 0, state_->stream>>>(params, grads, m,
-                                                                               v, count, s);
+    adamw_kernel<<<gpu::blocks_for(count), gpu::kThreads, 0, state_->stream>>>(params, grads, m, v,
+                                                                               count, s);
     CUDA_CHECK(cudaGetLastError());
 }
 

@@ -51,9 +51,9 @@ std::vector<int32_t> expert_offsets(Backend& backend, const ExpertGroups& g) {
 }
 
 void check_padded(const ExpertGroups& g) {
-    UPCYCLE_ASSERT(static_cast<std::int64_t>(g.rows) ==
-                       static_cast<std::int64_t>(g.E) * g.rows_per_expert,
-                   "padded expert groups must have E·P rows");
+    UPCYCLE_ASSERT(
+        static_cast<std::int64_t>(g.rows) == static_cast<std::int64_t>(g.E) * g.rows_per_expert,
+        "padded expert groups must have E·P rows");
 }
 
 }  // namespace
@@ -74,10 +74,9 @@ void CudaBackend::expert_matmul_forward(float* out, const float* inp, const floa
         }
         const std::size_t used = static_cast<std::size_t>(offset[g.E]);
         if (static_cast<std::size_t>(g.rows) > used) {  // trailing padding rows
-            CUDA_CHECK(cudaMemsetAsync(out + used * N, 0,
-                                       (static_cast<std::size_t>(g.rows) - used) * N *
-                                           sizeof(float),
-                                       state_->stream));
+            CUDA_CHECK(cudaMemsetAsync(
+                out + used * N, 0, (static_cast<std::size_t>(g.rows) - used) * N * sizeof(float),
+                state_->stream));
         }
         return;
     }
@@ -90,23 +89,22 @@ void CudaBackend::expert_matmul_forward(float* out, const float* inp, const floa
     }
     if (K <= 0) {  // an empty product: out is the bias, or zeros
         if (!bias) {
-            CUDA_CHECK(cudaMemsetAsync(
-                out, 0, static_cast<std::size_t>(g.rows) * N * sizeof(float), state_->stream));
+            CUDA_CHECK(cudaMemsetAsync(out, 0, static_cast<std::size_t>(g.rows) * N * sizeof(float),
+                                       state_->stream));
         }
         return;
     }
-    const long long in_block = static_cast<long long>(P) * K;    // floats per [P,K] block
-    const long long out_block = static_cast<long long>(P) * N;   // floats per [P,N] block
-    gpu::sgemm_strided_batched(state_->cublas, precision_, CUBLAS_OP_T, CUBLAS_OP_N, N, P, K,
-                               1.0f, weight, K, static_cast<long long>(weight_stride), inp, K,
-                               in_block, beta, out, N, out_block, g.E);
+    const long long in_block = static_cast<long long>(P) * K;   // floats per [P,K] block
+    const long long out_block = static_cast<long long>(P) * N;  // floats per [P,N] block
+    gpu::sgemm_strided_batched(state_->cublas, precision_, CUBLAS_OP_T, CUBLAS_OP_N, N, P, K, 1.0f,
+                               weight, K, static_cast<long long>(weight_stride), inp, K, in_block,
+                               beta, out, N, out_block, g.E);
 }
 
 void CudaBackend::expert_matmul_backward(float* dinp, float* dweight, float* dbias,
-                                         const float* dout, const float* inp,
-                                         const float* weight, std::size_t weight_stride,
-                                         std::size_t bias_stride, const ExpertGroups& g, int K,
-                                         int N) {
+                                         const float* dout, const float* inp, const float* weight,
+                                         std::size_t weight_stride, std::size_t bias_stride,
+                                         const ExpertGroups& g, int K, int N) {
     if (g.E <= 0 || N <= 0) return;
     if (g.rows_per_expert == 0) {
         const std::vector<int32_t> offset = expert_offsets(*this, g);
@@ -133,14 +131,14 @@ void CudaBackend::expert_matmul_backward(float* dinp, float* dweight, float* dbi
     const long long w_stride = static_cast<long long>(weight_stride);
     if (K > 0) {
         if (dinp) {
-            gpu::sgemm_strided_batched(state_->cublas, precision_, CUBLAS_OP_N, CUBLAS_OP_N, K,
-                                       P, N, 1.0f, weight, K, w_stride, dout, N, out_block,
-                                       1.0f, dinp, K, in_block, g.E);
+            gpu::sgemm_strided_batched(state_->cublas, precision_, CUBLAS_OP_N, CUBLAS_OP_N, K, P,
+                                       N, 1.0f, weight, K, w_stride, dout, N, out_block, 1.0f, dinp,
+                                       K, in_block, g.E);
         }
         if (dweight) {
-            gpu::sgemm_strided_batched(state_->cublas, precision_, CUBLAS_OP_N, CUBLAS_OP_T, K,
-                                       N, P, 1.0f, inp, K, in_block, dout, N, out_block, 1.0f,
-                                       dweight, K, w_stride, g.E);
+            gpu::sgemm_strided_batched(state_->cublas, precision_, CUBLAS_OP_N, CUBLAS_OP_T, K, N,
+                                       P, 1.0f, inp, K, in_block, dout, N, out_block, 1.0f, dweight,
+                                       K, w_stride, g.E);
         }
     }
     if (dbias) gpu::add_column_sums(*state_, dbias, bias_stride, dout, g.E, P, N);

@@ -64,8 +64,7 @@ double CudaBackend::sum_squares(const float* x, std::size_t n) {
     if (n == 0) return 0.0;
     // Scratch from the caching allocator: partial[kReduceBlocks] then the total.
     CachingAllocator& allocator = state_->allocator;
-    auto* scratch =
-        static_cast<double*>(allocator.allocate((kReduceBlocks + 1) * sizeof(double)));
+    auto* scratch = static_cast<double*>(allocator.allocate((kReduceBlocks + 1) * sizeof(double)));
     double total = 0.0;
     try {
         double* partial = scratch;

@@ -26,8 +26,8 @@ namespace fs = std::filesystem;
 
 constexpr const char* kFont = "sans,11";
 constexpr const char* kPretrainColor = "#000000";
-constexpr double kShadeSpread = 0.7;  // variants of a method: from lighter to darker
-constexpr double kLogPad = 1.25;      // comparison x range: budgets ÷ and × this
+constexpr double kShadeSpread = 0.7;           // variants of a method: from lighter to darker
+constexpr double kLogPad = 1.25;               // comparison x range: budgets ÷ and × this
 constexpr std::size_t kMaxUniformGuides = 16;  // expert_load: 1/E guides up to this many experts
 constexpr int kCurvesWidth = 1100, kCurvesHeight = 900;
 constexpr int kComparisonWidth = 1100, kComparisonHeight = 720;
@@ -36,11 +36,11 @@ constexpr int kPanelWidth = 560, kPanelHeight = 340, kTitleHeight = 70;
 // Okabe–Ito colours, one per method; variants are shades of their method's.
 std::string method_color(Method method) {
     switch (method) {
-    case Method::Pretrain: return kPretrainColor;
-    case Method::Dense: return "#0072B2";
-    case Method::Upcycle: return "#D55E00";
-    case Method::Scratch: return "#009E73";
-    case Method::Warmstart: return "#CC79A7";
+        case Method::Pretrain: return kPretrainColor;
+        case Method::Dense: return "#0072B2";
+        case Method::Upcycle: return "#D55E00";
+        case Method::Scratch: return "#009E73";
+        case Method::Warmstart: return "#CC79A7";
     }
     return "#E69F00";
 }
@@ -65,8 +65,9 @@ int point_type(std::size_t k) {
 }
 
 // The 12 colours that expert bands cycle through.
-const char* const kBandColors[] = {"#4E79A7", "#F28E2B", "#E15759", "#76B7B2", "#59A14F", "#EDC948",
-                                   "#B07AA1", "#FF9DA7", "#9C755F", "#BAB0AC", "#86BCB6", "#D37295"};
+const char* const kBandColors[] = {"#4E79A7", "#F28E2B", "#E15759", "#76B7B2",
+                                   "#59A14F", "#EDC948", "#B07AA1", "#FF9DA7",
+                                   "#9C755F", "#BAB0AC", "#86BCB6", "#D37295"};
 
 // A gnuplot double-quoted string.
 std::string gp_string(const std::string& text) {
@@ -87,14 +88,16 @@ std::string number(double v) {
     return fmt::format("{:.10g}", v);
 }
 
-
 // Letters, digits, '.', '-' and '_'; anything else becomes '-'.
 std::string slug(const std::string& text) {
     std::string out;
     for (char c : text) {
-        const bool keep = std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-';
-        if (keep) out += c;
-        else if (!out.empty() && out.back() != '-') out += '-';
+        const bool keep =
+            std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-';
+        if (keep)
+            out += c;
+        else if (!out.empty() && out.back() != '-')
+            out += '-';
     }
     while (!out.empty() && out.back() == '-') out.pop_back();
     return out;
@@ -108,7 +111,8 @@ void write_text(const fs::path& path, const std::string& text) {
 }
 
 // The terminals every script writes, around the figure's drawing commands.
-std::string terminals_loop(const std::string& name, int width, int height, const std::string& body) {
+std::string terminals_loop(const std::string& name, int width, int height,
+                           const std::string& body) {
     return fmt::format(
         "do for [ext in \"png svg\"] {{\n"
         "    if (ext eq \"png\") {{\n"
@@ -239,9 +243,9 @@ void draw_comparison(const Store& store, const std::string& sweep, const PlotOpt
         for (const auto& cell : row.cells) any_continuation |= cell.mean.has_value();
     }
     if (!any_continuation || budgets.empty()) {
-        output.notes.push_back(fmt::format(
-            "comparison: skipped (no continuation of sweep '{}' has recorded {} yet)", sweep,
-            options.metric));
+        output.notes.push_back(
+            fmt::format("comparison: skipped (no continuation of sweep '{}' has recorded {} yet)",
+                        sweep, options.metric));
         return;
     }
     const double lo = budgets.front() / kLogPad, hi = budgets.back() * kLogPad;
@@ -256,13 +260,15 @@ void draw_comparison(const Store& store, const std::string& sweep, const PlotOpt
         if (row.method == Method::Pretrain) {
             const ReportCell* cell = row.cell(0);
             if (!cell || !cell->mean) continue;
-            data += fmt::format("# {}: the dense checkpoint (mean over {} seed{}), drawn across "
-                                "the budgets\n# budget_percent {}\n{} {}\n{} {}\n\n\n",
-                                row.label, cell->n, cell->n == 1 ? "" : "s", options.metric,
-                                number(lo), number(*cell->mean), number(hi), number(*cell->mean));
-            add_plot(fmt::format("\"comparison.dat\" index {} using 1:2 with lines dt 2 lw 2 "
-                                 "lc rgb \"{}\" title {}",
-                                 index++, style.color, gp_string(row.label)));
+            data += fmt::format(
+                "# {}: the dense checkpoint (mean over {} seed{}), drawn across "
+                "the budgets\n# budget_percent {}\n{} {}\n{} {}\n\n\n",
+                row.label, cell->n, cell->n == 1 ? "" : "s", options.metric, number(lo),
+                number(*cell->mean), number(hi), number(*cell->mean));
+            add_plot(
+                fmt::format("\"comparison.dat\" index {} using 1:2 with lines dt 2 lw 2 "
+                            "lc rgb \"{}\" title {}",
+                            index++, style.color, gp_string(row.label)));
             continue;
         }
         std::string block;
@@ -276,20 +282,22 @@ void draw_comparison(const Store& store, const std::string& sweep, const PlotOpt
         }
         if (block.empty()) continue;
         data += fmt::format("# {}\n# budget_percent mean std n_seeds\n{}\n\n", row.label, block);
-        std::string title = row.method == Method::Scratch ? row.label + " (total compute)" : row.label;
+        std::string title =
+            row.method == Method::Scratch ? row.label + " (total compute)" : row.label;
         if (incomplete) title += " (seeds missing)";
         const std::string dash = row.method == Method::Scratch ? " dt 4" : "";
-        add_plot(fmt::format("\"comparison.dat\" index {} using 1:2{} with {} lw 2 pt {} ps 1.1{} "
-                             "lc rgb \"{}\" title {}",
-                             index++, bars ? ":3" : "", bars ? "yerrorlines" : "linespoints",
-                             style.point, dash, style.color, gp_string(title)));
+        add_plot(
+            fmt::format("\"comparison.dat\" index {} using 1:2{} with {} lw 2 pt {} ps 1.1{} "
+                        "lc rgb \"{}\" title {}",
+                        index++, bars ? ":3" : "", bars ? "yerrorlines" : "linespoints",
+                        style.point, dash, style.color, gp_string(title)));
     }
 
     std::string tics;
     for (double b : budgets) {
         // tic labels are format strings to gnuplot: "%%" is a percent sign
-        tics += fmt::format("{}{} {}", tics.empty() ? "" : ", ",
-                            gp_string(fmt::format("{}%%", b)), number(b));
+        tics += fmt::format("{}{} {}", tics.empty() ? "" : ", ", gp_string(fmt::format("{}%%", b)),
+                            number(b));
     }
     double sunk = 0;
     int pretrainings = 0;
@@ -300,7 +308,8 @@ void draw_comparison(const Store& store, const std::string& sweep, const PlotOpt
         }
     }
     std::string subtitle = "mean over seeds, bars ± 1 std where 2 or more seeds";
-    if (pretrainings > 0) subtitle += "; sunk cost " + format_flops(sunk / pretrainings) + " of dense pretraining";
+    if (pretrainings > 0)
+        subtitle += "; sunk cost " + format_flops(sunk / pretrainings) + " of dense pretraining";
     std::string script = script_header("comparison", "Continuation methods compared", sweep);
     script += fmt::format(
         "set title {}\n"
@@ -346,7 +355,8 @@ void draw_training_curves(const Store& store, const std::string& sweep, FigureWr
         total_flops[t.id] = flops;
     }
     auto offset_of = [&](const TrialRecord& t) {
-        if (t.method == Method::Pretrain || restarts_step_counter(t.method) || !t.parent) return 0.0;
+        if (t.method == Method::Pretrain || restarts_step_counter(t.method) || !t.parent)
+            return 0.0;
         if (const auto it = total_flops.find(*t.parent); it != total_flops.end()) return it->second;
         const auto parent = store.trial(*t.parent);
         return parent ? parent->flops : 0.0;
@@ -371,14 +381,17 @@ void draw_training_curves(const Store& store, const std::string& sweep, FigureWr
         const double offset = offset_of(t);
         if (offset > 0) {
             checkpoints.insert(offset);
-            continuation_start = continuation_start < 0 ? offset : std::min(continuation_start, offset);
+            continuation_start =
+                continuation_start < 0 ? offset : std::min(continuation_start, offset);
         }
         const Style& style = styles.at(labels[i].label);
-        const std::string who = fmt::format("trial {} {} seed {}", t.id, labels[i].label, labels[i].seed);
+        const std::string who =
+            fmt::format("trial {} {} seed {}", t.id, labels[i].label, labels[i].seed);
         auto block = [&](const std::vector<MetricRow>& rows, const std::string& key) {
-            std::string text = fmt::format("# {} ({}; FLOPs offset {} = its checkpoint's)\n"
-                                           "# flops_cumulative step {} trial_flops\n",
-                                           who, key, number(offset), key);
+            std::string text = fmt::format(
+                "# {} ({}; FLOPs offset {} = its checkpoint's)\n"
+                "# flops_cumulative step {} trial_flops\n",
+                who, key, number(offset), key);
             for (const auto& m : rows) {
                 text += fmt::format("{} {} {} {}\n", number(m.flops + offset), m.step,
                                     number(m.value), number(m.flops));
@@ -388,16 +401,18 @@ void draw_training_curves(const Store& store, const std::string& sweep, FigureWr
         if (!train[t.id].empty()) {
             data += block(train[t.id], "train_loss");
             const bool first = titled.insert(labels[i].label).second;
-            lines += fmt::format("{}\"training_curves.dat\" index {} using 1:3 with lines lw 1.5 "
-                                 "lc rgb \"{}\" {}",
-                                 lines.empty() ? "" : ", \\\n             ", index++, style.color,
-                                 first ? "title " + gp_string(labels[i].label) : "notitle");
+            lines += fmt::format(
+                "{}\"training_curves.dat\" index {} using 1:3 with lines lw 1.5 "
+                "lc rgb \"{}\" {}",
+                lines.empty() ? "" : ", \\\n             ", index++, style.color,
+                first ? "title " + gp_string(labels[i].label) : "notitle");
         }
         if (!val[t.id].empty()) {
             data += block(val[t.id], "val_loss");
-            points += fmt::format(", \\\n             \"training_curves.dat\" index {} using 1:3 "
-                                  "with points pt {} ps 1.1 lc rgb \"{}\" notitle",
-                                  index++, style.point, style.color);
+            points += fmt::format(
+                ", \\\n             \"training_curves.dat\" index {} using 1:3 "
+                "with points pt {} ps 1.1 lc rgb \"{}\" notitle",
+                index++, style.point, style.color);
         }
     }
     if (lines.empty() && points.empty()) {
@@ -412,9 +427,10 @@ void draw_training_curves(const Store& store, const std::string& sweep, FigureWr
 
     std::string arrows;
     for (double c : checkpoints) {
-        arrows += fmt::format("set arrow from {0}, graph 0 to {0}, graph 1 nohead dt 3 lw 1.5 "
-                              "lc rgb \"#555555\"\n",
-                              number(c));
+        arrows += fmt::format(
+            "set arrow from {0}, graph 0 to {0}, graph 1 nohead dt 3 lw 1.5 "
+            "lc rgb \"#555555\"\n",
+            number(c));
     }
     const bool zoom = continuation_start > 0;
     std::string body = fmt::format(
@@ -450,8 +466,8 @@ void draw_training_curves(const Store& store, const std::string& sweep, FigureWr
         "set grid\n"
         "{}",
         arrows);
-    script += terminals_loop("training_curves", kCurvesWidth, zoom ? kCurvesHeight : kCurvesHeight / 2 + 100,
-                             body);
+    script += terminals_loop("training_curves", kCurvesWidth,
+                             zoom ? kCurvesHeight : kCurvesHeight / 2 + 100, body);
     writer.draw("training_curves", data, script);
 }
 
@@ -481,19 +497,22 @@ void draw_expert_load(const Store& store, const std::string& sweep, FigureWriter
         std::string panels;
         int index = 0;
         for (const auto& [layer, rows] : by_layer) {
-            data += fmt::format("# layer {}: step, then the stacked boundaries of experts 0..{} "
-                                "(fraction of routed tokens), dropped_fraction\n",
-                                layer, experts - 1);
+            data += fmt::format(
+                "# layer {}: step, then the stacked boundaries of experts 0..{} "
+                "(fraction of routed tokens), dropped_fraction\n",
+                layer, experts - 1);
             double dropped = 0;
             int counted = 0;
             for (const RoutingRow* r : rows) {
                 double total = 0;
-                for (const auto& c : r->tokens_per_expert) total += c.is_number() ? c.get<double>() : 0.0;
+                for (const auto& c : r->tokens_per_expert)
+                    total += c.is_number() ? c.get<double>() : 0.0;
                 if (total <= 0) continue;
                 std::string line = fmt::format("{} 0", r->step);
                 double cumulative = 0;
                 for (std::size_t e = 0; e < experts; ++e) {
-                    const auto& c = e < r->tokens_per_expert.size() ? r->tokens_per_expert[e] : nlohmann::json(0);
+                    const auto& c = e < r->tokens_per_expert.size() ? r->tokens_per_expert[e]
+                                                                    : nlohmann::json(0);
                     cumulative += (c.is_number() ? c.get<double>() : 0.0) / total;
                     line += " " + number(cumulative);
                 }
@@ -505,16 +524,18 @@ void draw_expert_load(const Store& store, const std::string& sweep, FigureWriter
             }
             data += "\n\n";
             const std::string title = counted > 0
-                ? fmt::format("layer {} (mean dropped fraction {:.1f}%)", layer, 100.0 * dropped / counted)
-                : fmt::format("layer {}", layer);
+                                          ? fmt::format("layer {} (mean dropped fraction {:.1f}%)",
+                                                        layer, 100.0 * dropped / counted)
+                                          : fmt::format("layer {}", layer);
             panels += fmt::format(
                 "        set title {}\n"
                 "        plot for [e=0:{}] \"{}.dat\" index {} using 1:(column(e+2)):(column(e+3)) "
                 "with filledcurves fs solid 0.9 noborder lc (e % 12) + 1 notitle{}\n",
                 gp_string(title), experts - 1, name, index++,
                 experts >= 2 && experts <= kMaxUniformGuides
-                    ? fmt::format(", for [k=1:{}] k/{}.0 with lines dt 2 lw 1 lc rgb \"#333333\" notitle",
-                                  experts - 1, experts)
+                    ? fmt::format(
+                          ", for [k=1:{}] k/{}.0 with lines dt 2 lw 1 lc rgb \"#333333\" notitle",
+                          experts - 1, experts)
                     : "");
         }
         const int layers = static_cast<int>(by_layer.size());
@@ -540,7 +561,8 @@ void draw_expert_load(const Store& store, const std::string& sweep, FigureWriter
                                   sweep, t.id, labels[i].label, labels[i].seed, experts,
                                   experts - 1, experts)),
             panels);
-        script += terminals_loop(name, kPanelWidth * cols + 40, kPanelHeight * rows + kTitleHeight, body);
+        script +=
+            terminals_loop(name, kPanelWidth * cols + 40, kPanelHeight * rows + kTitleHeight, body);
         writer.draw(name, data, script);
         ++drawn;
     }
@@ -581,14 +603,17 @@ PlotOutput make_plots(const Store& store, const std::string& sweep, const PlotOp
     const Report report = build_report(store, sweep, options.metric);
     const auto gnuplot = find_gnuplot(options.gnuplot);
     if (!gnuplot) {
-        throw UserError("", "gnuplot",
-                        fmt::format("'{}' was not found: `upcycle plot` draws with gnuplot; install "
-                                    "the Debian package gnuplot-nox (scripts/setup.sh does)",
-                                    options.gnuplot));
+        throw UserError(
+            "", "gnuplot",
+            fmt::format("'{}' was not found: `upcycle plot` draws with gnuplot; install "
+                        "the Debian package gnuplot-nox (scripts/setup.sh does)",
+                        options.gnuplot));
     }
     std::error_code ec;
     fs::create_directories(options.out_dir, ec);
-    if (ec) throw UserError(options.out_dir.string(), "--out", "cannot create the directory: " + ec.message());
+    if (ec)
+        throw UserError(options.out_dir.string(), "--out",
+                        "cannot create the directory: " + ec.message());
     // gnuplot runs in the output directory: the scripts name their files relative to it.
     const fs::path gnuplot_path = fs::absolute(*gnuplot);
 

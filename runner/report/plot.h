@@ -26,9 +26,9 @@
 namespace upcycle {
 
 struct PlotOptions {
-    std::filesystem::path out_dir;     // created when missing
-    std::string metric = "val_loss";   // of the comparison figure
-    std::string gnuplot = "gnuplot";   // a program name looked up on PATH, or a path
+    std::filesystem::path out_dir;    // created when missing
+    std::string metric = "val_loss";  // of the comparison figure
+    std::string gnuplot = "gnuplot";  // a program name looked up on PATH, or a path
 };
 
 struct PlotOutput {

@@ -26,9 +26,9 @@ constexpr double kBudgetResolution = 1e6;  // budgets equal to 1e-6 % are the sa
 // Paths that never make a variant: seeds (averaged over), the parent (the pretraining's
 // variant covers it), the budget and the step count that follows from it.
 const std::set<std::string>& excluded_continuation_paths() {
-    static const std::set<std::string> paths{"run.train.seed", "options.seed", "parent",
-                                             "budget.milestones", "budget.horizon_percent",
-                                             "run.train.steps"};
+    static const std::set<std::string> paths{
+        "run.train.seed",    "options.seed",           "parent",
+        "budget.milestones", "budget.horizon_percent", "run.train.steps"};
     return paths;
 }
 
@@ -78,8 +78,8 @@ int path_priority(const std::string& path) {
 
 // The varying paths of a group of trials that make its variants (see report.h).
 struct VariantKeys {
-    std::vector<std::string> paths;   // kept, in label order
-    std::set<std::string> varying;    // every path whose value differs, excluded ones too
+    std::vector<std::string> paths;    // kept, in label order
+    std::set<std::string> varying;     // every path whose value differs, excluded ones too
     std::map<std::string, json> omit;  // path → the strictly most common value, not spelled out
 };
 
@@ -94,9 +94,8 @@ VariantKeys choose_variant_keys(const std::vector<const Flat*>& flats,
     std::vector<std::string> candidates;
     for (const auto& path : all) {
         const json first = value_at(*flats.front(), path);
-        const bool varies = std::any_of(flats.begin(), flats.end(), [&](const Flat* f) {
-            return value_at(*f, path) != first;
-        });
+        const bool varies = std::any_of(flats.begin(), flats.end(),
+                                        [&](const Flat* f) { return value_at(*f, path) != first; });
         if (!varies) continue;
         keys.varying.insert(path);
         if (!excluded.count(path)) candidates.push_back(path);
@@ -164,7 +163,9 @@ int method_rank(Method method) {
                                : 1 + static_cast<int>(it - methods.begin());
 }
 
-double budget_key(double percent) { return std::round(percent * kBudgetResolution) / kBudgetResolution; }
+double budget_key(double percent) {
+    return std::round(percent * kBudgetResolution) / kBudgetResolution;
+}
 
 // ---- text ------------------------------------------------------------------------------------
 
@@ -186,7 +187,8 @@ std::string format_number(double v) {
     if (std::isnan(v)) return "NaN";
     if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
     std::string text = fmt::format("{:.{}f}", v, kDecimals);
-    if (text.find_first_not_of("-0.") == std::string::npos) text = fmt::format("{:.{}f}", 0.0, kDecimals);
+    if (text.find_first_not_of("-0.") == std::string::npos)
+        text = fmt::format("{:.{}f}", 0.0, kDecimals);
     return text;
 }
 
@@ -199,7 +201,8 @@ std::string format_signed(double v) {
 
 std::string cell_text(const ReportCell* cell) {
     if (!cell) return "";
-    if (cell->n == 0) return cell->planned > 0 && cell->failed == cell->planned ? "failed" : kMissing;
+    if (cell->n == 0)
+        return cell->planned > 0 && cell->failed == cell->planned ? "failed" : kMissing;
     std::string text = format_number(*cell->mean);
     if (cell->std) text += " ± " + format_number(*cell->std);
     if (cell->n < cell->planned) text += fmt::format(" ({}/{} seeds)", cell->n, cell->planned);
@@ -221,7 +224,8 @@ const ReportRow* dense_reference(const Report& report, const ReportRow& row) {
     }
     const ReportRow* found = nullptr;
     for (const auto& r : report.rows) {
-        if (r.method == Method::Dense && r.base == row.base && (!found || r.variant.empty())) found = &r;
+        if (r.method == Method::Dense && r.base == row.base && (!found || r.variant.empty()))
+            found = &r;
     }
     return found;
 }
@@ -230,9 +234,9 @@ const ReportRow* dense_reference(const Report& report, const ReportRow& row) {
 
 std::string unit_phrase(BudgetUnit unit) {
     switch (unit) {
-    case BudgetUnit::Steps: return "extra training steps";
-    case BudgetUnit::Seconds: return "extra training seconds";
-    case BudgetUnit::Flops: break;
+        case BudgetUnit::Steps: return "extra training steps";
+        case BudgetUnit::Seconds: return "extra training seconds";
+        case BudgetUnit::Flops: break;
     }
     return "extra training FLOPs";
 }
@@ -262,9 +266,12 @@ Legend legend_of(const Report& report) {
     for (const auto& row : report.rows) {
         if (row.method == Method::Scratch) legend.scratch = true;
         for (const auto& cell : row.cells) {
-            if (cell.n == 0 && cell.failed == cell.planned && cell.planned > 0) legend.failed = true;
-            else if (cell.n == 0) legend.missing = true;
-            else if (cell.n < cell.planned) legend.partial = true;
+            if (cell.n == 0 && cell.failed == cell.planned && cell.planned > 0)
+                legend.failed = true;
+            else if (cell.n == 0)
+                legend.missing = true;
+            else if (cell.n < cell.planned)
+                legend.partial = true;
         }
     }
     return legend;
@@ -292,11 +299,11 @@ std::string caption(const Report& report) {
 }
 
 std::string columns_caption(const Report& report) {
-    return fmt::format("columns: {} as % of the sunk cost (the dense pretraining); {}: "
-                       "difference to dense continuation at the same budget",
-                       unit_phrase(report.budget_unit), kDeltaLabel);
+    return fmt::format(
+        "columns: {} as % of the sunk cost (the dense pretraining); {}: "
+        "difference to dense continuation at the same budget",
+        unit_phrase(report.budget_unit), kDeltaLabel);
 }
-
 
 std::string csv_number(const std::optional<double>& v) { return v ? fmt::format("{}", *v) : ""; }
 
@@ -335,8 +342,8 @@ std::vector<TrialLabel> label_trials(const std::vector<TrialRecord>& trials) {
     if (const auto it = by_method.find(Method::Pretrain); it != by_method.end()) {
         std::vector<const Flat*> group;
         for (std::size_t i : it->second) group.push_back(&flats[i]);
-        const VariantKeys keys = choose_variant_keys(
-            group, std::vector<std::string>(group.size()), {"run.train.seed"});
+        const VariantKeys keys =
+            choose_variant_keys(group, std::vector<std::string>(group.size()), {"run.train.seed"});
         pretrain_varying = keys.varying;
         for (std::size_t i : it->second) {
             std::tie(labels[i].base, labels[i].base_key) = variant_of(flats[i], keys);
@@ -365,7 +372,8 @@ std::vector<TrialLabel> label_trials(const std::vector<TrialRecord>& trials) {
         const VariantKeys keys = choose_variant_keys(group, bases, excluded);
         for (std::size_t i : members) {
             std::tie(labels[i].variant, labels[i].variant_key) = variant_of(flats[i], keys);
-            labels[i].label = join_words(join_words(to_string(method), labels[i].base), labels[i].variant);
+            labels[i].label =
+                join_words(join_words(to_string(method), labels[i].base), labels[i].variant);
         }
     }
     return labels;
@@ -394,7 +402,8 @@ std::string metric_description(const std::string& metric) {
     const std::string prefix = "probe_", suffix = "shot_accuracy";
     if (metric.size() > prefix.size() + suffix.size() && metric.rfind(prefix, 0) == 0 &&
         metric.compare(metric.size() - suffix.size(), suffix.size(), suffix) == 0) {
-        const std::string shots = metric.substr(prefix.size(), metric.size() - prefix.size() - suffix.size());
+        const std::string shots =
+            metric.substr(prefix.size(), metric.size() - prefix.size() - suffix.size());
         return shots + "-shot linear probe, test accuracy";
     }
     return metric;
@@ -429,8 +438,8 @@ Report build_report(const Store& store, const std::string& sweep, const std::str
     report.budget_unit = BudgetUnit::Flops;
     for (const auto& t : trials) {
         if (t.config.contains("budget") && t.config["budget"].contains("unit")) {
-            report.budget_unit = parse_choice<BudgetUnit>(t.config["budget"]["unit"].get<std::string>(),
-                                                          report.database, "budget.unit");
+            report.budget_unit = parse_choice<BudgetUnit>(
+                t.config["budget"]["unit"].get<std::string>(), report.database, "budget.unit");
             break;
         }
     }
@@ -449,7 +458,8 @@ Report build_report(const Store& store, const std::string& sweep, const std::str
     for (std::size_t i = 0; i < trials.size(); ++i) {
         const TrialRecord& trial = trials[i];
         const TrialLabel& label = labels[i];
-        const std::string id = to_string(label.method) + "\x1f" + label.base + "\x1f" + label.variant;
+        const std::string id =
+            to_string(label.method) + "\x1f" + label.base + "\x1f" + label.variant;
         Accumulator& acc = rows[id];
         if (acc.row.label.empty()) {
             acc.row.method = label.method;
@@ -523,7 +533,8 @@ Report build_report(const Store& store, const std::string& sweep, const std::str
         if (row.method == Method::Pretrain) continue;
         const ReportRow* dense = nullptr;
         for (const auto& r : report.rows) {
-            if (r.method == Method::Dense && r.base == row.base && (!dense || r.variant.empty())) dense = &r;
+            if (r.method == Method::Dense && r.base == row.base && (!dense || r.variant.empty()))
+                dense = &r;
         }
         if (!dense) continue;
         row.has_dense_reference = true;
@@ -556,10 +567,11 @@ std::string report_table(const Report& report) {
     }
     std::vector<std::size_t> widths(header.size(), 0);
     for (const auto& line : lines) {
-        for (std::size_t c = 0; c < line.size(); ++c) widths[c] = std::max(widths[c], display_width(line[c]));
+        for (std::size_t c = 0; c < line.size(); ++c)
+            widths[c] = std::max(widths[c], display_width(line[c]));
     }
-    std::string out = caption(report) + "\n" + columns_caption(report) + "\n" +
-                      report.database + ", " + status_line(report) + "\n\n";
+    std::string out = caption(report) + "\n" + columns_caption(report) + "\n" + report.database +
+                      ", " + status_line(report) + "\n\n";
     auto emit = [&](const std::vector<std::string>& line) {
         std::string text;
         for (std::size_t c = 0; c < line.size(); ++c) {
@@ -579,12 +591,11 @@ std::string report_table(const Report& report) {
 }
 
 std::string report_markdown(const Report& report) {
-    std::string out = fmt::format("**{}** · `{}` ({}; {} is better), mean ± std over seeds · {} · "
-                                  "…: not evaluated yet\n\n",
-                                  markdown_escape(report.sweep), report.metric,
-                                  metric_description(report.metric),
-                                  report.lower_is_better ? "lower" : "higher",
-                                  columns_caption(report));
+    std::string out = fmt::format(
+        "**{}** · `{}` ({}; {} is better), mean ± std over seeds · {} · "
+        "…: not evaluated yet\n\n",
+        markdown_escape(report.sweep), report.metric, metric_description(report.metric),
+        report.lower_is_better ? "lower" : "higher", columns_caption(report));
     out += "| method |";
     for (double b : report.budgets) out += " " + format_percent(b) + " |";
     out += "\n| :--- |";

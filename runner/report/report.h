@@ -62,7 +62,7 @@ struct ReportCell {
 struct ReportRow {
     Method method = Method::Pretrain;  // Pretrain for the pretrained reference row
     std::string base, variant, label;
-    std::vector<ReportCell> cells;  // ascending budget: planned or recorded ones only
+    std::vector<ReportCell> cells;     // ascending budget: planned or recorded ones only
     bool has_dense_reference = false;  // a dense row of the same base gives the deltas
 
     const ReportCell* cell(double budget_percent) const;  // nullptr when not in this row
@@ -72,11 +72,11 @@ struct ReportRow {
 
 struct Report {
     std::string sweep, metric;
-    std::string database;     // the store's path, as given
+    std::string database;                        // the store's path, as given
     BudgetUnit budget_unit = BudgetUnit::Flops;  // of the continuations' budgets
     bool lower_is_better = true;
-    std::vector<double> budgets;     // every column, ascending (0: the pretrained reference)
-    std::vector<ReportRow> rows;     // pretrained, dense, upcycle, scratch, warmstart, others
+    std::vector<double> budgets;  // every column, ascending (0: the pretrained reference)
+    std::vector<ReportRow> rows;  // pretrained, dense, upcycle, scratch, warmstart, others
     std::map<TrialStatus, int64_t> status_counts;  // trials of the sweep by status
 };
 
@@ -103,7 +103,8 @@ std::string report_json(const Report& report);
 
 // Text helpers shared with the plots.
 std::string format_percent(double percent);  // 10 → "10%", 12.5 → "12.5%"
-std::string metric_description(const std::string& metric);  // "validation loss, nats per prediction"
+std::string metric_description(
+    const std::string& metric);  // "validation loss, nats per prediction"
 
 // One CSV field (RFC 4180): quoted when it holds a comma, quote or line break.
 std::string csv_field(const std::string& text);

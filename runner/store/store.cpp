@@ -115,8 +115,7 @@ CREATE TABLE routing (
 ) WITHOUT ROWID;
 )sql",
 };
-static_assert(std::size(kMigrations) == kStoreSchemaVersion,
-              "one migration per schema version");
+static_assert(std::size(kMigrations) == kStoreSchemaVersion, "one migration per schema version");
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
@@ -149,8 +148,10 @@ nlohmann::json json_or_null(const SQLite::Column& c) {
 }
 
 void bind_json_or_null(SQLite::Statement& s, int index, const nlohmann::json& value) {
-    if (value.is_null()) s.bind(index);
-    else s.bind(index, value.dump());
+    if (value.is_null())
+        s.bind(index);
+    else
+        s.bind(index, value.dump());
 }
 
 TrialRecord row_to_trial(const SQLite::Statement& s) {
@@ -229,8 +230,9 @@ Store::Store(const std::filesystem::path& db, Mode mode) : path_(db), mode_(mode
     try {
         if (mode == Mode::ReadOnly) {
             if (!std::filesystem::exists(db)) {
-                throw UserError(file, "", "no results database here (it is created by `upcycle "
-                                          "run`; pass another with --db)");
+                throw UserError(file, "",
+                                "no results database here (it is created by `upcycle "
+                                "run`; pass another with --db)");
             }
             db_ = std::make_unique<SQLite::Database>(file, SQLite::OPEN_READONLY,
                                                      kStoreBusyTimeoutMs);
@@ -244,8 +246,10 @@ Store::Store(const std::filesystem::path& db, Mode mode) : path_(db), mode_(mode
             db_->exec("PRAGMA synchronous = NORMAL");
         }
         db_->exec("PRAGMA foreign_keys = ON");
-        if (mode == Mode::ReadWrite) create_or_migrate();
-        else check_version();
+        if (mode == Mode::ReadWrite)
+            create_or_migrate();
+        else
+            check_version();
     } catch (const SQLite::Exception& e) {
         throw UserError(file, "", fmt::format("cannot open the results database: {}", e.what()));
     } catch (const std::filesystem::filesystem_error& e) {
@@ -294,8 +298,9 @@ void Store::create_or_migrate() {
         int version = schema_version();
         if (version > kStoreSchemaVersion) check_version();  // throws, naming the file
         if (version == 0) {
-            SQLite::Statement tables(*db_, "SELECT count(*) FROM sqlite_master "
-                                           "WHERE type = 'table' AND name NOT LIKE 'sqlite_%'");
+            SQLite::Statement tables(*db_,
+                                     "SELECT count(*) FROM sqlite_master "
+                                     "WHERE type = 'table' AND name NOT LIKE 'sqlite_%'");
             tables.executeStep();
             if (tables.getColumn(0).getInt() > 0) {
                 throw UserError(file, "schema_version",
@@ -305,9 +310,10 @@ void Store::create_or_migrate() {
         }
         if (version == kStoreSchemaVersion) return;
         for (; version < kStoreSchemaVersion; ++version) db_->exec(kMigrations[version]);
-        SQLite::Statement set(*db_, "INSERT INTO schema_version (id, version, updated_at) "
-                                    "VALUES (1, ?, ?) ON CONFLICT (id) DO UPDATE SET "
-                                    "version = excluded.version, updated_at = excluded.updated_at");
+        SQLite::Statement set(*db_,
+                              "INSERT INTO schema_version (id, version, updated_at) "
+                              "VALUES (1, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+                              "version = excluded.version, updated_at = excluded.updated_at");
         set.bind(1, kStoreSchemaVersion);
         set.bind(2, utc_now_iso());
         set.exec();
@@ -320,9 +326,10 @@ int64_t Store::upsert_sweep(const std::string& name, const std::string& yaml_tex
                             const std::string& yaml_hash, const nlohmann::json& provenance) {
     int64_t id = 0;
     write_transaction(*db_, [&] {
-        SQLite::Statement insert(*db_, "INSERT OR IGNORE INTO sweeps "
-                                       "(name, yaml, yaml_hash, created_at, provenance) "
-                                       "VALUES (?, ?, ?, ?, ?)");
+        SQLite::Statement insert(*db_,
+                                 "INSERT OR IGNORE INTO sweeps "
+                                 "(name, yaml, yaml_hash, created_at, provenance) "
+                                 "VALUES (?, ?, ?, ?, ?)");
         insert.bind(1, name);
         insert.bind(2, yaml_text);
         insert.bind(3, yaml_hash);
@@ -348,18 +355,21 @@ int64_t Store::add_trial(int64_t sweep_id, const std::string& hash, Method metho
             SQLite::Statement find(*db_, "SELECT id FROM trials WHERE hash = ?");
             find.bind(1, *parent_hash);
             const bool found = find.executeStep();
-            UPCYCLE_ASSERT(found, "parent trial " + *parent_hash +
-                                      " must be added before its children");
+            UPCYCLE_ASSERT(found,
+                           "parent trial " + *parent_hash + " must be added before its children");
             parent = find.getColumn(0).getInt64();
         }
-        SQLite::Statement insert(*db_, "INSERT OR IGNORE INTO trials "
-                                       "(hash, method, config, parent_id, created_at) "
-                                       "VALUES (?, ?, ?, ?, ?)");
+        SQLite::Statement insert(*db_,
+                                 "INSERT OR IGNORE INTO trials "
+                                 "(hash, method, config, parent_id, created_at) "
+                                 "VALUES (?, ?, ?, ?, ?)");
         insert.bind(1, hash);
         insert.bind(2, to_string(method));
         insert.bind(3, config.dump());
-        if (parent) insert.bind(4, *parent);
-        else insert.bind(4);
+        if (parent)
+            insert.bind(4, *parent);
+        else
+            insert.bind(4);
         insert.bind(5, utc_now_iso());
         insert.exec();
         SQLite::Statement select(*db_, "SELECT id FROM trials WHERE hash = ?");
@@ -367,8 +377,9 @@ int64_t Store::add_trial(int64_t sweep_id, const std::string& hash, Method metho
         const bool found = select.executeStep();
         UPCYCLE_ASSERT(found, "the trial row was just inserted");
         id = select.getColumn(0).getInt64();
-        SQLite::Statement member(*db_, "INSERT OR IGNORE INTO sweep_trials (sweep_id, trial_id) "
-                                       "VALUES (?, ?)");
+        SQLite::Statement member(*db_,
+                                 "INSERT OR IGNORE INTO sweep_trials (sweep_id, trial_id) "
+                                 "VALUES (?, ?)");
         member.bind(1, sweep_id);
         member.bind(2, id);
         member.exec();
@@ -376,26 +387,30 @@ int64_t Store::add_trial(int64_t sweep_id, const std::string& hash, Method metho
     return id;
 }
 
-std::optional<TrialRecord> Store::claim_next(const std::string& worker_id,
-                                             const std::string& host, double stale_after_seconds,
+std::optional<TrialRecord> Store::claim_next(const std::string& worker_id, const std::string& host,
+                                             double stale_after_seconds,
                                              std::optional<int64_t> sweep_id, int max_attempts) {
     const auto now_point = std::chrono::system_clock::now();
     const std::string now = iso_utc(now_point);
     // ISO-8601 UTC text of one fixed width orders like time, so the cutoff compares as text.
-    const std::string cutoff = iso_utc(
-        now_point - std::chrono::duration_cast<std::chrono::system_clock::duration>(
-                        std::chrono::duration<double>(stale_after_seconds)));
+    const std::string cutoff =
+        iso_utc(now_point - std::chrono::duration_cast<std::chrono::system_clock::duration>(
+                                std::chrono::duration<double>(stale_after_seconds)));
     const std::string in_sweep =
         sweep_id ? " AND t.id IN (SELECT trial_id FROM sweep_trials WHERE sweep_id = :sweep)" : "";
     std::optional<int64_t> claimed;
     write_transaction(*db_, [&] {
         if (max_attempts > 0) {
             SQLite::Statement abandon(
-                *db_, "UPDATE trials AS t SET status = " + sql(kFailed) + ", finished_at = :now, "
-                      "error = printf('abandoned: its worker stopped heartbeating on each of "
-                      "%d attempts (last: %s on %s)', t.attempts, t.worker, t.host) "
-                      "WHERE t.status = " + sql(kRunning) + " AND t.heartbeat_at < :cutoff "
-                      "AND t.attempts >= :max" + in_sweep);
+                *db_, "UPDATE trials AS t SET status = " + sql(kFailed) +
+                          ", finished_at = :now, "
+                          "error = printf('abandoned: its worker stopped heartbeating on each of "
+                          "%d attempts (last: %s on %s)', t.attempts, t.worker, t.host) "
+                          "WHERE t.status = " +
+                          sql(kRunning) +
+                          " AND t.heartbeat_at < :cutoff "
+                          "AND t.attempts >= :max" +
+                          in_sweep);
             abandon.bind(":now", now);
             abandon.bind(":cutoff", cutoff);
             abandon.bind(":max", max_attempts);
@@ -403,18 +418,22 @@ std::optional<TrialRecord> Store::claim_next(const std::string& worker_id,
             abandon.exec();
         }
         SQLite::Statement pick(
-            *db_, "SELECT t.id FROM trials t WHERE ((t.status = " + sql(kPending) + " AND (t.parent_id IS "
-                  "NULL OR EXISTS (SELECT 1 FROM trials p WHERE p.id = t.parent_id AND "
-                  "p.status = " + sql(kDone) + "))) OR (t.status = " + sql(kRunning) + " AND "
-                  "(t.heartbeat_at IS NULL OR t.heartbeat_at < :cutoff)))" + in_sweep +
-                  " ORDER BY t.id LIMIT 1");
+            *db_, "SELECT t.id FROM trials t WHERE ((t.status = " + sql(kPending) +
+                      " AND (t.parent_id IS "
+                      "NULL OR EXISTS (SELECT 1 FROM trials p WHERE p.id = t.parent_id AND "
+                      "p.status = " +
+                      sql(kDone) + "))) OR (t.status = " + sql(kRunning) +
+                      " AND "
+                      "(t.heartbeat_at IS NULL OR t.heartbeat_at < :cutoff)))" +
+                      in_sweep + " ORDER BY t.id LIMIT 1");
         pick.bind(":cutoff", cutoff);
         if (sweep_id) pick.bind(":sweep", *sweep_id);
         if (!pick.executeStep()) return;
         claimed = pick.getColumn(0).getInt64();
-        SQLite::Statement mark(*db_, "UPDATE trials SET status = " + sql(kRunning) + ", worker = ?, host = ?, "
-                                     "heartbeat_at = ?, started_at = ?, finished_at = NULL, "
-                                     "error = NULL, attempts = attempts + 1 WHERE id = ?");
+        SQLite::Statement mark(*db_, "UPDATE trials SET status = " + sql(kRunning) +
+                                         ", worker = ?, host = ?, "
+                                         "heartbeat_at = ?, started_at = ?, finished_at = NULL, "
+                                         "error = NULL, attempts = attempts + 1 WHERE id = ?");
         mark.bind(1, worker_id);
         mark.bind(2, host);
         mark.bind(3, now);
@@ -430,10 +449,12 @@ bool Store::heartbeat(int64_t trial, const std::string& worker_id,
                       const std::optional<TrialProgress>& progress) {
     bool held = false;
     write_transaction(*db_, [&] {
-        SQLite::Statement s(*db_, "UPDATE trials SET heartbeat_at = ?, step = coalesce(?, step), "
-                                  "flops = coalesce(?, flops), seconds = coalesce(?, seconds), "
-                                  "tokens = coalesce(?, tokens) "
-                                  "WHERE id = ? AND worker = ? AND status = " + sql(kRunning));
+        SQLite::Statement s(*db_,
+                            "UPDATE trials SET heartbeat_at = ?, step = coalesce(?, step), "
+                            "flops = coalesce(?, flops), seconds = coalesce(?, seconds), "
+                            "tokens = coalesce(?, tokens) "
+                            "WHERE id = ? AND worker = ? AND status = " +
+                                sql(kRunning));
         s.bind(1, utc_now_iso());
         if (progress) {
             s.bind(2, progress->step);
@@ -450,9 +471,10 @@ bool Store::heartbeat(int64_t trial, const std::string& worker_id,
 
 void Store::finish(int64_t trial, const TrialProgress& totals, const nlohmann::json& provenance) {
     write_transaction(*db_, [&] {
-        SQLite::Statement s(*db_, "UPDATE trials SET status = " + sql(kDone) + ", finished_at = ?, step = ?, "
-                                  "flops = ?, seconds = ?, tokens = ?, error = NULL, "
-                                  "provenance = coalesce(?, provenance) WHERE id = ?");
+        SQLite::Statement s(*db_, "UPDATE trials SET status = " + sql(kDone) +
+                                      ", finished_at = ?, step = ?, "
+                                      "flops = ?, seconds = ?, tokens = ?, error = NULL, "
+                                      "provenance = coalesce(?, provenance) WHERE id = ?");
         s.bind(1, utc_now_iso());
         s.bind(2, totals.step);
         s.bind(3, totals.flops);
@@ -466,8 +488,9 @@ void Store::finish(int64_t trial, const TrialProgress& totals, const nlohmann::j
 
 void Store::fail(int64_t trial, const std::string& error) {
     write_transaction(*db_, [&] {
-        SQLite::Statement s(*db_, "UPDATE trials SET status = " + sql(kFailed) + ", finished_at = ?, "
-                                  "error = ? WHERE id = ?");
+        SQLite::Statement s(*db_, "UPDATE trials SET status = " + sql(kFailed) +
+                                      ", finished_at = ?, "
+                                      "error = ? WHERE id = ?");
         s.bind(1, utc_now_iso());
         s.bind(2, error);
         s.bind(3, trial);
@@ -477,8 +500,10 @@ void Store::fail(int64_t trial, const std::string& error) {
 
 void Store::release(int64_t trial) {
     write_transaction(*db_, [&] {
-        SQLite::Statement s(*db_, "UPDATE trials SET status = " + sql(kPending) + ", worker = NULL, "
-                                  "heartbeat_at = NULL WHERE id = ? AND status = " + sql(kRunning));
+        SQLite::Statement s(*db_, "UPDATE trials SET status = " + sql(kPending) +
+                                      ", worker = NULL, "
+                                      "heartbeat_at = NULL WHERE id = ? AND status = " +
+                                      sql(kRunning));
         s.bind(1, trial);
         s.exec();
     });
@@ -487,10 +512,13 @@ void Store::release(int64_t trial) {
 int Store::requeue_failed(int64_t sweep_id) {
     int changed = 0;
     write_transaction(*db_, [&] {
-        SQLite::Statement s(*db_, "UPDATE trials SET status = " + sql(kPending) + ", worker = NULL, "
-                                  "heartbeat_at = NULL, finished_at = NULL, error = NULL "
-                                  "WHERE status = " + sql(kFailed) + " AND id IN "
-                                  "(SELECT trial_id FROM sweep_trials WHERE sweep_id = ?)");
+        SQLite::Statement s(*db_, "UPDATE trials SET status = " + sql(kPending) +
+                                      ", worker = NULL, "
+                                      "heartbeat_at = NULL, finished_at = NULL, error = NULL "
+                                      "WHERE status = " +
+                                      sql(kFailed) +
+                                      " AND id IN "
+                                      "(SELECT trial_id FROM sweep_trials WHERE sweep_id = ?)");
         s.bind(1, sweep_id);
         changed = s.exec();
     });
@@ -502,9 +530,10 @@ int Store::requeue_failed(int64_t sweep_id) {
 void Store::add_metrics(int64_t trial, const std::vector<MetricRow>& rows) {
     if (rows.empty()) return;
     write_transaction(*db_, [&] {
-        SQLite::Statement s(*db_, "INSERT OR REPLACE INTO metrics "
-                                  "(trial_id, key, step, flops, seconds, value, is_nan) "
-                                  "VALUES (?, ?, ?, ?, ?, ?, ?)");
+        SQLite::Statement s(*db_,
+                            "INSERT OR REPLACE INTO metrics "
+                            "(trial_id, key, step, flops, seconds, value, is_nan) "
+                            "VALUES (?, ?, ?, ?, ?, ?, ?)");
         for (const auto& r : rows) {
             s.bind(1, trial);
             s.bind(2, r.key);
@@ -512,8 +541,10 @@ void Store::add_metrics(int64_t trial, const std::vector<MetricRow>& rows) {
             s.bind(4, r.flops);
             s.bind(5, r.seconds);
             const bool nan = std::isnan(r.value);
-            if (nan) s.bind(6);
-            else s.bind(6, r.value);
+            if (nan)
+                s.bind(6);
+            else
+                s.bind(6, r.value);
             s.bind(7, nan ? 1 : 0);
             s.exec();
             s.reset();
@@ -525,11 +556,12 @@ void Store::add_evaluation(int64_t trial, double budget_percent, int64_t step, d
                            double seconds, const nlohmann::json& metrics) {
     write_transaction(*db_, [&] {
         SQLite::Statement s(
-            *db_, "INSERT INTO evaluations (trial_id, budget_percent, step, flops, seconds, "
-                  "metrics, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
-                  "ON CONFLICT (trial_id, budget_percent) DO UPDATE SET step = excluded.step, "
-                  "flops = excluded.flops, seconds = excluded.seconds, "
-                  "metrics = excluded.metrics, created_at = excluded.created_at");
+            *db_,
+            "INSERT INTO evaluations (trial_id, budget_percent, step, flops, seconds, "
+            "metrics, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (trial_id, budget_percent) DO UPDATE SET step = excluded.step, "
+            "flops = excluded.flops, seconds = excluded.seconds, "
+            "metrics = excluded.metrics, created_at = excluded.created_at");
         s.bind(1, trial);
         s.bind(2, budget_percent);
         s.bind(3, step);
@@ -545,10 +577,11 @@ void Store::add_artifact(int64_t trial, const std::string& kind, const std::stri
                          int64_t bytes, const std::string& sha256_hex) {
     write_transaction(*db_, [&] {
         SQLite::Statement s(
-            *db_, "INSERT INTO artifacts (trial_id, kind, path, bytes, sha256, created_at) "
-                  "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (trial_id, kind, path) DO UPDATE SET "
-                  "bytes = excluded.bytes, sha256 = excluded.sha256, "
-                  "created_at = excluded.created_at");
+            *db_,
+            "INSERT INTO artifacts (trial_id, kind, path, bytes, sha256, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (trial_id, kind, path) DO UPDATE SET "
+            "bytes = excluded.bytes, sha256 = excluded.sha256, "
+            "created_at = excluded.created_at");
         s.bind(1, trial);
         s.bind(2, kind);
         s.bind(3, path);
@@ -562,16 +595,17 @@ void Store::add_artifact(int64_t trial, const std::string& kind, const std::stri
 void Store::add_routing(int64_t trial, int64_t step, int layer,
                         const nlohmann::json& tokens_per_expert, double dropped_fraction,
                         double router_entropy, double aux_loss, double z_loss) {
-    add_routing(trial, {RoutingRow{step, layer, tokens_per_expert, dropped_fraction,
-                                   router_entropy, aux_loss, z_loss}});
+    add_routing(trial, {RoutingRow{step, layer, tokens_per_expert, dropped_fraction, router_entropy,
+                                   aux_loss, z_loss}});
 }
 
 void Store::add_routing(int64_t trial, const std::vector<RoutingRow>& rows) {
     if (rows.empty()) return;
     write_transaction(*db_, [&] {
-        SQLite::Statement s(*db_, "INSERT OR REPLACE INTO routing (trial_id, step, layer, "
-                                  "tokens_per_expert, dropped_fraction, router_entropy, "
-                                  "aux_loss, z_loss) VALUES (?, ?, ?, ?, ?, ?, ?, ?)");
+        SQLite::Statement s(*db_,
+                            "INSERT OR REPLACE INTO routing (trial_id, step, layer, "
+                            "tokens_per_expert, dropped_fraction, router_entropy, "
+                            "aux_loss, z_loss) VALUES (?, ?, ?, ?, ?, ?, ?, ?)");
         for (const auto& r : rows) {
             s.bind(1, trial);
             s.bind(2, r.step);
@@ -591,8 +625,9 @@ void Store::add_routing(int64_t trial, const std::vector<RoutingRow>& rows) {
 
 std::vector<SweepRecord> Store::sweeps() const {
     std::vector<SweepRecord> out;
-    SQLite::Statement s(*db_, "SELECT id, name, yaml, yaml_hash, created_at, provenance "
-                              "FROM sweeps ORDER BY id");
+    SQLite::Statement s(*db_,
+                        "SELECT id, name, yaml, yaml_hash, created_at, provenance "
+                        "FROM sweeps ORDER BY id");
     while (s.executeStep()) {
         out.push_back({s.getColumn(0).getInt64(), s.getColumn(1).getString(),
                        s.getColumn(2).getString(), s.getColumn(3).getString(),
@@ -617,7 +652,8 @@ std::vector<int64_t> Store::sweep_ids_named(const std::string& name) const {
     if (ids.empty()) {
         std::string known;
         SQLite::Statement all(*db_, "SELECT DISTINCT name FROM sweeps ORDER BY name");
-        while (all.executeStep()) known += (known.empty() ? "" : ", ") + all.getColumn(0).getString();
+        while (all.executeStep())
+            known += (known.empty() ? "" : ", ") + all.getColumn(0).getString();
         throw UserError(path_.string(), "sweep",
                         fmt::format("no sweep named '{}' in this database (sweeps: {})", name,
                                     known.empty() ? "none yet" : known));
@@ -649,15 +685,17 @@ std::optional<TrialRecord> Store::find_trial(const std::string& hash) const {
 std::vector<TrialRecord> Store::trials(const std::optional<std::string>& sweep_name) const {
     if (!sweep_name) return select_trials("ORDER BY t.id", [](SQLite::Statement&) {});
     sweep_ids_named(*sweep_name);  // an unknown name is a UserError
-    return select_trials("WHERE t.id IN (SELECT st.trial_id FROM sweep_trials st JOIN sweeps s "
-                         "ON s.id = st.sweep_id WHERE s.name = ?) ORDER BY t.id",
-                         [&](SQLite::Statement& s) { s.bind(1, *sweep_name); });
+    return select_trials(
+        "WHERE t.id IN (SELECT st.trial_id FROM sweep_trials st JOIN sweeps s "
+        "ON s.id = st.sweep_id WHERE s.name = ?) ORDER BY t.id",
+        [&](SQLite::Statement& s) { s.bind(1, *sweep_name); });
 }
 
 std::vector<TrialRecord> Store::trials_of_sweep(int64_t sweep_id) const {
-    return select_trials("WHERE t.id IN (SELECT trial_id FROM sweep_trials WHERE sweep_id = ?) "
-                         "ORDER BY t.id",
-                         [&](SQLite::Statement& s) { s.bind(1, sweep_id); });
+    return select_trials(
+        "WHERE t.id IN (SELECT trial_id FROM sweep_trials WHERE sweep_id = ?) "
+        "ORDER BY t.id",
+        [&](SQLite::Statement& s) { s.bind(1, sweep_id); });
 }
 
 std::map<TrialStatus, int64_t> Store::status_counts(
@@ -671,8 +709,8 @@ std::map<TrialStatus, int64_t> Store::status_counts(
                          : "SELECT status, count(*) FROM trials GROUP BY status");
     if (sweep_name) s.bind(1, *sweep_name);
     while (s.executeStep()) {
-        counts[parse_choice<TrialStatus>(s.getColumn(0).getString(), "the store", "trials.status")] =
-            s.getColumn(1).getInt64();
+        counts[parse_choice<TrialStatus>(s.getColumn(0).getString(), "the store",
+                                         "trials.status")] = s.getColumn(1).getInt64();
     }
     return counts;
 }
@@ -700,19 +738,19 @@ std::vector<MetricRow> Store::metrics(int64_t trial, const std::string& key) con
 
 std::vector<EvaluationRecord> Store::select_evaluations(
     const std::string& tail, const std::function<void(SQLite::Statement&)>& bind) const {
-    SQLite::Statement s(*db_, "SELECT e.trial_id, t.hash, t.method, e.budget_percent, e.step, "
-                              "e.flops, e.seconds, e.metrics FROM evaluations e "
-                              "JOIN trials t ON t.id = e.trial_id " +
-                                  tail);
+    SQLite::Statement s(*db_,
+                        "SELECT e.trial_id, t.hash, t.method, e.budget_percent, e.step, "
+                        "e.flops, e.seconds, e.metrics FROM evaluations e "
+                        "JOIN trials t ON t.id = e.trial_id " +
+                            tail);
     bind(s);
     std::vector<EvaluationRecord> out;
     while (s.executeStep()) {
-        out.push_back({s.getColumn(0).getInt64(), s.getColumn(1).getString(),
-                       parse_choice<Method>(s.getColumn(2).getString(), "the store", "trials.method"),
-                       s.getColumn(3).getDouble(),
-                       s.getColumn(4).getInt64(), real_or_nan(s.getColumn(5)),
-                       real_or_nan(s.getColumn(6)),
-                       nlohmann::json::parse(s.getColumn(7).getString())});
+        out.push_back(
+            {s.getColumn(0).getInt64(), s.getColumn(1).getString(),
+             parse_choice<Method>(s.getColumn(2).getString(), "the store", "trials.method"),
+             s.getColumn(3).getDouble(), s.getColumn(4).getInt64(), real_or_nan(s.getColumn(5)),
+             real_or_nan(s.getColumn(6)), nlohmann::json::parse(s.getColumn(7).getString())});
     }
     return out;
 }
@@ -724,10 +762,11 @@ std::vector<EvaluationRecord> Store::evaluations(
                                   [](SQLite::Statement&) {});
     }
     sweep_ids_named(*sweep_name);
-    return select_evaluations("WHERE e.trial_id IN (SELECT st.trial_id FROM sweep_trials st "
-                              "JOIN sweeps s ON s.id = st.sweep_id WHERE s.name = ?) "
-                              "ORDER BY e.trial_id, e.budget_percent",
-                              [&](SQLite::Statement& s) { s.bind(1, *sweep_name); });
+    return select_evaluations(
+        "WHERE e.trial_id IN (SELECT st.trial_id FROM sweep_trials st "
+        "JOIN sweeps s ON s.id = st.sweep_id WHERE s.name = ?) "
+        "ORDER BY e.trial_id, e.budget_percent",
+        [&](SQLite::Statement& s) { s.bind(1, *sweep_name); });
 }
 
 std::vector<EvaluationRecord> Store::evaluations_of_trial(int64_t trial) const {
@@ -736,8 +775,9 @@ std::vector<EvaluationRecord> Store::evaluations_of_trial(int64_t trial) const {
 }
 
 std::vector<ArtifactRecord> Store::artifacts(int64_t trial) const {
-    SQLite::Statement s(*db_, "SELECT id, trial_id, kind, path, bytes, sha256, created_at "
-                              "FROM artifacts WHERE trial_id = ? ORDER BY id");
+    SQLite::Statement s(*db_,
+                        "SELECT id, trial_id, kind, path, bytes, sha256, created_at "
+                        "FROM artifacts WHERE trial_id = ? ORDER BY id");
     s.bind(1, trial);
     std::vector<ArtifactRecord> out;
     while (s.executeStep()) {
@@ -750,9 +790,10 @@ std::vector<ArtifactRecord> Store::artifacts(int64_t trial) const {
 }
 
 std::vector<RoutingRow> Store::routing(int64_t trial) const {
-    SQLite::Statement s(*db_, "SELECT step, layer, tokens_per_expert, dropped_fraction, "
-                              "router_entropy, aux_loss, z_loss FROM routing "
-                              "WHERE trial_id = ? ORDER BY step, layer");
+    SQLite::Statement s(*db_,
+                        "SELECT step, layer, tokens_per_expert, dropped_fraction, "
+                        "router_entropy, aux_loss, z_loss FROM routing "
+                        "WHERE trial_id = ? ORDER BY step, layer");
     s.bind(1, trial);
     std::vector<RoutingRow> out;
     while (s.executeStep()) {
@@ -828,9 +869,7 @@ QueryResult Store::query(const std::string& sql) const {
                     cell.text += "'";
                     break;
                 }
-                default:
-                    cell.type = QueryCell::Type::Null;
-                    break;
+                default: cell.type = QueryCell::Type::Null; break;
             }
         }
         out.rows.push_back(std::move(row));

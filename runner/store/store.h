@@ -54,10 +54,10 @@ struct TrialRecord {
     std::string host;    // the host of the worker that last claimed it ("" if never)
     std::string worker;  // the worker id that last claimed it ("" if never)
     nlohmann::json config;
-    std::optional<int64_t> parent;          // parent trial id
+    std::optional<int64_t> parent;  // parent trial id
     std::optional<std::string> parent_hash;
-    int attempts = 0;                       // how many times a worker has started it
-    double flops = 0, seconds = 0;          // training FLOPs and wall seconds so far / in total
+    int attempts = 0;               // how many times a worker has started it
+    double flops = 0, seconds = 0;  // training FLOPs and wall seconds so far / in total
     int64_t tokens = 0, step = 0;
     std::string created_at, started_at, heartbeat_at, finished_at;  // ISO-8601 UTC, "" if unset
     std::optional<double> heartbeat_age_seconds;  // now − heartbeat_at, when there is one

@@ -62,8 +62,10 @@ TEST(Choice, ABadWordNamesFileKeyChoicesAndTheClosest) {
     } catch (const UserError& e) {
         EXPECT_EQ(e.file(), "run.yaml");
         EXPECT_EQ(e.key(), "model.moe.router");
-        EXPECT_NE(std::string(e.what()).find("expected topk or expert_choice, found 'expert_choise'"),
-                  std::string::npos) << e.what();
+        EXPECT_NE(
+            std::string(e.what()).find("expected topk or expert_choice, found 'expert_choise'"),
+            std::string::npos)
+            << e.what();
         EXPECT_NE(std::string(e.what()).find("did you mean 'expert_choice'?"), std::string::npos)
             << e.what();
     }

@@ -50,7 +50,8 @@ TEST(Config, WrongTypeSaysWhatWasExpected) {
 }
 
 TEST(Config, ImpossibleValuesAreRejected) {
-    EXPECT_NE(error_of("model:\n  channels: 100\n  heads: 3\n").find("divisible"), std::string::npos);
+    EXPECT_NE(error_of("model:\n  channels: 100\n  heads: 3\n").find("divisible"),
+              std::string::npos);
     EXPECT_NE(error_of("train:\n  schedule: linear\n").find("constant, rsqrt or cosine"),
               std::string::npos);
     EXPECT_NE(error_of("data:\n  source: text\n").find("data.path"), std::string::npos);
@@ -79,7 +80,8 @@ TEST(Config, VitKeysAreValidatedWithTheKeyNamed) {
     EXPECT_NE(patch.find("model.patch"), std::string::npos);
     EXPECT_NE(patch.find("must divide"), std::string::npos);
     EXPECT_NE(error_of(vit, {"data.augment=flip"}).find("none or crop_flip"), std::string::npos);
-    EXPECT_NE(error_of(vit, {"eval.probe_shots=[1, x]"}).find("eval.probe_shots"), std::string::npos);
+    EXPECT_NE(error_of(vit, {"eval.probe_shots=[1, x]"}).find("eval.probe_shots"),
+              std::string::npos);
     EXPECT_NE(error_of(vit, {"data.validation_images=3"}).find("data.validation_images"),
               std::string::npos);
     // expert choice is fine in an encoder, refused in a causal decoder

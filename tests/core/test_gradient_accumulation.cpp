@@ -31,13 +31,15 @@ void expect_halves_accumulate_to_the_whole(const ModelConfig& config) {
     const testing::TextBatch batch = testing::random_text_batch(B, T, config.vocab_size, 5);
     const std::size_t half = static_cast<std::size_t>(B / 2) * T;
 
-    const double whole_loss = whole.forward(batch.inputs, batch.targets, B, Pass::Train).mean_loss();
+    const double whole_loss =
+        whole.forward(batch.inputs, batch.targets, B, Pass::Train).mean_loss();
     whole.backward();
     const std::span<const int32_t> inputs(batch.inputs), targets(batch.targets);
     double halves_loss = 0;
     for (int part = 0; part < 2; ++part) {
-        halves_loss += 0.5 * halves.forward(inputs.subspan(part * half, half),
-                                            targets.subspan(part * half, half), B / 2, Pass::Train)
+        halves_loss += 0.5 * halves
+                                 .forward(inputs.subspan(part * half, half),
+                                          targets.subspan(part * half, half), B / 2, Pass::Train)
                                  .mean_loss();
         halves.backward(part == 0 ? Gradients::Overwrite : Gradients::Accumulate);
     }

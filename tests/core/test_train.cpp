@@ -19,8 +19,8 @@ namespace {
 
 using testing::expect_checkpoints_bit_identical;
 using testing::TempDir;
-using testing::train_straight_and_resumed;
 using testing::tiny_synthetic_config;
+using testing::train_straight_and_resumed;
 
 std::vector<nlohmann::json> read_log(const std::filesystem::path& dir) {
     std::vector<nlohmann::json> records;
@@ -36,8 +36,8 @@ TEST(Train, StopAndResumeIsBitIdenticalToAnUninterruptedRun) {
     TempDir straight_dir, resumed_dir;
 
     // the second run stops after step 7 (a mid-interval step, not a checkpoint boundary)
-    const auto runs = train_straight_and_resumed(backend, config, 7, straight_dir.path(),
-                                                 resumed_dir.path());
+    const auto runs =
+        train_straight_and_resumed(backend, config, 7, straight_dir.path(), resumed_dir.path());
     const auto& a = runs.straight;
     const auto& b = runs.resumed;
     ASSERT_TRUE(a.completed);
@@ -55,7 +55,8 @@ TEST(Train, StopAndResumeIsBitIdenticalToAnUninterruptedRun) {
         EXPECT_EQ(log_a[i]["kind"], log_b[i]["kind"]);
         EXPECT_EQ(log_a[i]["step"], log_b[i]["step"]);
         if (log_a[i]["kind"] == "train") {
-            EXPECT_EQ(log_a[i]["loss"].get<double>(), log_b[i]["loss"].get<double>()) << "record " << i;
+            EXPECT_EQ(log_a[i]["loss"].get<double>(), log_b[i]["loss"].get<double>())
+                << "record " << i;
         } else {
             EXPECT_EQ(log_a[i]["val_loss"].get<double>(), log_b[i]["val_loss"].get<double>());
         }
@@ -120,7 +121,8 @@ TEST(Train, RefusesToResumeACheckpointWithADifferentConfig) {
         FAIL() << "expected a UserError";
     } catch (const UserError& e) {
         EXPECT_NE(std::string(e.what()).find("train.lr"), std::string::npos) << e.what();
-        EXPECT_NE(std::string(e.what()).find("checkpoint.safetensors"), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find("checkpoint.safetensors"), std::string::npos)
+            << e.what();
     }
     options.resume = false;  // --restart
     EXPECT_TRUE(train(backend, config, options).completed);
@@ -210,7 +212,8 @@ TEST(Train, ContinuesFromASurgeryCheckpoint) {
     upcycle.moe.combine = Combine::Renormalized;
     upcycle.moe.capacity_factor = 0;
     upcycle.moe.eval_capacity_factor = 0;
-    const auto moe = upcycle_checkpoint(read_checkpoint(checkpoint_path(dense_dir.path())), upcycle);
+    const auto moe =
+        upcycle_checkpoint(read_checkpoint(checkpoint_path(dense_dir.path())), upcycle);
     const auto moe_path = dense_dir / "moe.safetensors";
     write_checkpoint(moe_path, moe, backend);
 
@@ -227,8 +230,7 @@ TEST(Train, ContinuesFromASurgeryCheckpoint) {
     EXPECT_TRUE(summary.initialized_from_checkpoint);
     EXPECT_EQ(summary.state.step, 7);
     EXPECT_EQ(losses.size(), 3u);  // steps 5, 6, 7
-    EXPECT_EQ(summary.state.tokens,
-              7 * config.train.batch_size * config.model.context);
+    EXPECT_EQ(summary.state.tokens, 7 * config.train.batch_size * config.model.context);
     EXPECT_GT(summary.state.flops, dense.state.flops);
 
     // a run whose model differs from the checkpoint's is refused, naming the key

@@ -23,12 +23,12 @@ using testing::expect_checkpoints_bit_identical;
 using testing::TempDir;
 using testing::train_straight_and_resumed;
 
-#define SKIP_WITHOUT_FASHION_MNIST()                                                     \
-    do {                                                                                  \
-        if (!testing::have_fashion_mnist()) {                                                      \
-            GTEST_SKIP() << "Fashion-MNIST not found in " << fashion_mnist_dir()          \
-                         << " (install the Debian package dataset-fashion-mnist)";        \
-        }                                                                                 \
+#define SKIP_WITHOUT_FASHION_MNIST()                                               \
+    do {                                                                           \
+        if (!testing::have_fashion_mnist()) {                                      \
+            GTEST_SKIP() << "Fashion-MNIST not found in " << fashion_mnist_dir()   \
+                         << " (install the Debian package dataset-fashion-mnist)"; \
+        }                                                                          \
     } while (0)
 
 // The shared small ViT; the first and last losses below are of steps 50 and 500.
@@ -71,7 +71,8 @@ TEST(VitTraining, LearnsFashionMnist) {
     EXPECT_TRUE(std::isfinite(e.extra.at("test_loss")));
     ASSERT_TRUE(e.extra.contains("probe_1shot_accuracy"));
     ASSERT_TRUE(e.extra.contains("probe_10shot_accuracy"));
-    const double one = e.extra.at("probe_1shot_accuracy"), ten = e.extra.at("probe_10shot_accuracy");
+    const double one = e.extra.at("probe_1shot_accuracy"),
+                 ten = e.extra.at("probe_10shot_accuracy");
     EXPECT_GT(ten, one);
     EXPECT_GT(one, 0.2);
     EXPECT_GT(ten, 0.45);
@@ -99,8 +100,8 @@ TEST(VitTraining, ResumeIsBitIdentical) {
     TempDir straight_dir, resumed_dir;
 
     // stop after step 9 (not a checkpoint boundary: checkpoint.every = 0)
-    const auto runs = train_straight_and_resumed(backend, config, 9, straight_dir.path(),
-                                                 resumed_dir.path());
+    const auto runs =
+        train_straight_and_resumed(backend, config, 9, straight_dir.path(), resumed_dir.path());
     const auto& a = runs.straight;
     const auto& b = runs.resumed;
     ASSERT_TRUE(a.completed);
@@ -147,7 +148,8 @@ TEST(VitTraining, UpcycledContinuationRuns) {
     upcycle.moe.eval_capacity_factor = 2.0;
     upcycle.moe.layers = "every_other";
     upcycle.optimizer_state = "copy";
-    const auto moe = upcycle_checkpoint(read_checkpoint(checkpoint_path(dense_dir.path())), upcycle);
+    const auto moe =
+        upcycle_checkpoint(read_checkpoint(checkpoint_path(dense_dir.path())), upcycle);
     EXPECT_EQ(moe_layer_indices(moe.config.model), (std::vector<int>{1}));
     EXPECT_TRUE(moe.has_optimizer);
     EXPECT_EQ(moe.state.step, 6);
@@ -174,7 +176,8 @@ TEST(VitTraining, UpcycledContinuationRuns) {
     EXPECT_EQ(summary.state.step, 10);
     EXPECT_EQ(steps, (std::vector<int64_t>{7, 8, 9, 10}));
     for (double l : losses) EXPECT_TRUE(std::isfinite(l)) << l;
-    EXPECT_EQ(summary.state.tokens, 10 * config.train.batch_size * tokens_per_example(config.model));
+    EXPECT_EQ(summary.state.tokens,
+              10 * config.train.batch_size * tokens_per_example(config.model));
     EXPECT_GT(summary.state.flops, dense.state.flops);
     ASSERT_TRUE(summary.final_eval.has_value());
     EXPECT_TRUE(std::isfinite(summary.final_eval->loss));
@@ -182,7 +185,8 @@ TEST(VitTraining, UpcycledContinuationRuns) {
     // expert choice at cf 2: each of the 4 experts takes ceil(2·N/4) = N/2 tokens of the batch
     ASSERT_FALSE(routing.empty());
     ASSERT_EQ(routing.back().size(), 1u);
-    const int64_t N = static_cast<int64_t>(config.train.batch_size) * tokens_per_example(config.model);
+    const int64_t N =
+        static_cast<int64_t>(config.train.batch_size) * tokens_per_example(config.model);
     for (const auto n : routing.back()[0].tokens_per_expert) EXPECT_EQ(n, (2 * N + 3) / 4);
 
     const auto final_ckpt = read_checkpoint(checkpoint_path(moe_dir.path()));

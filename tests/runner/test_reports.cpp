@@ -67,8 +67,8 @@ double base_loss(const std::string& method, int experts, double budget) {
         {"warmstart", {{10, 2.39}, {50, 2.27}, {100, 2.15}}},
     };
     if (method == "pretrain") return 2.50;
-    const std::string key = method == "upcycle" || method == "scratch"
-                                ? method + std::to_string(experts) : method;
+    const std::string key =
+        method == "upcycle" || method == "scratch" ? method + std::to_string(experts) : method;
     return table.at(key).at(budget);
 }
 
@@ -97,13 +97,15 @@ void log_series(Store& store, int64_t id, const FixtureTrial& f, int64_t first_s
     const double flops_per_step = kPretrainFlops / kPretrainSteps;
     const bool pretrain = f.method == "pretrain";
     const double start = pretrain || f.method == "scratch" ? 5.5 : 2.6;
-    const double end = pretrain ? 2.45 : base_loss(f.method, f.experts, f.method == "scratch" ? 200 : 100) - 0.05;
+    const double end =
+        pretrain ? 2.45 : base_loss(f.method, f.experts, f.method == "scratch" ? 200 : 100) - 0.05;
     for (int64_t s = 0; s <= steps; s += 2) {
         const double loss = end + (start - end) * std::exp(-double(s) / 6.0) + 0.01 * f.seed;
         const double flops = double(s) * flops_per_step;
         rows.push_back({"train_loss", first_step + s, flops, 0.1 * double(s), loss});
         rows.push_back({"lr", first_step + s, flops, 0.1 * double(s), 1e-3});
-        if (s % 10 == 0) rows.push_back({"val_loss", first_step + s, flops, 0.1 * double(s), loss + 0.05});
+        if (s % 10 == 0)
+            rows.push_back({"val_loss", first_step + s, flops, 0.1 * double(s), loss + 0.05});
     }
     store.add_metrics(id, rows);
     if (f.experts == 0) return;
@@ -111,7 +113,8 @@ void log_series(Store& store, int64_t id, const FixtureTrial& f, int64_t first_s
     for (int64_t s = 0; s <= steps; s += 4) {
         for (int layer : {1, 3}) {
             nlohmann::json counts = nlohmann::json::array();
-            for (int e = 0; e < f.experts; ++e) counts.push_back(100 + 10 * e + 5 * layer + (e == 0 ? 15 * s : 0));
+            for (int e = 0; e < f.experts; ++e)
+                counts.push_back(100 + 10 * e + 5 * layer + (e == 0 ? 15 * s : 0));
             routing.push_back({first_step + s, layer, counts, 0.02, 1.3, 1.01, 0.5});
         }
     }
@@ -167,8 +170,8 @@ void build_fixture(const std::filesystem::path& db) {
     for (int64_t id : to_release) store.release(id);
     // A second sweep with nothing run yet: every figure is skipped, no error.
     const int64_t empty = store.upsert_sweep("empty", "name: empty", "h2", nullptr);
-    store.add_trial(empty, "e0", Method::Pretrain, {{"method", "pretrain"}, {"run", {{"train", {{"seed", 1}}}}}},
-                    std::nullopt);
+    store.add_trial(empty, "e0", Method::Pretrain,
+                    {{"method", "pretrain"}, {"run", {{"train", {{"seed", 1}}}}}}, std::nullopt);
 }
 
 class Reports : public ::testing::Test {
@@ -244,7 +247,8 @@ TEST_F(Reports, RowsAreMethodsAndTheGridValuesThatVary) {
 
 TEST_F(Reports, Table) {
     const std::string expected =
-        "fixture: val_loss (validation loss, nats per prediction; lower is better), mean ± std over seeds\n"
+        "fixture: val_loss (validation loss, nats per prediction; lower is better), mean ± std "
+        "over seeds\n"
         "columns: extra training FLOPs as % of the sunk cost (the dense pretraining); Δ vs dense: "
         "difference to dense continuation at the same budget\n" +
         db().string() + ", 14 trials: 11 done, 1 running, 2 pending\n" + R"(
@@ -274,29 +278,33 @@ TEST_F(Reports, Markdown) {
     const std::string text = report_markdown(report());
     const auto lines = lines_of(text);
     ASSERT_GE(lines.size(), 4u);
-    EXPECT_EQ(lines[0].rfind("**fixture** · `val_loss` (validation loss, nats per prediction; lower is "
-                             "better), mean ± std over seeds · columns: extra training FLOPs",
-                             0),
-              0u)
+    EXPECT_EQ(
+        lines[0].rfind("**fixture** · `val_loss` (validation loss, nats per prediction; lower is "
+                       "better), mean ± std over seeds · columns: extra training FLOPs",
+                       0),
+        0u)
         << lines[0];
     EXPECT_EQ(lines[1], "");
     EXPECT_EQ(lines[2], "| method | 0% | 10% | 50% | 100% | 200% |");
     EXPECT_EQ(lines[3], "| :--- | ---: | ---: | ---: | ---: | ---: |");
     const std::vector<std::string> body(lines.begin() + 4, lines.end());
-    EXPECT_EQ(body, (std::vector<std::string>{
-                        "| pretrained (0%) | 2.5000 ± 0.0141 | | | | |",
-                        "| dense | | 2.4000 ± 0.0141 | 2.3000 ± 0.0141 | 2.2000 ± 0.0141 | |",
-                        "| upcycle experts=4 | | 2.3500 ± 0.0141 | 2.2000 ± 0.0141 | 2.0500 ± 0.0141 | |",
-                        "| ↳ Δ vs dense | | -0.0500 | -0.1000 | -0.1500 | |",
-                        "| upcycle experts=8 | | 2.3700 (1/2 seeds) | 2.1700 (1/2 seeds) | 1.9900 (1/2 seeds) | |",
-                        "| ↳ Δ vs dense | | -0.0300 | -0.1300 | -0.2100 | |",
-                        "| scratch experts=4 | | 3.0000 ± 0.0141 | 2.6000 ± 0.0141 | 2.3000 ± 0.0141 | 2.1000 ± 0.0141 |",
-                        "| ↳ Δ vs dense | | +0.6000 | +0.3000 | +0.1000 | |",
-                        "| scratch experts=8 | | 2.8900 (1/2 seeds) | 2.4900 (1/2 seeds) | … | … |",
-                        "| ↳ Δ vs dense | | +0.4900 | +0.1900 | … | |",
-                        "| warmstart | | 2.3900 ± 0.0141 | 2.2700 ± 0.0141 | 2.1500 ± 0.0141 | |",
-                        "| ↳ Δ vs dense | | -0.0100 | -0.0300 | -0.0500 | |",
-                    }))
+    EXPECT_EQ(body,
+              (std::vector<std::string>{
+                  "| pretrained (0%) | 2.5000 ± 0.0141 | | | | |",
+                  "| dense | | 2.4000 ± 0.0141 | 2.3000 ± 0.0141 | 2.2000 ± 0.0141 | |",
+                  "| upcycle experts=4 | | 2.3500 ± 0.0141 | 2.2000 ± 0.0141 | 2.0500 ± 0.0141 | |",
+                  "| ↳ Δ vs dense | | -0.0500 | -0.1000 | -0.1500 | |",
+                  "| upcycle experts=8 | | 2.3700 (1/2 seeds) | 2.1700 (1/2 seeds) | 1.9900 (1/2 "
+                  "seeds) | |",
+                  "| ↳ Δ vs dense | | -0.0300 | -0.1300 | -0.2100 | |",
+                  "| scratch experts=4 | | 3.0000 ± 0.0141 | 2.6000 ± 0.0141 | 2.3000 ± 0.0141 | "
+                  "2.1000 ± 0.0141 |",
+                  "| ↳ Δ vs dense | | +0.6000 | +0.3000 | +0.1000 | |",
+                  "| scratch experts=8 | | 2.8900 (1/2 seeds) | 2.4900 (1/2 seeds) | … | … |",
+                  "| ↳ Δ vs dense | | +0.4900 | +0.1900 | … | |",
+                  "| warmstart | | 2.3900 ± 0.0141 | 2.2700 ± 0.0141 | 2.1500 ± 0.0141 | |",
+                  "| ↳ Δ vs dense | | -0.0100 | -0.0300 | -0.0500 | |",
+              }))
         << text;
 }
 
@@ -317,7 +325,8 @@ TEST_F(Reports, Csv) {
         for (std::string field; std::getline(in, field, ',');) fields.push_back(field);
         if (lines[i].back() == ',') fields.push_back("");
         ASSERT_EQ(fields.size(), 7u) << lines[i];
-        rows[fields[0] + "," + fields[1] + "," + fields[2]] = {fields[3], fields[4], fields[5], fields[6]};
+        rows[fields[0] + "," + fields[1] + "," + fields[2]] = {fields[3], fields[4], fields[5],
+                                                               fields[6]};
     }
     EXPECT_EQ(rows.size(), 21u);
     auto expect_row = [&](const std::string& key, const std::string& n, std::optional<double> mean,
@@ -328,8 +337,10 @@ TEST_F(Reports, Csv) {
         EXPECT_EQ(f[0], n);
         const std::optional<double> expected[] = {mean, std, delta};
         for (int i = 0; i < 3; ++i) {
-            if (!expected[i]) EXPECT_EQ(f[i + 1], "") << i;
-            else EXPECT_NEAR(std::stod(f[i + 1]), *expected[i], 1e-12) << i;
+            if (!expected[i])
+                EXPECT_EQ(f[i + 1], "") << i;
+            else
+                EXPECT_NEAR(std::stod(f[i + 1]), *expected[i], 1e-12) << i;
         }
     };
     const double s2 = 0.01 * std::sqrt(2.0);
@@ -348,14 +359,15 @@ TEST_F(Reports, Json) {
     ASSERT_TRUE(rows.is_array());
     EXPECT_EQ(rows.size(), 21u);
     for (const auto& row : rows) {
-        for (const char* key : {"method", "variant", "budget_percent", "n", "mean", "std",
-                                "delta_vs_dense"}) {
+        for (const char* key :
+             {"method", "variant", "budget_percent", "n", "mean", "std", "delta_vs_dense"}) {
             EXPECT_TRUE(row.contains(key)) << key << " " << row.dump();
         }
     }
     auto find = [&](const std::string& method, const std::string& variant, double budget) {
         for (const auto& row : rows) {
-            if (row["method"] == method && row["variant"] == variant && row["budget_percent"] == budget) {
+            if (row["method"] == method && row["variant"] == variant &&
+                row["budget_percent"] == budget) {
                 return row;
             }
         }
@@ -408,7 +420,8 @@ TEST_F(Reports, Cli) {
     EXPECT_EQ(csv.output, report_csv(report()));
     const auto md = run_cli(std::string("results ") + kSweep + where + " --format markdown");
     EXPECT_EQ(md.output, report_markdown(report()));
-    const auto json = run_cli(std::string("results ") + kSweep + where + " --format json --metric val_accuracy");
+    const auto json =
+        run_cli(std::string("results ") + kSweep + where + " --format json --metric val_accuracy");
     EXPECT_EQ(json.output, report_json(report("val_accuracy")));
     const auto unknown = run_cli("results nope" + where);
     EXPECT_EQ(unknown.exit_code, 2) << unknown.output;
@@ -482,9 +495,8 @@ seeds: [1, 2]
 )");
     EXPECT_EQ(label_set(records),
               (std::set<std::string>{"pretrained (0%) model.channels=32",
-                                     "pretrained (0%) model.channels=64",
-                                     "dense model.channels=32", "dense model.channels=64",
-                                     "warmstart model.channels=32",
+                                     "pretrained (0%) model.channels=64", "dense model.channels=32",
+                                     "dense model.channels=64", "warmstart model.channels=32",
                                      "warmstart model.channels=64"}));
     for (const auto& l : label_trials(records)) EXPECT_TRUE(l.seed == "1" || l.seed == "2");
 }

@@ -95,7 +95,8 @@ TEST_F(Run, AKilledWorkersTrialIsTakenOverAndResumedWithoutDuplicates) {
     const pid_t child = fork();
     ASSERT_GE(child, 0);
     if (child == 0) {
-        const std::string command = std::string(std::getenv("UPCYCLE_BIN")) + " " + args + " > /dev/null 2>&1";
+        const std::string command =
+            std::string(std::getenv("UPCYCLE_BIN")) + " " + args + " > /dev/null 2>&1";
         execl("/bin/sh", "sh", "-c", ("exec " + command).c_str(), static_cast<char*>(nullptr));
         _exit(127);
     }
@@ -134,7 +135,8 @@ TEST_F(Run, AKilledWorkersTrialIsTakenOverAndResumedWithoutDuplicates) {
     // one train_loss row per logged step (every 10 of 400), none missing, none twice
     const auto losses = store.metrics(trials[0].id, "train_loss");
     ASSERT_EQ(losses.size(), 40u);
-    for (std::size_t i = 0; i < losses.size(); ++i) EXPECT_EQ(losses[i].step, static_cast<int64_t>(10 * (i + 1)));
+    for (std::size_t i = 0; i < losses.size(); ++i)
+        EXPECT_EQ(losses[i].step, static_cast<int64_t>(10 * (i + 1)));
 }
 
 TEST_F(Run, TwoWorkersRunEveryTrialExactlyOnce) {

@@ -93,7 +93,8 @@ TEST(Store, CreatesTheSchemaAndReopens) {
         for (const char* table : {"schema_version", "sweeps", "trials", "sweep_trials", "metrics",
                                   "evaluations", "artifacts", "routing"}) {
             EXPECT_EQ(count(store, std::string("SELECT count(*) FROM sqlite_master WHERE "
-                                               "type = 'table' AND name = '") + table + "'"),
+                                               "type = 'table' AND name = '") +
+                                       table + "'"),
                       1)
                 << table;
         }
@@ -176,7 +177,8 @@ TEST(Store, AChildIsClaimableOnlyOnceItsParentIsDone) {
     const int64_t sweep = store.upsert_sweep("s", "s", "h", nullptr);
     const int64_t parent = store.add_trial(sweep, "p", Method::Dense, config_for(0), std::nullopt);
     const int64_t child = store.add_trial(sweep, "c", Method::Upcycle, config_for(1), "p");
-    const int64_t orphan_parent = store.add_trial(sweep, "q", Method::Dense, config_for(2), std::nullopt);
+    const int64_t orphan_parent =
+        store.add_trial(sweep, "q", Method::Dense, config_for(2), std::nullopt);
     const int64_t orphan = store.add_trial(sweep, "o", Method::Upcycle, config_for(3), "q");
 
     auto first = store.claim_next("w1", "hostA", kFresh, sweep);
@@ -271,8 +273,8 @@ TEST(Store, ReaddingAMetricStepReplacesIt) {
     Store store(dir / "upcycle.db", Store::Mode::ReadWrite);
     const int64_t sweep = store.upsert_sweep("s", "s", "h", nullptr);
     const int64_t id = store.add_trial(sweep, "t", Method::Dense, config_for(0), std::nullopt);
-    store.add_metrics(id, {{"loss", 1, 10, 0.5, 3.0}, {"loss", 2, 20, 1.0, 2.5},
-                           {"lr", 1, 10, 0.5, 1e-3}});
+    store.add_metrics(
+        id, {{"loss", 1, 10, 0.5, 3.0}, {"loss", 2, 20, 1.0, 2.5}, {"lr", 1, 10, 0.5, 1e-3}});
     store.add_metrics(id, {{"loss", 2, 21, 1.1, 2.0}, {"loss", 3, 30, 1.5, 1.8}});
     EXPECT_EQ(count(store, "SELECT count(*) FROM metrics"), 4);
     const auto loss = store.metrics(id, "loss");
@@ -290,8 +292,10 @@ TEST(Store, NaNSurvivesDistinctFromMissing) {
     Store store(dir / "upcycle.db", Store::Mode::ReadWrite);
     const int64_t sweep = store.upsert_sweep("s", "s", "h", nullptr);
     const int64_t id = store.add_trial(sweep, "t", Method::Dense, config_for(0), std::nullopt);
-    store.add_metrics(id, {{"loss", 1, 0, 0, kNaN}, {"loss", 2, 0, 0, kInf},
-                           {"loss", 3, 0, 0, -kInf}, {"loss", 4, 0, 0, -0.5}});
+    store.add_metrics(id, {{"loss", 1, 0, 0, kNaN},
+                           {"loss", 2, 0, 0, kInf},
+                           {"loss", 3, 0, 0, -kInf},
+                           {"loss", 4, 0, 0, -0.5}});
     const auto rows = store.metrics(id, "loss");
     ASSERT_EQ(rows.size(), 4u);  // step 5 was never logged: missing, no row
     EXPECT_TRUE(std::isnan(rows[0].value));
@@ -299,8 +303,9 @@ TEST(Store, NaNSurvivesDistinctFromMissing) {
     EXPECT_EQ(rows[2].value, -kInf);
     EXPECT_EQ(rows[3].value, -0.5);
     // what a `sqlite3` user sees: value NULL with is_nan = 1
-    EXPECT_EQ(count(store, "SELECT count(*) FROM metrics WHERE is_nan = 1 AND value IS NULL "
-                           "AND step = 1"),
+    EXPECT_EQ(count(store,
+                    "SELECT count(*) FROM metrics WHERE is_nan = 1 AND value IS NULL "
+                    "AND step = 1"),
               1);
     EXPECT_EQ(count(store, "SELECT count(*) FROM metrics WHERE is_nan = 0 AND value IS NULL"), 0);
 
@@ -337,7 +342,9 @@ TEST(Store, EvaluationsArtifactsAndRoutingUpsert) {
     EXPECT_DOUBLE_EQ(evals[0].metrics["val_loss"].get<double>(), 2.4);
     // the generated columns users query directly
     EXPECT_EQ(store.query("SELECT val_loss FROM evaluations WHERE budget_percent = 100")
-                  .rows.at(0).at(0).text,
+                  .rows.at(0)
+                  .at(0)
+                  .text,
               "2.2");
 
     const auto file = dir / "ckpt.safetensors";
@@ -353,7 +360,8 @@ TEST(Store, EvaluationsArtifactsAndRoutingUpsert) {
     EXPECT_NE(user_error_of([&] { sha256_file(dir / "missing"); }).find("missing"),
               std::string::npos);
 
-    store.add_routing(id, {{10, 1, {4, 4}, 0.0, 0.69, 1.0, 0.1}, {10, 3, {8, 0}, 0.5, 0.0, 2.0, 0.2}});
+    store.add_routing(id,
+                      {{10, 1, {4, 4}, 0.0, 0.69, 1.0, 0.1}, {10, 3, {8, 0}, 0.5, 0.0, 2.0, 0.2}});
     store.add_routing(id, 10, 3, nlohmann::json::array({6, 2}), 0.1, 0.5, 1.5, 0.15);
     const auto routing = store.routing(id);
     ASSERT_EQ(routing.size(), 2u);
@@ -391,9 +399,9 @@ TEST(Store, QueryIsReadOnly) {
         const std::string message = user_error_of([&] { reader.query(sql); });
         EXPECT_NE(message.find("'SQL'"), std::string::npos) << sql << ": " << message;
     }
-    EXPECT_NE(user_error_of([&] { reader.query("INSERT INTO trials DEFAULT VALUES"); })
-                  .find("read-only"),
-              std::string::npos);
+    EXPECT_NE(
+        user_error_of([&] { reader.query("INSERT INTO trials DEFAULT VALUES"); }).find("read-only"),
+        std::string::npos);
     EXPECT_EQ(reader.query("SELECT 1; -- trailing comment\n").rows.size(), 1u);
     EXPECT_EQ(count(reader, "SELECT count(*) FROM trials"), 1);
     EXPECT_EQ(count(reader, "SELECT count(*) FROM sweeps"), 1);
@@ -445,7 +453,8 @@ TEST(StoreConcurrency, FourWorkersRunEveryTrialExactlyOnce) {
         Store store(db, Store::Mode::ReadWrite);
         sweep = store.upsert_sweep("many", "many", "h", nullptr);
         for (int i = 0; i < kTrials; ++i) {
-            store.add_trial(sweep, "t" + std::to_string(i), Method::Dense, config_for(i), std::nullopt);
+            store.add_trial(sweep, "t" + std::to_string(i), Method::Dense, config_for(i),
+                            std::nullopt);
         }
     }  // closed before fork: a SQLite connection must not cross fork()
     std::vector<pid_t> children;
@@ -579,8 +588,10 @@ TEST(StoreCli, StatusAndQuery) {
     {
         Store store(db, Store::Mode::ReadWrite);
         const int64_t sweep = store.upsert_sweep("demo", "demo", "h", nullptr);
-        const int64_t a = store.add_trial(sweep, "aaaa1111", Method::Dense, config_for(0), std::nullopt);
-        const int64_t b = store.add_trial(sweep, "bbbb2222", Method::Upcycle, config_for(1), std::nullopt);
+        const int64_t a =
+            store.add_trial(sweep, "aaaa1111", Method::Dense, config_for(0), std::nullopt);
+        const int64_t b =
+            store.add_trial(sweep, "bbbb2222", Method::Upcycle, config_for(1), std::nullopt);
         store.add_trial(sweep, "cccc3333", Method::Scratch, config_for(2), "bbbb2222");
         store.add_trial(sweep, "dddd4444", Method::Warmstart, config_for(3), std::nullopt);
         store.claim_next("w1", "node7", kFresh);
@@ -602,8 +613,8 @@ TEST(StoreCli, StatusAndQuery) {
     EXPECT_EQ(unknown.exit_code, 2) << unknown.output;
     EXPECT_NE(unknown.output.find("no sweep named 'nope'"), std::string::npos) << unknown.output;
 
-    const auto table = run_cli("query \"SELECT id, method, status FROM trials ORDER BY id\" " +
-                               where);
+    const auto table =
+        run_cli("query \"SELECT id, method, status FROM trials ORDER BY id\" " + where);
     EXPECT_EQ(table.exit_code, 0) << table.output;
     EXPECT_NE(table.output.find("warmstart"), std::string::npos) << table.output;
     EXPECT_NE(table.output.find("(4 rows)"), std::string::npos) << table.output;

@@ -99,7 +99,8 @@ TEST(ImageSplits, ValidationIsStratifiedDisjointAndOrdered) {
         for (int64_t k = 0; k < set->count(); ++k) {
             const auto i = static_cast<std::size_t>(set->sources[k]);
             EXPECT_EQ(set->labels[k], f.train.labels[i]);
-            EXPECT_TRUE(std::equal(set->pixels.begin() + k * size, set->pixels.begin() + (k + 1) * size,
+            EXPECT_TRUE(std::equal(set->pixels.begin() + k * size,
+                                   set->pixels.begin() + (k + 1) * size,
                                    f.train.pixels.begin() + i * size));
         }
     }
@@ -194,8 +195,8 @@ TEST(ImageSplits, NormalisedImagesOfAnyPart) {
 TEST(ImageSplits, ImpossibleNumbersNameTheKey) {
     Fixture f;
     auto expect_key = [&](int64_t validation, int64_t train, const std::string& key) {
-        const UserError e = user_error_of(
-            [&] { make_image_splits(f.train, f.test, validation, train, kSource); });
+        const UserError e =
+            user_error_of([&] { make_image_splits(f.train, f.test, validation, train, kSource); });
         EXPECT_EQ(e.key(), key) << validation << " " << train;
         EXPECT_EQ(e.file(), kSource);
         EXPECT_NE(std::string(e.what()).find(key), std::string::npos) << e.what();
@@ -217,12 +218,14 @@ TEST(ImageSplits, ImpossibleNumbersNameTheKey) {
     EXPECT_EQ(e.key(), "data.augment");
     EXPECT_EQ(e.file(), kSource);
     EXPECT_EQ(parse_choice<Augmentation>("none", kSource, "data.augment"), Augmentation::None);
-    EXPECT_EQ(parse_choice<Augmentation>("crop_flip", kSource, "data.augment"), Augmentation::CropFlip);
+    EXPECT_EQ(parse_choice<Augmentation>("crop_flip", kSource, "data.augment"),
+              Augmentation::CropFlip);
 
     ImageDataset odd = synthetic_images(kTest, 0);
     odd.rows = 4;
     odd.cols = 9;
-    EXPECT_EQ(user_error_of([&] { make_image_splits(f.train, odd, 30, 0, kSource); }).key(), "data");
+    EXPECT_EQ(user_error_of([&] { make_image_splits(f.train, odd, 30, 0, kSource); }).key(),
+              "data");
 }
 
 // ---- epoch sampling -----------------------------------------------------------------------------
@@ -333,9 +336,8 @@ std::vector<float> expected_crop_flip(const ImageSplits& s, int64_t index, int p
     std::vector<float> canvas(static_cast<std::size_t>(h) * w, (0.0f - s.mean) / s.std);
     for (int y = 0; y < s.rows; ++y) {
         for (int x = 0; x < s.cols; ++x) {
-            canvas[static_cast<std::size_t>(y + pad) * w + x + pad] =
-                s.normalise(s.train.pixels[static_cast<std::size_t>(index) * s.rows * s.cols +
-                                           y * s.cols + x]);
+            canvas[static_cast<std::size_t>(y + pad) * w + x + pad] = s.normalise(
+                s.train.pixels[static_cast<std::size_t>(index) * s.rows * s.cols + y * s.cols + x]);
         }
     }
     std::vector<float> out(static_cast<std::size_t>(s.rows) * s.cols);
@@ -376,7 +378,8 @@ TEST(ImageBatchSampler, CropFlipIsAShiftedPaddedWindowAndAnExactMirror) {
         EXPECT_TRUE(std::equal(want.begin(), want.end(), images.begin() + b * size))
             << "example " << b << " offset " << oy << "," << ox << " flip " << flip;
         if (oy < pad) {  // the top rows come from the padding: all black
-            for (int x = 0; x < kCols; ++x) EXPECT_EQ(images[b * size + x], (0.0f - s.mean) / s.std);
+            for (int x = 0; x < kCols; ++x)
+                EXPECT_EQ(images[b * size + x], (0.0f - s.mean) / s.std);
         }
     }
     EXPECT_EQ(replay.state(), augment.state());  // three draws per example, nothing else
@@ -390,7 +393,8 @@ TEST(ImageBatchSampler, FlipWithoutPaddingIsIdentityOrMirror) {
     Fixture f;
     const ImageSplits s = make_image_splits(f.train, f.test, 30, 0, kSource);
     const int B = 32;
-    ImageBatchSampler plain(s, 4, Augmentation::None, 0), augmented(s, 4, Augmentation::CropFlip, 0);
+    ImageBatchSampler plain(s, 4, Augmentation::None, 0),
+        augmented(s, 4, Augmentation::CropFlip, 0);
     Rng r0(1), r1(2);
     std::vector<float> original, images;
     std::vector<int32_t> labels0, labels1;
@@ -436,7 +440,8 @@ TEST(ImageBatchSampler, SameAugmentStateSameBatch) {
 TEST(ImageBatchSampler, MicroBatchesInOrderAreTheBatch) {
     Fixture f;
     const ImageSplits s = make_image_splits(f.train, f.test, 30, 0, kSource);
-    ImageBatchSampler whole(s, 3, Augmentation::CropFlip, 2), parts(s, 3, Augmentation::CropFlip, 2);
+    ImageBatchSampler whole(s, 3, Augmentation::CropFlip, 2),
+        parts(s, 3, Augmentation::CropFlip, 2);
     const int B = 24, micro = 6;
     for (const int64_t step : {0, 7}) {  // step 7 spans an epoch boundary
         Rng whole_rng(5 + step), parts_rng(5 + step);
@@ -444,7 +449,8 @@ TEST(ImageBatchSampler, MicroBatchesInOrderAreTheBatch) {
         std::vector<int32_t> labels, part_labels, joined_labels;
         whole.sample(step, B, whole_rng, images, labels);
         for (int part = 0; part < B / micro; ++part) {
-            parts.sample_positions(step * B + part * micro, micro, parts_rng, part_images, part_labels);
+            parts.sample_positions(step * B + part * micro, micro, parts_rng, part_images,
+                                   part_labels);
             joined_images.insert(joined_images.end(), part_images.begin(), part_images.end());
             joined_labels.insert(joined_labels.end(), part_labels.begin(), part_labels.end());
         }

@@ -10,8 +10,8 @@
 #include "core/optim/adamw.h"
 #include "core/optim/schedule.h"
 #include "core/rng.h"
-#include "kernels/cpu/cpu_backend.h"
 #include "gradient_check.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "test_support.h"
 
 namespace upcycle {
@@ -44,8 +44,8 @@ TEST(Gpt, GradientsMatchFiniteDifferences) {
 
     model.forward(batch.inputs, batch.targets, B, Pass::Train);
     model.backward();
-    testing::expect_gradients_match_finite_differences(
-        model, rng, [&] { return mean_loss(model, batch, B); });
+    testing::expect_gradients_match_finite_differences(model, rng,
+                                                       [&] { return mean_loss(model, batch, B); });
 }
 
 TEST(Gpt, FutureTokensDoNotChangeEarlierLogits) {
@@ -64,8 +64,10 @@ TEST(Gpt, FutureTokensDoNotChangeEarlierLogits) {
     for (int t = 0; t < config.context; ++t) {
         bool same = true;
         for (int v = 0; v < V; ++v) same = same && before[t * V + v] == after[t * V + v];
-        if (t < changed) EXPECT_TRUE(same) << "position " << t << " saw a future token";
-        else EXPECT_FALSE(same) << "position " << t << " ignored its own past";
+        if (t < changed)
+            EXPECT_TRUE(same) << "position " << t << " saw a future token";
+        else
+            EXPECT_FALSE(same) << "position " << t << " ignored its own past";
     }
 }
 
@@ -76,7 +78,8 @@ TEST(Gpt, InitIsDeterministicWithTheDocumentedScales) {
     a.init_weights(7);
     b.init_weights(7);
     c.init_weights(8);
-    const auto pa = a.parameters().to_host(), pb = b.parameters().to_host(), pc = c.parameters().to_host();
+    const auto pa = a.parameters().to_host(), pb = b.parameters().to_host(),
+               pc = c.parameters().to_host();
     EXPECT_EQ(pa, pb);
     EXPECT_NE(pa, pc);
     auto stddev = [&](const std::string& name) {

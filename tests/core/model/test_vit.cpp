@@ -9,8 +9,8 @@
 
 #include "core/model/vit.h"
 #include "core/rng.h"
-#include "kernels/cpu/cpu_backend.h"
 #include "gradient_check.h"
+#include "kernels/cpu/cpu_backend.h"
 
 namespace upcycle {
 namespace {
@@ -18,7 +18,8 @@ namespace {
 constexpr int kPatch = 7, kImage = 28, kClasses = 10, kBatch = 3;
 
 ModelConfig tiny_model() {
-    return ModelConfig{.arch = Arch::Vit, .channels = 16, .layers = 2, .heads = 2, .moe = {}, .patch = kPatch};
+    return ModelConfig{
+        .arch = Arch::Vit, .channels = 16, .layers = 2, .heads = 2, .moe = {}, .patch = kPatch};
 }
 
 ModelConfig tiny_moe_model(const std::string& router, double cf, const std::string& combine) {
@@ -58,8 +59,8 @@ Batch random_batch(int B, uint64_t seed) {
 TEST(VitOps, PatchEmbedInputMatchesReference) {
     CpuBackend be;
     Rng rng(1);
-    for (const auto [B, H, W, p] : {std::array{2, 28, 28, 7}, std::array{3, 14, 21, 7},
-                                    std::array{1, 28, 28, 4}}) {
+    for (const auto [B, H, W, p] :
+         {std::array{2, 28, 28, 7}, std::array{3, 14, 21, 7}, std::array{1, 28, 28, 4}}) {
         const auto images = random_vector(static_cast<std::size_t>(B) * H * W, rng);
         const int gx = W / p, P = (H / p) * gx;
         std::vector<float> out(static_cast<std::size_t>(B) * P * p * p, -1.0f);
@@ -68,8 +69,9 @@ TEST(VitOps, PatchEmbedInputMatchesReference) {
             for (int i = 0; i < P; ++i)
                 for (int y = 0; y < p; ++y)
                     for (int x = 0; x < p; ++x) {
-                        const float want = images[(static_cast<std::size_t>(b) * H +
-                                                   (i / gx) * p + y) * W + (i % gx) * p + x];
+                        const float want =
+                            images[(static_cast<std::size_t>(b) * H + (i / gx) * p + y) * W +
+                                   (i % gx) * p + x];
                         ASSERT_EQ(out[(static_cast<std::size_t>(b) * P + i) * p * p + y * p + x],
                                   want)
                             << "b " << b << " patch " << i << " (" << y << "," << x << ")";
@@ -179,8 +181,8 @@ void check_gradients(const ModelConfig& config) {
         for (const auto n : stats.tokens_per_expert) EXPECT_EQ(n, B * model.shape().tokens());
     }
     model.backward();
-    testing::expect_gradients_match_finite_differences(
-        model, rng, [&] { return objective(model, batch, B); });
+    testing::expect_gradients_match_finite_differences(model, rng,
+                                                       [&] { return objective(model, batch, B); });
 }
 
 TEST(Vit, DenseGradientsMatchFiniteDifferences) { check_gradients(tiny_model()); }
@@ -246,7 +248,8 @@ TEST(Vit, UpcycledMoeBlockPreservesTheDenseFunction) {
     const auto a = dense.logits_host(), b = moe.logits_host();
     ASSERT_EQ(a.size(), b.size());
     float max_diff = 0;
-    for (std::size_t i = 0; i < a.size(); ++i) max_diff = std::max(max_diff, std::fabs(a[i] - b[i]));
+    for (std::size_t i = 0; i < a.size(); ++i)
+        max_diff = std::max(max_diff, std::fabs(a[i] - b[i]));
     EXPECT_LT(max_diff, 1e-5f);
 }
 
@@ -267,7 +270,8 @@ TEST(Vit, AttentionIsNotCausal) {
 
 TEST(Vit, InitIsDeterministicWithTheDocumentedScales) {
     CpuBackend backend;
-    const ModelConfig config{.arch = Arch::Vit, .channels = 64, .layers = 4, .heads = 4, .moe = {}, .patch = 4};
+    const ModelConfig config{
+        .arch = Arch::Vit, .channels = 64, .layers = 4, .heads = 4, .moe = {}, .patch = 4};
     Vit a(backend, config, 1), b(backend, config, 1);
     a.init_weights(7);
     b.init_weights(7);

@@ -24,7 +24,8 @@
 namespace upcycle {
 namespace {
 
-MoeConfig moe_config(const std::string& router, int E, int k, double cf, const std::string& combine) {
+MoeConfig moe_config(const std::string& router, int E, int k, double cf,
+                     const std::string& combine) {
     MoeConfig m;
     m.experts = E;
     m.router = parse_choice<RouterKind>(router, "test", "router");
@@ -36,9 +37,10 @@ MoeConfig moe_config(const std::string& router, int E, int k, double cf, const s
 }
 
 TEST(MoeRouting, CapacityArithmetic) {
-    EXPECT_EQ(expert_capacity(moe_config("topk", 8, 2, 1.25, "softmax_topk"), 10, 1.25), 4);  // ⌈3.125⌉
-    EXPECT_EQ(expert_capacity(moe_config("topk", 8, 2, 1.0, "softmax_topk"), 16, 1.0), 4);    // exact
-    EXPECT_EQ(expert_capacity(moe_config("topk", 4, 1, 0, "softmax_topk"), 10, 0), 10);       // no limit
+    EXPECT_EQ(expert_capacity(moe_config("topk", 8, 2, 1.25, "softmax_topk"), 10, 1.25),
+              4);  // ⌈3.125⌉
+    EXPECT_EQ(expert_capacity(moe_config("topk", 8, 2, 1.0, "softmax_topk"), 16, 1.0), 4);  // exact
+    EXPECT_EQ(expert_capacity(moe_config("topk", 4, 1, 0, "softmax_topk"), 10, 0), 10);  // no limit
     EXPECT_EQ(expert_capacity(moe_config("expert_choice", 4, 1, 2, "softmax_topk"), 10, 2.0), 5);
     EXPECT_EQ(expert_capacity(moe_config("expert_choice", 4, 1, 4, "softmax_topk"), 10, 4.0), 10);
 }
@@ -73,7 +75,8 @@ TEST(MoeRouting, TopkClaimsSlotsRankByRank) {
     EXPECT_EQ(d.stats.tokens_per_expert, (std::vector<int64_t>{2, 2, 1}));
     EXPECT_EQ(d.stats.assignments_wanted, 6);
     // Σ tokens per expert = k·N − dropped
-    const auto kept = std::accumulate(d.stats.tokens_per_expert.begin(), d.stats.tokens_per_expert.end(), int64_t{0});
+    const auto kept = std::accumulate(d.stats.tokens_per_expert.begin(),
+                                      d.stats.tokens_per_expert.end(), int64_t{0});
     EXPECT_EQ(kept, 6 - 1);
     // renormalized over the token's top-2 even though one of them was dropped
     const auto& t2 = d.assignments.back();
@@ -96,11 +99,14 @@ TEST(MoeRouting, ExpertChoiceGivesEveryExpertExactlyItsCapacity) {
     for (int e = 0; e < E; ++e) {
         float min_taken = 2, max_left = -1;
         std::vector<char> taken(N, 0);
-        for (const auto& a : d.assignments) if (a.expert == e) taken[a.token] = 1;
+        for (const auto& a : d.assignments)
+            if (a.expert == e) taken[a.token] = 1;
         for (int n = 0; n < N; ++n) {
             const float p = d.probabilities[n * E + e];
-            if (taken[n]) min_taken = std::min(min_taken, p);
-            else max_left = std::max(max_left, p);
+            if (taken[n])
+                min_taken = std::min(min_taken, p);
+            else
+                max_left = std::max(max_left, p);
         }
         EXPECT_GE(min_taken, max_left) << "expert " << e;
     }
@@ -155,7 +161,8 @@ TEST_P(MoeRoutingLayout, MatchesTheReferenceDecisionAndKeepsTheInvariants) {
     const int S = r.slots();
     for (int e = 0; e < E; ++e) {
         const int first = r.expert_offset[e], count = r.expert_count[e];
-        EXPECT_EQ(first, padded ? e * r.rows_per_expert : (e ? r.expert_offset[e - 1] + r.expert_count[e - 1] : 0));
+        EXPECT_EQ(first, padded ? e * r.rows_per_expert
+                                : (e ? r.expert_offset[e - 1] + r.expert_count[e - 1] : 0));
         for (int i = 0; i < count; ++i) {  // the expert's rows carry its tokens in token order
             ASSERT_GE(r.row_token[first + i], 0);
             if (i > 0) {
@@ -165,7 +172,8 @@ TEST_P(MoeRoutingLayout, MatchesTheReferenceDecisionAndKeepsTheInvariants) {
         const int end = padded ? (e + 1) * r.rows_per_expert : first + count;
         for (int row = first + count; row < end; ++row) EXPECT_EQ(r.row_token[row], -1);
     }
-    EXPECT_EQ(r.expert_offset[E], padded ? r.rows() : static_cast<int>(reference.assignments.size()));
+    EXPECT_EQ(r.expert_offset[E],
+              padded ? r.rows() : static_cast<int>(reference.assignments.size()));
     for (int row = r.expert_offset[E]; row < r.rows(); ++row) EXPECT_EQ(r.row_token[row], -1);
     std::vector<int> carried(static_cast<std::size_t>(r.rows()), 0);
     for (int n = 0; n < N; ++n) {
@@ -208,7 +216,8 @@ TEST(MoeDispatch, GatherThenCombineWithUnitWeightsIsTheIdentity) {
     std::vector<float> logits(N * E), x(N * C);
     for (auto& v : logits) v = rng.normal();
     for (auto& v : x) v = rng.normal();
-    const MoeRouting rule = routing_rule(moe_config("topk", E, 1, 0.0, "softmax_topk"), N, 0.0, false);
+    const MoeRouting rule =
+        routing_rule(moe_config("topk", E, 1, 0.0, "softmax_topk"), N, 0.0, false);
     RoutingBuffers buffers(be, N, E, rule.slots(), rule.rows());
     const MoeRouting r = buffers.bind(rule);
     be.moe_route(r, logits.data());
@@ -328,18 +337,18 @@ TEST_P(LocalDispatch, MovesRowsAsTheReferenceDecisionSays) {
     }
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Layouts, LocalDispatch,
-    ::testing::Values(LayoutCase{"topk", 2, 0.5, "token_order", false},
-                      LayoutCase{"topk", 2, 0.5, "probability", true},
-                      LayoutCase{"topk", 1, 0.0, "token_order", false},
-                      LayoutCase{"expert_choice", 1, 0.5, "token_order", true}),
-    [](const ::testing::TestParamInfo<LayoutCase>& info) {
-        const auto& c = info.param;
-        return c.router + "_k" + std::to_string(c.k) + "_cf" +
-               std::to_string(static_cast<int>(c.capacity_factor * 100)) +
-               (c.pad_rows ? "_padded" : "_compact");
-    });
+INSTANTIATE_TEST_SUITE_P(Layouts, LocalDispatch,
+                         ::testing::Values(LayoutCase{"topk", 2, 0.5, "token_order", false},
+                                           LayoutCase{"topk", 2, 0.5, "probability", true},
+                                           LayoutCase{"topk", 1, 0.0, "token_order", false},
+                                           LayoutCase{"expert_choice", 1, 0.5, "token_order",
+                                                      true}),
+                         [](const ::testing::TestParamInfo<LayoutCase>& info) {
+                             const auto& c = info.param;
+                             return c.router + "_k" + std::to_string(c.k) + "_cf" +
+                                    std::to_string(static_cast<int>(c.capacity_factor * 100)) +
+                                    (c.pad_rows ? "_padded" : "_compact");
+                         });
 
 struct LayerCase {
     std::string router;
@@ -403,7 +412,8 @@ TEST_P(MoeLayerGradient, MatchesFiniteDifferences) {
     auto same_routing = [&](const std::vector<Assignment>& a) {
         if (a.size() != base_routing.size()) return false;
         for (std::size_t i = 0; i < a.size(); ++i) {
-            if (a[i].token != base_routing[i].token || a[i].expert != base_routing[i].expert) return false;
+            if (a[i].token != base_routing[i].token || a[i].expert != base_routing[i].expert)
+                return false;
         }
         return true;
     };
@@ -435,7 +445,8 @@ TEST_P(MoeLayerGradient, MatchesFiniteDifferences) {
     };
     for (std::size_t i = 0; i < x.size(); i += 5) check(x, x_dev, i, dx[i], "x");
     for (std::size_t i = 0; i < router_n; ++i) check(params, p_dev, i, dparams[i], "router");
-    for (std::size_t i = router_n; i < params.size(); i += 23) check(params, p_dev, i, dparams[i], "expert");
+    for (std::size_t i = router_n; i < params.size(); i += 23)
+        check(params, p_dev, i, dparams[i], "expert");
     EXPECT_GT(checked, 5 * skipped) << "routing flipped too often for a meaningful check";
 }
 
@@ -667,7 +678,8 @@ TEST(MoeGpt, CopiedExpertsWithRenormalizedCombinePreserveTheDenseFunction) {
     moe.forward(tokens, targets, 2, Pass::Evaluate);
     const auto a = dense.logits_host(), b = moe.logits_host();
     double max_diff = 0;
-    for (std::size_t i = 0; i < a.size(); ++i) max_diff = std::max(max_diff, static_cast<double>(std::fabs(a[i] - b[i])));
+    for (std::size_t i = 0; i < a.size(); ++i)
+        max_diff = std::max(max_diff, static_cast<double>(std::fabs(a[i] - b[i])));
     EXPECT_LT(max_diff, 1e-5);
 }
 
@@ -697,10 +709,12 @@ TEST(MoeGpt, GradientsMatchFiniteDifferences) {
         // unit direction along the gradient plus a random component
         std::vector<double> d(info.numel);
         double gn = 0, norm = 0;
-        for (std::size_t i = 0; i < info.numel; ++i) gn += static_cast<double>(grads[info.offset + i]) * grads[info.offset + i];
+        for (std::size_t i = 0; i < info.numel; ++i)
+            gn += static_cast<double>(grads[info.offset + i]) * grads[info.offset + i];
         gn = std::sqrt(gn) + 1e-30;
         for (std::size_t i = 0; i < info.numel; ++i) {
-            d[i] = grads[info.offset + i] / gn + rng.normal() / std::sqrt(static_cast<double>(info.numel));
+            d[i] = grads[info.offset + i] / gn +
+                   rng.normal() / std::sqrt(static_cast<double>(info.numel));
             norm += d[i] * d[i];
         }
         double analytic = 0;
@@ -709,17 +723,20 @@ TEST(MoeGpt, GradientsMatchFiniteDifferences) {
             analytic += grads[info.offset + i] * d[i];
         }
         auto shifted = theta;
-        for (std::size_t i = 0; i < info.numel; ++i) shifted[info.offset + i] = static_cast<float>(theta[info.offset + i] + eps * d[i]);
+        for (std::size_t i = 0; i < info.numel; ++i)
+            shifted[info.offset + i] = static_cast<float>(theta[info.offset + i] + eps * d[i]);
         model.parameters().copy_from_host(shifted);
         const double up = objective();
-        for (std::size_t i = 0; i < info.numel; ++i) shifted[info.offset + i] = static_cast<float>(theta[info.offset + i] - eps * d[i]);
+        for (std::size_t i = 0; i < info.numel; ++i)
+            shifted[info.offset + i] = static_cast<float>(theta[info.offset + i] - eps * d[i]);
         model.parameters().copy_from_host(shifted);
         const double down = objective();
         model.parameters().copy_from_host(theta);
         const double numeric = (up - down) / (2 * eps);
         if (std::fabs(analytic) < 1e-4) continue;  // an expert no token reached
         ++checked;
-        EXPECT_LT(std::fabs(analytic - numeric) / std::max(std::fabs(analytic), std::fabs(numeric)), 3e-2)
+        EXPECT_LT(std::fabs(analytic - numeric) / std::max(std::fabs(analytic), std::fabs(numeric)),
+                  3e-2)
             << info.name << ": analytic " << analytic << " numeric " << numeric;
     }
     EXPECT_GT(checked, 20);
@@ -751,11 +768,13 @@ TEST(MoeGpt, TrainsAndItsRoutingStatisticsAddUp) {
         optimizer.update(model.layout(), model.parameters(), model.gradients(), train,
                          learning_rate(train, step));
         for (const auto& r : model.routing_stats()) {
-            const auto kept = std::accumulate(r.tokens_per_expert.begin(), r.tokens_per_expert.end(), int64_t{0});
+            const auto kept =
+                std::accumulate(r.tokens_per_expert.begin(), r.tokens_per_expert.end(), int64_t{0});
             ASSERT_EQ(kept, r.assignments_kept);
             ASSERT_EQ(r.assignments_wanted, 2 * N);
             ASSERT_NEAR(r.dropped_fraction, 1.0 - static_cast<double>(kept) / (2 * N), 1e-12);
-            for (const auto t : r.tokens_per_expert) ASSERT_LE(t, expert_capacity(config.moe, N, 1.25));
+            for (const auto t : r.tokens_per_expert)
+                ASSERT_LE(t, expert_capacity(config.moe, N, 1.25));
             ASSERT_GE(r.router_entropy, 0.0);
             ASSERT_LE(r.router_entropy, std::log(4.0) + 1e-9);
             ASSERT_GE(r.aux_loss, 0.0);
@@ -775,7 +794,8 @@ TEST(MoeFlops, CountsActiveExpertsAndTheRouter) {
                      2 * 2.0 * (8 * C * C + 8 * C));
     // parameters: 2 MoE blocks each with 8 expert MLPs instead of 1, plus an [8,C] router
     const double mlp = 8 * C * C + 5 * C;
-    EXPECT_EQ(parameter_count(moe) - parameter_count(dense), static_cast<int64_t>(2 * (7 * mlp + 8 * C)));
+    EXPECT_EQ(parameter_count(moe) - parameter_count(dense),
+              static_cast<int64_t>(2 * (7 * mlp + 8 * C)));
 }
 
 }  // namespace

@@ -5,8 +5,8 @@
 
 #include "core/flops.h"
 #include "core/model/vit.h"
-#include "kernels/cpu/cpu_backend.h"
 #include "core/optim/schedule.h"
+#include "kernels/cpu/cpu_backend.h"
 
 namespace upcycle {
 namespace {
@@ -19,8 +19,8 @@ TEST(Schedule, RsqrtWarmsUpLinearlyThenDecaysAsInverseSquareRoot) {
     EXPECT_DOUBLE_EQ(learning_rate(t, 1), 1e-5);
     EXPECT_DOUBLE_EQ(learning_rate(t, 50), 5e-4);
     EXPECT_DOUBLE_EQ(learning_rate(t, 100), 1e-3);
-    EXPECT_DOUBLE_EQ(learning_rate(t, 400), 5e-4);     // sqrt(100/400) = 1/2
-    EXPECT_DOUBLE_EQ(learning_rate(t, 10000), 1e-4);   // sqrt(100/10000) = 1/10
+    EXPECT_DOUBLE_EQ(learning_rate(t, 400), 5e-4);    // sqrt(100/400) = 1/2
+    EXPECT_DOUBLE_EQ(learning_rate(t, 10000), 1e-4);  // sqrt(100/10000) = 1/10
     EXPECT_FALSE(schedule_depends_on_horizon(Schedule::Rsqrt));
 }
 

@@ -29,7 +29,7 @@ namespace {
 using testing::TempDir;
 
 constexpr int kLayers = 4;
-constexpr int kChannels = 32;         // C
+constexpr int kChannels = 32;           // C
 constexpr int kHidden = 4 * kChannels;  // 4C
 
 std::string block(int l) { return "blocks." + std::to_string(l) + "."; }
@@ -125,7 +125,8 @@ TEST_F(Surgery, UpcycleCopyMakesExactExpertsAndCopiesEverythingElse) {
 
     // only blocks 1 and 3 changed
     for (int l : {0, 2}) {
-        EXPECT_EQ(tensor(moe, block(l) + "mlp.fc.weight"), dense_tensor(block(l) + "mlp.fc.weight"));
+        EXPECT_EQ(tensor(moe, block(l) + "mlp.fc.weight"),
+                  dense_tensor(block(l) + "mlp.fc.weight"));
         EXPECT_EQ(moe.file.tensors.count(block(l) + "mlp.router.weight"), 0u);
     }
     for (int l : {1, 3}) {
@@ -162,7 +163,8 @@ TEST_F(Surgery, UpcycleCopyMakesExactExpertsAndCopiesEverythingElse) {
     // through a file: validated by read_checkpoint, identical tensors
     const Checkpoint back = round_trip(moe, "upcycled");
     EXPECT_EQ(back.file.order, moe.file.order);
-    for (const auto& name : moe.file.order) EXPECT_EQ(tensor(back, name), tensor(moe, name)) << name;
+    for (const auto& name : moe.file.order)
+        EXPECT_EQ(tensor(back, name), tensor(moe, name)) << name;
     EXPECT_EQ(to_json(back.config), to_json(moe.config));
     EXPECT_EQ(back.state.step, dense().state.step);
     EXPECT_EQ(back.state.data_rng, dense().state.data_rng);
@@ -217,7 +219,8 @@ TEST_F(Surgery, NoiseExpertsDifferWithRelativeStdSigma) {
             for (int e = 0; e < 4; ++e) {
                 const auto& we = tensor(moe, expert(l, e) + t);
                 std::vector<double> relative;
-                for (std::size_t i = 0; i < w.size(); ++i) relative.push_back((we[i] - w[i]) / w_std);
+                for (std::size_t i = 0; i < w.size(); ++i)
+                    relative.push_back((we[i] - w[i]) / w_std);
                 const Stats s = stats(relative);
                 // tolerance: the sample std of n normals is σ(1 ± 1/sqrt(2n)); biases are small
                 const double tolerance = 0.01 * (w.size() >= 1000 ? 0.1 : 0.4);
@@ -269,10 +272,9 @@ TEST_F(Surgery, DropReinitialisesTheSameNeuronSetPerExpert) {
             for (int e = 0; e < 4; ++e) {
                 const std::string x = expert(l, e);
                 const auto& fc_w = tensor(moe, x + "fc.weight");
-                const Changed c = changed_neurons(fc_w, fc_w0, tensor(moe, x + "fc.bias"),
-                                                  dense_tensor(m + "fc.bias"),
-                                                  tensor(moe, x + "proj.weight"),
-                                                  dense_tensor(m + "proj.weight"));
+                const Changed c = changed_neurons(
+                    fc_w, fc_w0, tensor(moe, x + "fc.bias"), dense_tensor(m + "fc.bias"),
+                    tensor(moe, x + "proj.weight"), dense_tensor(m + "proj.weight"));
                 EXPECT_EQ(c.fc_rows.size(), expected);
                 EXPECT_EQ(c.fc_bias, c.fc_rows);
                 EXPECT_EQ(c.proj_columns, c.fc_rows);
@@ -308,7 +310,8 @@ TEST_F(Surgery, OptimizerCopyGivesExpertsTheMlpMomentsAndTheRouterZeros) {
     ASSERT_EQ(moe.file.order.size(), 3 * layout.size());
     for (std::size_t i = 0; i < layout.size(); ++i) {
         EXPECT_EQ(moe.file.order[layout.size() + 2 * i], kOptimizerExpAvgPrefix + layout[i].name);
-        EXPECT_EQ(moe.file.order[layout.size() + 2 * i + 1], kOptimizerExpAvgSqPrefix + layout[i].name);
+        EXPECT_EQ(moe.file.order[layout.size() + 2 * i + 1],
+                  kOptimizerExpAvgSqPrefix + layout[i].name);
     }
     for (const char* prefix : {kOptimizerExpAvgPrefix, kOptimizerExpAvgSqPrefix}) {
         const std::string p = prefix;
@@ -324,7 +327,8 @@ TEST_F(Surgery, OptimizerCopyGivesExpertsTheMlpMomentsAndTheRouterZeros) {
         }
         for (const auto& info : layout) {
             if (!is_mlp(info.name)) {
-                EXPECT_EQ(tensor(moe, p + info.name), dense_tensor(p + info.name)) << p << info.name;
+                EXPECT_EQ(tensor(moe, p + info.name), dense_tensor(p + info.name))
+                    << p << info.name;
             }
         }
     }
@@ -354,18 +358,20 @@ TEST_F(Surgery, WarmstartTilesBlocks) {
         const Checkpoint deep = warmstart_checkpoint(dense(), 2, tiling, "copy");
         EXPECT_EQ(deep.config.model.layers, 2 * kLayers);
         EXPECT_EQ(deep.config.model.moe.experts, 0);
-        const std::vector<int> expected =
-            tiling == "stack" ? std::vector<int>{0, 1, 2, 3, 0, 1, 2, 3}
-                              : std::vector<int>{0, 0, 1, 1, 2, 2, 3, 3};
+        const std::vector<int> expected = tiling == "stack"
+                                              ? std::vector<int>{0, 1, 2, 3, 0, 1, 2, 3}
+                                              : std::vector<int>{0, 0, 1, 1, 2, 2, 3, 3};
         EXPECT_EQ(warmstart_source_blocks(kLayers, 2, tiling), expected);
         const auto layout = gpt_parameter_layout(deep.config.model);
         ASSERT_EQ(deep.file.order.size(), 3 * layout.size());
-        for (std::size_t i = 0; i < layout.size(); ++i) EXPECT_EQ(deep.file.order[i], layout[i].name);
+        for (std::size_t i = 0; i < layout.size(); ++i)
+            EXPECT_EQ(deep.file.order[i], layout[i].name);
         for (const std::string p : {"", kOptimizerExpAvgPrefix, kOptimizerExpAvgSqPrefix}) {
             for (int j = 0; j < 2 * kLayers; ++j) {
                 for (const char* t : {"ln1.weight", "attn.qkv.weight", "attn.proj.bias", "ln2.bias",
                                       "mlp.fc.weight", "mlp.proj.weight", "mlp.proj.bias"}) {
-                    EXPECT_EQ(tensor(deep, p + block(j) + t), dense_tensor(p + block(expected[j]) + t))
+                    EXPECT_EQ(tensor(deep, p + block(j) + t),
+                              dense_tensor(p + block(expected[j]) + t))
                         << tiling << " " << p << block(j) << t;
                 }
             }
@@ -408,7 +414,8 @@ TEST_F(Surgery, ScratchIsRandomDeterministicAndStartsAtStepZero) {
     }
     EXPECT_NE(tensor(a, "wte.weight"), tensor(c, "wte.weight"));
     EXPECT_NE(tensor(a, "wte.weight"), dense_tensor("wte.weight"));
-    EXPECT_NE(tensor(a, "blocks.1.mlp.experts.0.fc.weight"), tensor(a, "blocks.1.mlp.experts.1.fc.weight"));
+    EXPECT_NE(tensor(a, "blocks.1.mlp.experts.0.fc.weight"),
+              tensor(a, "blocks.1.mlp.experts.1.fc.weight"));
     EXPECT_NEAR(stats(tensor(a, "blocks.1.mlp.experts.2.fc.weight")).std, 0.02, 0.002);
     EXPECT_NEAR(stats(tensor(a, "blocks.3.mlp.router.weight")).std, 0.02, 0.004);
     for (float v : tensor(a, "blocks.0.ln1.weight")) EXPECT_EQ(v, 1.0f);
@@ -418,8 +425,9 @@ TEST_F(Surgery, ScratchIsRandomDeterministicAndStartsAtStepZero) {
     model.init_weights(7);
     const auto flat = model.parameters().to_host();
     for (const auto& info : model.layout()) {
-        const std::vector<float> expected(flat.begin() + static_cast<std::ptrdiff_t>(info.offset),
-                                          flat.begin() + static_cast<std::ptrdiff_t>(info.offset + info.numel));
+        const std::vector<float> expected(
+            flat.begin() + static_cast<std::ptrdiff_t>(info.offset),
+            flat.begin() + static_cast<std::ptrdiff_t>(info.offset + info.numel));
         EXPECT_EQ(tensor(a, info.name), expected) << info.name;
     }
     const Checkpoint back = round_trip(a, "scratch");
@@ -449,7 +457,8 @@ TEST_F(Surgery, MakeContinuationRoutesEachMethodToItsSurgery) {
     const Checkpoint direct = upcycle_checkpoint(dense(), o.upcycle);
     EXPECT_EQ(up.config.model.moe.experts, 4);
     EXPECT_EQ(up.file.order, direct.file.order);
-    EXPECT_EQ(tensor(up, block(1) + "mlp.router.weight"), tensor(direct, block(1) + "mlp.router.weight"));
+    EXPECT_EQ(tensor(up, block(1) + "mlp.router.weight"),
+              tensor(direct, block(1) + "mlp.router.weight"));
 
     const Checkpoint scratch = make_continuation(Method::Scratch, o, dense(), backend_);
     EXPECT_EQ(scratch.config.model.moe.experts, 2);
@@ -490,7 +499,8 @@ TEST_F(Surgery, UpcycledCopyPreservesTheDenseFunction) {
         const auto a = dense_model.logits_host(), b = moe_model.logits_host();
         ASSERT_EQ(a.size(), b.size());
         double max_diff = 0;
-        for (std::size_t i = 0; i < a.size(); ++i) max_diff = std::max(max_diff, double(std::fabs(a[i] - b[i])));
+        for (std::size_t i = 0; i < a.size(); ++i)
+            max_diff = std::max(max_diff, double(std::fabs(a[i] - b[i])));
         EXPECT_LE(max_diff, 1e-5) << layers;
         EXPECT_NEAR(moe_stats.loss_sum, dense_stats.loss_sum, 1e-3) << layers;
     }
@@ -515,7 +525,8 @@ TEST_F(Surgery, Refusals) {
         EXPECT_EQ(e.key(), "model.moe.experts");
         EXPECT_NE(std::string(e.what()).find("already a Mixture-of-Experts"), std::string::npos);
     }
-    EXPECT_EQ(user_error([&] { warmstart_checkpoint(moe, 2, "stack", "reset"); }).key(), "model.moe.experts");
+    EXPECT_EQ(user_error([&] { warmstart_checkpoint(moe, 2, "stack", "reset"); }).key(),
+              "model.moe.experts");
     EXPECT_EQ(user_error([&] { scratch_checkpoint(moe, options(4).moe, 0, backend); }).key(),
               "model.moe.experts");
     {
@@ -532,7 +543,8 @@ TEST_F(Surgery, Refusals) {
         o.moe.k = 3;
         EXPECT_EQ(user_error([&] { upcycle_checkpoint(dense(), o); }).key(), "model.moe.k");
     }
-    EXPECT_EQ(user_error([&] { upcycle_checkpoint(dense(), options(0)); }).key(), "model.moe.experts");
+    EXPECT_EQ(user_error([&] { upcycle_checkpoint(dense(), options(0)); }).key(),
+              "model.moe.experts");
     {
         UpcycleOptions o = options(4);
         o.moe.layers = "1,9";
@@ -552,10 +564,12 @@ TEST_F(Surgery, Refusals) {
         const auto e = user_error([&] { warmstart_checkpoint(dense(), 1, "stack", "reset"); });
         EXPECT_EQ(e.key(), "depth_multiplier");
     }
-    EXPECT_EQ(user_error([&] { warmstart_checkpoint(dense(), 2, "zigzag", "reset"); }).key(), "tiling");
+    EXPECT_EQ(user_error([&] { warmstart_checkpoint(dense(), 2, "zigzag", "reset"); }).key(),
+              "tiling");
     // copying moments that are not there
     const Checkpoint deep = warmstart_checkpoint(dense(), 2, "stack", "reset");
-    EXPECT_EQ(user_error([&] { warmstart_checkpoint(deep, 2, "stack", "copy"); }).key(), "optimizer_state");
+    EXPECT_EQ(user_error([&] { warmstart_checkpoint(deep, 2, "stack", "copy"); }).key(),
+              "optimizer_state");
     UpcycleOptions copy = options(4);
     copy.optimizer_state = "copy";
     EXPECT_EQ(user_error([&] { upcycle_checkpoint(deep, copy); }).key(), "optimizer_state");
@@ -571,8 +585,9 @@ TEST_F(Surgery, CommandLine) {
     const std::string in = dense().path.string();
     const std::string out = (dir / "moe.safetensors").string();
 
-    auto r = run_cli("surgery --method upcycle --in " + in + " --out " + out +
-                       " --experts 4 --k 1 --init drop --drop-ratio 0.25 --optimizer-state copy --seed 3");
+    auto r =
+        run_cli("surgery --method upcycle --in " + in + " --out " + out +
+                " --experts 4 --k 1 --init drop --drop-ratio 0.25 --optimizer-state copy --seed 3");
     ASSERT_EQ(r.exit_code, 0) << r.output;
     EXPECT_NE(r.output.find("E=4"), std::string::npos) << r.output;
     EXPECT_NE(r.output.find("blocks 1,3"), std::string::npos) << r.output;
@@ -587,23 +602,26 @@ TEST_F(Surgery, CommandLine) {
     o.optimizer_state = "copy";
     o.seed = 3;
     const Checkpoint same = upcycle_checkpoint(dense(), o);
-    for (const auto& name : same.file.order) EXPECT_EQ(tensor(moe, name), tensor(same, name)) << name;
+    for (const auto& name : same.file.order)
+        EXPECT_EQ(tensor(moe, name), tensor(same, name)) << name;
 
-    r = run_cli("surgery --method warmstart --in " + in + " --out " + (dir / "deep.safetensors").string() +
-                " --depth-multiplier 2 --tiling interleave");
+    r = run_cli("surgery --method warmstart --in " + in + " --out " +
+                (dir / "deep.safetensors").string() + " --depth-multiplier 2 --tiling interleave");
     ASSERT_EQ(r.exit_code, 0) << r.output;
     EXPECT_EQ(read_checkpoint(dir / "deep.safetensors").config.model.layers, 2 * kLayers);
 
-    r = run_cli("surgery --method scratch --in " + in + " --out " + (dir / "scratch.safetensors").string() +
-                " --experts 2 --layers all");
+    r = run_cli("surgery --method scratch --in " + in + " --out " +
+                (dir / "scratch.safetensors").string() + " --experts 2 --layers all");
     ASSERT_EQ(r.exit_code, 0) << r.output;
     EXPECT_EQ(read_checkpoint(dir / "scratch.safetensors").state.step, 0);
 
     const std::string bad_out = " --out " + (dir / "bad.safetensors").string();
     auto refused = [&](const std::string& args, const std::string& option) {
-        const auto bad = run_cli("surgery " + args + bad_out + (args.find("--in ") == std::string::npos ? " --in " + in : ""));
+        const auto bad = run_cli("surgery " + args + bad_out +
+                                 (args.find("--in ") == std::string::npos ? " --in " + in : ""));
         EXPECT_EQ(bad.exit_code, 2) << args << ": " << bad.output;
-        EXPECT_NE(bad.output.find("'" + option + "'"), std::string::npos) << args << ": " << bad.output;
+        EXPECT_NE(bad.output.find("'" + option + "'"), std::string::npos)
+            << args << ": " << bad.output;
     };
     refused("--method upcycle --router expert_choice", "--router");
     refused("--method upcycle --experts 2 --k 3", "--k");

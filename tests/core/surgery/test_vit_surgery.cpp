@@ -35,7 +35,8 @@ constexpr int kExperts = 4;
 RunConfig dense_vit_config() {
     RunConfig c;
     c.name = "vit-dense";
-    c.model = ModelConfig{.arch = Arch::Vit, .channels = 32, .layers = 2, .heads = 2, .moe = {}, .patch = 7};
+    c.model = ModelConfig{
+        .arch = Arch::Vit, .channels = 32, .layers = 2, .heads = 2, .moe = {}, .patch = 7};
     c.data.source = DataSource::FashionMnist;
     c.data.validation_images = 100;
     c.train.batch_size = kBatch;
@@ -151,13 +152,15 @@ TEST_F(VitSurgery, DenseLogitsAreNotTrivial) {
     // and the MLPs matter: zeroing them changes the logits
     Checkpoint no_mlp = *dense_;
     for (auto& [name, tensor] : no_mlp.file.tensors) {
-        if (name.find(".mlp.") != std::string::npos) std::fill(tensor.data.begin(), tensor.data.end(), 0.0f);
+        if (name.find(".mlp.") != std::string::npos)
+            std::fill(tensor.data.begin(), tensor.data.end(), 0.0f);
     }
     EXPECT_GT(max_abs_diff(logits_of(no_mlp), l), 1e-2f);
 }
 
 TEST_F(VitSurgery, TopkRenormalizedUnlimitedEqualsTheDenseParent) {
-    const Checkpoint moe = upcycle_checkpoint(*dense_, upcycle_options("topk", 0.0, "renormalized"));
+    const Checkpoint moe =
+        upcycle_checkpoint(*dense_, upcycle_options("topk", 0.0, "renormalized"));
     ASSERT_EQ(moe.config.model.moe.experts, kExperts);
     EXPECT_EQ(moe.state.step, dense_->state.step);
     const float d = max_abs_diff(logits_of(moe, "topk_renorm"), *dense_logits_);
@@ -220,7 +223,8 @@ TEST_F(VitSurgery, ScratchLoadsAndRuns) {
     EXPECT_FALSE(scratch.has_optimizer);
     EXPECT_EQ(scratch.state.data_rng, dense_->state.data_rng);
     // a fresh init, not the parent's weights
-    EXPECT_NE(scratch.file.tensors.at("patch.weight").data, dense_->file.tensors.at("patch.weight").data);
+    EXPECT_NE(scratch.file.tensors.at("patch.weight").data,
+              dense_->file.tensors.at("patch.weight").data);
     const auto logits = logits_of(scratch, "scratch");
     ASSERT_EQ(logits.size(), static_cast<std::size_t>(kBatch * kClasses));
     for (float x : logits) ASSERT_TRUE(std::isfinite(x));

@@ -31,7 +31,8 @@ std::map<std::string, int> count_methods(const std::vector<PlannedTrial>& trials
     return counts;
 }
 
-const PlannedTrial& find_method(const std::vector<PlannedTrial>& trials, const std::string& method) {
+const PlannedTrial& find_method(const std::vector<PlannedTrial>& trials,
+                                const std::string& method) {
     for (const auto& t : trials) {
         if (to_string(t.method) == method) return t;
     }
@@ -79,12 +80,14 @@ continue:
 
 TEST(Sha256, StandardVectors) {
     EXPECT_EQ(sha256_hex(""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
-    EXPECT_EQ(sha256_hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    EXPECT_EQ(sha256_hex("abc"),
+              "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     EXPECT_EQ(sha256_hex("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"),  // 448 bits
               "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
-    EXPECT_EQ(sha256_hex("abcdefghbcdefghicdefghijdefghijkefghijklfghijklmghijklmnhijklmnoijklmnopjk"
-                         "lmnopqklmnopqrlmnopqrsmnopqrstnopqrstu"),  // 896 bits
-              "cf5b16a778af8380036ce59e7b0492370b249b11e8f07a51afac45037afee9d1");
+    EXPECT_EQ(
+        sha256_hex("abcdefghbcdefghicdefghijdefghijkefghijklfghijklmghijklmnhijklmnoijklmnopjk"
+                   "lmnopqklmnopqrlmnopqrsmnopqrstnopqrstu"),  // 896 bits
+        "cf5b16a778af8380036ce59e7b0492370b249b11e8f07a51afac45037afee9d1");
     EXPECT_EQ(sha256_hex(std::string(1000000, 'a')),
               "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
 }
@@ -99,7 +102,8 @@ TEST(Sha256, PaddingBoundaries) {
         {119, "31eba51c313a5c08226adf18d4a359cfdfd8d2e816b13f4af952f7ea6584dcfb"},
         {120, "2f3d335432c70b580af0e8e1b3674a7c020d683aa5f73aaaedfdc55af904c21c"},
     };
-    for (const auto& [n, digest] : expected) EXPECT_EQ(sha256_hex(std::string(n, 'a')), digest) << n;
+    for (const auto& [n, digest] : expected)
+        EXPECT_EQ(sha256_hex(std::string(n, 'a')), digest) << n;
 }
 
 // ---- reading and expansion --------------------------------------------------------------------
@@ -152,10 +156,10 @@ seeds: [1, 2, 3]
     const auto& first = spec.points[0];
     EXPECT_EQ(first.assignments,
               (std::vector<std::pair<std::string, std::string>>{{"model.channels", "64"},
-                                                               {"upcycle.experts", "4"},
-                                                               {"train.lr", "0.001"},
-                                                               {"train.warmup_steps", "10"},
-                                                               {"train.seed", "1"}}));
+                                                                {"upcycle.experts", "4"},
+                                                                {"train.lr", "0.001"},
+                                                                {"train.warmup_steps", "10"},
+                                                                {"train.seed", "1"}}));
     EXPECT_EQ(spec.points[1].pretrain.train.warmup_steps, 20);
     EXPECT_DOUBLE_EQ(spec.points[1].pretrain.train.lr, 0.002);
     EXPECT_EQ(spec.points[2].methods["upcycle"]["experts"], 8);
@@ -178,10 +182,10 @@ seeds: [1, 2, 3]
 }
 
 TEST(Sweep, OverridesApplyBeforeAnythingElse) {
-    const auto spec = parse_sweep(kTiny, "tiny.yaml",
-                                  {"train.lr=0.5", "upcycle.experts=4", "continue.methods.upcycle.k=1",
-                                   "budgets=[5, 20]", "grid.model.layers=[2, 6]", "seeds=[7]",
-                                   "pretrain.steps=1e3"});
+    const auto spec = parse_sweep(
+        kTiny, "tiny.yaml",
+        {"train.lr=0.5", "upcycle.experts=4", "continue.methods.upcycle.k=1", "budgets=[5, 20]",
+         "grid.model.layers=[2, 6]", "seeds=[7]", "pretrain.steps=1e3"});
     ASSERT_EQ(spec.points.size(), 2u);
     const auto& p = spec.points[1];
     EXPECT_DOUBLE_EQ(p.pretrain.train.lr, 0.5);
@@ -192,14 +196,16 @@ TEST(Sweep, OverridesApplyBeforeAnythingElse) {
     EXPECT_EQ(p.methods["upcycle"]["k"], 1);
     EXPECT_EQ(p.budgets, (std::vector<double>{5, 20}));
     // a method can be switched on from the command line
-    const auto more = parse_sweep("pretrain: {steps: 10}\n", "x.yaml", {"continue.methods.dense={}"});
+    const auto more =
+        parse_sweep("pretrain: {steps: 10}\n", "x.yaml", {"continue.methods.dense={}"});
     EXPECT_EQ(count_methods(plan_sweep(more)).at("dense"), 1);
 
     const auto bad = error_of(kTiny, {"upcycle.expertz=4"});
     EXPECT_NE(bad.find("continue.methods.upcycle.expertz"), std::string::npos) << bad;
     EXPECT_NE(bad.find("did you mean 'experts'"), std::string::npos) << bad;
     EXPECT_EQ(bad.find("(line"), std::string::npos) << bad;  // not from the file: no line
-    const auto overridden = error_of("continue:\n  methods:\n    upcycle:\n      k: 2\n", {"upcycle.k=9"});
+    const auto overridden =
+        error_of("continue:\n  methods:\n    upcycle:\n      k: 2\n", {"upcycle.k=9"});
     EXPECT_NE(overridden.find("1 ≤ k ≤ experts (8), found 9"), std::string::npos) << overridden;
     EXPECT_EQ(overridden.find("(line"), std::string::npos) << overridden;
     EXPECT_NE(error_of(kTiny, {"train.lr"}).find("key.path=value"), std::string::npos);
@@ -223,14 +229,16 @@ continue:
               expert_init: copy, noise_std: 0.01, seed: 1}
     dense:
 )";
-    EXPECT_NE(error_of(explicit_yaml).find("model.moe_free"), std::string::npos);  // typo check works
+    EXPECT_NE(error_of(explicit_yaml).find("model.moe_free"),
+              std::string::npos);  // typo check works
     std::string yaml = explicit_yaml;
     yaml.replace(yaml.find(", moe_free: null"), std::string(", moe_free: null").size(), "");
     const auto a = plan_sweep(parse_sweep(kTiny, "a.yaml"));
     const auto b = plan_sweep(parse_sweep(yaml, "b.yaml"));
     ASSERT_EQ(a.size(), b.size());
     for (std::size_t i = 0; i < a.size(); ++i) {
-        EXPECT_EQ(a[i].hash, b[i].hash) << a[i].method << "\n" << a[i].config.dump(1) << "\n"
+        EXPECT_EQ(a[i].hash, b[i].hash) << a[i].method << "\n"
+                                        << a[i].config.dump(1) << "\n"
                                         << b[i].config.dump(1);
     }
     // the canonical config holds every key, defaults included, and no name
@@ -264,13 +272,15 @@ TEST(Sweep, HashesAreStable) {
 // ---- planning ---------------------------------------------------------------------------------
 
 TEST(Sweep, SharedPretrainingCollapsesToOneTrial) {
-    const auto spec = parse_sweep(std::string(kTiny) + "grid:\n  upcycle.experts: [4, 8, 16]\n", "s.yaml");
+    const auto spec =
+        parse_sweep(std::string(kTiny) + "grid:\n  upcycle.experts: [4, 8, 16]\n", "s.yaml");
     ASSERT_EQ(spec.points.size(), 3u);
     const auto trials = plan_sweep(spec);
     expect_well_formed(trials);
-    EXPECT_EQ(count_methods(trials),
-              (std::map<std::string, int>{{"pretrain", 1}, {"dense", 1}, {"upcycle", 3},
-                                          {"scratch", 3}, {"warmstart", 1}}));
+    EXPECT_EQ(
+        count_methods(trials),
+        (std::map<std::string, int>{
+            {"pretrain", 1}, {"dense", 1}, {"upcycle", 3}, {"scratch", 3}, {"warmstart", 1}}));
     for (const auto& t : trials) {
         if (t.method != Method::Pretrain) {
             EXPECT_EQ(t.parent_hash, trials[0].hash);
@@ -287,9 +297,10 @@ TEST(Sweep, SharedPretrainingCollapsesToOneTrial) {
 TEST(Sweep, HorizonFreeScheduleMakesOneTrialPerMethodAndScratchRunsLonger) {
     const auto trials = plan_sweep(parse_sweep(kTiny, "tiny.yaml"));
     expect_well_formed(trials);
-    EXPECT_EQ(count_methods(trials),
-              (std::map<std::string, int>{{"pretrain", 1}, {"dense", 1}, {"upcycle", 1},
-                                          {"scratch", 1}, {"warmstart", 1}}));
+    EXPECT_EQ(
+        count_methods(trials),
+        (std::map<std::string, int>{
+            {"pretrain", 1}, {"dense", 1}, {"upcycle", 1}, {"scratch", 1}, {"warmstart", 1}}));
     for (const auto& t : trials) {
         if (t.method == Method::Pretrain) continue;
         if (t.method == Method::Scratch) {
@@ -306,9 +317,10 @@ TEST(Sweep, HorizonFreeScheduleMakesOneTrialPerMethodAndScratchRunsLonger) {
 TEST(Sweep, CosineMakesOneTrialPerBudget) {
     const auto trials = plan_sweep(parse_sweep(kTiny, "tiny.yaml", {"train.schedule=cosine"}));
     expect_well_formed(trials);
-    EXPECT_EQ(count_methods(trials),
-              (std::map<std::string, int>{{"pretrain", 1}, {"dense", 2}, {"upcycle", 2},
-                                          {"scratch", 3}, {"warmstart", 2}}));
+    EXPECT_EQ(
+        count_methods(trials),
+        (std::map<std::string, int>{
+            {"pretrain", 1}, {"dense", 2}, {"upcycle", 2}, {"scratch", 3}, {"warmstart", 2}}));
     std::set<double> scratch_horizons;
     for (const auto& t : trials) {
         if (t.method == Method::Pretrain) continue;
@@ -329,7 +341,8 @@ TEST(Sweep, BudgetsInStepsFlopsAndSeconds) {
     EXPECT_EQ(steps_for_budget(dense, pre, 50), 50);
     EXPECT_EQ(steps_for_budget(dense, pre, 12.3), 13);  // rounded up
     EXPECT_EQ(trial_run_config(dense).train.steps, 150);
-    EXPECT_EQ(trial_run_config(find_method(by_steps, "scratch")).train.steps, 150);  // restarts at 0
+    EXPECT_EQ(trial_run_config(find_method(by_steps, "scratch")).train.steps,
+              150);  // restarts at 0
     EXPECT_EQ(trial_run_config(pre).train.steps, 100);
 
     // flops: the continuation's FLOPs reach the percentage of the pretraining's
@@ -350,7 +363,8 @@ TEST(Sweep, BudgetsInStepsFlopsAndSeconds) {
     EXPECT_EQ(up.model.moe.experts, 8);
     EXPECT_EQ(trial_run_config(find_method(trials, "warmstart")).model.layers, 8);
     EXPECT_EQ(trial_run_config(find_method(trials, "dense")).model.moe.experts, 0);
-    EXPECT_EQ(up.train.steps, 100 + *steps_for_budget(find_method(trials, "upcycle"), trials[0], 50));
+    EXPECT_EQ(up.train.steps,
+              100 + *steps_for_budget(find_method(trials, "upcycle"), trials[0], 50));
     EXPECT_EQ(up.name.substr(0, 8), "upcycle-");
 
     // seconds: only known while running
@@ -400,7 +414,8 @@ TEST(Sweep, PlannedTrialsReadBackAndGiveTheirMilestones) {
         ADD_FAILURE() << "accepted an unknown method";
     } catch (const UserError& e) {
         EXPECT_EQ(e.key(), "method");
-        EXPECT_NE(std::string(e.what()).find("did you mean 'upcycle'"), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find("did you mean 'upcycle'"), std::string::npos)
+            << e.what();
     }
 }
 
@@ -408,7 +423,8 @@ TEST(Sweep, PlannedTrialsReadBackAndGiveTheirMilestones) {
 
 void expect_error(const std::string& error, const std::vector<std::string>& parts) {
     EXPECT_FALSE(error.empty()) << "accepted";
-    for (const auto& part : parts) EXPECT_NE(error.find(part), std::string::npos) << error << "\n  lacks: " << part;
+    for (const auto& part : parts)
+        EXPECT_NE(error.find(part), std::string::npos) << error << "\n  lacks: " << part;
 }
 
 TEST(SweepErrors, UnknownKeysNameFileKeyLineAndSuggestion) {
@@ -416,12 +432,15 @@ TEST(SweepErrors, UnknownKeysNameFileKeyLineAndSuggestion) {
                  {"sweep.yaml", "'pretrian'", "line 1", "did you mean 'pretrain'"});
     expect_error(error_of("train:\n  lr: 0.1\n  warmup_step: 10\n"),
                  {"sweep.yaml", "train.warmup_step", "line 3", "did you mean 'warmup_steps'"});
-    expect_error(error_of("continue:\n  budgets: [10]\n  methods:\n    upcycle:\n      expertz: 4\n"),
-                 {"continue.methods.upcycle.expertz", "line 5", "did you mean 'experts'"});
+    expect_error(
+        error_of("continue:\n  budgets: [10]\n  methods:\n    upcycle:\n      expertz: 4\n"),
+        {"continue.methods.upcycle.expertz", "line 5", "did you mean 'experts'"});
     expect_error(error_of("continue:\n  methods:\n    upcycel: {}\n"),
                  {"continue.methods.upcycel", "line 3", "did you mean 'upcycle'"});
-    expect_error(error_of("continue:\n  budget: [10]\n"), {"continue.budget", "did you mean 'budgets'"});
-    expect_error(error_of("pretrain:\n  step: 10\n"), {"pretrain.step", "line 2", "did you mean 'steps'"});
+    expect_error(error_of("continue:\n  budget: [10]\n"),
+                 {"continue.budget", "did you mean 'budgets'"});
+    expect_error(error_of("pretrain:\n  step: 10\n"),
+                 {"pretrain.step", "line 2", "did you mean 'steps'"});
     expect_error(error_of("continue:\n  methods:\n    dense: {lr: 1}\n"),
                  {"continue.methods.dense.lr", "takes no keys"});
     expect_error(error_of("grid:\n  model.chanels: [64]\n"),
@@ -431,12 +450,15 @@ TEST(SweepErrors, UnknownKeysNameFileKeyLineAndSuggestion) {
 }
 
 TEST(SweepErrors, WrongTypesAndBadValues) {
-    expect_error(error_of("pretrain:\n  steps: lots\n"), {"pretrain.steps", "expected an integer", "'lots'", "line 2"});
+    expect_error(error_of("pretrain:\n  steps: lots\n"),
+                 {"pretrain.steps", "expected an integer", "'lots'", "line 2"});
     expect_error(error_of("pretrain:\n  steps: 0\n"), {"pretrain.steps", "positive"});
-    expect_error(error_of("continue:\n  budgets: [10, 0]\n"), {"continue.budgets", "> 0", "line 2"});
+    expect_error(error_of("continue:\n  budgets: [10, 0]\n"),
+                 {"continue.budgets", "> 0", "line 2"});
     expect_error(error_of("continue:\n  budgets: [-5]\n"), {"continue.budgets", "> 0"});
     expect_error(error_of("continue:\n  budgets: []\n"), {"continue.budgets", "non-empty"});
-    expect_error(error_of("continue:\n  budget_unit: flop\n"), {"continue.budget_unit", "did you mean 'flops'"});
+    expect_error(error_of("continue:\n  budget_unit: flop\n"),
+                 {"continue.budget_unit", "did you mean 'flops'"});
     expect_error(error_of("continue:\n  methods:\n    upcycle: {expert_init: nosie}\n"),
                  {"continue.methods.upcycle.expert_init", "line 3", "did you mean 'noise'"});
     expect_error(error_of("continue:\n  methods:\n    upcycle: {experts: many}\n"),
@@ -461,18 +483,23 @@ TEST(SweepErrors, ImpossibleCombinations) {
     expect_error(error_of("continue:\n  methods:\n    upcycle: {experts: 0}\n"),
                  {"continue.methods.upcycle.experts", "at least one expert"});
     // only at one grid point: the error names the point
-    expect_error(error_of("continue:\n  methods:\n    upcycle: {}\ngrid:\n  upcycle.experts: [4, 1]\n"),
-                 {"continue.methods.upcycle.k", "1 ≤ k ≤ experts (1)", "[at the sweep point upcycle.experts=1]"});
-    expect_error(error_of("grid:\n  model.heads: [4, 3]\n"), {"model.heads", "divisible", "model.heads=3"});
+    expect_error(
+        error_of("continue:\n  methods:\n    upcycle: {}\ngrid:\n  upcycle.experts: [4, 1]\n"),
+        {"continue.methods.upcycle.k", "1 ≤ k ≤ experts (1)",
+         "[at the sweep point upcycle.experts=1]"});
+    expect_error(error_of("grid:\n  model.heads: [4, 3]\n"),
+                 {"model.heads", "divisible", "model.heads=3"});
 }
 
 TEST(SweepErrors, GridAndZipShapes) {
     expect_error(error_of("grid:\n  train.lr: []\n"), {"grid.train.lr", "empty", "line 2"});
-    expect_error(error_of("grid:\n  train.lr: 0.1\n"), {"grid.train.lr", "list of values", "line 2"});
+    expect_error(error_of("grid:\n  train.lr: 0.1\n"),
+                 {"grid.train.lr", "list of values", "line 2"});
     expect_error(error_of("zip:\n  - train.lr: [0.1, 0.2]\n    train.warmup_steps: [1, 2, 3]\n"),
                  {"zip lists must be equally long", "'train.lr' has 2 values (line 2)",
                   "'train.warmup_steps' has 3 (line 3)"});
-    expect_error(error_of("grid:\n  train.lr: [0.1]\nzip:\n  - train.lr: [0.2]\n"), {"train.lr", "twice"});
+    expect_error(error_of("grid:\n  train.lr: [0.1]\nzip:\n  - train.lr: [0.2]\n"),
+                 {"train.lr", "twice"});
     expect_error(error_of("grid:\n  train.lr.x: [1]\n"), {"grid.train.lr.x", "not a section"});
     expect_error(error_of("grid:\n  train.steps: [10]\n"), {"grid.train.steps", "pretrain.steps"});
 }

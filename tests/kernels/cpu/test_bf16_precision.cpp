@@ -26,10 +26,10 @@ TEST(Bf16, RoundsToNearestTiesToEven) {
     EXPECT_EQ(round_to_bf16(-2.5f), -2.5f);  // representable: unchanged
     // bf16 keeps 7 mantissa bits: the spacing above 1 is 2^-7
     const float ulp = std::ldexp(1.0f, -7);
-    EXPECT_EQ(round_to_bf16(1.0f + 0.25f * ulp), 1.0f);        // below half: down
-    EXPECT_EQ(round_to_bf16(1.0f + 0.75f * ulp), 1.0f + ulp);  // above half: up
-    EXPECT_EQ(round_to_bf16(1.0f + 0.5f * ulp), 1.0f);         // tie, 1.0 is even: down
-    EXPECT_EQ(round_to_bf16(1.0f + 1.5f * ulp), 1.0f + 2 * ulp);  // tie, 1+ulp is odd: up
+    EXPECT_EQ(round_to_bf16(1.0f + 0.25f * ulp), 1.0f);              // below half: down
+    EXPECT_EQ(round_to_bf16(1.0f + 0.75f * ulp), 1.0f + ulp);        // above half: up
+    EXPECT_EQ(round_to_bf16(1.0f + 0.5f * ulp), 1.0f);               // tie, 1.0 is even: down
+    EXPECT_EQ(round_to_bf16(1.0f + 1.5f * ulp), 1.0f + 2 * ulp);     // tie, 1+ulp is odd: up
     EXPECT_EQ(round_to_bf16(-(1.0f + 0.75f * ulp)), -(1.0f + ulp));  // sign-symmetric
     // the low 16 bits are always cleared
     Rng rng(1);
@@ -158,9 +158,9 @@ TEST_P(Bf16Matmul, BackwardRoundsBothOperandsOfEachProduct) {
             }
         }
     }
-    for (const auto& [got, want] : {std::pair{dinp.to_host(), want_dinp},
-                                    std::pair{dweight.to_host(), want_dweight},
-                                    std::pair{dbias.to_host(), want_dbias}}) {
+    for (const auto& [got, want] :
+         {std::pair{dinp.to_host(), want_dinp}, std::pair{dweight.to_host(), want_dweight},
+          std::pair{dbias.to_host(), want_dbias}}) {
         const Difference d = compare(got, want);
         EXPECT_LT(d.to_reference, 1e-5 * d.scale);
     }
@@ -192,9 +192,10 @@ TEST(Bf16, TinyGptTrainsCloseToFp32) {
     const auto bf16 = run("bf16");
     ASSERT_EQ(fp32.size(), bf16.size());
     double largest = 0;
-    for (std::size_t i = 0; i < fp32.size(); ++i) largest = std::max(largest, std::abs(bf16[i] - fp32[i]));
-    EXPECT_LT(largest, 0.05);   // bf16 operands: a percent-level perturbation, not a different run
-    EXPECT_GT(largest, 1e-6);   // but not the fp32 run
+    for (std::size_t i = 0; i < fp32.size(); ++i)
+        largest = std::max(largest, std::abs(bf16[i] - fp32[i]));
+    EXPECT_LT(largest, 0.05);  // bf16 operands: a percent-level perturbation, not a different run
+    EXPECT_GT(largest, 1e-6);  // but not the fp32 run
     EXPECT_LT(bf16.back(), bf16.front());  // validation loss after training below step 1's loss
 }
 

@@ -45,10 +45,10 @@
 #include "core/moe/moe_layer.h"
 #include "core/rng.h"
 #include "core/surgery/upcycle.h"
-#include "kernels/backend_factory.h"
 #include "cpu_and_cuda_fixture.h"
-#include "test_support.h"
+#include "kernels/backend_factory.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "test_support.h"
 
 namespace upcycle {
 namespace {

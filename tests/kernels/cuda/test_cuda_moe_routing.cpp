@@ -100,7 +100,9 @@ struct RuleCase {
     MoeRouting rule(int N) const { return routing_rule(moe, N, cf, pad_rows); }
     std::string name(int N) const {
         return to_string(moe.router) +
-               (moe.router == RouterKind::TopK ? " k=" + std::to_string(moe.k) + " " + to_string(moe.priority) : "") +
+               (moe.router == RouterKind::TopK
+                    ? " k=" + std::to_string(moe.k) + " " + to_string(moe.priority)
+                    : "") +
                " " + to_string(moe.combine) + " cf=" + std::to_string(cf) +
                (pad_rows ? " padded" : " compact") + " E=" + std::to_string(moe.experts) +
                " N=" + std::to_string(N);

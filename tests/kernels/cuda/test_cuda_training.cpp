@@ -57,8 +57,8 @@
 #include "core/safetensors.h"
 #include "core/task/task.h"
 #include "core/train.h"
-#include "kernels/cpu/cpu_backend.h"
 #include "cpu_and_cuda_fixture.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "test_support.h"
 
 namespace upcycle {
@@ -136,18 +136,19 @@ void expect_curves_close(const std::string& what, const Curves& a, const Curves&
         ASSERT_TRUE(b.eval.count(step)) << what << ": no evaluation at step " << step;
         const double diff = std::fabs(b.eval.at(step) - la);
         max_eval = std::max(max_eval, diff);
-        EXPECT_LE(diff, atol) << what << " validation loss at step " << step << ": " << la
-                              << " vs " << b.eval.at(step);
+        EXPECT_LE(diff, atol) << what << " validation loss at step " << step << ": " << la << " vs "
+                              << b.eval.at(step);
     }
     ASSERT_TRUE(sa.final_eval && sb.final_eval) << what;
     const double final_diff = std::fabs(sb.final_eval->loss - sa.final_eval->loss);
     EXPECT_LE(final_diff, atol) << what << " final validation loss: " << sa.final_eval->loss
                                 << " vs " << sb.final_eval->loss;
-    std::printf("[ max |diff| ] %s: training loss %.3g (step %lld of %lld, bound %.3g), "
-                "validation loss %.3g, final validation loss %.3g (%.6f vs %.6f)\n",
-                what.c_str(), max_train, static_cast<long long>(max_train_step),
-                static_cast<long long>(steps), atol, max_eval, final_diff, sa.final_eval->loss,
-                sb.final_eval->loss);
+    std::printf(
+        "[ max |diff| ] %s: training loss %.3g (step %lld of %lld, bound %.3g), "
+        "validation loss %.3g, final validation loss %.3g (%.6f vs %.6f)\n",
+        what.c_str(), max_train, static_cast<long long>(max_train_step),
+        static_cast<long long>(steps), atol, max_eval, final_diff, sa.final_eval->loss,
+        sb.final_eval->loss);
     std::fflush(stdout);
     ::testing::Test::RecordProperty("max_train_loss_diff", std::to_string(max_train));
     ::testing::Test::RecordProperty("final_val_loss_diff", std::to_string(final_diff));
@@ -222,8 +223,9 @@ TEST_F(CudaTraining, CheckpointWrittenOnGpuLoadsOnCpu) {
         int64_t numel = 1;
         for (const auto d : t.shape) numel *= d;
         ASSERT_EQ(static_cast<int64_t>(t.data.size()), numel) << name;
-        EXPECT_TRUE(std::all_of(t.data.begin(), t.data.end(), [](float x) { return std::isfinite(x); }))
-            << name;
+        EXPECT_TRUE(std::all_of(t.data.begin(), t.data.end(), [](float x) {
+            return std::isfinite(x);
+        })) << name;
     }
 
     // A fresh CPU model of the same config, loaded from it, evaluates as the trainer does.
@@ -233,9 +235,10 @@ TEST_F(CudaTraining, CheckpointWrittenOnGpuLoadsOnCpu) {
     const EvalResult& e_gpu = *s_gpu.final_eval;
     EXPECT_EQ(e_cpu.tokens, e_gpu.tokens);
     const double diff = std::fabs(e_cpu.loss - e_gpu.loss);
-    std::printf("[ max |diff| ] checkpoint from cuda evaluated on cpu: loss %.6f vs %.6f, "
-                "|diff| %.3g (relative %.3g, bound %.3g)\n",
-                e_gpu.loss, e_cpu.loss, diff, diff / std::fabs(e_gpu.loss), kCheckpointEvalRtol);
+    std::printf(
+        "[ max |diff| ] checkpoint from cuda evaluated on cpu: loss %.6f vs %.6f, "
+        "|diff| %.3g (relative %.3g, bound %.3g)\n",
+        e_gpu.loss, e_cpu.loss, diff, diff / std::fabs(e_gpu.loss), kCheckpointEvalRtol);
     std::fflush(stdout);
     EXPECT_LE(diff, kCheckpointEvalRtol * std::fabs(e_gpu.loss))
         << "gpu run's final eval " << e_gpu.loss << ", cpu eval of its checkpoint " << e_cpu.loss;
@@ -262,8 +265,10 @@ TEST_F(CudaTraining, GpuVitLossCurveFollowsCpu) {
     expect_curves_close("ViT fp32, cpu vs cuda", read_curves(cpu_dir.path()),
                         read_curves(gpu_dir.path()), s_cpu, s_gpu, 30, kVitLossAtol,
                         kFp32StepOneRtol);
-    ASSERT_TRUE(s_cpu.final_eval->extra.count("test_loss") && s_gpu.final_eval->extra.count("test_loss"));
-    EXPECT_LE(std::fabs(s_cpu.final_eval->extra.at("test_loss") - s_gpu.final_eval->extra.at("test_loss")),
+    ASSERT_TRUE(s_cpu.final_eval->extra.count("test_loss") &&
+                s_gpu.final_eval->extra.count("test_loss"));
+    EXPECT_LE(std::fabs(s_cpu.final_eval->extra.at("test_loss") -
+                        s_gpu.final_eval->extra.at("test_loss")),
               kVitLossAtol)
         << "test loss";
 }
