@@ -125,17 +125,20 @@ T yaml_scalar(const YAML::Node& node, const std::string& key, const std::string&
     if (!node.IsScalar()) {
         throw UserError(source, key, "expected " + type_name<T>() + line_of(node));
     }
-    try {
-        if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
-            if (const auto value = integral_value<T>(node)) return *value;
-            throw YAML::BadConversion(node.Mark());
-        } else {
-            return node.as<T>();
-        }
-    } catch (const YAML::BadConversion&) {
-        throw UserError(
+    const auto wrong = [&] {
+        return UserError(
             source, key,
             "expected " + type_name<T>() + ", found '" + node.Scalar() + "'" + line_of(node));
+    };
+    if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
+        if (const auto value = integral_value<T>(node)) return *value;
+        throw wrong();
+    } else {
+        try {
+            return node.as<T>();
+        } catch (const YAML::BadConversion&) {
+            throw wrong();
+        }
     }
 }
 
