@@ -54,9 +54,12 @@ inline float fast_exp(float x) {
     return result;
 }
 
-// A branch-free single-precision natural log for positive, finite, normal x (what the
-// softmax sums are), vectorisable like fast_exp. x = 2^e·m with m in [√½, √2); log(m) by
-// the Cephes logf polynomial in f = m - 1. Accuracy: within about 2 ulp of logf (tested).
+// A branch-free single-precision natural log, vectorisable like fast_exp, accurate for
+// positive normal x (what the softmax sums are): x = 2^e·m with m in [√½, √2); log(m) by the
+// Cephes logf polynomial in f = m - 1. Accuracy: within about 2 ulp of logf (tested). The
+// special cases follow logf so that a diverged model's loss reads NaN, never a finite number
+// made from the bits of a NaN: log(NaN) = NaN, log(x < 0) = NaN, log(0) = -inf,
+// log(+inf) = +inf. (Subnormal x is outside the contract.)
 inline float fast_log(float x) {
     constexpr float kSqrtHalf = 0.707106781186547524f;
     constexpr float kLn2Hi = 0.693359375f;
@@ -84,7 +87,11 @@ inline float fast_log(float x) {
     float y = p * f * z;
     y = fmadd(e, kLn2Lo, y);
     y = fmadd(-0.5f, z, y);
-    return fmadd(e, kLn2Hi, f + y);
+    float result = fmadd(e, kLn2Hi, f + y);
+    result = x == __builtin_inff() ? x : result;
+    result = x == 0.0f ? -__builtin_inff() : result;
+    result = (x < 0.0f || x != x) ? __builtin_nanf("") : result;
+    return result;
 }
 
 }  // namespace upcycle::cpu

@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <numbers>
 #include <numeric>
 #include <random>
@@ -229,6 +230,58 @@ TEST_F(CpuOps, FastLogMatchesDoubleLog) {
     }
     EXPECT_LT(worst, 2.5e-7);
     EXPECT_EQ(cpu::fast_log(1.0f), 0.0f);
+}
+
+// NaN in, NaN out: a diverged model must read as diverged. (fast_log once mapped NaN to ~89,
+// so `eval` of a model with one NaN weight reported a finite loss.)
+TEST_F(CpuOps, FastMathSpecialValuesFollowLibm) {
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    EXPECT_TRUE(std::isnan(cpu::fast_exp(nan)));
+    EXPECT_TRUE(std::isnan(cpu::fast_log(nan)));
+    EXPECT_TRUE(std::isnan(cpu::fast_log(-1.0f)));
+    EXPECT_TRUE(std::isnan(cpu::fast_log(-INFINITY)));
+    EXPECT_EQ(cpu::fast_log(0.0f), -INFINITY);
+    EXPECT_EQ(cpu::fast_log(INFINITY), INFINITY);
+    EXPECT_EQ(cpu::fast_exp(INFINITY), INFINITY);
+}
+
+// The same through the vectorised kernels: one NaN in a row poisons that row's outputs.
+TEST_F(CpuOps, NonFiniteInputsGiveNonFiniteOutputs) {
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    for (int V : {11, 256, 50304}) {
+        for (int at : {0, V / 2, V - 1}) {
+            const int N = 3;
+            Floats logits = random_floats(rng, N * V, 3.0f), losses(N), dlogits(logits.size());
+            std::vector<int32_t> targets = {1, 2, 3};
+            logits[static_cast<std::size_t>(V) + at] = nan;  // row 1
+            cpu.softmax_crossentropy(losses.data(), dlogits.data(), nullptr, logits.data(),
+                                     targets.data(), N, V, 1.0f);
+            EXPECT_TRUE(std::isfinite(losses[0])) << "V=" << V;
+            EXPECT_TRUE(std::isnan(losses[1])) << "V=" << V << " NaN at " << at;
+            EXPECT_TRUE(std::isfinite(losses[2])) << "V=" << V;
+            logits[static_cast<std::size_t>(V) + at] = INFINITY;  // inf − inf in the softmax
+            cpu.softmax_crossentropy(losses.data(), nullptr, nullptr, logits.data(),
+                                     targets.data(), N, V, 1.0f);
+            EXPECT_FALSE(std::isfinite(losses[1])) << "V=" << V << " +inf at " << at;
+        }
+    }
+    Floats x = random_floats(rng, 37), out(37);
+    x[5] = nan;
+    x[30] = nan;
+    cpu.gelu_forward(out.data(), x.data(), x.size());
+    EXPECT_TRUE(std::isnan(out[5]));
+    EXPECT_TRUE(std::isnan(out[30]));
+    EXPECT_TRUE(std::isfinite(out[6]));
+
+    const int B = 1, T = 9, C = 8, H = 2;
+    Floats qkv = random_floats(rng, B * T * 3 * C), att(B * T * C), lse(B * H * T);
+    qkv[0] = nan;  // the first token's query, head 0: its own row only (causal)
+    cpu.attention_forward(att.data(), lse.data(), qkv.data(), B, T, C, H, /*causal=*/true);
+    EXPECT_TRUE(std::isnan(att[0]));
+    qkv[0] = 0.5f;
+    qkv[C] = nan;  // the first token's key, head 0: every later query attends to it
+    cpu.attention_forward(att.data(), lse.data(), qkv.data(), B, T, C, H, /*causal=*/true);
+    for (int t = 0; t < T; ++t) EXPECT_TRUE(std::isnan(att[t * C])) << "query " << t;
 }
 
 // ---- memory ------------------------------------------------------------------------------
