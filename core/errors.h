@@ -2,6 +2,7 @@
 // Typed errors. UserError is bad input from a person (config, checkpoint, data, CLI): it
 // names the file, the key and what was expected, and the CLI prints it as one line.
 // Programmer invariants use UPCYCLE_ASSERT, which is never a user's fault.
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 
@@ -30,12 +31,25 @@ private:
     std::string key_;
 };
 
+// A training run whose loss or gradient norm stopped being finite. It is the run's fault, not
+// the program's (a learning rate too high, bad data): the trial fails with the step named, and
+// nothing after the last finite step is checkpointed.
+class TrainingDiverged : public UserError {
+public:
+    TrainingDiverged(std::string file, int64_t step, const std::string& message)
+        : UserError(std::move(file), "", message), step_(step) {}
+    int64_t step() const { return step_; }
+
+private:
+    int64_t step_;
+};
+
 [[noreturn]] void assertion_failed(const char* expr, const char* file, int line,
                                    const std::string& message);
 
 }  // namespace upcycle
 
-#define UPCYCLE_ASSERT(cond, msg)                                                  \
-    do {                                                                           \
+#define UPCYCLE_ASSERT(cond, msg)                                                   \
+    do {                                                                            \
         if (!(cond)) ::upcycle::assertion_failed(#cond, __FILE__, __LINE__, (msg)); \
     } while (0)

@@ -19,6 +19,7 @@
 #include <sstream>
 
 #include "core/errors.h"
+#include "core/process_liveness.h"
 #include "core/tensor.h"
 
 namespace upcycle {
@@ -285,6 +286,28 @@ void fsync_directory(const std::filesystem::path& dir) {
 }  // namespace
 
 // ---- write ------------------------------------------------------------------------------------
+
+RemovedTemporaries remove_abandoned_temporaries(const std::filesystem::path& dir) {
+    RemovedTemporaries removed;
+    std::error_code ec;
+    for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+        const std::string name = entry.path().filename().string();
+        const auto tmp = name.rfind(".tmp-");
+        if (name.empty() || name[0] != '.' || tmp == std::string::npos) continue;
+        // ".NAME.tmp-PID-N": the PID sits between ".tmp-" and the last '-'
+        const auto dash = name.rfind('-');
+        if (dash <= tmp + 5) continue;
+        const auto pid = trailing_pid(name.substr(0, dash), '-');
+        if (!pid || process_exists(*pid)) continue;
+        std::error_code size_error;
+        const auto bytes = entry.file_size(size_error);
+        if (std::filesystem::remove(entry.path(), ec)) {
+            ++removed.files;
+            removed.bytes += size_error ? 0 : bytes;
+        }
+    }
+    return removed;
+}
 
 void write_safetensors(const std::filesystem::path& path, const std::vector<TensorView>& tensors,
                        const std::map<std::string, std::string>& metadata) {

@@ -59,6 +59,17 @@ struct SafetensorsHeader {
 
 // Writes the tensors in the given order (names must be unique: a programmer invariant).
 // Throws UserError naming the file when it cannot be written (permissions, disk full).
+// What remove_abandoned_temporaries removed.
+struct RemovedTemporaries {
+    int files = 0;
+    std::uintmax_t bytes = 0;
+};
+
+// write_safetensors writes ".NAME.tmp-PID-N" beside its target and renames it into place; a
+// writer killed before the rename leaves it behind. Removes those in `dir` whose writer's PID
+// no longer exists on this host (a live writer's are kept).
+RemovedTemporaries remove_abandoned_temporaries(const std::filesystem::path& dir);
+
 void write_safetensors(const std::filesystem::path& path, const std::vector<TensorView>& tensors,
                        const std::map<std::string, std::string>& metadata);
 

@@ -1,8 +1,10 @@
 #include "core/train.h"
 
 #include <chrono>
+#include <cmath>
 #include <functional>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "core/errors.h"
@@ -123,6 +125,24 @@ StepRecord step_record(const TrainingState& state, int64_t total_steps, const Fo
     return record;
 }
 
+// A step whose loss or gradient norm is not finite has diverged: every later step would train
+// on NaN, and every continuation made from its checkpoint would inherit them. Checked before
+// anything of the step is logged or checkpointed, so the run's last checkpoint stays finite.
+void check_finite(const RunConfig& config, int64_t step, const ForwardStats& stats,
+                  const OptimizerStepStats& opt, const std::filesystem::path& last_checkpoint) {
+    const double loss = stats.mean_loss();
+    if (std::isfinite(loss) && std::isfinite(opt.grad_norm)) return;
+    const std::string kept =
+        std::filesystem::exists(last_checkpoint)
+            ? "; " + last_checkpoint.string() + " keeps the last checkpoint before it"
+            : "";
+    throw TrainingDiverged(
+        config.name, step,
+        fmt::format("training diverged at step {}: the loss is {:.6g} and the gradient norm {:.6g} "
+                    "(train.lr is {:g}, train.grad_clip {:g}){}",
+                    step, loss, opt.grad_norm, config.train.lr, config.train.grad_clip, kept));
+}
+
 }  // namespace
 
 std::filesystem::path checkpoint_path(const std::filesystem::path& out_dir) {
@@ -148,6 +168,10 @@ TrainSummary train(Backend& backend, const RunConfig& config, const TrainOptions
 
     std::filesystem::create_directories(options.out_dir);
     const auto ckpt_path = checkpoint_path(options.out_dir);
+    if (const auto removed = remove_abandoned_temporaries(options.out_dir); removed.files > 0) {
+        message(fmt::format("removed {} temporary file(s) of {:.1f} MB left by killed runs",
+                            removed.files, static_cast<double>(removed.bytes) / 1e6));
+    }
     const RunStart start =
         restore_or_init(config, options, model, optimizer, state, data_rng, message);
     summary.resumed = start == RunStart::Resumed;
@@ -164,14 +188,15 @@ TrainSummary train(Backend& backend, const RunConfig& config, const TrainOptions
 
     auto save = [&]() {
         state.data_rng = data_rng.state();
+        log.flush();  // the log covers every checkpoint: a store that lost rows takes them back
         save_checkpoint(ckpt_path, config, model, &optimizer, state);
         policy.checkpointed();
         summary.checkpoint = ckpt_path;
         if (observer.on_checkpoint) observer.on_checkpoint(ckpt_path, state.step);
     };
-    auto evaluate = [&](EvalScope scope) {
+    auto evaluate = [&](EvalScope scope, const std::vector<Milestone>& milestones) {
         EvalRecord record{state.step, state.flops, state.seconds, task->evaluate(scope)};
-        log.write_eval(record);
+        log.write_eval(record, milestones);
         if (observer.on_eval) observer.on_eval(record);
         return record;
     };
@@ -190,6 +215,7 @@ TrainSummary train(Backend& backend, const RunConfig& config, const TrainOptions
         const double lr = learning_rate(tc, state.step + 1);
         const auto opt = optimizer.update(model.layout(), model.parameters(), model.gradients(), tc,
                                           lr, 1.0 / parts);
+        check_finite(config, state.step + 1, stats, opt, ckpt_path);
         state.step += 1;
         state.tokens += tokens_per_step;
         state.flops += flops_per_step;
@@ -205,7 +231,7 @@ TrainSummary train(Backend& backend, const RunConfig& config, const TrainOptions
         }
         const StepPlan plan = policy.after_step(state);
         if (plan.eval) {
-            const EvalRecord record = evaluate(*plan.eval);
+            const EvalRecord record = evaluate(*plan.eval, plan.milestones);
             for (const Milestone& milestone : plan.milestones) {
                 if (observer.on_milestone) observer.on_milestone(milestone, record);
             }

@@ -1,10 +1,12 @@
 #pragma once
 // log.jsonl, the run's own record beside its checkpoint: one JSON object per line, a "train"
-// record at every logged step and an "eval" record at every evaluation, so a run can be read
-// without the results database.
+// record at every logged step and an "eval" record at every evaluation (with the budget
+// milestones it stands for), so a run can be read without the results database, and a
+// results database that lost a trial's rows can take them back from it.
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <vector>
 
 #include "core/train.h"
 
@@ -12,6 +14,22 @@ namespace upcycle {
 
 // The log train() keeps in out_dir.
 std::filesystem::path log_path(const std::filesystem::path& out_dir);
+
+// An "eval" record read back: the evaluation and the budget percents of its milestones.
+struct LoggedEval {
+    EvalRecord record;
+    std::vector<double> milestones;
+};
+
+// What a log holds up to a step, in order (a non-finite number, written null, reads NaN).
+struct TrainLogContents {
+    std::vector<StepRecord> steps;  // total_steps and tokens_per_second are not logged: 0
+    std::vector<LoggedEval> evals;
+};
+
+// Reads the records up to `up_to_step`; a line cut by a kill is skipped. A missing file reads
+// empty. A line that parses but is not a record of ours is a UserError naming the file and line.
+TrainLogContents read_train_log(const std::filesystem::path& path, int64_t up_to_step);
 
 class TrainLog {
 public:
@@ -26,8 +44,12 @@ public:
     // aux_loss and the routing statistics of each.
     void write_step(const StepRecord& record);
     // kind "eval": step, flops, seconds, val_loss, val_accuracy, val_tokens and the extra
-    // metrics. Flushed at once: evaluations are rare, and what a reader of a live run wants.
-    void write_eval(const EvalRecord& record);
+    // metrics, and "milestones" (their budget percents) when it evaluates budget milestones.
+    // Flushed at once: evaluations are rare, and what a reader of a live run wants.
+    void write_eval(const EvalRecord& record, const std::vector<Milestone>& milestones = {});
+
+    // Writes what is buffered to the file (before each checkpoint).
+    void flush() { out_.flush(); }
 
 private:
     explicit TrainLog(const std::filesystem::path& path);  // appends

@@ -12,14 +12,15 @@ TrainPolicy::TrainPolicy(const RunConfig& config, const TrainOptions& options,
       seconds_origin_(options.seconds_origin),
       stop_at_last_milestone_(options.stop_at_last_milestone),
       last_checkpoint_(Clock::now()) {
-    while (next_milestone_ < milestones_.size() && reached(milestones_[next_milestone_], start)) {
+    while (next_milestone_ < milestones_.size() &&
+           milestone_reached(milestones_[next_milestone_], start, seconds_origin_)) {
         ++next_milestone_;
     }
 }
 
-bool TrainPolicy::reached(const Milestone& m, const TrainingState& state) const {
+bool milestone_reached(const Milestone& m, const TrainingState& state, double seconds_origin) {
     return (m.step >= 0 && state.step >= m.step) ||
-           (m.seconds >= 0 && state.seconds - seconds_origin_ >= m.seconds);
+           (m.seconds >= 0 && state.seconds - seconds_origin >= m.seconds);
 }
 
 bool TrainPolicy::all_milestones_done() const {
@@ -32,7 +33,8 @@ bool TrainPolicy::wants_step(const TrainingState& state) const {
 
 StepPlan TrainPolicy::after_step(const TrainingState& state) {
     StepPlan plan;
-    while (next_milestone_ < milestones_.size() && reached(milestones_[next_milestone_], state)) {
+    while (next_milestone_ < milestones_.size() &&
+           milestone_reached(milestones_[next_milestone_], state, seconds_origin_)) {
         plan.milestones.push_back(milestones_[next_milestone_++]);
     }
     plan.last = state.step == steps_ || all_milestones_done();

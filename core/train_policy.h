@@ -25,6 +25,10 @@ struct StepPlan {
     std::optional<EvalScope> eval;      // evaluate now, in this scope
 };
 
+// Whether a run at `state` has reached the milestone (its seconds count from seconds_origin).
+bool milestone_reached(const Milestone& milestone, const TrainingState& state,
+                       double seconds_origin);
+
 class TrainPolicy {
 public:
     // Milestones already behind `start` (a resumed or initial state) are not redone. The
@@ -43,7 +47,6 @@ public:
 
 private:
     using Clock = std::chrono::steady_clock;
-    bool reached(const Milestone& milestone, const TrainingState& state) const;
     bool all_milestones_done() const;
 
     int64_t steps_;

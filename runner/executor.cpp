@@ -7,6 +7,8 @@
 #include <condition_variable>
 #include <fstream>
 #include <mutex>
+#include <optional>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -15,10 +17,13 @@
 
 #include "core/checkpoint.h"
 #include "core/errors.h"
+#include "core/process_liveness.h"
 #include "core/sha256.h"
 #include "core/surgery/continuation.h"
 #include "core/sweep/sweep.h"
 #include "core/train.h"
+#include "core/train_log.h"
+#include "core/train_policy.h"
 #include "kernels/backend_factory.h"
 #include "runner/format.h"
 #include "runner/progress.h"
@@ -38,13 +43,32 @@ std::string host_name() {
     return host;
 }
 
-// Writes the heartbeat from its own thread and connection, so a long step cannot look like a
-// dead worker. If the store says another worker has taken the trial, it asks training to stop.
+// The latest progress of a running trial, set by the training thread at each logged step
+// and read by the heartbeat thread, which writes it to trials.step/flops/seconds/tokens.
+class SharedProgress {
+public:
+    void set(const TrialProgress& progress) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        progress_ = progress;
+    }
+    std::optional<TrialProgress> get() const {
+        std::lock_guard<std::mutex> lock(mutex_);
+        return progress_;
+    }
+
+private:
+    mutable std::mutex mutex_;
+    std::optional<TrialProgress> progress_;
+};
+
+// Writes the heartbeat (with the trial's progress) from its own thread and connection, so a
+// long step cannot look like a dead worker. If the store says another worker has taken the
+// trial, it asks training to stop.
 class Heartbeat {
 public:
     Heartbeat(const std::filesystem::path& db, int64_t trial, std::string worker, double period,
-              std::atomic<bool>& lost)
-        : thread_([this, db, trial, worker = std::move(worker), period, &lost] {
+              const SharedProgress& progress, std::atomic<bool>& lost)
+        : thread_([this, db, trial, worker = std::move(worker), period, &progress, &lost] {
               Store store(db, Store::Mode::ReadWrite);
               std::unique_lock<std::mutex> lock(mutex_);
               while (!done_) {
@@ -52,7 +76,7 @@ public:
                                    [&] { return done_; }))
                       break;
                   try {
-                      if (!store.heartbeat(trial, worker)) lost = true;
+                      if (!store.heartbeat(trial, worker, progress.get())) lost = true;
                   } catch (const std::exception&) {
                       // a busy database: try again next period
                   }
@@ -91,13 +115,16 @@ public:
     // on a device leaves this worker's device in doubt.
     void run() {
         while (!stop_.load()) {
+            take_over_dead_local_workers();
             auto claimed = store_.claim_next(id_, host_, options_.stale_after_seconds, sweep_id_);
             if (!claimed) {
                 const auto counts = count_states();
                 if (counts.running == 0) return;  // nothing runnable now or later
+                say_what_is_awaited();
                 std::this_thread::sleep_for(std::chrono::seconds(1));  // wait for a parent
                 continue;
             }
+            awaited_.clear();
             if (run_claimed(*claimed) == Outcome::DeviceInDoubt) return;
         }
     }
@@ -119,13 +146,58 @@ private:
 
     void log(const std::string& text) { progress_.note(text); }
 
+    static std::string label_of(const TrialRecord& t) {
+        return to_string(t.method) + "-" + t.hash.substr(0, 12);
+    }
+
+    // A trial running on a worker of this host whose process is gone (killed, crashed) cannot
+    // be heartbeating: it is taken over now rather than after the heartbeat timeout, which
+    // stays the rule for workers on other hosts (their PIDs mean nothing here).
+    void take_over_dead_local_workers() {
+        for (const auto& t : store_.trials_of_sweep(sweep_id_)) {
+            if (t.status != TrialStatus::Running || t.host != host_ || t.worker == id_) continue;
+            const auto pid = trailing_pid(t.worker, ':');
+            if (!pid || process_exists(*pid)) continue;
+            if (store_.release(t.id, t.worker)) {
+                log(
+                    fmt::format("{}: its worker {} is gone (no process {} on this host); "
+                                "taking it over",
+                                label_of(t), t.worker, *pid));
+            }
+        }
+    }
+
+    // While nothing is claimable but trials run elsewhere, says once what is awaited (and
+    // again when that changes), so a wait is never silent.
+    void say_what_is_awaited() {
+        std::vector<std::string> running;
+        for (const auto& t : store_.trials_of_sweep(sweep_id_)) {
+            if (t.status != TrialStatus::Running || t.worker == id_) continue;
+            const std::string age =
+                t.heartbeat_age_seconds
+                    ? fmt::format(", heartbeat {:.0f} s ago", *t.heartbeat_age_seconds)
+                    : "";
+            running.push_back(fmt::format("{} (worker {}{})", label_of(t), t.worker, age));
+        }
+        std::string awaited;
+        for (const auto& r : running) awaited += (awaited.empty() ? "" : ", ") + r;
+        if (awaited == awaited_) return;
+        awaited_ = awaited;
+        log(
+            fmt::format("waiting for {} trial(s) running on other workers: {}; a trial whose "
+                        "worker stays silent for {:g} s is taken over",
+                        running.size(), awaited, options_.stale_after_seconds));
+    }
+
     Outcome run_claimed(const TrialRecord& record) {
-        const std::string label = to_string(record.method) + "-" + record.hash.substr(0, 12);
+        const std::string label = label_of(record);
         log(fmt::format("{} started (attempt {})", label, record.attempts));
         std::atomic<bool> lost{false};
+        SharedProgress progress;
         try {
-            Heartbeat heartbeat(options_.db, record.id, id_, options_.heartbeat_seconds, lost);
-            const bool completed = run_trial(record, label, lost);
+            Heartbeat heartbeat(options_.db, record.id, id_, options_.heartbeat_seconds, progress,
+                                lost);
+            const bool completed = run_trial(record, label, progress, lost);
             if (completed) {
                 log(label + " done");
             } else if (lost.load()) {
@@ -155,7 +227,8 @@ private:
     }
 
     // Returns whether the trial completed.
-    bool run_trial(const TrialRecord& record, const std::string& label, std::atomic<bool>& lost) {
+    bool run_trial(const TrialRecord& record, const std::string& label, SharedProgress& progress,
+                   std::atomic<bool>& lost) {
         const PlannedTrial planned = planned_trial(record.hash, record.config);
         RunConfig run = trial_run_config(planned);
         const auto dir = trial_directory(options_.runs_dir, record.hash);
@@ -188,11 +261,14 @@ private:
 
         TrialRecorder recorder(store_, record.id, origin,
                                [&](const std::string& text) { log(label + " " + text); });
+        take_back_records(record, run, train_options, origin, recorder, label);
         TrainObserver observer = recorder.observer();
         observer.on_message = [&](const std::string& text) { log(label + ": " + text); };
         observer.on_step = [&, record_step = observer.on_step](const StepRecord& r) {
             if (stop_.load() || lost.load()) stop_training = true;
             record_step(r);
+            progress.set({r.step, recorder.own_flops(r.flops), recorder.own_seconds(r.seconds),
+                          r.tokens - origin.tokens});
             // the budget spent so far, as % of the sunk cost, when the trial has milestones
             const double budget_percent = !train_options.milestones.empty() && sunk_flops > 0
                                               ? 100.0 * recorder.own_flops(r.flops) / sunk_flops
@@ -206,6 +282,60 @@ private:
         recorder.finish(summary, planned.method == Method::Pretrain, checkpoint_path(dir),
                         nlohmann::json(make_provenance(*backend_)));
         return true;
+    }
+
+    // The trial's directory may hold a checkpoint whose rows this store lacks: the database
+    // was deleted or is another one on the same runs folder, or a kill fell between a
+    // checkpoint and its rows. The log beside it gives them back. A checkpoint that its log
+    // does not cover (a logged step or a budget evaluation missing) cannot be trusted for
+    // what it would skip: its checkpoint and log are removed and the trial starts over.
+    void take_back_records(const TrialRecord& record, const RunConfig& run,
+                           const TrainOptions& options, const TrainingState& origin,
+                           TrialRecorder& recorder, const std::string& label) {
+        const auto ckpt = checkpoint_path(options.out_dir);
+        if (!std::filesystem::exists(ckpt)) return;
+        const TrainingState at = read_training_state(ckpt);
+        const auto log_file = log_path(options.out_dir);
+        const TrainLogContents contents = read_train_log(log_file, at.step);
+
+        std::string missing = std::filesystem::exists(log_file) ? "" : "is missing";
+        std::set<int64_t> logged;
+        for (const auto& r : contents.steps) logged.insert(r.step);
+        const int64_t every = run.train.log_every;
+        for (int64_t s = (origin.step / every + 1) * every; s <= at.step && missing.empty();
+             s += every) {
+            if (!logged.count(s)) missing = fmt::format("lacks the record of step {}", s);
+        }
+        if (missing.empty() && at.step == run.train.steps && !logged.count(at.step)) {
+            missing = fmt::format("lacks the record of step {}", at.step);
+        }
+        std::set<double> evaluated;
+        for (const auto& e : contents.evals)
+            evaluated.insert(e.milestones.begin(), e.milestones.end());
+        for (const Milestone& m : options.milestones) {
+            if (missing.empty() && milestone_reached(m, at, options.seconds_origin) &&
+                !evaluated.count(m.percent)) {
+                missing = fmt::format("lacks the evaluation at budget {:g}%", m.percent);
+            }
+        }
+        if (!missing.empty()) {
+            log(
+                fmt::format("{}: {} is at step {} but {} {}; a checkpoint is trusted only with "
+                            "its records, so the trial starts over",
+                            label, ckpt.string(), at.step, log_file.string(), missing));
+            std::filesystem::remove(ckpt);
+            std::filesystem::remove(log_file);
+            return;
+        }
+        const auto stored = store_.metrics(record.id, "train_loss").size();
+        recorder.ingest(contents);
+        if (stored < contents.steps.size()) {
+            log(
+                fmt::format("{}: the store lacked {} of the {} logged steps up to its checkpoint "
+                            "(step {}); taken back from {}",
+                            label, contents.steps.size() - stored, contents.steps.size(), at.step,
+                            log_file.string()));
+        }
     }
 
     // "upcycle-0123abcd step 120/400 | loss 2.1234 | budget 30% | 12.3k tok/s | eta 1m 2s";
@@ -247,6 +377,7 @@ private:
     Store store_;
     std::unique_ptr<Backend> backend_;
     cli::Progress progress_;
+    std::string awaited_;  // what say_what_is_awaited last said
 };
 
 std::string read_file(const std::filesystem::path& path) {

@@ -42,31 +42,34 @@ void TrialRecorder::push_evaluation(const EvalRecord& r) {
     }
 }
 
+void TrialRecorder::record_step(const StepRecord& r) {
+    const double flops = own_flops(r.flops), seconds = own_seconds(r.seconds);
+    metrics_.push_back({"train_loss", r.step, flops, seconds, r.loss});
+    metrics_.push_back({"lr", r.step, flops, seconds, r.lr});
+    metrics_.push_back({"grad_norm", r.step, flops, seconds, r.grad_norm});
+    if (!r.moe_layers.empty()) metrics_.push_back({"aux_loss", r.step, flops, seconds, r.aux_loss});
+    for (std::size_t i = 0; i < r.routing.size(); ++i) {
+        const auto& s = r.routing[i];
+        routing_.push_back({r.step, r.moe_layers[i], nlohmann::json(s.tokens_per_expert),
+                            s.dropped_fraction, s.router_entropy, s.aux_loss, s.z_loss});
+    }
+    if (metrics_.size() >= kMetricBatch) flush();
+}
+
+void TrialRecorder::record_milestone(double percent, const EvalRecord& r) {
+    store_.add_evaluation(trial_id_, percent, r.step, own_flops(r.flops), own_seconds(r.seconds),
+                          evaluation_metrics(r.result));
+}
+
 TrainObserver TrialRecorder::observer() {
     TrainObserver observer;
-    observer.on_step = [this](const StepRecord& r) {
-        const double flops = own_flops(r.flops), seconds = own_seconds(r.seconds);
-        metrics_.push_back({"train_loss", r.step, flops, seconds, r.loss});
-        metrics_.push_back({"lr", r.step, flops, seconds, r.lr});
-        metrics_.push_back({"grad_norm", r.step, flops, seconds, r.grad_norm});
-        if (!r.moe_layers.empty())
-            metrics_.push_back({"aux_loss", r.step, flops, seconds, r.aux_loss});
-        for (std::size_t i = 0; i < r.routing.size(); ++i) {
-            const auto& s = r.routing[i];
-            routing_.push_back({r.step, r.moe_layers[i], nlohmann::json(s.tokens_per_expert),
-                                s.dropped_fraction, s.router_entropy, s.aux_loss, s.z_loss});
-        }
-        if (metrics_.size() >= kMetricBatch) flush();
-    };
+    observer.on_step = [this](const StepRecord& r) { record_step(r); };
     observer.on_eval = [this](const EvalRecord& r) {
         push_evaluation(r);
         flush();
     };
     observer.on_milestone = [this](const Milestone& m, const EvalRecord& r) {
-        store_.add_evaluation(trial_id_, m.percent, r.step, own_flops(r.flops),
-                              own_seconds(r.seconds), evaluation_metrics(r.result));
-        push_evaluation(r);
-        flush();
+        record_milestone(m.percent, r);
         if (on_milestone_text_) {
             on_milestone_text_(fmt::format("budget {:g}% reached at step {}: val_loss {:.4f}",
                                            m.percent, r.step, r.result.loss));
@@ -74,6 +77,15 @@ TrainObserver TrialRecorder::observer() {
     };
     observer.on_checkpoint = [this](const std::filesystem::path&, int64_t) { flush(); };
     return observer;
+}
+
+void TrialRecorder::ingest(const TrainLogContents& log) {
+    for (const StepRecord& r : log.steps) record_step(r);
+    for (const LoggedEval& e : log.evals) {
+        push_evaluation(e.record);
+        for (const double percent : e.milestones) record_milestone(percent, e.record);
+    }
+    flush();
 }
 
 void TrialRecorder::finish(const TrainSummary& summary, bool record_final_evaluation,

@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/train.h"
+#include "core/train_log.h"
 #include "runner/store/store.h"
 
 namespace upcycle {
@@ -33,6 +34,12 @@ public:
     // Writes what is still buffered (metric rows go in batches, one transaction each).
     void flush();
 
+    // Records what a trial's log holds (read back up to its checkpoint's step) as the
+    // observer would have while it ran: for a resumed trial whose rows the store lost (a
+    // deleted database, a kill between a checkpoint and its rows). Rows are upserts, so
+    // taking back rows the store already has changes nothing.
+    void ingest(const TrainLogContents& log);
+
     // After a completed run: the final evaluation as budget 0 when the trial is a pretraining
     // (`summary.final_eval`), the checkpoint as an artifact, and the trial done with its totals.
     void finish(const TrainSummary& summary, bool record_final_evaluation,
@@ -43,6 +50,8 @@ public:
     double own_seconds(double seconds) const { return seconds - origin_.seconds; }
 
 private:
+    void record_step(const StepRecord& record);
+    void record_milestone(double percent, const EvalRecord& record);
     void push_evaluation(const EvalRecord& record);
 
     Store& store_;

@@ -495,18 +495,36 @@ void Store::fail(int64_t trial, const std::string& error) {
         s.bind(2, error);
         s.bind(3, trial);
         s.exec();
+        // Its pending descendants can never run from it: they fail as blocked, naming it, so
+        // the sweep ends instead of waiting on them (a --retry-failed runs them again).
+        SQLite::Statement blocked(
+            *db_,
+            "WITH RECURSIVE below(id) AS (SELECT id FROM trials WHERE parent_id = :failed "
+            "UNION SELECT t.id FROM trials t JOIN below b ON t.parent_id = b.id) "
+            "UPDATE trials SET status = " +
+                sql(kFailed) +
+                ", finished_at = :now, error = 'blocked: its parent ' || "
+                "(SELECT method || '-' || substr(hash, 1, 12) FROM trials WHERE id = :failed)"
+                " || ' failed' WHERE id IN (SELECT id FROM below) AND status = " +
+                sql(kPending));
+        blocked.bind(":failed", trial);
+        blocked.bind(":now", utc_now_iso());
+        blocked.exec();
     });
 }
 
-void Store::release(int64_t trial) {
+bool Store::release(int64_t trial, const std::optional<std::string>& worker) {
+    int changed = 0;
     write_transaction(*db_, [&] {
         SQLite::Statement s(*db_, "UPDATE trials SET status = " + sql(kPending) +
-                                      ", worker = NULL, "
-                                      "heartbeat_at = NULL WHERE id = ? AND status = " +
-                                      sql(kRunning));
+                                      ", worker = NULL, heartbeat_at = NULL WHERE id = ? AND "
+                                      "status = " +
+                                      sql(kRunning) + (worker ? " AND worker = ?" : ""));
         s.bind(1, trial);
-        s.exec();
+        if (worker) s.bind(2, *worker);
+        changed = s.exec();
     });
+    return changed == 1;
 }
 
 int Store::requeue_failed(int64_t sweep_id) {

@@ -165,11 +165,13 @@ public:
     // is stored when not null.
     void finish(int64_t trial, const TrialProgress& totals,
                 const nlohmann::json& provenance = nullptr);
-    // status failed with the error text; the other trials go on.
+    // status failed with the error text; the other trials go on. Its pending descendants fail
+    // too, as "blocked: its parent METHOD-HASH failed".
     void fail(int64_t trial, const std::string& error);
     // A running trial goes back to pending (e.g. on Ctrl-C); it resumes from its checkpoint
     // when claimed again. No effect on a trial that is not running.
-    void release(int64_t trial);
+    // With a worker id, only while that worker holds it. Returns whether it was released.
+    bool release(int64_t trial, const std::optional<std::string>& worker = std::nullopt);
     // Failed trials of the sweep go back to pending; returns how many.
     int requeue_failed(int64_t sweep_id);
 

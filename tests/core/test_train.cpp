@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <cmath>
 #include <fstream>
 
 #include <nlohmann/json.hpp>
@@ -67,6 +68,47 @@ TEST(Train, StopAndResumeIsBitIdenticalToAnUninterruptedRun) {
 
     // Final weights and optimizer moments are identical.
     expect_checkpoints_bit_identical(straight_dir.path(), resumed_dir.path());
+}
+
+// A run whose loss goes non-finite stops at that step with the step named, and its last
+// checkpoint (the one continuations would start from) holds only finite numbers.
+TEST(Train, DivergenceStopsTheRunAtTheFirstNonFiniteStep) {
+    CpuBackend backend;
+    RunConfig config = tiny_synthetic_config();
+    config.train.lr = 1e4;
+    config.train.warmup_steps = 0;
+    config.train.grad_clip = 0;
+    config.train.steps = 40;
+    config.checkpoint.every = 1;
+    TempDir dir;
+    TrainOptions options;
+    options.out_dir = dir.path();
+    int64_t diverged_at = 0;
+    try {
+        train(backend, config, options);
+        FAIL() << "a run at lr 1e4 trained 40 steps without a non-finite loss";
+    } catch (const TrainingDiverged& e) {
+        diverged_at = e.step();
+        EXPECT_NE(
+            std::string(e.what()).find("training diverged at step " + std::to_string(e.step())),
+            std::string::npos)
+            << e.what();
+        EXPECT_NE(std::string(e.what()).find("train.lr is 10000"), std::string::npos) << e.what();
+    }
+    ASSERT_GT(diverged_at, 0);
+    for (const auto& record : read_log(dir.path())) {
+        EXPECT_LT(record["step"].get<int64_t>(), diverged_at);
+        if (record["kind"] == "train") {
+            EXPECT_TRUE(record["loss"].is_number_float());  // a non-finite one is written null
+        }
+    }
+    if (diverged_at > 1) {
+        const Checkpoint ckpt = read_checkpoint(checkpoint_path(dir.path()));
+        EXPECT_EQ(ckpt.state.step, diverged_at - 1);
+        for (const auto& [name, tensor] : ckpt.file.tensors) {
+            for (float x : tensor.data) ASSERT_TRUE(std::isfinite(x)) << name;
+        }
+    }
 }
 
 TEST(Train, CheckpointRoundTripKeepsWeightsMomentsAndState) {

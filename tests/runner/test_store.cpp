@@ -180,6 +180,7 @@ TEST(Store, AChildIsClaimableOnlyOnceItsParentIsDone) {
     const int64_t orphan_parent =
         store.add_trial(sweep, "q", Method::Dense, config_for(2), std::nullopt);
     const int64_t orphan = store.add_trial(sweep, "o", Method::Upcycle, config_for(3), "q");
+    const int64_t grandchild = store.add_trial(sweep, "g", Method::Dense, config_for(4), "o");
 
     auto first = store.claim_next("w1", "hostA", kFresh, sweep);
     ASSERT_TRUE(first);
@@ -213,7 +214,13 @@ TEST(Store, AChildIsClaimableOnlyOnceItsParentIsDone) {
     const auto failed = store.trial(orphan_parent);
     EXPECT_EQ(failed->status, TrialStatus::Failed);
     EXPECT_EQ(failed->error, "diverged at step 7");
-    EXPECT_EQ(store.trial(orphan)->status, TrialStatus::Pending);
+    // its descendants can never run: they fail as blocked, naming the failed parent
+    EXPECT_EQ(store.trial(orphan)->status, TrialStatus::Failed);
+    EXPECT_EQ(store.trial(orphan)->error, "blocked: its parent dense-q failed");
+    EXPECT_EQ(store.trial(orphan)->attempts, 0);
+    EXPECT_EQ(store.trial(grandchild)->status, TrialStatus::Failed);
+    EXPECT_EQ(store.trial(grandchild)->error, "blocked: its parent dense-q failed");
+    EXPECT_EQ(store.trial(child)->status, TrialStatus::Running);  // another parent's: untouched
 
     // another sweep's trials are not claimed by a worker of this one
     const int64_t other = store.upsert_sweep("other", "o", "ho", nullptr);
@@ -221,10 +228,11 @@ TEST(Store, AChildIsClaimableOnlyOnceItsParentIsDone) {
     EXPECT_FALSE(store.claim_next("w4", "hostD", kFresh, sweep));
     EXPECT_TRUE(store.claim_next("w4", "hostD", kFresh, other));
 
-    // failed trials can be queued again
-    EXPECT_EQ(store.requeue_failed(sweep), 1);
+    // failed trials, the blocked ones too, can be queued again
+    EXPECT_EQ(store.requeue_failed(sweep), 3);
     EXPECT_EQ(store.trial(orphan_parent)->status, TrialStatus::Pending);
     EXPECT_EQ(store.trial(orphan_parent)->error, "");
+    EXPECT_EQ(store.trial(grandchild)->status, TrialStatus::Pending);
 }
 
 TEST(Store, AStaleHeartbeatIsTakenOverAndAFreshOneIsNot) {
@@ -603,8 +611,9 @@ TEST(StoreCli, StatusAndQuery) {
     const std::string where = "--db " + db.string();
     const auto status = run_cli("status " + where);
     EXPECT_EQ(status.exit_code, 0) << status.output;
-    for (const char* expected : {"demo", "running (1)", "node7", "123", "failed (1)",
-                                 "expected 1..8", "second line", "blocked by a failed parent"}) {
+    for (const char* expected :
+         {"demo", "running (1)", "node7", "123", "failed (2)", "expected 1..8", "second line",
+          "blocked: its parent upcycle-bbbb2222 failed"}) {
         EXPECT_NE(status.output.find(expected), std::string::npos) << expected << "\n"
                                                                    << status.output;
     }
