@@ -42,7 +42,21 @@ std::string closest_match(const std::string& word, const std::vector<std::string
     }
     // close enough: at most a third of the word (and at least one edit) wrong
     const std::size_t allowed = std::max<std::size_t>(1, word.size() / 3);
-    return best_distance <= allowed ? best : "";
+    if (best_distance <= allowed) return best;
+    // else a candidate that is one of the word's underscore-separated parts ("lr_rate": lr),
+    // the longest if several
+    best.clear();
+    std::size_t start = 0;
+    while (start <= word.size()) {
+        const std::size_t end = std::min(word.find('_', start), word.size());
+        const std::string part = word.substr(start, end - start);
+        if (part.size() > best.size() &&
+            std::find(candidates.begin(), candidates.end(), part) != candidates.end()) {
+            best = part;
+        }
+        start = end + 1;
+    }
+    return best;
 }
 
 std::string choice_list(const std::vector<std::string>& names) {

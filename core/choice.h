@@ -153,7 +153,8 @@ E parse_choice(std::string_view text, const std::string& file, const std::string
     throw_bad_choice(file, key, choice_names<E>(), text);
 }
 
-// The closest candidate by edit distance, or "" if none is close ("did you mean").
+// The closest candidate by edit distance, else one that is an underscore-separated part of
+// the word ("lr_rate": "lr"), or "" if none is close ("did you mean").
 std::string closest_match(const std::string& word, const std::vector<std::string>& candidates);
 
 // Streams print a choice by its name (test failures, logs).

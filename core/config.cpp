@@ -134,11 +134,21 @@ T yaml_scalar(const YAML::Node& node, const std::string& key, const std::string&
         if (const auto value = integral_value<T>(node)) return *value;
         throw wrong();
     } else {
+        T value{};
         try {
-            return node.as<T>();
+            value = node.as<T>();
         } catch (const YAML::BadConversion&) {
             throw wrong();
         }
+        if constexpr (std::is_floating_point_v<T>) {
+            // YAML spells them .nan and .inf; no setting means anything by them
+            if (!std::isfinite(value)) {
+                throw UserError(
+                    source, key,
+                    "expected a finite number, found '" + node.Scalar() + "'" + line_of(node));
+            }
+        }
+        return value;
     }
 }
 
@@ -279,16 +289,26 @@ RunConfig read_run_config(const YAML::Node& root, const std::string& source) {
 
 RunConfig parse_run_config(const std::string& yaml_text, const std::string& source,
                            const std::vector<std::string>& overrides) {
-    YAML::Node root = parse_yaml_mapping(yaml_text, source);
+    const YAML::Node original = parse_yaml_mapping(yaml_text, source);
+    YAML::Node root = original;
+    std::vector<AppliedOverride> applied;
     for (const auto& assignment : overrides) {
         const Override o = parse_override(assignment);
+        applied.push_back({split_dotted(o.key), assignment});
         // reset() rebinds the handle; `=` would overwrite the node it shares with the tree
-        root.reset(
-            with_value(root, split_dotted(o.key), 0, o.value, "--set", /*unmarked_key=*/true));
+        root.reset(with_value(root, applied.back().path, 0, o.value, "--set",
+                              /*unmarked_key=*/true));
     }
-    RunConfig config = read_run_config(root, source);
-    validate(config, source);
-    return config;
+    try {
+        RunConfig config = read_run_config(root, source);
+        validate(config, source);
+        return config;
+    } catch (const UserError& e) {
+        // say where the value came from: an override, or its line in the file
+        if (e.file() != source || has_origin(e.message())) throw;
+        throw UserError(e.file(), e.key(),
+                        e.message() + origin_of(split_dotted(e.key()), original, applied));
+    }
 }
 
 RunConfig run_config_from_yaml(const YAML::Node& root, const std::string& source) {
@@ -469,7 +489,33 @@ std::vector<int> moe_layer_indices(const ModelConfig& model, const std::string& 
     return layers;
 }
 
-void validate(const RunConfig& c, const std::string& source) {
+namespace {
+
+// Every number of a config is finite, however it was made (YAML, --set, a checkpoint's JSON,
+// a command-line flag): NaN passes every range check written as a comparison that fails.
+template <class Section>
+void require_finite_numbers(Section& section, const std::string& prefix,
+                            const std::string& source) {
+    visit_fields(section, [&](const char* key, auto& field) {
+        using T = std::decay_t<decltype(field)>;
+        const std::string path = prefix + "." + key;
+        if constexpr (NestedSection<T>) {
+            require_finite_numbers(field, path, source);
+        } else if constexpr (std::is_floating_point_v<T>) {
+            if (!std::isfinite(field)) {
+                throw UserError(source, path,
+                                "expected a finite number, found " + std::to_string(field));
+            }
+        }
+    });
+}
+
+}  // namespace
+
+void validate(const RunConfig& config, const std::string& source) {
+    RunConfig c = config;  // visit_fields takes its sections by reference
+    visit_sections(
+        c, [&](const char* key, auto& section) { require_finite_numbers(section, key, source); });
     auto require = [&](bool ok, const std::string& key, const std::string& expected) {
         if (!ok) throw UserError(source, key, expected);
     };

@@ -15,9 +15,12 @@ public:
     UserError(std::string file, std::string key, const std::string& message)
         : std::runtime_error(compose(file, key, message)),
           file_(std::move(file)),
-          key_(std::move(key)) {}
+          key_(std::move(key)),
+          message_(message) {}
     const std::string& file() const { return file_; }
     const std::string& key() const { return key_; }
+    // What was wrong, without the "file: 'key': " prefix of what().
+    const std::string& message() const { return message_; }
 
 private:
     static std::string compose(const std::string& file, const std::string& key,
@@ -29,6 +32,7 @@ private:
     }
     std::string file_;
     std::string key_;
+    std::string message_;
 };
 
 // A training run whose loss or gradient norm stopped being finite. It is the run's fault, not

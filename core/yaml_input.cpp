@@ -1,6 +1,8 @@
 #include "core/yaml_input.h"
 
+#include <algorithm>
 #include <fstream>
+#include <map>
 #include <sstream>
 
 #include "core/errors.h"
@@ -37,6 +39,37 @@ YAML::Node without_marks(const YAML::Node& node) {
     }
 }
 
+// line_of(tree[path[i]][path[i+1]]…), read through const nodes: a lookup never inserts.
+std::string line_at(const YAML::Node& tree, const std::vector<std::string>& path, std::size_t i) {
+    if (i == path.size()) return line_of(tree);
+    if (!tree.IsMap()) return "";
+    const YAML::Node child = tree[path[i]];
+    return child.IsDefined() ? line_at(child, path, i + 1) : "";
+}
+
+// YAML forbids a key twice in one mapping, but yaml-cpp keeps both and a lookup finds the
+// first: `channels: 64` then `channels: 128` would silently train with 64.
+void refuse_duplicate_keys(const YAML::Node& node, const std::string& prefix,
+                           const std::string& source) {
+    if (node.IsSequence()) {
+        for (const auto& item : node) refuse_duplicate_keys(item, prefix, source);
+        return;
+    }
+    if (!node.IsMap()) return;
+    std::map<std::string, YAML::Node> seen;
+    for (const auto& entry : node) {
+        const std::string key = key_text(entry.first);
+        const std::string path = prefix.empty() ? key : prefix + "." + key;
+        const auto [first, inserted] = seen.emplace(key, entry.first);
+        if (!inserted) {
+            throw UserError(source, path,
+                            "appears twice in one mapping" + line_of(first->second) + " and again" +
+                                line_of(entry.first) + "; keep one");
+        }
+        refuse_duplicate_keys(entry.second, path, source);
+    }
+}
+
 }  // namespace
 
 std::string read_yaml_file(const std::filesystem::path& file, const std::string& what) {
@@ -50,20 +83,47 @@ std::string read_yaml_file(const std::filesystem::path& file, const std::string&
 YAML::Node parse_yaml_mapping(const std::string& text, const std::string& source) {
     YAML::Node root;
     try {
-        root = YAML::Load(text);
+        // One newline first: yaml-cpp's 0-based line of every node of the file is then its
+        // 1-based line in the file, and line 0 is left to nodes it made (see line_of).
+        root = YAML::Load("\n" + text);
     } catch (const YAML::ParserException& e) {
-        throw UserError(source, "", "not valid YAML: " + std::string(e.what()));
+        throw UserError(source, "",
+                        "not valid YAML at line " + std::to_string(e.mark.line) + ", column " +
+                            std::to_string(e.mark.column + 1) + ": " + e.msg);
     }
     if (!present(root)) root = YAML::Node(YAML::NodeType::Map);
     if (!root.IsMap()) throw UserError(source, "", "expected a mapping at the top level");
+    refuse_duplicate_keys(root, "", source);
     return root;
 }
 
 std::string line_of(const YAML::Node& node) {
     if (!node.IsDefined()) return "";
-    const auto mark = node.Mark();
-    if (mark.line < 0) return "";
-    return " (line " + std::to_string(mark.line + 1) + ")";
+    // parse_yaml_mapping puts the file's first line at yaml-cpp's line 1; line 0 is the zero
+    // mark yaml-cpp gives the nodes it makes or copies (Clone), -1 its null mark
+    const int line = node.Mark().line;
+    return line >= 1 ? " (line " + std::to_string(line) + ")" : "";
+}
+
+bool has_origin(const std::string& message) {
+    return message.find(" (line ") != std::string::npos ||
+           message.find(" (from --set ") != std::string::npos;
+}
+
+std::string origin_of(const std::vector<std::string>& key, const YAML::Node& original,
+                      const std::vector<AppliedOverride>& overrides) {
+    const auto starts_with = [](const std::vector<std::string>& path,
+                                const std::vector<std::string>& prefix) {
+        return prefix.size() <= path.size() &&
+               std::equal(prefix.begin(), prefix.end(), path.begin());
+    };
+    // the last override of the key wins, as it did when applied
+    for (auto o = overrides.rbegin(); o != overrides.rend(); ++o) {
+        if (starts_with(key, o->path) || starts_with(o->path, key)) {
+            return " (from --set " + o->assignment + ")";
+        }
+    }
+    return line_at(original, key, 0);
 }
 
 std::vector<std::string> split_dotted(const std::string& dotted) {
@@ -83,6 +143,12 @@ Override parse_override(const std::string& assignment) {
     Override o;
     o.key = assignment.substr(0, eq);
     const std::string text = assignment.substr(eq + 1);
+    if (text.find_first_not_of(" \t") == std::string::npos) {
+        // YAML reads nothing as null, which would quietly leave the default in place
+        throw UserError(
+            "--set", o.key,
+            "has no value: write " + o.key + "=VALUE (an empty string is " + o.key + "='')");
+    }
     try {
         o.value = without_marks(YAML::Load(text));
     } catch (const YAML::Exception&) {

@@ -21,8 +21,25 @@ std::string read_yaml_file(const std::filesystem::path& file, const std::string&
 // source) for text that is not YAML or not a mapping at the top level.
 YAML::Node parse_yaml_mapping(const std::string& text, const std::string& source);
 
-// " (line N)" for a node read from a file, "" for one without a mark (from --set, or made).
+// " (line N)" for a node of a file read by parse_yaml_mapping, "" for one without a place in
+// it: made, from --set, or copied by with_value (yaml-cpp's Clone loses the marks).
 std::string line_of(const YAML::Node& node);
+
+// An override as applied to a tree: its path there and the assignment as written.
+struct AppliedOverride {
+    std::vector<std::string> path;
+    std::string assignment;
+};
+
+// Whether an error message already says where its value came from (see origin_of).
+bool has_origin(const std::string& message);
+
+// Where the value of `key` (its path in the tree) came from, for an error about a tree that
+// overrides or a sweep point rebuilt without marks: " (from --set ASSIGNMENT)" when an override
+// set that key, one above it or one below it; else " (line N)" of the key in the tree as
+// written (`original`); else "".
+std::string origin_of(const std::vector<std::string>& key, const YAML::Node& original,
+                      const std::vector<AppliedOverride>& overrides);
 
 // The value as an integer of type T; yaml-cpp reads "1e3" as no integer type, so an
 // integral-valued number in range is accepted too. nullopt if it is neither.
@@ -55,7 +72,7 @@ struct Override {
 Override parse_override(const std::string& assignment);
 
 // A copy of `tree` with tree[keys[i]][keys[i+1]]… = value, creating mappings on the way;
-// `tree` itself is unchanged and every copied node keeps its line (YAML::Clone). UserError
+// `tree` itself is unchanged. The copy has no lines (see line_of, origin_of). UserError
 // (file = source) when a key on the way holds a value instead of a mapping. unmarked_key: the
 // last key is a new node without a line (an override's key is not in the file).
 YAML::Node with_value(const YAML::Node& tree, const std::vector<std::string>& keys, std::size_t i,

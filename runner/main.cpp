@@ -37,7 +37,9 @@ int main(int argc, char** argv) {
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
-        return app.exit(e);
+        // --help and --version exit 0; a bad command line is a user error like any other (2),
+        // not CLI11's own codes (105 for a missing file)
+        return app.exit(e) == 0 ? 0 : 2;
     }
     try {
         for (const auto& [sub, command] : commands) {

@@ -4,6 +4,7 @@
 #include <climits>
 #include <cmath>
 #include <fstream>
+#include <functional>
 #include <set>
 #include <sstream>
 
@@ -40,15 +41,6 @@ const char* const kModelMoeHint =
     "continue.methods.scratch";
 
 // ---- small helpers ------------------------------------------------------------------------
-
-// The message of a UserError without the "file: 'key': " prefix it composes.
-std::string message_of(const UserError& e) {
-    std::string prefix;
-    if (!e.file().empty()) prefix += e.file() + ": ";
-    if (!e.key().empty()) prefix += "'" + e.key() + "': ";
-    const std::string what = e.what();
-    return what.rfind(prefix, 0) == 0 ? what.substr(prefix.size()) : what;
-}
 
 std::string join(const std::vector<std::string>& parts, const std::string& sep) {
     std::string out;
@@ -166,11 +158,13 @@ json read_like(const YAML::Node& node, const json& like, const std::string& key,
         return value ? json(*value) : fail("an integer");
     }
     if (like.is_number_float()) {
+        double value = 0;
         try {
-            return node.as<double>();
+            value = node.as<double>();
         } catch (const YAML::BadConversion&) {
             return fail("a number");
         }
+        return std::isfinite(value) ? json(value) : fail("a finite number");
     }
     return fail("a value");
 }
@@ -352,7 +346,7 @@ struct Axis {
     if (leaf.empty()) throw e;
     const YAML::Node at = key_node(method_node, leaf);
     const std::string where = at.IsDefined() ? line_of(at) : line_of(method_key);
-    throw UserError(e.file(), prefix + "." + leaf, message_of(e) + where);
+    throw UserError(e.file(), prefix + "." + leaf, e.message() + where);
 }
 
 json resolve_method(Method method, const YAML::Node& method_key, const YAML::Node& node,
@@ -580,22 +574,12 @@ std::string path_text(const std::vector<std::string>& path) { return join(path, 
 
 // ---- public ---------------------------------------------------------------------------------
 
-SweepSpec parse_sweep(const std::string& yaml_text, const std::string& source,
-                      const std::vector<std::string>& overrides) {
-    YAML::Node root = parse_yaml_mapping(yaml_text, source);
-    for (const auto& assignment : overrides) {
-        const Override o = parse_override(assignment);
-        std::vector<std::string> path;
-        if (o.key.rfind("grid.", 0) == 0)
-            path = {"grid", o.key.substr(5)};
-        else
-            path = sweep_path(o.key);
-        if (contains(path, ""))
-            throw UserError("--set", o.key, "expected a dotted key such as train.lr");
-        // reset() rebinds the handle; `=` would overwrite the node it shares with the tree
-        root.reset(with_value(root, path, 0, o.value, "--set", /*unmarked_key=*/true));
-    }
+namespace {
 
+// The sweep's points from its tree (overrides applied); origin(key) says where a key's value
+// came from, for errors about a point (whose tree has no lines).
+SweepSpec expand_sweep(const YAML::Node& root, const std::string& source,
+                       const std::function<std::string(const std::string&)>& origin) {
     for (const auto& entry : root) {
         const std::string key = key_text(entry.first);
         if (!contains(kTopLevelKeys, key))
@@ -711,8 +695,11 @@ SweepSpec parse_sweep(const std::string& yaml_text, const std::string& source,
                 if (assignments.empty()) throw;
                 std::vector<std::string> parts;
                 for (const auto& [k, v] : assignments) parts.push_back(k + "=" + v);
-                throw UserError(e.file(), e.key(),
-                                message_of(e) + " [at the sweep point " + join(parts, ", ") + "]");
+                const std::string where =
+                    e.file() == source && !has_origin(e.message()) ? origin(e.key()) : "";
+                throw UserError(
+                    e.file(), e.key(),
+                    e.message() + where + " [at the sweep point " + join(parts, ", ") + "]");
             }
             // odometer
             std::size_t d = sizes.size();
@@ -721,6 +708,37 @@ SweepSpec parse_sweep(const std::string& yaml_text, const std::string& source,
         }
     }
     return spec;
+}
+
+}  // namespace
+
+SweepSpec parse_sweep(const std::string& yaml_text, const std::string& source,
+                      const std::vector<std::string>& overrides) {
+    const YAML::Node original = parse_yaml_mapping(yaml_text, source);
+    YAML::Node root = original;
+    std::vector<AppliedOverride> applied;
+    for (const auto& assignment : overrides) {
+        const Override o = parse_override(assignment);
+        std::vector<std::string> path;
+        if (o.key.rfind("grid.", 0) == 0)
+            path = {"grid", o.key.substr(5)};
+        else
+            path = sweep_path(o.key);
+        if (contains(path, ""))
+            throw UserError("--set", o.key, "expected a dotted key such as train.lr");
+        applied.push_back({path, assignment});
+        // reset() rebinds the handle; `=` would overwrite the node it shares with the tree
+        root.reset(with_value(root, path, 0, o.value, "--set", /*unmarked_key=*/true));
+    }
+    const auto origin = [&](const std::string& key) {
+        return origin_of(sweep_path(key), original, applied);
+    };
+    try {
+        return expand_sweep(root, source, origin);
+    } catch (const UserError& e) {
+        if (e.file() != source || has_origin(e.message())) throw;
+        throw UserError(e.file(), e.key(), e.message() + origin(e.key()));
+    }
 }
 
 SweepSpec load_sweep(const std::filesystem::path& file, const std::vector<std::string>& overrides) {

@@ -1,6 +1,10 @@
 // Run configs: YAML reading, overrides, presets, and the errors a person sees.
 #include <gtest/gtest.h>
 
+#include <limits>
+
+#include <nlohmann/json.hpp>
+
 #include "core/config.h"
 #include "core/errors.h"
 
@@ -69,6 +73,69 @@ TEST(Config, ImpossibleValuesAreRejected) {
     EXPECT_NE(precision.find("expected fp32 or bf16"), std::string::npos) << precision;
 }
 
+// NaN passes every range check written as a comparison that fails, and .inf is no setting:
+// every number of a config is finite, however it was given.
+TEST(Config, NonFiniteNumbersAreRefusedWhereverTheyComeFrom) {
+    for (const char* value : {".nan", ".inf", "-.inf", ".NaN"}) {
+        const auto e = error_of(std::string("train:\n  lr: ") + value + "\n");
+        EXPECT_NE(e.find("'train.lr': expected a finite number, found '" + std::string(value) +
+                         "' (line 2)"),
+                  std::string::npos)
+            << e;
+    }
+    const auto from_set =
+        error_of("model:\n  moe: {experts: 4}\n", {"model.moe.capacity_factor=.inf"});
+    EXPECT_NE(from_set.find("'model.moe.capacity_factor': expected a finite number"),
+              std::string::npos)
+        << from_set;
+    // made in code (a flag, a checkpoint's JSON): validate() refuses it too
+    RunConfig c;
+    c.model.moe.experts = 4;
+    c.model.moe.eval_capacity_factor = std::numeric_limits<double>::quiet_NaN();
+    try {
+        validate(c, "made.yaml");
+        FAIL() << "a NaN eval_capacity_factor passed validation";
+    } catch (const UserError& e) {
+        EXPECT_EQ(e.key(), "model.moe.eval_capacity_factor");
+        EXPECT_NE(std::string(e.what()).find("expected a finite number"), std::string::npos);
+    }
+    nlohmann::json json = to_json(RunConfig{});
+    json["train"]["grad_clip"] = std::numeric_limits<double>::infinity();
+    EXPECT_THROW(validate(run_config_from_json(json, "ckpt"), "ckpt"), UserError);
+}
+
+// YAML forbids a key twice in a mapping; yaml-cpp would quietly take the first.
+TEST(Config, ADuplicateKeyIsRefusedWithBothLines) {
+    const auto e = error_of("model:\n  preset: gpt-tiny\n  channels: 64\n  channels: 128\n");
+    EXPECT_NE(e.find("'model.channels': appears twice in one mapping (line 3) and again (line 4)"),
+              std::string::npos)
+        << e;
+    const auto top = error_of("# a comment\ntrain: {lr: 0.1}\ntrain: {lr: 0.2}\n");
+    EXPECT_NE(top.find("'train': appears twice"), std::string::npos) << top;
+}
+
+// An override's error names the override, not a line of the file it is not in; an error
+// elsewhere after overrides still names its line in the file.
+TEST(Config, OverrideErrorsNameTheOverride) {
+    const std::string yaml = "# demo\ntrain:\n  lr: 0.1\n  warmup_steps: -4\n";
+    const auto bad_value = error_of("train:\n  lr: 0.1\n", {"train.lr=abc"});
+    EXPECT_NE(bad_value.find("expected a number, found 'abc' (from --set train.lr=abc)"),
+              std::string::npos)
+        << bad_value;
+    EXPECT_EQ(bad_value.find("line"), std::string::npos) << bad_value;
+    const auto elsewhere = error_of(yaml, {"train.lr=0.2"});
+    EXPECT_NE(elsewhere.find("'train.warmup_steps': expected a non-negative integer (line 4)"),
+              std::string::npos)
+        << elsewhere;
+    const auto unknown = error_of(yaml, {"train.lr_rate=3"});
+    EXPECT_NE(unknown.find("did you mean 'lr'?"), std::string::npos) << unknown;
+    EXPECT_NE(unknown.find("(from --set train.lr_rate=3)"), std::string::npos) << unknown;
+    // an empty value would quietly keep the default
+    const auto empty = error_of(yaml, {"train.lr="});
+    EXPECT_NE(empty.find("--set: 'train.lr': has no value"), std::string::npos) << empty;
+    EXPECT_DOUBLE_EQ(parse_run_config("", "x", {"data.path=''"}).data.path.size(), 0);
+}
+
 TEST(Config, VitKeysAreValidatedWithTheKeyNamed) {
     const std::string vit = "model:\n  arch: vit\ndata:\n  source: fashion_mnist\n";
     EXPECT_EQ(error_of(vit), "");
@@ -106,6 +173,11 @@ TEST(Config, JsonRoundTripIsExact) {
 TEST(Config, ClosestMatch) {
     EXPECT_EQ(closest_match("chanels", {"channels", "layers"}), "channels");
     EXPECT_EQ(closest_match("zzzzzz", {"channels", "layers"}), "");
+    // a known key as a whole part of the word
+    EXPECT_EQ(closest_match("lr_rate", {"batch_size", "lr", "warmup_steps"}), "lr");
+    EXPECT_EQ(closest_match("max_lr", {"lr", "min_lr_ratio"}), "lr");
+    EXPECT_EQ(closest_match("lr_warmup_steps", {"lr", "warmup_steps"}), "warmup_steps");
+    EXPECT_EQ(closest_match("learning_rate", {"lr", "steps"}), "");
 }
 
 }  // namespace

@@ -8,9 +8,9 @@
 
 #include <chrono>
 #include <cstdio>
-#include <thread>
 #include <cstdlib>
 #include <fstream>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -59,7 +59,8 @@ checkpoint: {every: 0}
     const auto out = (dir / "run").string();
     const auto trained = run_cli("train " + (dir / "vit.yaml").string() + " --out " + out);
     ASSERT_EQ(trained.exit_code, 0) << trained.output;
-    EXPECT_NE(trained.output.find("ViT L=2 C=16 H=2 patch=7 T=17"), std::string::npos) << trained.output;
+    EXPECT_NE(trained.output.find("ViT L=2 C=16 H=2 patch=7 T=17"), std::string::npos)
+        << trained.output;
     EXPECT_NE(trained.output.find("test_accuracy"), std::string::npos) << trained.output;
 
     const auto dense = out + "/checkpoint.safetensors";
@@ -107,7 +108,8 @@ TEST_F(Cli, TrainEvalInspect) {
 
     // --text: windows of T+1 = 17 bytes every 16 bytes; 100 bytes → 6 windows, 96 bytes
     write(dir / "sample.txt", std::string(100, 'a'));
-    const auto on_text = run_cli("eval --ckpt " + ckpt + " --text " + (dir / "sample.txt").string() + " --json");
+    const auto on_text =
+        run_cli("eval --ckpt " + ckpt + " --text " + (dir / "sample.txt").string() + " --json");
     ASSERT_EQ(on_text.exit_code, 0) << on_text.output;
     const auto text_json = nlohmann::json::parse(on_text.output);
     EXPECT_EQ(text_json["windows"], 6);
@@ -124,17 +126,30 @@ TEST_F(Cli, TrainEvalInspect) {
     ASSERT_EQ(again.exit_code, 0) << again.output;
     EXPECT_NE(again.output.find("resuming from"), std::string::npos) << again.output;
     EXPECT_EQ(again.output.find("step      4/12"), std::string::npos) << again.output;
+
+    // a non-finite capacity factor is refused before a checkpoint is written
+    for (const char* flag : {"--capacity-factor nan", "--capacity-factor inf",
+                             "--eval-capacity-factor nan", "--aux-loss-coef -inf"}) {
+        const auto moe = (dir / "moe.safetensors").string();
+        const auto refused =
+            run_cli("surgery --method upcycle --in " + ckpt + " --out " + moe + " " + flag);
+        EXPECT_EQ(refused.exit_code, 2) << flag << "\n" << refused.output;
+        EXPECT_NE(refused.output.find("expected a finite number"), std::string::npos)
+            << refused.output;
+        EXPECT_FALSE(std::filesystem::exists(moe)) << flag;
+    }
 }
 
 // kill -9 in the middle of training: the same command again resumes from the last checkpoint
 // and ends exactly where an uninterrupted run ends (same final loss, bit for bit).
 TEST_F(Cli, KilledTrainingResumesToTheSameResult) {
     TempDir dir;
-    write(dir / "tiny.yaml", std::string(kTinyConfig) +
-                                 "# longer, checkpoint often\n");
+    write(dir / "tiny.yaml", std::string(kTinyConfig) + "# longer, checkpoint often\n");
     const std::string config = (dir / "tiny.yaml").string();
-    const std::string overrides = " --set train.steps=400 --set checkpoint.every=20 --set train.log_every=10";
-    const auto straight = run_cli("train " + config + overrides + " --out " + (dir / "straight").string());
+    const std::string overrides =
+        " --set train.steps=400 --set checkpoint.every=20 --set train.log_every=10";
+    const auto straight =
+        run_cli("train " + config + overrides + " --out " + (dir / "straight").string());
     ASSERT_EQ(straight.exit_code, 0) << straight.output;
 
     const auto killed_dir = dir / "killed";
@@ -142,7 +157,8 @@ TEST_F(Cli, KilledTrainingResumesToTheSameResult) {
     ASSERT_GE(child, 0);
     if (child == 0) {
         const std::string command = std::string(std::getenv("UPCYCLE_BIN")) + " train " + config +
-                                    overrides + " --out " + killed_dir.string() + " > /dev/null 2>&1";
+                                    overrides + " --out " + killed_dir.string() +
+                                    " > /dev/null 2>&1";
         execl("/bin/sh", "sh", "-c", ("exec " + command).c_str(), static_cast<char*>(nullptr));
         _exit(127);
     }
@@ -167,7 +183,8 @@ TEST_F(Cli, KilledTrainingResumesToTheSameResult) {
     EXPECT_NE(resumed.output.find("resuming from"), std::string::npos) << resumed.output;
     auto final_line = [](const std::string& out) {
         const auto at = out.find("final validation loss");
-        return at == std::string::npos ? std::string() : out.substr(at, out.find(" | ", at + 30) - at);
+        return at == std::string::npos ? std::string()
+                                       : out.substr(at, out.find(" | ", at + 30) - at);
     };
     EXPECT_FALSE(final_line(straight.output).empty());
     EXPECT_EQ(final_line(straight.output), final_line(resumed.output));
@@ -176,7 +193,8 @@ TEST_F(Cli, KilledTrainingResumesToTheSameResult) {
 TEST_F(Cli, BadInputGetsOneClearLineAndExitCode2) {
     TempDir dir;
     write(dir / "bad.yaml", "train:\n  stpes: 10\n");
-    const auto bad = run_cli("train " + (dir / "bad.yaml").string() + " --out " + (dir / "o").string());
+    const auto bad =
+        run_cli("train " + (dir / "bad.yaml").string() + " --out " + (dir / "o").string());
     EXPECT_EQ(bad.exit_code, 2) << bad.output;
     EXPECT_NE(bad.output.find("bad.yaml"), std::string::npos) << bad.output;
     EXPECT_NE(bad.output.find("train.stpes"), std::string::npos) << bad.output;
@@ -186,6 +204,14 @@ TEST_F(Cli, BadInputGetsOneClearLineAndExitCode2) {
     const auto bad_set = run_cli("train " + (dir / "ok.yaml").string() + " --set model.heads=3");
     EXPECT_EQ(bad_set.exit_code, 2) << bad_set.output;
     EXPECT_NE(bad_set.output.find("model.heads"), std::string::npos) << bad_set.output;
+
+    // a missing or unreadable file named on the command line is a user error too (CLI11's own
+    // exit code for it was 105)
+    for (const std::string& what : {(dir / "nope.yaml").string(), dir.path().string()}) {
+        const auto no_file = run_cli("run " + what + " --db " + (dir / "u.db").string());
+        EXPECT_EQ(no_file.exit_code, 2) << no_file.output;
+        EXPECT_NE(no_file.output.find(what), std::string::npos) << no_file.output;
+    }
 
     const auto missing = run_cli("eval --ckpt " + (dir / "nope.safetensors").string());
     EXPECT_EQ(missing.exit_code, 2) << missing.output;
@@ -212,8 +238,9 @@ TEST_F(Cli, BadInputGetsOneClearLineAndExitCode2) {
 // bench-moe times every phase of one MoE layer; the shares add up to the layer, the expert
 // phases report their achieved rate, and a tight capacity drops assignments.
 TEST_F(Cli, BenchMoeTimesEveryPhaseOfTheLayer) {
-    const auto r = run_cli("bench-moe --tokens 256 --channels 32 --experts 4 --k 2 "
-                           "--capacity-factor 0.5 --steps 2 --warmup 1 --json");
+    const auto r = run_cli(
+        "bench-moe --tokens 256 --channels 32 --experts 4 --k 2 "
+        "--capacity-factor 0.5 --steps 2 --warmup 1 --json");
     ASSERT_EQ(r.exit_code, 0) << r.output;
     const auto json = nlohmann::json::parse(r.output);
     const auto& phases = json.at("phases");

@@ -449,6 +449,37 @@ TEST(SweepErrors, UnknownKeysNameFileKeyLineAndSuggestion) {
                  {"grid.upcycle.experts", "line 3", "does not run upcycle"});
 }
 
+// Non-finite numbers are refused at planning, before any work, with the key and its line.
+TEST(SweepErrors, NonFiniteNumbersAreRefusedAtPlanning) {
+    expect_error(error_of("continue:\n  methods:\n    upcycle: {capacity_factor: .inf}\n"),
+                 {"continue.methods.upcycle.capacity_factor", "expected a finite number", "'.inf'",
+                  "line 3"});
+    expect_error(
+        error_of("continue:\n  methods:\n    upcycle:\n      eval_capacity_factor: .nan\n"),
+        {"continue.methods.upcycle.eval_capacity_factor", "finite", "line 4"});
+    expect_error(error_of("continue:\n  budgets: [10, .inf]\n"),
+                 {"continue.budgets", "finite", "line 2"});
+    expect_error(error_of("train:\n  lr: .nan\n"), {"train.lr", "finite", "line 2"});
+    expect_error(error_of(kTiny, {"upcycle.capacity_factor=.nan"}),
+                 {"continue.methods.upcycle.capacity_factor", "finite",
+                  "(from --set upcycle.capacity_factor=.nan)"});
+}
+
+// An error about one point of a grid names the point and the key's line in the file (the
+// point's tree is rebuilt without lines: never a made-up "line 1").
+TEST(SweepErrors, AGridPointsErrorNamesThePointAndTheLine) {
+    const auto e = error_of(
+        "# a grid\nmodel:\n  preset: gpt-tiny\ntrain:\n  steps: 10\ngrid:\n  train.lr: [0.1, "
+        "0.2]\n");
+    expect_error(
+        e, {"'train.steps'", "pretrain.steps", "(line 5)", "[at the sweep point train.lr=0.1]"});
+    EXPECT_EQ(e.find("line 1)"), std::string::npos) << e;
+    const auto zip = error_of("zip:\n  train.lr: [0.1, 0.2]\n  train.warmup_steps: [5, -3]\n");
+    expect_error(zip, {"'train.warmup_steps'", "non-negative",
+                       "[at the sweep point train.lr=0.2, train.warmup_steps=-3]"});
+    EXPECT_EQ(zip.find("line 1)"), std::string::npos) << zip;
+}
+
 TEST(SweepErrors, WrongTypesAndBadValues) {
     expect_error(error_of("pretrain:\n  steps: lots\n"),
                  {"pretrain.steps", "expected an integer", "'lots'", "line 2"});
