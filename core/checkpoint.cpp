@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
 #include <ctime>
 #include <sstream>
 
@@ -136,6 +137,19 @@ TrainingState training_state_from(const std::map<std::string, std::string>& meta
     state.tokens = parse_number<int64_t>(required(meta, path, kTokensKey), path, kTokensKey);
     state.flops = parse_number<double>(required(meta, path, kFlopsKey), path, kFlopsKey);
     state.seconds = parse_number<double>(required(meta, path, kSecondsKey), path, kSecondsKey);
+    // counters of training done: never negative (a resume would count from there), and finite
+    const auto require_count = [&](bool ok, const char* key, const std::string& found) {
+        if (!ok) {
+            throw UserError(path.string(), key,
+                            "expected a non-negative finite count, found " + found);
+        }
+    };
+    require_count(state.step >= 0, kStepKey, std::to_string(state.step));
+    require_count(state.tokens >= 0, kTokensKey, std::to_string(state.tokens));
+    require_count(std::isfinite(state.flops) && state.flops >= 0, kFlopsKey,
+                  fmt::format("{}", state.flops));
+    require_count(std::isfinite(state.seconds) && state.seconds >= 0, kSecondsKey,
+                  fmt::format("{}", state.seconds));
     return state;
 }
 }  // namespace
@@ -165,6 +179,11 @@ Checkpoint read_checkpoint(const std::filesystem::path& path) {
     if (ckpt.has_optimizer) {
         ckpt.optimizer_step =
             parse_number<int64_t>(required(meta, path, kOptimizerStepKey), path, kOptimizerStepKey);
+        if (ckpt.optimizer_step < 0) {
+            throw UserError(path.string(), kOptimizerStepKey,
+                            "expected a non-negative count, found " +
+                                std::to_string(ckpt.optimizer_step));
+        }
     }
     expect_tensors(ckpt.file, path, expected_checkpoint_tensors(ckpt.config.model, ckpt.has_optimizer));
     return ckpt;

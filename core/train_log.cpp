@@ -118,7 +118,17 @@ std::filesystem::path log_path(const std::filesystem::path& out_dir) {
     return out_dir / "log.jsonl";
 }
 
-TrainLog::TrainLog(const std::filesystem::path& path) : out_(path, std::ios::app) {}
+TrainLog::TrainLog(const std::filesystem::path& path) : path_(path), out_(path, std::ios::app) {
+    if (!out_) throw UserError(path.string(), "", "cannot open the training log for writing");
+}
+
+void TrainLog::flush() {
+    out_.flush();
+    // a lost record would make the checkpoint that follows untrustworthy (see read_train_log)
+    if (!out_) {
+        throw UserError(path_.string(), "", "cannot write the training log (is the disk full?)");
+    }
+}
 
 TrainLog TrainLog::start(const std::filesystem::path& path) {
     std::ofstream(path, std::ios::trunc);
@@ -161,7 +171,8 @@ void TrainLog::write_eval(const EvalRecord& record, const std::vector<Milestone>
                         {"val_tokens", record.result.tokens}};
     for (const auto& [key, value] : record.result.extra) line[key] = value;
     for (const Milestone& m : milestones) line["milestones"].push_back(m.percent);
-    out_ << line.dump() << '\n' << std::flush;
+    out_ << line.dump() << '\n';
+    flush();
 }
 
 }  // namespace upcycle

@@ -48,11 +48,12 @@ public:
     // Flushed at once: evaluations are rare, and what a reader of a live run wants.
     void write_eval(const EvalRecord& record, const std::vector<Milestone>& milestones = {});
 
-    // Writes what is buffered to the file (before each checkpoint).
-    void flush() { out_.flush(); }
+    // Writes what is buffered to the file (before each checkpoint); UserError if it cannot.
+    void flush();
 
 private:
     explicit TrainLog(const std::filesystem::path& path);  // appends
+    std::filesystem::path path_;
     std::ofstream out_;
 };
 

@@ -1,5 +1,7 @@
 // upcycle query "SQL" [--db results/upcycle.db] [--format table|csv|json] [--max-width N]:
 // one read-only SQL statement over the results store (runner/store/SCHEMA.md has the tables).
+#include <atomic>
+#include <csignal>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -134,12 +136,25 @@ void print_json(const QueryResult& result) {
     fmt::print("{}\n", rows.dump(2, ' ', false, nlohmann::ordered_json::error_handler_t::replace));
 }
 
+std::atomic<bool> g_stop_query{false};
+extern "C" void request_query_stop(int) { g_stop_query.store(true); }
+
 int run_query(const QueryArgs& args) {
     if (args.format != "table" && args.format != "csv" && args.format != "json") {
         throw UserError("", "--format", "expected table, csv or json, got '" + args.format + "'");
     }
     const Store store(args.db, Store::Mode::ReadOnly);
-    const QueryResult result = store.query(args.sql);
+    // Ctrl-C stops a runaway statement (a cross join, a recursive CTE) instead of being lost
+    // inside SQLite
+    std::signal(SIGINT, request_query_stop);
+    std::signal(SIGTERM, request_query_stop);
+    QueryResult result;
+    try {
+        result = store.query(args.sql, &g_stop_query);
+    } catch (const QueryInterrupted&) {
+        fmt::print(stderr, "upcycle query: interrupted\n");
+        return 130;
+    }
     if (args.format == "csv")
         print_csv(result);
     else if (args.format == "json")

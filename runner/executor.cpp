@@ -125,7 +125,7 @@ public:
                 continue;
             }
             awaited_.clear();
-            if (run_claimed(*claimed) == Outcome::DeviceInDoubt) return;
+            if (run_claimed(*claimed) != Outcome::Finished) return;
         }
     }
 
@@ -142,7 +142,21 @@ public:
     }
 
 private:
-    enum class Outcome { Finished, DeviceInDoubt };
+    enum class Outcome { Finished, DeviceInDoubt, StoreUnwritable };
+
+    // Records the failure; false when the store cannot take it (the disk that failed the trial
+    // may be full): this worker then stops, and since its process ends, the next run takes the
+    // trial (still `running`) over at once.
+    bool record_failure(const TrialRecord& record, const std::string& error) {
+        try {
+            store_.fail(record.id, error);
+            return true;
+        } catch (const std::exception& e) {
+            log(fmt::format("worker {} stops: cannot record the failure of {} ({})", id_,
+                            label_of(record), e.what()));
+            return false;
+        }
+    }
 
     void log(const std::string& text) { progress_.note(text); }
 
@@ -208,11 +222,11 @@ private:
             }
         } catch (const UserError& e) {
             // bad input: this trial fails, the sweep goes on with the others
-            store_.fail(record.id, e.what());
             log(label + " FAILED: " + e.what());
+            if (!record_failure(record, e.what())) return Outcome::StoreUnwritable;
         } catch (const std::exception& e) {
-            store_.fail(record.id, e.what());
             log(label + " FAILED: " + e.what());
+            if (!record_failure(record, e.what())) return Outcome::StoreUnwritable;
             // A failed CUDA call may leave the context unusable, and every later trial on it
             // would fail too: this worker stops, and its device's trials wait for the next run.
             if (backend_->kind() != DeviceKind::CPU) {

@@ -1,6 +1,7 @@
 // upcycle: sparse-upcycling experiments. `upcycle --help` lists the verbs.
 #include <cstdio>
 #include <exception>
+#include <filesystem>
 #include <map>
 
 #include <CLI/CLI.hpp>
@@ -46,6 +47,11 @@ int main(int argc, char** argv) {
             if (sub->parsed()) return command();
         }
     } catch (const upcycle::UserError& e) {
+        std::fprintf(stderr, "upcycle: error: %s\n", e.what());
+        return 2;
+    } catch (const std::filesystem::filesystem_error& e) {
+        // a folder that cannot be made, a full disk, permissions: the user's to fix; the
+        // message names the path and the reason
         std::fprintf(stderr, "upcycle: error: %s\n", e.what());
         return 2;
     } catch (const std::exception& e) {

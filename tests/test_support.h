@@ -48,11 +48,13 @@ struct CliResult {
     std::string output;
 };
 
-inline CliResult run_cli(const std::string& args) {
+// The same behind a command prefix (e.g. one that drops privileges).
+inline CliResult run_cli_with_prefix(const std::string& prefix, const std::string& args) {
     const char* bin = std::getenv("UPCYCLE_BIN");
     if (!bin) return {-1, "UPCYCLE_BIN is not set (run the tests through ctest)"};
     CliResult r;
-    FILE* pipe = popen((std::string(bin) + " " + args + " 2>&1").c_str(), "r");
+    const std::string command = (prefix.empty() ? "" : prefix + " ") + bin + " " + args + " 2>&1";
+    FILE* pipe = popen(command.c_str(), "r");
     if (!pipe) return r;
     char buffer[4096];
     std::size_t n;
@@ -61,6 +63,8 @@ inline CliResult run_cli(const std::string& args) {
     r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
     return r;
 }
+
+inline CliResult run_cli(const std::string& args) { return run_cli_with_prefix("", args); }
 
 // A tiny GPT on synthetic Markov text: trains in well under a second per few dozen steps.
 inline RunConfig tiny_synthetic_config() {

@@ -1,6 +1,7 @@
 #include "runner/store/store.h"
 
 #include <sqlite3.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cmath>
@@ -184,11 +185,40 @@ TrialRecord row_to_trial(const SQLite::Statement& s) {
 // Every write goes through BEGIN IMMEDIATE: the write lock is taken up front (waiting under the
 // busy timeout), so a transaction never has to upgrade a read snapshot that another writer has
 // made stale — the one case where SQLite answers "database is locked" without waiting.
+// A write that the machine refuses (permissions, a full disk, an I/O error) is the user's to
+// fix, not a bug: a UserError naming the file and what to check.
 template <class Body>
 void write_transaction(SQLite::Database& db, Body&& body) {
-    SQLite::Transaction tx(db, SQLite::TransactionBehavior::IMMEDIATE);
-    body();
-    tx.commit();
+    try {
+        SQLite::Transaction tx(db, SQLite::TransactionBehavior::IMMEDIATE);
+        body();
+        tx.commit();
+    } catch (const SQLite::Exception& e) {
+        const int code = e.getErrorCode() & 0xff;  // the primary result code
+        const char* hint = code == SQLITE_READONLY
+                               ? "check the permissions of the file and its folder"
+                           : code == SQLITE_FULL ? "the disk is full"
+                           : code == SQLITE_IOERR || code == SQLITE_CANTOPEN || code == SQLITE_PERM
+                               ? "check the disk and the permissions of the file and its folder"
+                               : nullptr;
+        if (!hint) throw;
+        throw UserError(db.getFilename(), "",
+                        fmt::format("cannot write the results database ({}): {}", e.what(), hint));
+    }
+}
+
+// "file:PATH?immutable=1": opens a database that nobody can be writing (its folder is
+// read-only, so no -wal or -shm file can be made) without the -shm file a WAL reader needs.
+std::string immutable_uri(const std::filesystem::path& db) {
+    std::string uri = "file:";
+    for (const char c : std::filesystem::absolute(db).string()) {
+        if (c == '?' || c == '#' || c == '%') {
+            uri += fmt::format("%{:02X}", static_cast<unsigned char>(c));
+        } else {
+            uri += c;
+        }
+    }
+    return uri + "?immutable=1";
 }
 
 std::string iso_utc(std::chrono::system_clock::time_point when) {
@@ -234,12 +264,26 @@ Store::Store(const std::filesystem::path& db, Mode mode) : path_(db), mode_(mode
                                 "no results database here (it is created by `upcycle "
                                 "run`; pass another with --db)");
             }
-            db_ = std::make_unique<SQLite::Database>(file, SQLite::OPEN_READONLY,
-                                                     kStoreBusyTimeoutMs);
+            const auto folder = db.has_parent_path() ? db.parent_path() : ".";
+            if (::access(folder.c_str(), W_OK) == 0) {
+                db_ = std::make_unique<SQLite::Database>(file, SQLite::OPEN_READONLY,
+                                                         kStoreBusyTimeoutMs);
+            } else {
+                db_ = std::make_unique<SQLite::Database>(immutable_uri(db),
+                                                         SQLite::OPEN_READONLY | SQLite::OPEN_URI,
+                                                         kStoreBusyTimeoutMs);
+            }
         } else {
             if (db.has_parent_path()) std::filesystem::create_directories(db.parent_path());
             db_ = std::make_unique<SQLite::Database>(
                 file, SQLite::OPEN_READWRITE | SQLite::OPEN_CREATE, kStoreBusyTimeoutMs);
+            // SQLite quietly opens a file it may not write read-only; every write would fail
+            if (sqlite3_db_readonly(db_->getHandle(), "main") == 1) {
+                throw UserError(file, "",
+                                "the results database is read-only here (check the permissions "
+                                "of the file and its folder); `status`, `results` and `query` "
+                                "can still read it");
+            }
             db_->exec("PRAGMA journal_mode = WAL");
             // WAL with synchronous=NORMAL survives a killed process; only a power loss may
             // drop the last transactions.
@@ -825,8 +869,29 @@ std::vector<RoutingRow> Store::routing(int64_t trial) const {
 
 // ---- ad-hoc SQL -----------------------------------------------------------------------------
 
-QueryResult Store::query(const std::string& sql) const {
+namespace {
+
+// SQLite calls it every kQueryProgressSteps virtual-machine steps; non-zero interrupts.
+constexpr int kQueryProgressSteps = 10000;
+int query_cancelled(void* cancel) { return static_cast<const std::atomic<bool>*>(cancel)->load(); }
+
+// Removes the progress handler when the query ends, however it ends.
+struct ProgressHandler {
+    ProgressHandler(sqlite3* handle, const std::atomic<bool>* cancel) : handle(handle) {
+        if (cancel) {
+            sqlite3_progress_handler(handle, kQueryProgressSteps, query_cancelled,
+                                     const_cast<std::atomic<bool>*>(cancel));
+        }
+    }
+    ~ProgressHandler() { sqlite3_progress_handler(handle, 0, nullptr, nullptr); }
+    sqlite3* handle;
+};
+
+}  // namespace
+
+QueryResult Store::query(const std::string& sql, const std::atomic<bool>* cancel) const {
     sqlite3* handle = db_->getHandle();
+    const ProgressHandler progress(handle, cancel);
     auto prepare = [&](const char* text, const char** tail) {
         sqlite3_stmt* raw = nullptr;
         if (sqlite3_prepare_v2(handle, text, -1, &raw, tail) != SQLITE_OK) {
@@ -858,6 +923,7 @@ QueryResult Store::query(const std::string& sql) const {
     for (;;) {
         const int rc = sqlite3_step(stmt.get());
         if (rc == SQLITE_DONE) break;
+        if (rc == SQLITE_INTERRUPT) throw QueryInterrupted();
         if (rc != SQLITE_ROW) throw UserError("", "SQL", sqlite3_errmsg(handle));
         std::vector<QueryCell> row(static_cast<std::size_t>(columns));
         for (int c = 0; c < columns; ++c) {

@@ -7,12 +7,14 @@
 // from one thread at a time (a heartbeat thread opens a Store of its own). Every write runs in
 // a BEGIN IMMEDIATE transaction under a 10 s busy timeout, so several workers share one file
 // without "database is locked" failures, and claim_next hands each trial to exactly one worker.
+#include <atomic>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <map>
 #include <memory>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -65,6 +67,11 @@ struct TrialRecord {
 };
 
 // Progress of a trial: written by heartbeat() (optional) and finish().
+// A query stopped by its cancel flag.
+struct QueryInterrupted : std::runtime_error {
+    QueryInterrupted() : std::runtime_error("the query was interrupted") {}
+};
+
 struct TrialProgress {
     int64_t step = 0;
     double flops = 0;    // training FLOPs spent, cumulative
@@ -213,8 +220,9 @@ public:
     std::vector<RoutingRow> routing(int64_t trial) const;        // by step then layer
 
     // One read-only SQL statement; anything that would write (sqlite3_stmt_readonly false)
-    // or a second statement is a UserError, as is an SQL error.
-    QueryResult query(const std::string& sql) const;
+    // or a second statement is a UserError, as is an SQL error. When *cancel becomes true
+    // (Ctrl-C) the statement stops within a few thousand SQLite steps: QueryInterrupted.
+    QueryResult query(const std::string& sql, const std::atomic<bool>* cancel = nullptr) const;
 
 private:
     // SELECT of trials with this WHERE/ORDER BY tail; bind fills its parameters.

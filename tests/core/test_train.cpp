@@ -198,6 +198,44 @@ TEST(Train, CheckpointWhoseTensorsDoNotMatchItsConfigIsRejected) {
     }
 }
 
+// A checkpoint whose training counters are negative (or not finite) is refused by every
+// reader, naming the metadata key: a resume would count its budget from there.
+TEST(Train, CheckpointWithNegativeCountersIsRejected) {
+    CpuBackend backend;
+    RunConfig config = tiny_synthetic_config();
+    config.train.steps = 1;
+    TempDir dir;
+    TrainOptions options;
+    options.out_dir = dir.path();
+    train(backend, config, options);
+    const auto file = read_safetensors(checkpoint_path(dir.path()));
+    std::vector<TensorView> views;
+    for (const auto& name : file.order) {
+        views.push_back({name, file.tensors.at(name).shape, file.tensors.at(name).data.data()});
+    }
+    for (const auto& [key, value] :
+         std::vector<std::pair<std::string, std::string>>{{"upcycle.step", "-5"},
+                                                          {"upcycle.tokens", "-1"},
+                                                          {"upcycle.flops", "-1e9"},
+                                                          {"upcycle.seconds", "-0.5"},
+                                                          {"upcycle.seconds", "inf"},
+                                                          {"upcycle.optimizer_step", "-2"}}) {
+        auto metadata = file.metadata;
+        metadata[key] = value;
+        const auto forged = dir / "forged.safetensors";
+        write_safetensors(forged, views, metadata);
+        try {
+            read_checkpoint(forged);
+            FAIL() << key << " = " << value << " was accepted";
+        } catch (const UserError& e) {
+            EXPECT_EQ(e.key(), key) << e.what();
+        }
+        if (key != "upcycle.optimizer_step") {
+            EXPECT_THROW(read_training_state(forged), UserError) << key;
+        }
+    }
+}
+
 // Budget milestones: evaluated and checkpointed when reached, once, and a resumed run does not
 // repeat the ones behind it; with stop_at_last_milestone the run completes at the last one.
 TEST(Train, MilestonesAreEvaluatedOnceAndCanEndTheRun) {

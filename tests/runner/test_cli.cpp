@@ -120,6 +120,24 @@ TEST_F(Cli, TrainEvalInspect) {
     EXPECT_NE(inspected.output.find("blocks.1.mlp.proj.weight"), std::string::npos);
     EXPECT_NE(inspected.output.find("[32, 128]"), std::string::npos);
     EXPECT_NE(inspected.output.find("upcycle.provenance"), std::string::npos);
+    EXPECT_NE(inspected.output.find("matches the data"), std::string::npos) << inspected.output;
+    // inspect checks the data checksum like every other reader
+    {
+        std::ifstream in(ckpt, std::ios::binary);
+        std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+        bytes[bytes.size() - 3] ^= 0x10;
+        write(dir / "flipped.safetensors", bytes);
+    }
+    const auto flipped = run_cli("inspect " + (dir / "flipped.safetensors").string());
+    EXPECT_EQ(flipped.exit_code, 2) << flipped.output;
+    EXPECT_NE(flipped.output.find("checksum mismatch"), std::string::npos) << flipped.output;
+
+    // an output folder that cannot be made is the user's to fix (exit 2), not an internal error
+    const auto blocked =
+        run_cli("train " + (dir / "tiny.yaml").string() + " --out " + ckpt + "/inside-a-file");
+    EXPECT_EQ(blocked.exit_code, 2) << blocked.output;
+    EXPECT_NE(blocked.output.find("inside-a-file"), std::string::npos) << blocked.output;
+    EXPECT_EQ(blocked.output.find("internal error"), std::string::npos) << blocked.output;
 
     // Running the same command again finds the finished checkpoint and does no training.
     const auto again = run_cli("train " + (dir / "tiny.yaml").string() + " --out " + out);

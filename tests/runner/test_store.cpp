@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -378,6 +379,26 @@ TEST(Store, EvaluationsArtifactsAndRoutingUpsert) {
     EXPECT_DOUBLE_EQ(routing[1].dropped_fraction, 0.1);
 }
 
+// A runaway statement stops when its cancel flag is set (Ctrl-C in `upcycle query`).
+TEST(Store, AQueryStopsWhenCancelled) {
+    TempDir dir;
+    const auto db = dir / "upcycle.db";
+    Store(db, Store::Mode::ReadWrite);
+    const Store reader(db, Store::Mode::ReadOnly);
+    const std::string endless =
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c";
+    std::atomic<bool> cancel{false};
+    std::thread ctrl_c([&] {
+        sleep_ms(100);
+        cancel = true;
+    });
+    EXPECT_THROW(reader.query(endless, &cancel), QueryInterrupted);
+    ctrl_c.join();
+    // the handler is gone with the query: the same connection answers the next one
+    std::atomic<bool> not_cancelled{false};
+    EXPECT_EQ(reader.query("SELECT 7", &not_cancelled).rows.at(0).at(0).text, "7");
+}
+
 TEST(Store, QueryIsReadOnly) {
     TempDir dir;
     const auto db = dir / "upcycle.db";
@@ -587,7 +608,57 @@ TEST(StoreConcurrency, AWorkerKilledMidTrialIsTakenOverWithoutDuplicateRows) {
 
 // ---- the verbs ------------------------------------------------------------------------------
 
+using testing::CliResult;
 using testing::run_cli;
+using testing::run_cli_with_prefix;
+
+// Runs the CLI as an unprivileged user when the tests run as root (CI does): root writes
+// through permissions, and these checks are about a user who cannot.
+CliResult run_cli_unprivileged(const std::string& args) {
+    if (geteuid() != 0) return run_cli(args);
+    return run_cli_with_prefix("setpriv --reuid=65534 --regid=65534 --clear-groups", args);
+}
+
+// A results database someone may only read: reading it works from a read-only folder (a WAL
+// reader would need to create the -shm file there), and a run says it is read-only instead
+// of failing inside SQLite as an internal error.
+TEST(StoreCli, AReadOnlyDatabaseIsReadableAndNotAnInternalError) {
+    if (!std::getenv("UPCYCLE_BIN")) GTEST_SKIP() << "UPCYCLE_BIN not set; run through ctest";
+    if (const auto probe = run_cli_unprivileged("--help"); probe.exit_code != 0) {
+        GTEST_SKIP() << "cannot run the binary as an unprivileged user here (no setpriv, or "
+                        "the build folder is private): "
+                     << probe.output;
+    }
+    TempDir dir;
+    const auto folder = dir / "shared";
+    const auto db = folder / "upcycle.db";
+    {
+        Store store(db, Store::Mode::ReadWrite);
+        const int64_t sweep = store.upsert_sweep("demo", "demo", "h", nullptr);
+        store.add_trial(sweep, "aaaa1111", Method::Dense, config_for(0), std::nullopt);
+    }
+    namespace fs = std::filesystem;
+    const auto readable = fs::perms::owner_read | fs::perms::group_read | fs::perms::others_read;
+    const auto enterable = fs::perms::owner_exec | fs::perms::group_exec | fs::perms::others_exec;
+    fs::permissions(dir.path(), readable | enterable | fs::perms::owner_write);
+    fs::permissions(folder, readable | enterable);  // nobody may create files here
+    for (const auto& f : fs::directory_iterator(folder)) fs::permissions(f.path(), readable);
+
+    const std::string where = " --db " + db.string();
+    const auto status = run_cli_unprivileged("status" + where);
+    EXPECT_EQ(status.exit_code, 0) << status.output;
+    EXPECT_NE(status.output.find("demo"), std::string::npos) << status.output;
+    const auto query = run_cli_unprivileged("query \"SELECT hash FROM trials\"" + where);
+    EXPECT_EQ(query.exit_code, 0) << query.output;
+    EXPECT_NE(query.output.find("aaaa1111"), std::string::npos) << query.output;
+
+    std::ofstream(dir / "s.yaml") << "name: demo\npretrain: {steps: 5}\n";
+    const auto run = run_cli_unprivileged("run " + (dir / "s.yaml").string() + where);
+    EXPECT_EQ(run.exit_code, 2) << run.output;
+    EXPECT_NE(run.output.find("read-only"), std::string::npos) << run.output;
+    EXPECT_EQ(run.output.find("internal error"), std::string::npos) << run.output;
+    fs::permissions(folder, fs::perms::owner_all);
+}
 
 TEST(StoreCli, StatusAndQuery) {
     if (!std::getenv("UPCYCLE_BIN")) GTEST_SKIP() << "UPCYCLE_BIN not set; run through ctest";
