@@ -7,13 +7,13 @@
 #include <CLI/CLI.hpp>
 
 #include "core/errors.h"
-#include "kernels/cpu/blas_setup.h"
+#include "kernels/cpu/process_setup.h"
 #include "runner/commands.h"
 
 int main(int argc, char** argv) {
-    // Debian's OpenBLAS misdetects recent AVX-512 CPUs; this re-executes with the right
-    // kernel set before anything else runs (see kernels/cpu/blas_setup.h).
-    upcycle::ensure_fast_blas(argc, argv);
+    // The OpenBLAS kernel set and the OpenMP wait policy are read when the libraries load:
+    // this sets them and re-executes before anything else runs (kernels/cpu/process_setup.h).
+    upcycle::prepare_process(argc, argv);
 
     CLI::App app{"upcycle: turn dense transformers into Mixture-of-Experts and compare"};
     app.require_subcommand(1);

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "kernels/cpu/blas_setup.h"
+#include "kernels/cpu/process_setup.h"
 #include "kernels/cpu/cpu_backend.h"
 
 namespace upcycle {
@@ -415,7 +416,7 @@ BENCHMARK(BM_GptTinyTrainingStepOps)->Unit(benchmark::kMillisecond)->UseRealTime
 }  // namespace upcycle
 
 int main(int argc, char** argv) {
-    upcycle::ensure_fast_blas(argc, argv);  // may re-exec with OPENBLAS_CORETYPE=SkylakeX
+    upcycle::prepare_process(argc, argv);  // may re-exec (kernels/cpu/process_setup.h)
     benchmark::AddCustomContext("blas", upcycle::blas_description());
     benchmark::Initialize(&argc, argv);
     if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;

@@ -8,11 +8,13 @@
 #include <chrono>
 #include <cstdlib>
 #include <iterator>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "core/errors.h"
+#include "kernels/cpu/process_setup.h"
 
 namespace upcycle {
 
@@ -20,7 +22,7 @@ namespace {
 
 constexpr const char* kCoretypeVariable = "OPENBLAS_CORETYPE";
 // Set before the re-exec so the new image never re-executes itself again.
-constexpr const char* kReexecMarker = "UPCYCLE_BLAS_REEXEC";
+constexpr const char* kReexecMarker = kProcessReexecMarker;
 constexpr const char* kAvx512Coretype = "SkylakeX";
 // The user's explicit choice ("keep" leaves OPENBLAS_CORETYPE alone).
 constexpr const char* kUpcycleCoretypeVariable = "UPCYCLE_OPENBLAS_CORETYPE";
@@ -48,32 +50,31 @@ bool avx512_kernels_in_use() {
 
 }  // namespace
 
-void ensure_fast_blas(int argc, char** argv) {
+std::optional<std::string> openblas_coretype_to_set() {
 #if defined(__x86_64__) || defined(__i386__)
-    if (argc < 1 || argv == nullptr) return;
-    if (std::getenv(kReexecMarker) != nullptr) return;  // already re-executed once
+    if (std::getenv(kReexecMarker) != nullptr) return std::nullopt;  // already re-executed
     const char* requested = std::getenv(kUpcycleCoretypeVariable);
     const char* current = std::getenv(kCoretypeVariable);
     std::string wanted;
     if (requested != nullptr) {
-        if (std::string(requested) == "keep") return;  // leave OPENBLAS_CORETYPE as it is
+        if (std::string(requested) == "keep") return std::nullopt;  // leave it as it is
         wanted = requested;
     } else {
         __builtin_cpu_init();
-        if (!__builtin_cpu_supports("avx512f")) return;
-        if (avx512_kernels_in_use()) return;  // detection (or the environment) got it right
+        if (!__builtin_cpu_supports("avx512f")) return std::nullopt;
+        if (avx512_kernels_in_use()) return std::nullopt;  // detection got it right
         wanted = kAvx512Coretype;
     }
-    if (current != nullptr && wanted == current) return;
-    if (current != nullptr && setenv(kReplacedVariable, current, 1) != 0) return;
-    if (setenv(kCoretypeVariable, wanted.c_str(), 1) != 0) return;
-    if (setenv(kReexecMarker, "1", 1) != 0) return;
-    execv("/proc/self/exe", argv);
-    // exec failed: keep running with whatever kernels OpenBLAS picked.
+    if (current != nullptr && wanted == current) return std::nullopt;
+    return wanted;
 #else
-    (void)argc;
-    (void)argv;
+    return std::nullopt;
 #endif
+}
+
+void set_openblas_coretype(const std::string& coretype) {
+    if (const char* current = std::getenv(kCoretypeVariable)) setenv(kReplacedVariable, current, 1);
+    setenv(kCoretypeVariable, coretype.c_str(), 1);
 }
 
 std::string blas_description() {
@@ -102,8 +103,8 @@ double measure_sgemm_gflops(int M, int N, int K, double min_seconds) {
     for (std::size_t i = 0; i < a.size(); ++i) a[i] = static_cast<float>(i % 7) * 0.125f - 0.375f;
     for (std::size_t i = 0; i < b.size(); ++i) b[i] = static_cast<float>(i % 5) * 0.25f - 0.5f;
     auto call = [&] {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, a.data(), K,
-                    b.data(), K, 0.0f, c.data(), N);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, a.data(), K, b.data(),
+                    K, 0.0f, c.data(), N);
     };
     call();  // warm-up: thread pool start, page faults, buffer allocation
     auto start = std::chrono::steady_clock::now();

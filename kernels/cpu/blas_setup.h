@@ -1,5 +1,6 @@
 #pragma once
 // OpenBLAS set-up and inspection for the CPU backend.
+#include <optional>
 #include <string>
 
 namespace upcycle {
@@ -8,18 +9,18 @@ namespace upcycle {
 // is set, else by CPU detection, which for CPUs newer than the library (AMD Zen 5 with
 // Debian's 0.3.21) can fall back to the Haswell (AVX2) kernels: about half the sgemm speed of
 // the SkylakeX (AVX-512) ones (2048×2048×512: 207 vs 389 GFLOP/s on 2 Zen 5 cores). Some
-// machine images even export OPENBLAS_CORETYPE=Haswell. So: when the CPU has AVX-512F and
-// the kernels in use are not an AVX-512 set, this sets OPENBLAS_CORETYPE=SkylakeX and
-// re-executes the running program (/proc/self/exe) with the same argv. The person decides
+// machine images even export OPENBLAS_CORETYPE=Haswell. So when the CPU has AVX-512F and the
+// kernels in use are not an AVX-512 set, this returns "SkylakeX", for prepare_process
+// (kernels/cpu/process_setup.h) to set before it re-executes the program. The person decides
 // with UPCYCLE_OPENBLAS_CORETYPE: a kernel set name to force it, or "keep" to leave
-// OPENBLAS_CORETYPE exactly as the environment has it. A marker variable prevents a second
-// re-exec; if exec fails the program just continues.
-// Call it first thing in main(), before any thread is started or output written.
-void ensure_fast_blas(int argc, char** argv);
+// OPENBLAS_CORETYPE exactly as the environment has it. nullopt: nothing to change.
+std::optional<std::string> openblas_coretype_to_set();
+// Sets OPENBLAS_CORETYPE (for the re-executed image), remembering the value it replaced.
+void set_openblas_coretype(const std::string& coretype);
 
 // "OpenBLAS 0.3.21 SkylakeX, 2 threads": version, the kernel set in use and thread count;
 // "... Haswell (OPENBLAS_CORETYPE from the environment), ..." when the environment chose the
-// set, "... SkylakeX (replacing OPENBLAS_CORETYPE=Haswell), ..." when ensure_fast_blas did.
+// set, "... SkylakeX (replacing OPENBLAS_CORETYPE=Haswell), ..." when upcycle set it.
 std::string blas_description();
 
 // Times cblas_sgemm of out[M,N] = inp[M,K] · weight[N,K]^T (row-major, as matmul_forward)

@@ -9,6 +9,7 @@
 #include <new>
 
 #include "kernels/cpu/blas_setup.h"
+#include "kernels/cpu/process_setup.h"
 
 namespace upcycle {
 
@@ -34,12 +35,14 @@ void for_each_slice(std::size_t bytes, Fn fn) {
 }
 }  // namespace
 
-std::string CpuBackend::describe() const { return "cpu (" + blas_description() + ")"; }
+std::string CpuBackend::describe() const {
+    return "cpu (" + blas_description() + ", OpenMP waiting " + openmp_wait_description() + ")";
+}
 
 void* CpuBackend::allocate(std::size_t bytes) {
     // aligned_alloc needs a size that is a multiple of the alignment.
-    const std::size_t rounded = (std::max<std::size_t>(bytes, 1) + kAlignment - 1) /
-                                kAlignment * kAlignment;
+    const std::size_t rounded =
+        (std::max<std::size_t>(bytes, 1) + kAlignment - 1) / kAlignment * kAlignment;
     void* ptr = std::aligned_alloc(kAlignment, rounded);
     if (ptr == nullptr) throw std::bad_alloc();
     return ptr;
@@ -70,9 +73,8 @@ void CpuBackend::copy(void* dst, const void* src, std::size_t bytes) {
 
 void CpuBackend::zero(void* dst, std::size_t bytes) {
     auto* d = static_cast<unsigned char*>(dst);
-    for_each_slice(bytes, [&](std::size_t offset, std::size_t length) {
-        std::memset(d + offset, 0, length);
-    });
+    for_each_slice(
+        bytes, [&](std::size_t offset, std::size_t length) { std::memset(d + offset, 0, length); });
 }
 
 }  // namespace upcycle

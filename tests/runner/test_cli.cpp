@@ -20,6 +20,7 @@ namespace upcycle {
 namespace {
 
 using testing::run_cli;
+using testing::run_cli_with_prefix;
 using testing::TempDir;
 
 void write(const std::filesystem::path& path, const std::string& text) {
@@ -251,6 +252,22 @@ TEST_F(Cli, BadInputGetsOneClearLineAndExitCode2) {
     const auto k = run_cli("bench-moe --experts 4 --k 5");
     EXPECT_EQ(k.exit_code, 2) << k.output;
     EXPECT_NE(k.output.find("--k"), std::string::npos) << k.output;
+}
+
+// OpenMP threads wait passively unless the environment says otherwise: spinning waiters made
+// two processes on 2 cores slow each other by more than 2× (kernels/cpu/process_setup.h).
+TEST_F(Cli, OpenMpWaitsPassivelyUnlessTheEnvironmentChooses) {
+    const auto ours = run_cli_with_prefix("env -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT",
+                                          "bench --model gpt-tiny --steps 1 --warmup 0");
+    ASSERT_EQ(ours.exit_code, 0) << ours.output;
+    EXPECT_NE(ours.output.find("OpenMP waiting passive (upcycle's default)"), std::string::npos)
+        << ours.output;
+    const auto theirs = run_cli_with_prefix("env OMP_WAIT_POLICY=active",
+                                            "bench --model gpt-tiny --steps 1 --warmup 0");
+    ASSERT_EQ(theirs.exit_code, 0) << theirs.output;
+    EXPECT_NE(theirs.output.find("OpenMP waiting active (OMP_WAIT_POLICY from the environment)"),
+              std::string::npos)
+        << theirs.output;
 }
 
 // bench-moe times every phase of one MoE layer; the shares add up to the layer, the expert
