@@ -145,9 +145,13 @@ TrainingState read_training_state(const std::filesystem::path& path) {
 }
 
 Checkpoint read_checkpoint(const std::filesystem::path& path) {
+    return checkpoint_from_safetensors(read_safetensors(path), path);
+}
+
+Checkpoint checkpoint_from_safetensors(SafetensorsFile file, const std::filesystem::path& path) {
     Checkpoint ckpt;
     ckpt.path = path;
-    ckpt.file = read_safetensors(path);
+    ckpt.file = std::move(file);
     ckpt.metadata = ckpt.file.metadata;
     const auto& meta = ckpt.metadata;
     nlohmann::json config_json;
