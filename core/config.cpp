@@ -194,7 +194,7 @@ void read_section(const YAML::Node& node, Section& section, const std::string& p
         }
     });
     for (const auto& entry : node) {
-        const std::string key = entry.first.as<std::string>();
+        const std::string key = key_name(entry.first, source, prefix);
         if (!known.count(key)) {
             throw_unknown_key(source, prefix + "." + key, key, field_names(section),
                               line_of(entry.first));
@@ -245,7 +245,7 @@ RunConfig read_run_config(const YAML::Node& root, const std::string& source) {
     if (!root.IsMap()) throw UserError(source, "", "expected a mapping at the top level");
     const auto known = section_names();
     for (const auto& entry : root) {
-        const std::string key = entry.first.as<std::string>();
+        const std::string key = key_name(entry.first, source, "");
         if (std::find(known.begin(), known.end(), key) == known.end()) {
             throw_unknown_key(source, key, key, known, line_of(entry.first));
         }
@@ -262,8 +262,8 @@ RunConfig read_run_config(const YAML::Node& root, const std::string& source) {
         }
         YAML::Node rest(YAML::NodeType::Map);
         for (const auto& entry : model) {
-            if (entry.first.as<std::string>() != "preset")
-                rest[entry.first.as<std::string>()] = entry.second;
+            const std::string key = key_name(entry.first, source, "model");
+            if (key != "preset") rest[key] = entry.second;
         }
         model = rest;
     }

@@ -24,6 +24,11 @@ YAML::Node parse_yaml_mapping(const std::string& text, const std::string& source
 // " (line N)" for a node read from a file, "" for one without a mark (from --set, or made).
 std::string line_of(const YAML::Node& node);
 
+// The text of a mapping key. UserError (file = source, key = within, the dotted path of the
+// mapping, "" at the top level) for a key that is a list, a mapping or empty: valid YAML
+// (`[1, 5]: 2`), but never a config key.
+std::string key_name(const YAML::Node& key, const std::string& source, const std::string& within);
+
 // The value as an integer of type T; yaml-cpp reads "1e3" as no integer type, so an
 // integral-valued number in range is accepted too. nullopt if it is neither.
 template <class T>

@@ -40,6 +40,23 @@ TEST(Config, UnknownKeyNamesFileKeyLineAndSuggestion) {
     EXPECT_NE(top.find("did you mean 'model'"), std::string::npos) << top;
 }
 
+// Found by fuzz/fuzz_run_config.cpp: a mapping key that is a list or a mapping (valid YAML,
+// e.g. `{[1, 5]: 2}`) escaped as a yaml-cpp conversion exception, not a UserError.
+TEST(Config, NonScalarKeyIsRejectedNamingItsSectionAndLine) {
+    const auto top = error_of("name: x\n[1, 5]: 2\n");
+    EXPECT_NE(top.find("sweep.yaml: expected a key name, found a list (line 2)"), std::string::npos)
+        << top;
+    const auto section = error_of("model:\n  channels: 8\n  {a: 1}: 2\n");
+    EXPECT_NE(section.find("'model': expected a key name, found a mapping (line 3)"),
+              std::string::npos)
+        << section;
+    const auto nested = error_of("model:\n  moe: {[1]: 2}\n");
+    EXPECT_NE(nested.find("'model.moe': expected a key name"), std::string::npos) << nested;
+    const auto preset = error_of("model: {preset: gpt-tiny, [1, 5]}\n");
+    EXPECT_NE(preset.find("'model': expected a key name, found a list"), std::string::npos)
+        << preset;
+}
+
 TEST(Config, WrongTypeSaysWhatWasExpected) {
     const auto e = error_of("train:\n  steps: lots\n");
     EXPECT_NE(e.find("train.steps"), std::string::npos) << e;
