@@ -364,7 +364,10 @@ nlohmann::json to_identity_json(const RunConfig& config) {
 RunConfig run_config_from_json(const nlohmann::json& json, const std::string& source) {
     RunConfig config;
     if (!json.is_object()) throw UserError(source, "config", "expected a JSON object");
-    if (json.contains("name")) config.name = json["name"].get<std::string>();
+    if (json.contains("name")) {
+        if (!json["name"].is_string()) throw UserError(source, "name", "expected a string");
+        config.name = json["name"].get<std::string>();
+    }
     visit_sections(config, [&](const char* section_key, auto& section) {
         if (json.contains(section_key))
             section_from_json(json[section_key], section, section_key, source);
@@ -469,6 +472,12 @@ std::vector<int> moe_layer_indices(const ModelConfig& model, const std::string& 
     return layers;
 }
 
+namespace {
+// Far beyond any transformer trained; per-block tables (the MoE block list, the parameter
+// layout) are built from the config, so an absurd depth must be refused before they are.
+constexpr int kMaxLayers = 1 << 16;
+}  // namespace
+
 void validate(const RunConfig& c, const std::string& source) {
     auto require = [&](bool ok, const std::string& key, const std::string& expected) {
         if (!ok) throw UserError(source, key, expected);
@@ -478,6 +487,9 @@ void validate(const RunConfig& c, const std::string& source) {
     require(c.model.context > 0, "model.context", "expected a positive integer");
     require(c.model.channels > 0, "model.channels", "expected a positive integer");
     require(c.model.layers > 0, "model.layers", "expected a positive integer");
+    require(c.model.layers <= kMaxLayers, "model.layers",
+            "expected at most " + std::to_string(kMaxLayers) + " blocks, found " +
+                std::to_string(c.model.layers));
     require(c.model.heads > 0, "model.heads", "expected a positive integer");
     require(c.model.channels % c.model.heads == 0, "model.heads",
             "channels (" + std::to_string(c.model.channels) + ") must be divisible by heads (" +

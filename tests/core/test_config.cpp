@@ -120,6 +120,29 @@ TEST(Config, JsonRoundTripIsExact) {
     EXPECT_DOUBLE_EQ(back.train.lr, 0.000123);
 }
 
+// Found by fuzz/fuzz_safetensors.cpp (the config a checkpoint stores): a "name" that is not a
+// string escaped as a nlohmann::json type_error instead of a UserError.
+TEST(Config, JsonNameThatIsNotAStringIsRejected) {
+    try {
+        run_config_from_json({{"name", 5}}, "ckpt (upcycle.config)");
+        FAIL() << "accepted";
+    } catch (const UserError& e) {
+        EXPECT_NE(std::string(e.what()).find("ckpt (upcycle.config): 'name': expected a string"),
+                  std::string::npos)
+            << e.what();
+    }
+}
+
+// Found by fuzz/fuzz_run_config.cpp: model.layers: 2000000000 with experts made validate()
+// build a list of a billion MoE block indices (out of memory); the depth is bounded.
+TEST(Config, AbsurdDepthIsRejectedBeforeAnythingIsBuilt) {
+    const auto e = error_of("model:\n  layers: 2000000000\n");
+    EXPECT_NE(e.find("'model.layers': expected at most 65536 blocks, found 2000000000"),
+              std::string::npos)
+        << e;
+    EXPECT_EQ(error_of("model:\n  layers: 65536\n  channels: 4\n  heads: 1\n"), "");
+}
+
 TEST(Config, ClosestMatch) {
     EXPECT_EQ(closest_match("chanels", {"channels", "layers"}), "channels");
     EXPECT_EQ(closest_match("zzzzzz", {"channels", "layers"}), "");
