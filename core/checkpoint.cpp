@@ -11,6 +11,7 @@
 
 #include "core/build_info.h"
 #include "core/errors.h"
+#include "core/flops.h"
 
 namespace upcycle {
 
@@ -159,9 +160,13 @@ TrainingState read_training_state(const std::filesystem::path& path) {
 }
 
 Checkpoint read_checkpoint(const std::filesystem::path& path) {
+    return checkpoint_from_safetensors(read_safetensors(path), path);
+}
+
+Checkpoint checkpoint_from_safetensors(SafetensorsFile file, const std::filesystem::path& path) {
     Checkpoint ckpt;
     ckpt.path = path;
-    ckpt.file = read_safetensors(path);
+    ckpt.file = std::move(file);
     ckpt.metadata = ckpt.file.metadata;
     const auto& meta = ckpt.metadata;
     nlohmann::json config_json;
@@ -173,6 +178,19 @@ Checkpoint read_checkpoint(const std::filesystem::path& path) {
     ckpt.config = run_config_from_json(config_json, path.string() + " (" + kConfigKey + ")");
     validate(ckpt.config, path.string() + " (" + kConfigKey + ")");
     ckpt.state = training_state_from(meta, path);
+    // Every tensor the config expects has at least one element, so a config with more
+    // parameters than the file holds floats cannot match it; refusing it before the expected
+    // layout is built keeps a forged config (millions of experts, channels near 2^31) from
+    // building one far larger than the file, or overflowing its sizes.
+    double floats = 0;
+    for (const auto& [name, tensor] : ckpt.file.tensors) floats += tensor.data.size();
+    const double parameters = parameter_count_as_double(ckpt.config.model);
+    if (parameters > floats) {
+        throw UserError(path.string(), kConfigKey,
+                        fmt::format("describes a model of {:.4g} parameters ({}), but the file "
+                                    "holds {:.0f} floats in all",
+                                    parameters, describe_model(ckpt.config.model), floats));
+    }
     for (const auto& name : ckpt.file.order) {
         if (name.rfind("optimizer.", 0) == 0) ckpt.has_optimizer = true;
     }

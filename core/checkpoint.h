@@ -54,6 +54,9 @@ struct Checkpoint {
 // Reads and validates: metadata present and parseable, every tensor of the config's model
 // present with the right shape and dtype, nothing unexpected. Throws UserError.
 Checkpoint read_checkpoint(const std::filesystem::path& path);
+// The same checks on a safetensors file already read (e.g. by parse_safetensors), as if read
+// from path: what read_checkpoint does after reading the file.
+Checkpoint checkpoint_from_safetensors(SafetensorsFile file, const std::filesystem::path& path);
 
 // Only the training state, from the header (no tensor data is read).
 TrainingState read_training_state(const std::filesystem::path& path);

@@ -204,7 +204,7 @@ void read_section(const YAML::Node& node, Section& section, const std::string& p
         }
     });
     for (const auto& entry : node) {
-        const std::string key = entry.first.as<std::string>();
+        const std::string key = key_name(entry.first, source, prefix);
         if (!known.count(key)) {
             throw_unknown_key(source, prefix + "." + key, key, field_names(section),
                               line_of(entry.first));
@@ -255,7 +255,7 @@ RunConfig read_run_config(const YAML::Node& root, const std::string& source) {
     if (!root.IsMap()) throw UserError(source, "", "expected a mapping at the top level");
     const auto known = section_names();
     for (const auto& entry : root) {
-        const std::string key = entry.first.as<std::string>();
+        const std::string key = key_name(entry.first, source, "");
         if (std::find(known.begin(), known.end(), key) == known.end()) {
             throw_unknown_key(source, key, key, known, line_of(entry.first));
         }
@@ -272,8 +272,8 @@ RunConfig read_run_config(const YAML::Node& root, const std::string& source) {
         }
         YAML::Node rest(YAML::NodeType::Map);
         for (const auto& entry : model) {
-            if (entry.first.as<std::string>() != "preset")
-                rest[entry.first.as<std::string>()] = entry.second;
+            const std::string key = key_name(entry.first, source, "model");
+            if (key != "preset") rest[key] = entry.second;
         }
         model = rest;
     }
@@ -384,7 +384,10 @@ nlohmann::json to_identity_json(const RunConfig& config) {
 RunConfig run_config_from_json(const nlohmann::json& json, const std::string& source) {
     RunConfig config;
     if (!json.is_object()) throw UserError(source, "config", "expected a JSON object");
-    if (json.contains("name")) config.name = json["name"].get<std::string>();
+    if (json.contains("name")) {
+        if (!json["name"].is_string()) throw UserError(source, "name", "expected a string");
+        config.name = json["name"].get<std::string>();
+    }
     visit_sections(config, [&](const char* section_key, auto& section) {
         if (json.contains(section_key))
             section_from_json(json[section_key], section, section_key, source);
@@ -510,6 +513,10 @@ void require_finite_numbers(Section& section, const std::string& prefix,
     });
 }
 
+// Far beyond any transformer trained; per-block tables (the MoE block list, the parameter
+// layout) are built from the config, so an absurd depth must be refused before they are.
+constexpr int kMaxLayers = 1 << 16;
+
 }  // namespace
 
 void validate(const RunConfig& config, const std::string& source) {
@@ -524,6 +531,9 @@ void validate(const RunConfig& config, const std::string& source) {
     require(c.model.context > 0, "model.context", "expected a positive integer");
     require(c.model.channels > 0, "model.channels", "expected a positive integer");
     require(c.model.layers > 0, "model.layers", "expected a positive integer");
+    require(c.model.layers <= kMaxLayers, "model.layers",
+            "expected at most " + std::to_string(kMaxLayers) + " blocks, found " +
+                std::to_string(c.model.layers));
     require(c.model.heads > 0, "model.heads", "expected a positive integer");
     require(c.model.channels % c.model.heads == 0, "model.heads",
             "channels (" + std::to_string(c.model.channels) + ") must be divisible by heads (" +

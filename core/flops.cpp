@@ -46,24 +46,33 @@ std::string format_flops(double flops) {
     return fmt::format("{:.3g} {}FLOP", flops, units[u]);
 }
 
-int64_t parameter_count(const ModelConfig& m) {
-    const int64_t C = m.channels, L = m.layers, T = tokens_per_example(m), V = m.vocab_size;
-    const int64_t attention_block = 2 * C                   // ln1
-                                    + 3 * C * C + 3 * C     // qkv
-                                    + C * C + C             // attn proj
-                                    + 2 * C;                // ln2
-    const int64_t mlp = 4 * C * C + 4 * C + 4 * C * C + C;  // fc + proj
-    const auto moe_blocks = static_cast<int64_t>(moe_layer_indices(m).size());
-    const int64_t E = m.moe.experts;
-    const int64_t blocks =
-        L * attention_block + (L - moe_blocks) * mlp + moe_blocks * (E * C + E * mlp);
-    const int64_t lnf = 2 * C;
+namespace {
+
+// The one parameter formula, in N = int64_t (exact) or double (cannot overflow).
+template <class N>
+N count_parameters(const ModelConfig& m) {
+    const N C = m.channels, L = m.layers, T = tokens_per_example(m), V = m.vocab_size;
+    const N attention_block = 2 * C                   // ln1
+                              + 3 * C * C + 3 * C     // qkv
+                              + C * C + C             // attn proj
+                              + 2 * C;                // ln2
+    const N mlp = 4 * C * C + 4 * C + 4 * C * C + C;  // fc + proj
+    const auto moe_blocks = static_cast<N>(moe_layer_indices(m).size());
+    const N E = m.moe.experts;
+    const N blocks = L * attention_block + (L - moe_blocks) * mlp + moe_blocks * (E * C + E * mlp);
+    const N lnf = 2 * C;
     if (m.arch == Arch::Vit) {
-        const int64_t patch_pixels = static_cast<int64_t>(m.patch) * m.patch, K = m.classes;
+        const N patch_pixels = static_cast<N>(m.patch) * m.patch, K = m.classes;
         // patch.{weight,bias}, cls, wpe, blocks, lnf, head.{weight,bias}
         return patch_pixels * C + C + C + T * C + blocks + lnf + K * C + K;
     }
     return V * C + T * C + blocks + lnf;
 }
+
+}  // namespace
+
+int64_t parameter_count(const ModelConfig& m) { return count_parameters<int64_t>(m); }
+
+double parameter_count_as_double(const ModelConfig& m) { return count_parameters<double>(m); }
 
 }  // namespace upcycle

@@ -34,5 +34,8 @@ std::string format_flops(double flops);
 
 // Number of parameters (all tensors, embeddings included).
 int64_t parameter_count(const ModelConfig& model);
+// The same count in double: never overflows, for checking a config (e.g. one read from a file)
+// before anything is built from it.
+double parameter_count_as_double(const ModelConfig& model);
 
 }  // namespace upcycle

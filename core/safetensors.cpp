@@ -101,6 +101,58 @@ uint32_t crc32_extend(uint32_t crc, const unsigned char* data, uint64_t n) {
     return static_cast<uint32_t>(out);
 }
 
+// ---- where the bytes come from -----------------------------------------------------------------
+
+// A file read front to back, or a whole file already in memory: one parser reads both, so what
+// the fuzz target (fuzz/fuzz_safetensors.cpp) exercises is exactly what loads checkpoints.
+class ByteSource {
+public:
+    virtual ~ByteSource() = default;
+    virtual uint64_t size() const = 0;
+    // Copies the next n bytes to out; false when they cannot be read (see failure()).
+    virtual bool read(void* out, uint64_t n) = 0;
+    // Why the last read() failed, for an error message.
+    virtual std::string failure() const = 0;
+};
+
+class FileSource final : public ByteSource {
+public:
+    FileSource(std::FILE* f, const std::string& file) : f_(f) {
+        struct stat st {};
+        if (::fstat(::fileno(f), &st) != 0)
+            throw UserError(file, "", "cannot stat: " + errno_text());
+        if (!S_ISREG(st.st_mode)) throw UserError(file, "", "not a regular file");
+        size_ = static_cast<uint64_t>(st.st_size);
+    }
+    uint64_t size() const override { return size_; }
+    bool read(void* out, uint64_t n) override { return std::fread(out, 1, n, f_) == n; }
+    std::string failure() const override {
+        return std::ferror(f_) ? errno_text()
+                               : "the file ends early (was it changed while reading?)";
+    }
+
+private:
+    std::FILE* f_;
+    uint64_t size_ = 0;
+};
+
+class MemorySource final : public ByteSource {
+public:
+    explicit MemorySource(std::span<const std::byte> bytes) : bytes_(bytes) {}
+    uint64_t size() const override { return bytes_.size(); }
+    bool read(void* out, uint64_t n) override {
+        if (n > bytes_.size() - pos_) return false;
+        if (n) std::memcpy(out, bytes_.data() + pos_, n);
+        pos_ += n;
+        return true;
+    }
+    std::string failure() const override { return "the buffer ends early"; }
+
+private:
+    std::span<const std::byte> bytes_;
+    uint64_t pos_ = 0;
+};
+
 // ---- header parsing ---------------------------------------------------------------------------
 
 struct ParsedHeader {
@@ -172,21 +224,17 @@ SafetensorsEntry parse_entry(const std::string& name, const ordered_json& value,
     return entry;
 }
 
-// Reads the length field and the JSON header from `f` (positioned at 0), validates everything
-// that can be checked without the data, and leaves `f` at the start of the data buffer.
-ParsedHeader read_header(std::FILE* f, const std::filesystem::path& path) {
-    const std::string file = path.string();
-    struct stat st {};
-    if (::fstat(::fileno(f), &st) != 0) throw UserError(file, "", "cannot stat: " + errno_text());
-    if (!S_ISREG(st.st_mode)) throw UserError(file, "", "not a regular file");
-    const auto file_bytes = static_cast<uint64_t>(st.st_size);
+// Reads the length field and the JSON header from `in` (positioned at 0), validates everything
+// that can be checked without the data, and leaves `in` at the start of the data buffer.
+ParsedHeader read_header(ByteSource& in, const std::string& file) {
+    const uint64_t file_bytes = in.size();
     if (file_bytes < kLengthFieldBytes)
         throw UserError(file, "",
                         "truncated: the file is " + std::to_string(file_bytes) +
                             " bytes, shorter than the 8-byte safetensors header length");
     unsigned char len_bytes[kLengthFieldBytes];
-    if (std::fread(len_bytes, 1, kLengthFieldBytes, f) != kLengthFieldBytes)
-        throw UserError(file, "", "cannot read the header length: " + errno_text());
+    if (!in.read(len_bytes, kLengthFieldBytes))
+        throw UserError(file, "", "cannot read the header length: " + in.failure());
     uint64_t n = 0;
     for (int i = static_cast<int>(kLengthFieldBytes) - 1; i >= 0; --i) n = (n << 8) | len_bytes[i];
     if (n > kMaxHeaderBytes)
@@ -199,8 +247,8 @@ ParsedHeader read_header(std::FILE* f, const std::filesystem::path& path) {
                             std::to_string(file_bytes - kLengthFieldBytes) +
                             " bytes follow the length field");
     std::string text(n, '\0');
-    if (n && std::fread(text.data(), 1, n, f) != n)
-        throw UserError(file, "", "cannot read the header: " + errno_text());
+    if (!in.read(text.data(), n))
+        throw UserError(file, "", "cannot read the header: " + in.failure());
 
     ordered_json json = ordered_json::parse(text, nullptr, /*allow_exceptions=*/false);
     if (json.is_discarded())
@@ -400,15 +448,11 @@ void write_safetensors(const std::filesystem::path& path, const std::vector<Tens
 
 // ---- read -------------------------------------------------------------------------------------
 
-SafetensorsHeader read_safetensors_header(const std::filesystem::path& path) {
-    FilePtr f = open_for_reading(path);
-    return read_header(f.get(), path).header;
-}
+namespace {
 
-SafetensorsFile read_safetensors(const std::filesystem::path& path) {
-    const std::string file = path.string();
-    FilePtr f = open_for_reading(path);
-    ParsedHeader parsed = read_header(f.get(), path);
+// Everything after the header: dtypes, the data, the checksum.
+SafetensorsFile read_all(ByteSource& in, const std::string& file) {
+    ParsedHeader parsed = read_header(in, file);
     for (const auto& e : parsed.header.entries)
         if (e.dtype != "F32")
             throw UserError(file, e.name,
@@ -438,11 +482,8 @@ SafetensorsFile read_safetensors(const std::filesystem::path& path) {
         t.shape = e.shape;
         const uint64_t bytes = e.end - e.begin;
         t.data.resize(bytes / sizeof(float));
-        if (bytes && std::fread(t.data.data(), 1, bytes, f.get()) != bytes)
-            throw UserError(file, e.name,
-                            std::ferror(f.get()) ? "cannot read tensor data: " + errno_text()
-                                                 : "truncated: tensor data ends early (was the "
-                                                   "file changed while reading?)");
+        if (bytes && !in.read(t.data.data(), bytes))
+            throw UserError(file, e.name, "cannot read tensor data: " + in.failure());
         out.order.push_back(e.name);
         out.tensors.emplace(e.name, std::move(t));
     }
@@ -461,6 +502,31 @@ SafetensorsFile read_safetensors(const std::filesystem::path& path) {
                                 hex32(*stored_crc) + ", the tensor data has " + hex32(crc) + ")");
     }
     return out;
+}
+
+}  // namespace
+
+SafetensorsHeader read_safetensors_header(const std::filesystem::path& path) {
+    FilePtr f = open_for_reading(path);
+    FileSource in(f.get(), path.string());
+    return read_header(in, path.string()).header;
+}
+
+SafetensorsFile read_safetensors(const std::filesystem::path& path) {
+    FilePtr f = open_for_reading(path);
+    FileSource in(f.get(), path.string());
+    return read_all(in, path.string());
+}
+
+SafetensorsHeader parse_safetensors_header(std::span<const std::byte> bytes,
+                                           const std::string& source) {
+    MemorySource in(bytes);
+    return read_header(in, source).header;
+}
+
+SafetensorsFile parse_safetensors(std::span<const std::byte> bytes, const std::string& source) {
+    MemorySource in(bytes);
+    return read_all(in, source);
 }
 
 // ---- expect_tensors ---------------------------------------------------------------------------

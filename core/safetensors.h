@@ -14,9 +14,11 @@
 //             own "format" value wins.
 // Writes are atomic: a temp file in the target's directory is written, flushed, fsync'ed and
 // renamed over the target, so a crash leaves either the old file or the new one.
+#include <cstddef>
 #include <cstdint>
 #include <filesystem>
 #include <map>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -82,6 +84,12 @@ SafetensorsHeader read_safetensors_header(const std::filesystem::path& path);
 // Reads everything: header validated as above, every tensor must be F32, and the data crc is
 // checked when the file carries one. Throws UserError naming the file (and tensor).
 SafetensorsFile read_safetensors(const std::filesystem::path& path);
+
+// The same two readers over a whole file already in memory (source names it in errors); the
+// path readers above go through the same parser.
+SafetensorsHeader parse_safetensors_header(std::span<const std::byte> bytes,
+                                           const std::string& source);
+SafetensorsFile parse_safetensors(std::span<const std::byte> bytes, const std::string& source);
 
 // Checks that `file` (read from `path`) holds exactly these tensors with these shapes; on
 // mismatch throws UserError naming the file and listing the first few missing, unexpected

@@ -126,6 +126,13 @@ std::string origin_of(const std::vector<std::string>& key, const YAML::Node& ori
     return line_at(original, key, 0);
 }
 
+std::string key_name(const YAML::Node& key, const std::string& source, const std::string& within) {
+    if (key.IsScalar()) return key.Scalar();
+    const char* found = key.IsSequence() ? "a list" : key.IsMap() ? "a mapping" : "an empty key";
+    throw UserError(source, within,
+                    std::string("expected a key name, found ") + found + line_of(key));
+}
+
 std::vector<std::string> split_dotted(const std::string& dotted) {
     std::vector<std::string> parts;
     std::string part;

@@ -41,6 +41,11 @@ bool has_origin(const std::string& message);
 std::string origin_of(const std::vector<std::string>& key, const YAML::Node& original,
                       const std::vector<AppliedOverride>& overrides);
 
+// The text of a mapping key. UserError (file = source, key = within, the dotted path of the
+// mapping, "" at the top level) for a key that is a list, a mapping or empty: valid YAML
+// (`[1, 5]: 2`), but never a config key.
+std::string key_name(const YAML::Node& key, const std::string& source, const std::string& within);
+
 // The value as an integer of type T; yaml-cpp reads "1e3" as no integer type, so an
 // integral-valued number in range is accepted too. nullopt if it is neither.
 template <class T>

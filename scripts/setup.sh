@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what upcycle needs from Debian's packages, skipping what is already present.
 # Idempotent; run as root (or with sudo available). Used by the README and by CI.
+#   --fuzz   also what scripts/fuzz.sh needs: clang, its runtimes (libFuzzer, ASan, UBSan) and
+#            LLVM's OpenMP (clang does not use gcc's libgomp headers)
 set -euo pipefail
 
 packages=(
@@ -14,6 +16,12 @@ packages=(
   # figures: `upcycle plot` draws with gnuplot (pngcairo and svg terminals)
   gnuplot-nox
 )
+if [ "${1:-}" = "--fuzz" ]; then
+  packages+=(clang libclang-rt-dev libomp-dev)
+elif [ $# -gt 0 ]; then
+  echo "usage: $0 [--fuzz]" >&2
+  exit 2
+fi
 
 missing=()
 for p in "${packages[@]}"; do

@@ -8,6 +8,7 @@
 #include <set>
 #include <sstream>
 
+#include <fmt/format.h>
 #include <yaml-cpp/yaml.h>
 
 #include "core/errors.h"
@@ -302,11 +303,11 @@ json canonical_run_json(const RunConfig& config) {
     return out;
 }
 
-// percent/100 of the pretraining's cost, in continuation steps (see steps_for_budget).
-std::optional<int64_t> extra_steps(BudgetUnit unit, const RunConfig& pretrain,
-                                   const ModelConfig& continuation, double percent) {
+// percent/100 of the pretraining's cost in continuation steps, before rounding; 0 for seconds.
+double exact_extra_steps(BudgetUnit unit, const RunConfig& pretrain,
+                         const ModelConfig& continuation, double percent) {
     double steps = 0;
-    if (unit == BudgetUnit::Seconds) return std::nullopt;
+    if (unit == BudgetUnit::Seconds) return 0;
     const double pretrain_steps = static_cast<double>(pretrain.train.steps);
     if (unit == BudgetUnit::Steps) {
         steps = percent / 100.0 * pretrain_steps;
@@ -319,6 +320,14 @@ std::optional<int64_t> extra_steps(BudgetUnit unit, const RunConfig& pretrain,
         const double per_step = flops_per_token(continuation).training * tokens_per_step;
         steps = percent / 100.0 * sunk / per_step;
     }
+    return steps;
+}
+
+// percent/100 of the pretraining's cost, in continuation steps (see steps_for_budget).
+std::optional<int64_t> extra_steps(BudgetUnit unit, const RunConfig& pretrain,
+                                   const ModelConfig& continuation, double percent) {
+    if (unit == BudgetUnit::Seconds) return std::nullopt;
+    const double steps = exact_extra_steps(unit, pretrain, continuation, percent);
     // the fewest whole steps that reach it; the relative slack absorbs rounding in the ratio
     constexpr double kSlack = 1e-12;
     return std::max<int64_t>(1, static_cast<int64_t>(std::ceil(steps * (1.0 - kSlack))));
@@ -455,6 +464,33 @@ void read_continue(const YAML::Node& node, SweepPoint& point, const std::string&
     }
 }
 
+// Refuses budgets (or a pretraining) so large that a method's step counter would leave int64:
+// plan_sweep converts each horizon to whole steps and adds the pretraining's.
+void check_step_counters(const SweepPoint& point, const YAML::Node& cont,
+                         const std::string& source) {
+    if (point.budget_unit == BudgetUnit::Seconds) return;
+    constexpr double kMaxStepCounter = 0x1p62;  // far inside int64: the sums below stay exact
+    for (const Method method : continuation_methods()) {
+        const std::string name = to_string(method);
+        if (!point.methods.contains(name)) continue;
+        const RunConfig run = continuation_run_config(point.pretrain, method, point.methods[name]);
+        const double horizon =
+            point.budgets.back() + (method == Method::Scratch ? kScratchExtraPercent : 0.0);
+        const double base =
+            restarts_step_counter(method) ? 0.0 : static_cast<double>(point.pretrain.train.steps);
+        const double end =
+            base + exact_extra_steps(point.budget_unit, point.pretrain, run.model, horizon);
+        if (!(end <= kMaxStepCounter)) {
+            throw UserError(source, "continue.budgets",
+                            fmt::format("a budget of {:g}% makes {} run to step {:.3g}, beyond "
+                                        "what a step counter holds ({:.3g}); expected smaller "
+                                        "budgets or pretrain.steps",
+                                        horizon, name, end, kMaxStepCounter) +
+                                line_of(key_node(cont, "budgets")));
+        }
+    }
+}
+
 SweepPoint resolve_point(const YAML::Node& tree, const std::string& source, const std::string& name,
                          std::optional<uint64_t> seed) {
     SweepPoint point;
@@ -526,6 +562,7 @@ SweepPoint resolve_point(const YAML::Node& tree, const std::string& source, cons
                 resolve_method(method, key, child(methods, name), pretrain, upcycle, source);
         }
     }
+    check_step_counters(point, cont, source);
     return point;
 }
 

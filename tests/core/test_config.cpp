@@ -44,6 +44,23 @@ TEST(Config, UnknownKeyNamesFileKeyLineAndSuggestion) {
     EXPECT_NE(top.find("did you mean 'model'"), std::string::npos) << top;
 }
 
+// Found by fuzz/fuzz_run_config.cpp: a mapping key that is a list or a mapping (valid YAML,
+// e.g. `{[1, 5]: 2}`) escaped as a yaml-cpp conversion exception, not a UserError.
+TEST(Config, NonScalarKeyIsRejectedNamingItsSectionAndLine) {
+    const auto top = error_of("name: x\n[1, 5]: 2\n");
+    EXPECT_NE(top.find("sweep.yaml: expected a key name, found a list (line 2)"), std::string::npos)
+        << top;
+    const auto section = error_of("model:\n  channels: 8\n  {a: 1}: 2\n");
+    EXPECT_NE(section.find("'model': expected a key name, found a mapping (line 3)"),
+              std::string::npos)
+        << section;
+    const auto nested = error_of("model:\n  moe: {[1]: 2}\n");
+    EXPECT_NE(nested.find("'model.moe': expected a key name"), std::string::npos) << nested;
+    const auto preset = error_of("model: {preset: gpt-tiny, [1, 5]}\n");
+    EXPECT_NE(preset.find("'model': expected a key name, found a list"), std::string::npos)
+        << preset;
+}
+
 TEST(Config, WrongTypeSaysWhatWasExpected) {
     const auto e = error_of("train:\n  steps: lots\n");
     EXPECT_NE(e.find("train.steps"), std::string::npos) << e;
@@ -168,6 +185,29 @@ TEST(Config, JsonRoundTripIsExact) {
     EXPECT_EQ(to_json(back), json);
     EXPECT_EQ(back.model.vocab_size, 50304);
     EXPECT_DOUBLE_EQ(back.train.lr, 0.000123);
+}
+
+// Found by fuzz/fuzz_safetensors.cpp (the config a checkpoint stores): a "name" that is not a
+// string escaped as a nlohmann::json type_error instead of a UserError.
+TEST(Config, JsonNameThatIsNotAStringIsRejected) {
+    try {
+        run_config_from_json({{"name", 5}}, "ckpt (upcycle.config)");
+        FAIL() << "accepted";
+    } catch (const UserError& e) {
+        EXPECT_NE(std::string(e.what()).find("ckpt (upcycle.config): 'name': expected a string"),
+                  std::string::npos)
+            << e.what();
+    }
+}
+
+// Found by fuzz/fuzz_run_config.cpp: model.layers: 2000000000 with experts made validate()
+// build a list of a billion MoE block indices (out of memory); the depth is bounded.
+TEST(Config, AbsurdDepthIsRejectedBeforeAnythingIsBuilt) {
+    const auto e = error_of("model:\n  layers: 2000000000\n");
+    EXPECT_NE(e.find("'model.layers': expected at most 65536 blocks, found 2000000000"),
+              std::string::npos)
+        << e;
+    EXPECT_EQ(error_of("model:\n  layers: 65536\n  channels: 4\n  heads: 1\n"), "");
 }
 
 TEST(Config, ClosestMatch) {

@@ -10,6 +10,7 @@
 #include <limits>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -206,6 +207,40 @@ TEST(Safetensors, TruncatedFileIsRejected) {
     EXPECT_NE(error_of([&] { read_safetensors(file); }).find("truncated"), std::string::npos);
     write_bytes(file, le64(1000) + "{}");
     EXPECT_NE(error_of([&] { read_safetensors(file); }).find("truncated"), std::string::npos);
+}
+
+// The in-memory readers are the path readers' parser over a buffer: same result, same
+// rejections, the given source named.
+TEST(Safetensors, BytesInMemoryReadLikeTheFile) {
+    TempDir dir;
+    const fs::path file = dir.path() / "ckpt.safetensors";
+    Fixture fx;
+    write_safetensors(file, fx.views, {{"k", "v"}});
+    const std::string bytes = read_bytes(file);
+    const auto span = std::as_bytes(std::span(bytes.data(), bytes.size()));
+    const SafetensorsFile from_file = read_safetensors(file);
+    const SafetensorsFile from_bytes = parse_safetensors(span, "in memory");
+    EXPECT_EQ(from_bytes.order, from_file.order);
+    EXPECT_EQ(from_bytes.metadata, from_file.metadata);
+    for (const auto& name : from_file.order) {
+        const auto& a = from_file.tensors.at(name);
+        const auto& b = from_bytes.tensors.at(name);
+        EXPECT_EQ(a.shape, b.shape) << name;
+        ASSERT_EQ(a.data.size(), b.data.size()) << name;
+        EXPECT_EQ(std::memcmp(a.data.data(), b.data.data(), a.data.size() * sizeof(float)), 0);
+    }
+    EXPECT_EQ(parse_safetensors_header(span, "in memory").entries.size(), fx.views.size());
+
+    const std::string msg =
+        error_of([&] { parse_safetensors(span.first(span.size() - 10), "cut"); });
+    EXPECT_EQ(msg.rfind("cut: truncated", 0), 0u) << msg;
+    std::string flipped = bytes;
+    flipped[flipped.size() - 30] ^= 0x10;
+    EXPECT_NE(error_of([&] {
+                  parse_safetensors(std::as_bytes(std::span(flipped.data(), flipped.size())),
+                                    "flipped");
+              }).find("checksum"),
+              std::string::npos);
 }
 
 TEST(Safetensors, FlippedBitFailsChecksum) {

@@ -480,6 +480,26 @@ TEST(SweepErrors, AGridPointsErrorNamesThePointAndTheLine) {
     EXPECT_EQ(zip.find("line 1)"), std::string::npos) << zip;
 }
 
+// Found with fuzz/fuzz_sweep.cpp (under UBSan): a budget or a pretraining so large that a
+// continuation's step counter leaves int64 made plan_sweep convert an out-of-range double
+// (budgets: [1e300]) or overflow a signed addition (pretrain.steps: 9e18); parse_sweep now
+// refuses them, naming the key and its line.
+TEST(SweepErrors, BudgetsBeyondAStepCounterAreRefused) {
+    expect_error(error_of("pretrain: {steps: 10}\ncontinue:\n  budgets: [10, 1e300]\n  "
+                          "methods: {dense: {}}\n"),
+                 {"sweep.yaml", "'continue.budgets'", "1e+300%", "dense", "line 3"});
+    expect_error(error_of("pretrain: {steps: 9e18}\ncontinue:\n  budgets: [100]\n  methods: "
+                          "{upcycle: {}}\n"),
+                 {"'continue.budgets'", "upcycle", "line 3"});
+    expect_error(error_of("pretrain: {steps: 10}\ncontinue: {budget_unit: steps, budgets: [1e21], "
+                          "methods: {scratch: {}}}\n"),
+                 {"'continue.budgets'", "scratch"});
+    // seconds budgets become no step counts; nothing to refuse
+    EXPECT_EQ(error_of("pretrain: {steps: 10}\ncontinue: {budget_unit: seconds, budgets: [1e300], "
+                       "methods: {dense: {}}}\n"),
+              "");
+}
+
 TEST(SweepErrors, WrongTypesAndBadValues) {
     expect_error(error_of("pretrain:\n  steps: lots\n"),
                  {"pretrain.steps", "expected an integer", "'lots'", "line 2"});
