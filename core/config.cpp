@@ -290,15 +290,8 @@ RunConfig read_run_config(const YAML::Node& root, const std::string& source) {
 RunConfig parse_run_config(const std::string& yaml_text, const std::string& source,
                            const std::vector<std::string>& overrides) {
     const YAML::Node original = parse_yaml_mapping(yaml_text, source);
-    YAML::Node root = original;
     std::vector<AppliedOverride> applied;
-    for (const auto& assignment : overrides) {
-        const Override o = parse_override(assignment);
-        applied.push_back({split_dotted(o.key), assignment});
-        // reset() rebinds the handle; `=` would overwrite the node it shares with the tree
-        root.reset(with_value(root, applied.back().path, 0, o.value, "--set",
-                              /*unmarked_key=*/true));
-    }
+    const YAML::Node root = apply_overrides(original, overrides, split_dotted, applied);
     try {
         RunConfig config = read_run_config(root, source);
         validate(config, source);

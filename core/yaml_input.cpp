@@ -191,4 +191,19 @@ YAML::Node with_value(const YAML::Node& tree, const std::vector<std::string>& ke
     return root;
 }
 
+YAML::Node apply_overrides(
+    const YAML::Node& tree, const std::vector<std::string>& overrides,
+    const std::function<std::vector<std::string>(const std::string&)>& path_of,
+    std::vector<AppliedOverride>& applied) {
+    YAML::Node root = tree;
+    for (const auto& assignment : overrides) {
+        const Override o = parse_override(assignment);
+        applied.push_back({path_of(o.key), assignment});
+        // reset() rebinds the handle; `=` would overwrite the node it shares with the tree
+        root.reset(with_value(root, applied.back().path, 0, o.value, "--set",
+                              /*unmarked_key=*/true));
+    }
+    return root;
+}
+
 }  // namespace upcycle

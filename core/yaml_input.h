@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <limits>
 #include <optional>
 #include <string>
@@ -75,6 +76,14 @@ struct Override {
     YAML::Node value;
 };
 Override parse_override(const std::string& assignment);
+
+// `tree` with each `--set key=value` applied in order (a later one wins), and each recorded
+// in `applied` with its path; path_of maps an override's dotted key to its path in the tree
+// (and may throw a UserError for a key it refuses).
+YAML::Node apply_overrides(
+    const YAML::Node& tree, const std::vector<std::string>& overrides,
+    const std::function<std::vector<std::string>(const std::string&)>& path_of,
+    std::vector<AppliedOverride>& applied);
 
 // A copy of `tree` with tree[keys[i]][keys[i+1]]… = value, creating mappings on the way;
 // `tree` itself is unchanged. The copy has no lines (see line_of, origin_of). UserError

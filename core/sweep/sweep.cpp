@@ -752,21 +752,16 @@ SweepSpec expand_sweep(const YAML::Node& root, const std::string& source,
 SweepSpec parse_sweep(const std::string& yaml_text, const std::string& source,
                       const std::vector<std::string>& overrides) {
     const YAML::Node original = parse_yaml_mapping(yaml_text, source);
-    YAML::Node root = original;
     std::vector<AppliedOverride> applied;
-    for (const auto& assignment : overrides) {
-        const Override o = parse_override(assignment);
-        std::vector<std::string> path;
-        if (o.key.rfind("grid.", 0) == 0)
-            path = {"grid", o.key.substr(5)};
-        else
-            path = sweep_path(o.key);
+    const auto override_path = [](const std::string& key) {
+        std::vector<std::string> path = key.rfind("grid.", 0) == 0
+                                            ? std::vector<std::string>{"grid", key.substr(5)}
+                                            : sweep_path(key);
         if (contains(path, ""))
-            throw UserError("--set", o.key, "expected a dotted key such as train.lr");
-        applied.push_back({path, assignment});
-        // reset() rebinds the handle; `=` would overwrite the node it shares with the tree
-        root.reset(with_value(root, path, 0, o.value, "--set", /*unmarked_key=*/true));
-    }
+            throw UserError("--set", key, "expected a dotted key such as train.lr");
+        return path;
+    };
+    const YAML::Node root = apply_overrides(original, overrides, override_path, applied);
     const auto origin = [&](const std::string& key) {
         return origin_of(sweep_path(key), original, applied);
     };

@@ -5,6 +5,8 @@
 #include <atomic>
 #include <cmath>
 #include <fstream>
+#include <functional>
+#include <map>
 
 #include <nlohmann/json.hpp>
 
@@ -29,6 +31,22 @@ std::vector<nlohmann::json> read_log(const std::filesystem::path& dir) {
     std::string line;
     while (std::getline(in, line)) records.push_back(nlohmann::json::parse(line));
     return records;
+}
+
+// dir/forged.safetensors: dir's checkpoint with its metadata edited (and a checksum that
+// matches, so only the edit is wrong).
+std::filesystem::path forge_checkpoint(
+    const std::filesystem::path& dir,
+    const std::function<void(std::map<std::string, std::string>&)>& edit) {
+    auto file = read_safetensors(checkpoint_path(dir));
+    edit(file.metadata);
+    std::vector<TensorView> views;
+    for (const auto& name : file.order) {
+        views.push_back({name, file.tensors.at(name).shape, file.tensors.at(name).data.data()});
+    }
+    const auto forged = dir / "forged.safetensors";
+    write_safetensors(forged, views, file.metadata);
+    return forged;
 }
 
 TEST(Train, StopAndResumeIsBitIdenticalToAnUninterruptedRun) {
@@ -179,16 +197,11 @@ TEST(Train, CheckpointWhoseTensorsDoNotMatchItsConfigIsRejected) {
     options.out_dir = dir.path();
     train(backend, config, options);
     // Rewrite the file claiming one more layer than its tensors have.
-    auto file = read_safetensors(checkpoint_path(dir.path()));
-    auto json = nlohmann::json::parse(file.metadata.at("upcycle.config"));
-    json["model"]["layers"] = 3;
-    file.metadata["upcycle.config"] = json.dump();
-    std::vector<TensorView> views;
-    for (const auto& name : file.order) {
-        views.push_back({name, file.tensors.at(name).shape, file.tensors.at(name).data.data()});
-    }
-    const auto forged = dir / "forged.safetensors";
-    write_safetensors(forged, views, file.metadata);
+    const auto forged = forge_checkpoint(dir.path(), [](auto& metadata) {
+        auto json = nlohmann::json::parse(metadata.at("upcycle.config"));
+        json["model"]["layers"] = 3;
+        metadata["upcycle.config"] = json.dump();
+    });
     try {
         read_checkpoint(forged);
         FAIL() << "expected a UserError";
@@ -208,11 +221,6 @@ TEST(Train, CheckpointWithNegativeCountersIsRejected) {
     TrainOptions options;
     options.out_dir = dir.path();
     train(backend, config, options);
-    const auto file = read_safetensors(checkpoint_path(dir.path()));
-    std::vector<TensorView> views;
-    for (const auto& name : file.order) {
-        views.push_back({name, file.tensors.at(name).shape, file.tensors.at(name).data.data()});
-    }
     for (const auto& [key, value] :
          std::vector<std::pair<std::string, std::string>>{{"upcycle.step", "-5"},
                                                           {"upcycle.tokens", "-1"},
@@ -220,10 +228,8 @@ TEST(Train, CheckpointWithNegativeCountersIsRejected) {
                                                           {"upcycle.seconds", "-0.5"},
                                                           {"upcycle.seconds", "inf"},
                                                           {"upcycle.optimizer_step", "-2"}}) {
-        auto metadata = file.metadata;
-        metadata[key] = value;
-        const auto forged = dir / "forged.safetensors";
-        write_safetensors(forged, views, metadata);
+        const auto forged =
+            forge_checkpoint(dir.path(), [&](auto& metadata) { metadata[key] = value; });
         try {
             read_checkpoint(forged);
             FAIL() << key << " = " << value << " was accepted";
