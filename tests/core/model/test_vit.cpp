@@ -50,7 +50,7 @@ Batch random_batch(int B, uint64_t seed) {
     Batch b;
     b.images = random_vector(static_cast<std::size_t>(B) * kImage * kImage, rng);
     for (int i = 0; i < B; ++i) b.labels.push_back(static_cast<int32_t>(rng.below(kClasses)));
-    b.labels[1] = -1;  // an ignored example must not disturb the gradient
+    if (B > 1) b.labels[1] = -1;  // an ignored example must not disturb the gradient
     return b;
 }
 
