@@ -222,7 +222,7 @@ TrainSummary train(Backend& backend, const RunConfig& config, const TrainOptions
         state.seconds += std::chrono::duration<double>(Clock::now() - step_start).count();
         throughput.add(tokens_per_step);
 
-        if (state.step % tc.log_every == 0 || state.step == tc.steps) {
+        if (logs_step(tc, state.step)) {
             const StepRecord record =
                 step_record(state, tc.steps, stats, lr, opt, throughput.tokens_per_second(), model);
             throughput.reset();

@@ -114,6 +114,10 @@ TrainLogContents read_train_log(const std::filesystem::path& path, int64_t up_to
     return contents;
 }
 
+bool logs_step(const TrainConfig& train, int64_t step) {
+    return step % train.log_every == 0 || step == train.steps;
+}
+
 std::filesystem::path log_path(const std::filesystem::path& out_dir) {
     return out_dir / "log.jsonl";
 }

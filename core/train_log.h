@@ -12,6 +12,9 @@
 
 namespace upcycle {
 
+// Whether train() logs this step: every train.log_every steps, and the last.
+bool logs_step(const TrainConfig& train, int64_t step);
+
 // The log train() keeps in out_dir.
 std::filesystem::path log_path(const std::filesystem::path& out_dir);
 

@@ -3,6 +3,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <fstream>
@@ -118,27 +119,18 @@ public:
             take_over_dead_local_workers();
             auto claimed = store_.claim_next(id_, host_, options_.stale_after_seconds, sweep_id_);
             if (!claimed) {
-                const auto counts = count_states();
-                if (counts.running == 0) return;  // nothing runnable now or later
-                say_what_is_awaited();
+                const auto trials = store_.trials_of_sweep(sweep_id_);
+                const bool any_running = std::any_of(trials.begin(), trials.end(), [](auto& t) {
+                    return t.status == TrialStatus::Running;
+                });
+                if (!any_running) return;  // nothing runnable now or later
+                say_what_is_awaited(trials);
                 std::this_thread::sleep_for(std::chrono::seconds(1));  // wait for a parent
                 continue;
             }
             awaited_.clear();
             if (run_claimed(*claimed) != Outcome::Finished) return;
         }
-    }
-
-    struct Counts {
-        int64_t pending = 0, running = 0;
-    };
-    Counts count_states() {
-        Counts c;
-        for (const auto& t : store_.trials_of_sweep(sweep_id_)) {
-            if (t.status == TrialStatus::Pending) ++c.pending;
-            if (t.status == TrialStatus::Running) ++c.running;
-        }
-        return c;
     }
 
 private:
@@ -183,9 +175,9 @@ private:
 
     // While nothing is claimable but trials run elsewhere, says once what is awaited (and
     // again when that changes), so a wait is never silent.
-    void say_what_is_awaited() {
+    void say_what_is_awaited(const std::vector<TrialRecord>& trials) {
         std::vector<std::string> running;
-        for (const auto& t : store_.trials_of_sweep(sweep_id_)) {
+        for (const auto& t : trials) {
             if (t.status != TrialStatus::Running || t.worker == id_) continue;
             const std::string age =
                 t.heartbeat_age_seconds
@@ -315,13 +307,10 @@ private:
         std::string missing = std::filesystem::exists(log_file) ? "" : "is missing";
         std::set<int64_t> logged;
         for (const auto& r : contents.steps) logged.insert(r.step);
-        const int64_t every = run.train.log_every;
-        for (int64_t s = (origin.step / every + 1) * every; s <= at.step && missing.empty();
-             s += every) {
-            if (!logged.count(s)) missing = fmt::format("lacks the record of step {}", s);
-        }
-        if (missing.empty() && at.step == run.train.steps && !logged.count(at.step)) {
-            missing = fmt::format("lacks the record of step {}", at.step);
+        for (int64_t s = origin.step + 1; s <= at.step && missing.empty(); ++s) {
+            if (logs_step(run.train, s) && !logged.count(s)) {
+                missing = fmt::format("lacks the record of step {}", s);
+            }
         }
         std::set<double> evaluated;
         for (const auto& e : contents.evals)
