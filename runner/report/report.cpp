@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 
 #include "core/errors.h"
+#include "core/flops.h"
 #include "core/sweep/sweep.h"
 
 namespace upcycle {
@@ -209,12 +210,30 @@ std::string cell_text(const ReportCell* cell) {
     return text;
 }
 
+// "−0.0260 ± 0.0150" (the 95% half-width), "+0.0040 ± 0.0140 tie", or the bare mean of one
+// seed.
+std::string difference_text(const PairedDifference& d) {
+    if (!d.mean) return kMissing;
+    std::string text = format_signed(*d.mean);
+    if (d.has_interval()) text += " ± " + format_number(*d.half_width) + (d.tie() ? " tie" : "");
+    return text;
+}
+
 std::string delta_text(const ReportRow& row, const ReportRow* dense, double budget) {
     const ReportCell* cell = row.cell(budget);
     const ReportCell* reference = dense ? dense->cell(budget) : nullptr;
     if (!cell || !reference) return "";
-    if (cell->delta_vs_dense) return format_signed(*cell->delta_vs_dense);
-    return kMissing;
+    return difference_text(cell->vs_dense);
+}
+
+// The dense continuation of `base`: the plain one when there are several.
+const ReportRow* dense_row_of(const Report& report, const std::string& base) {
+    const ReportRow* found = nullptr;
+    for (const auto& r : report.rows) {
+        if (r.method == Method::Dense && r.base == base && (!found || r.variant.empty()))
+            found = &r;
+    }
+    return found;
 }
 
 // The dense row that gives `row` its deltas, if it shows a delta line at all.
@@ -222,12 +241,80 @@ const ReportRow* dense_reference(const Report& report, const ReportRow& row) {
     if (row.method == Method::Pretrain || row.method == Method::Dense || !row.has_dense_reference) {
         return nullptr;
     }
-    const ReportRow* found = nullptr;
-    for (const auto& r : report.rows) {
-        if (r.method == Method::Dense && r.base == row.base && (!found || r.variant.empty()))
-            found = &r;
+    return dense_row_of(report, row.base);
+}
+
+std::optional<NoiseFloor> noise_floor_of(const std::vector<ReportRow>& rows) {
+    std::vector<double> spreads;
+    int max_seeds = 0;
+    for (const auto& row : rows) {
+        for (const auto& cell : row.cells) {
+            if (cell.std && std::isfinite(*cell.std)) {
+                spreads.push_back(*cell.std);
+                max_seeds = std::max(max_seeds, cell.n);
+            }
+        }
     }
-    return found;
+    if (spreads.empty()) return std::nullopt;
+    std::sort(spreads.begin(), spreads.end());
+    const std::size_t n = spreads.size();
+    NoiseFloor floor;
+    floor.cells = static_cast<int>(n);
+    floor.max_seeds = max_seeds;
+    floor.median_std = n % 2 ? spreads[n / 2] : (spreads[n / 2 - 1] + spreads[n / 2]) / 2;
+    floor.min_std = spreads.front();
+    floor.max_std = spreads.back();
+    return floor;
+}
+
+// `candidate` − `reference` at every budget both rows have, paired by seed.
+Comparison compare_rows(const Report& report, const ReportRow& candidate,
+                        const ReportRow& reference) {
+    Comparison c;
+    c.candidate = candidate.label;
+    c.reference = reference.label;
+    c.base = candidate.base;
+    c.candidate_method = candidate.method;
+    c.reference_method = reference.method;
+    std::vector<DifferencePoint> oriented;
+    for (const auto& cell : candidate.cells) {
+        const ReportCell* other = reference.cell(cell.budget_percent);
+        if (!other) continue;
+        DifferencePoint point{cell.budget_percent, paired_difference(cell.values, other->values)};
+        if (point.difference.n == 0) continue;
+        c.points.push_back(point);
+        // Catching up means being better: lower, or higher for an accuracy.
+        if (!report.lower_is_better) point.difference.mean = -*point.difference.mean;
+        oriented.push_back(point);
+    }
+    c.crossover = find_crossover(oriented);
+    return c;
+}
+
+// Each continuation against dense continuation of its base, and scratch against the upcycle
+// row of the same base and variant (or the base's only upcycle row).
+std::vector<Comparison> comparisons_of(const Report& report) {
+    std::vector<Comparison> comparisons;
+    for (const auto& row : report.rows) {
+        if (row.method == Method::Pretrain || row.method == Method::Dense) continue;
+        if (const ReportRow* dense = dense_reference(report, row))
+            comparisons.push_back(compare_rows(report, row, *dense));
+        if (row.method != Method::Scratch) continue;
+        const ReportRow* upcycle = nullptr;
+        int upcycles = 0;
+        for (const auto& r : report.rows) {
+            if (r.method != Method::Upcycle || r.base != row.base) continue;
+            ++upcycles;
+            if (r.variant == row.variant) upcycle = &r;
+        }
+        if (!upcycle && upcycles == 1) {
+            for (const auto& r : report.rows) {
+                if (r.method == Method::Upcycle && r.base == row.base) upcycle = &r;
+            }
+        }
+        if (upcycle) comparisons.push_back(compare_rows(report, row, *upcycle));
+    }
+    return comparisons;
 }
 
 }  // namespace
@@ -301,7 +388,8 @@ std::string caption(const Report& report) {
 std::string columns_caption(const Report& report) {
     return fmt::format(
         "columns: {} as % of the sunk cost (the dense pretraining); {}: "
-        "difference to dense continuation at the same budget",
+        "difference to dense continuation at the same budget, paired by seed, ± its 95% "
+        "interval (tie: the interval contains 0)",
         unit_phrase(report.budget_unit), kDeltaLabel);
 }
 
@@ -452,7 +540,6 @@ Report build_report(const Store& store, const std::string& sweep, const std::str
         ReportRow row;
         std::vector<json> base_key, variant_key;
         std::map<double, ReportCell> cells;
-        std::map<double, std::vector<double>> values;
     };
     std::map<std::string, Accumulator> rows;
     for (std::size_t i = 0; i < trials.size(); ++i) {
@@ -476,15 +563,26 @@ Report build_report(const Store& store, const std::string& sweep, const std::str
                 planned.insert(budget_key(m.get<double>()));
             }
         }
+        if (trial.method == Method::Pretrain && trial.status == TrialStatus::Done) {
+            SunkCost& sunk = report.sunk_costs[label.base];
+            sunk.flops += trial.flops;
+            sunk.tokens += static_cast<double>(trial.tokens);
+            ++sunk.finished;
+        }
         std::set<double> evaluated;
         for (const EvaluationRecord* e : evaluations_of[trial.id]) {
             if (!e->metrics.is_object() || !e->metrics.contains(metric)) continue;
             const json& v = e->metrics[metric];
             const double key = budget_key(e->budget_percent);
-            acc.values[key].push_back(v.is_number() ? v.get<double>()
-                                                    : std::numeric_limits<double>::quiet_NaN());
+            ReportCell& cell = acc.cells[key];
+            cell.budget_percent = key;
+            // Keyed by seed for pairing; two trials of one row with the same seed (a grid over
+            // an excluded key such as upcycle.seed) both count, the second under its hash.
+            std::string seed = label.seed;
+            if (cell.values.count(seed)) seed += "/" + trial.hash;
+            cell.values[seed] =
+                v.is_number() ? v.get<double>() : std::numeric_limits<double>::quiet_NaN();
             evaluated.insert(key);
-            acc.cells[key].budget_percent = key;
         }
         for (double b : planned) {
             ReportCell& cell = acc.cells[b];
@@ -508,44 +606,228 @@ Report build_report(const Store& store, const std::string& sweep, const std::str
     std::set<double> budgets;
     for (Accumulator* acc : ordered) {
         for (auto& [b, cell] : acc->cells) {
-            const auto& values = acc->values[b];
-            cell.n = static_cast<int>(values.size());
-            if (cell.n > 0) {
-                double sum = 0;
-                for (double v : values) sum += v;
-                const double mean = sum / cell.n;
-                cell.mean = mean;
-                if (cell.n >= 2) {
-                    double squares = 0;
-                    for (double v : values) squares += (v - mean) * (v - mean);
-                    cell.std = std::sqrt(squares / (cell.n - 1));
-                }
-            }
+            const SeedSummary summary = summarize(cell.values);
+            cell.n = summary.n;
+            cell.mean = summary.mean;
+            cell.std = summary.std;
             budgets.insert(b);
             acc->row.cells.push_back(cell);
         }
         report.rows.push_back(std::move(acc->row));
     }
     report.budgets.assign(budgets.begin(), budgets.end());
+    for (auto& [base, sunk] : report.sunk_costs) {
+        sunk.flops /= sunk.finished;
+        sunk.tokens /= sunk.finished;
+    }
+    for (const auto& t : trials) {
+        if (t.method != Method::Pretrain) continue;
+        const std::string& base = labels[static_cast<std::size_t>(&t - trials.data())].base;
+        report.sunk_costs[base].steps = t.config.at("run").at("train").value("steps", int64_t{0});
+    }
 
-    // Deltas to the dense row of the same base (the plain one when several).
+    // Deltas to the dense row of the same base (the plain one when several), paired by seed.
     for (auto& row : report.rows) {
         if (row.method == Method::Pretrain) continue;
-        const ReportRow* dense = nullptr;
-        for (const auto& r : report.rows) {
-            if (r.method == Method::Dense && r.base == row.base && (!dense || r.variant.empty()))
-                dense = &r;
-        }
+        const ReportRow* dense = dense_row_of(report, row.base);
         if (!dense) continue;
         row.has_dense_reference = true;
         for (auto& cell : row.cells) {
-            const ReportCell* reference = dense->cell(cell.budget_percent);
-            if (cell.mean && reference && reference->mean) {
-                cell.delta_vs_dense = *cell.mean - *reference->mean;
-            }
+            if (const ReportCell* reference = dense->cell(cell.budget_percent))
+                cell.vs_dense = paired_difference(cell.values, reference->values);
         }
     }
+    report.noise_floor = noise_floor_of(report.rows);
+    report.comparisons = comparisons_of(report);
     return report;
+}
+
+int Report::max_seeds() const {
+    int most = 0;
+    for (const auto& row : rows) {
+        for (const auto& cell : row.cells) most = std::max(most, cell.n);
+    }
+    return most;
+}
+
+// ---- findings -------------------------------------------------------------------------------
+
+namespace {
+
+std::string budget_list(const std::vector<double>& budgets) {
+    std::string text;
+    for (double b : budgets) text += (text.empty() ? "" : ", ") + format_percent(b);
+    return text;
+}
+
+std::string noise_floor_line(const Report& report) {
+    if (const auto& f = report.noise_floor) {
+        return fmt::format(
+            "noise floor: the seed-to-seed std of a cell is {} (median of {} cell{} with up to {} "
+            "seeds; {}–{}): a difference is a finding only when its 95% interval excludes 0",
+            format_number(f->median_std), f->cells, f->cells == 1 ? "" : "s", f->max_seeds,
+            format_number(f->min_std), format_number(f->max_std));
+    }
+    if (report.max_seeds() == 1) {
+        return "noise floor: unknown — every cell evaluated has one seed, so no difference here "
+               "can be told from seed noise; run the sweep with seeds: [1, 2, 3]";
+    }
+    return "";
+}
+
+// "better at 50%, 100%; tied at 10%, 25%" for the candidate against the reference.
+std::string verdict(const Report& report, const Comparison& c) {
+    std::vector<double> better, worse, tied, single;
+    for (const auto& p : c.points) {
+        const PairedDifference& d = p.difference;
+        if (!d.has_interval())
+            single.push_back(p.budget);
+        else if (d.tie())
+            tied.push_back(p.budget);
+        else if ((*d.mean < 0) == report.lower_is_better)
+            better.push_back(p.budget);
+        else
+            worse.push_back(p.budget);
+    }
+    std::vector<std::string> parts;
+    if (!better.empty()) parts.push_back("better at " + budget_list(better));
+    if (!tied.empty()) parts.push_back("tied at " + budget_list(tied));
+    if (!worse.empty()) parts.push_back("worse at " + budget_list(worse));
+    if (!single.empty()) {
+        parts.push_back("one seed at " + budget_list(single) + " (no interval: not a finding)");
+    }
+    std::string text;
+    for (const auto& part : parts) text += (text.empty() ? "" : "; ") + part;
+    const auto& last = c.points.back();
+    return text + fmt::format(" (Δ {} at {})", difference_text(last.difference),
+                              format_percent(last.budget));
+}
+
+std::string crossover_text(const Comparison& c) {
+    const Crossover& x = c.crossover;
+    const std::string who =
+        to_string(c.candidate_method) + " catches " + to_string(c.reference_method) + ": ";
+    if (x.tied_everywhere) return who + "tied at every budget run, so no crossover can be placed";
+    std::string text;
+    switch (x.estimate.where) {
+        case CrossingBound::Where::Before:
+            text =
+                fmt::format("before the first budget run ({})", format_percent(x.estimate.budget));
+            break;
+        case CrossingBound::Where::Beyond:
+            text = fmt::format("not within the budgets run (up to {})",
+                               format_percent(x.estimate.budget));
+            break;
+        case CrossingBound::Where::At: text = "at " + describe_bound(x.estimate); break;
+    }
+    if (!x.earliest || !x.latest) return who + text + "; one seed: no range";
+    const bool same =
+        x.earliest->where == x.latest->where && x.earliest->budget == x.latest->budget;
+    return who + text + "; 95% range: " + describe_bound(*x.earliest) +
+           (same ? "" : " … " + describe_bound(*x.latest));
+}
+
+std::string sunk_cost_text(const SunkCost& sunk) {
+    if (sunk.finished == 0) return fmt::format("{} steps", sunk.steps);
+    return fmt::format("{} steps, {:.3g}M tokens, {}", sunk.steps, sunk.tokens / 1e6,
+                       format_flops(sunk.flops));
+}
+
+// Rows of the form "Δ vs dense" for each sunk cost, one block per continuation variant.
+std::vector<std::vector<std::string>> sunk_cost_lines(const Report& report,
+                                                      std::vector<double>& budgets) {
+    std::set<double> columns;
+    std::map<std::string, std::vector<const ReportRow*>> by_variant;  // method + variant
+    for (const auto& row : report.rows) {
+        if (!dense_reference(report, row) || row.method == Method::Scratch) continue;
+        by_variant[join_words(to_string(row.method), row.variant)].push_back(&row);
+        for (const auto& cell : row.cells) {
+            if (cell.vs_dense.n > 0) columns.insert(cell.budget_percent);
+        }
+    }
+    budgets.assign(columns.begin(), columns.end());
+    std::vector<std::vector<std::string>> lines;
+    for (const auto& [name, rows] : by_variant) {
+        std::vector<std::string> header{name + " − dense", "sunk cost"};
+        for (double b : budgets) header.push_back(format_percent(b));
+        lines.push_back(header);
+        for (const ReportRow* row : rows) {
+            const auto sunk = report.sunk_costs.find(row->base);
+            std::vector<std::string> line{"  " + row->base, sunk == report.sunk_costs.end()
+                                                                ? ""
+                                                                : sunk_cost_text(sunk->second)};
+            for (double b : budgets) {
+                const ReportCell* cell = row->cell(b);
+                line.push_back(cell && cell->vs_dense.n > 0 ? difference_text(cell->vs_dense) : "");
+            }
+            lines.push_back(std::move(line));
+        }
+    }
+    return lines;
+}
+
+// Columns padded to their widest entry (the first left-aligned, the rest right-aligned), two
+// spaces apart, trailing spaces trimmed; a rule under the first line when `rule`.
+std::string aligned(const std::vector<std::vector<std::string>>& lines, bool rule,
+                    std::size_t left_columns = 1) {
+    std::vector<std::size_t> widths;
+    for (const auto& line : lines) {
+        widths.resize(std::max(widths.size(), line.size()), 0);
+        for (std::size_t c = 0; c < line.size(); ++c)
+            widths[c] = std::max(widths[c], display_width(line[c]));
+    }
+    std::string out;
+    auto emit = [&](const std::vector<std::string>& line) {
+        std::string text;
+        for (std::size_t c = 0; c < line.size(); ++c) {
+            text += (c ? "  " : "") + pad(line[c], widths[c], c >= left_columns);
+        }
+        out += text.substr(0, text.find_last_not_of(' ') + 1) + "\n";
+    };
+    for (std::size_t i = 0; i < lines.size(); ++i) {
+        emit(lines[i]);
+        if (i == 0 && rule) {
+            std::vector<std::string> dashes;
+            for (std::size_t w : widths) dashes.push_back(std::string(w, '-'));
+            emit(dashes);
+        }
+    }
+    return out;
+}
+
+// The noise floor, the findings and the sunk-cost table under a table.
+std::string notes(const Report& report) {
+    std::string out;
+    const std::string floor = noise_floor_line(report);
+    if (!floor.empty()) out += "\n" + floor + "\n";
+    const auto findings = report_findings(report);
+    if (!findings.empty()) {
+        out += "\nwhat the data show (" + report.metric + "; paired by seed, 95% intervals):\n";
+        for (const auto& line : findings) out += "  " + line + "\n";
+    }
+    if (report.sunk_costs.size() >= 2) {
+        std::vector<double> budgets;
+        const auto lines = sunk_cost_lines(report, budgets);
+        if (!lines.empty()) {
+            out +=
+                "\nΔ vs dense by sunk cost (the pretraining each continues; paired by seed, ± "
+                "95% interval):\n";
+            out += aligned(lines, false, 2);
+        }
+    }
+    return out;
+}
+
+}  // namespace
+
+std::vector<std::string> report_findings(const Report& report) {
+    std::vector<std::string> lines;
+    for (const auto& c : report.comparisons) {
+        if (c.points.empty()) continue;
+        lines.push_back(c.candidate + " vs " + c.reference + ": " + verdict(report, c));
+        lines.push_back("  " + crossover_text(c));
+    }
+    return lines;
 }
 
 // ---- formats --------------------------------------------------------------------------------
@@ -565,29 +847,12 @@ std::string report_table(const Report& report) {
             lines.push_back(std::move(delta));
         }
     }
-    std::vector<std::size_t> widths(header.size(), 0);
-    for (const auto& line : lines) {
-        for (std::size_t c = 0; c < line.size(); ++c)
-            widths[c] = std::max(widths[c], display_width(line[c]));
-    }
     std::string out = caption(report) + "\n" + columns_caption(report) + "\n" + report.database +
-                      ", " + status_line(report) + "\n\n";
-    auto emit = [&](const std::vector<std::string>& line) {
-        std::string text;
-        for (std::size_t c = 0; c < line.size(); ++c) {
-            text += (c ? "  " : "") + pad(line[c], widths[c], c > 0);
-        }
-        out += text.substr(0, text.find_last_not_of(' ') + 1) + "\n";
-    };
-    emit(lines.front());
-    std::vector<std::string> rule;
-    for (std::size_t w : widths) rule.push_back(std::string(w, '-'));
-    emit(rule);
-    for (std::size_t i = 1; i < lines.size(); ++i) emit(lines[i]);
+                      ", " + status_line(report) + "\n\n" + aligned(lines, true);
     const auto legend = legend_lines(report);
     if (!legend.empty()) out += "\n";
     for (const auto& line : legend) out += line + "\n";
-    return out;
+    return out + notes(report);
 }
 
 std::string report_markdown(const Report& report) {
@@ -611,17 +876,39 @@ std::string report_markdown(const Report& report) {
             out += "\n";
         }
     }
+    const std::string more = notes(report);
+    if (!more.empty()) out += "\n```" + more + "```\n";
     return out;
 }
 
+namespace {
+
+std::optional<double> sunk_flops_of(const Report& report, const ReportRow& row) {
+    const auto it = report.sunk_costs.find(row.base);
+    if (it == report.sunk_costs.end() || it->second.finished == 0) return std::nullopt;
+    return it->second.flops;
+}
+
+std::optional<double> tie_of(const PairedDifference& d) {
+    if (!d.has_interval()) return std::nullopt;
+    return d.tie() ? 1.0 : 0.0;
+}
+
+}  // namespace
+
 std::string report_csv(const Report& report) {
-    std::string out = "method,variant,budget_percent,n,mean,std,delta_vs_dense\n";
+    std::string out =
+        "method,variant,budget_percent,n,mean,std,delta_vs_dense,delta_n,delta_std,delta_low,"
+        "delta_high,tie,sunk_flops\n";
     for (const auto& row : report.rows) {
         for (const auto& cell : row.cells) {
-            out += fmt::format("{},{},{},{},{},{},{}\n", csv_field(to_string(row.method)),
-                               csv_field(row.variant_text()), cell.budget_percent, cell.n,
-                               csv_number(cell.mean), csv_number(cell.std),
-                               csv_number(cell.delta_vs_dense));
+            const PairedDifference& d = cell.vs_dense;
+            out += fmt::format("{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+                               csv_field(to_string(row.method)), csv_field(row.variant_text()),
+                               cell.budget_percent, cell.n, csv_number(cell.mean),
+                               csv_number(cell.std), csv_number(d.mean), d.n, csv_number(d.std),
+                               csv_number(d.low()), csv_number(d.high()), csv_number(tie_of(d)),
+                               csv_number(sunk_flops_of(report, row)));
         }
     }
     return out;
@@ -633,19 +920,84 @@ std::string report_json(const Report& report) {
         if (!v || !std::isfinite(*v)) return nullptr;
         return *v;
     };
+    auto bound = [](const std::optional<CrossingBound>& b) -> ordered {
+        if (!b) return nullptr;
+        const char* where = b->where == CrossingBound::Where::Before   ? "before"
+                            : b->where == CrossingBound::Where::Beyond ? "beyond"
+                                                                       : "at";
+        return ordered{{"where", where}, {"budget_percent", b->budget}};
+    };
     ordered rows = ordered::array();
     for (const auto& row : report.rows) {
         for (const auto& cell : row.cells) {
+            const PairedDifference& d = cell.vs_dense;
+            ordered seeds = ordered::object();
+            for (const auto& [seed, value] : cell.values) seeds[seed] = number(value);
             rows.push_back(ordered{{"method", to_string(row.method)},
                                    {"variant", row.variant_text()},
                                    {"budget_percent", cell.budget_percent},
                                    {"n", cell.n},
                                    {"mean", number(cell.mean)},
                                    {"std", number(cell.std)},
-                                   {"delta_vs_dense", number(cell.delta_vs_dense)}});
+                                   {"delta_vs_dense", number(d.mean)},
+                                   {"delta_n", d.n},
+                                   {"delta_std", number(d.std)},
+                                   {"delta_low", number(d.low())},
+                                   {"delta_high", number(d.high())},
+                                   {"tie", d.has_interval() ? ordered(d.tie()) : ordered()},
+                                   {"sunk_flops", number(sunk_flops_of(report, row))},
+                                   {"seeds", seeds}});
         }
     }
-    return rows.dump(2, ' ', false, ordered::error_handler_t::replace) + "\n";
+    ordered comparisons = ordered::array();
+    for (const auto& c : report.comparisons) {
+        ordered points = ordered::array();
+        for (const auto& p : c.points) {
+            points.push_back(ordered{
+                {"budget_percent", p.budget},
+                {"n", p.difference.n},
+                {"delta", number(p.difference.mean)},
+                {"low", number(p.difference.low())},
+                {"high", number(p.difference.high())},
+                {"tie", p.difference.has_interval() ? ordered(p.difference.tie()) : ordered()}});
+        }
+        const Crossover& x = c.crossover;
+        comparisons.push_back(
+            ordered{{"candidate", c.candidate},
+                    {"reference", c.reference},
+                    {"base", c.base},
+                    {"points", points},
+                    {"crossover", x.known ? ordered{{"estimate", bound(x.estimate)},
+                                                    {"earliest", bound(x.earliest)},
+                                                    {"latest", bound(x.latest)},
+                                                    {"tied_everywhere", x.tied_everywhere}}
+                                          : ordered()}});
+    }
+    ordered sunk = ordered::array();
+    for (const auto& [base, cost] : report.sunk_costs) {
+        sunk.push_back(ordered{{"base", base},
+                               {"steps", cost.steps},
+                               {"finished", cost.finished},
+                               {"flops", cost.finished ? ordered(cost.flops) : ordered()},
+                               {"tokens", cost.finished ? ordered(cost.tokens) : ordered()}});
+    }
+    ordered floor;
+    if (const auto& f = report.noise_floor) {
+        floor = ordered{{"cells", f->cells},
+                        {"max_seeds", f->max_seeds},
+                        {"median_std", f->median_std},
+                        {"min_std", f->min_std},
+                        {"max_std", f->max_std}};
+    }
+    const ordered out{{"sweep", report.sweep},
+                      {"metric", report.metric},
+                      {"budget_unit", to_string(report.budget_unit)},
+                      {"lower_is_better", report.lower_is_better},
+                      {"noise_floor", floor},
+                      {"rows", rows},
+                      {"comparisons", comparisons},
+                      {"sunk_costs", sunk}};
+    return out.dump(2, ' ', false, ordered::error_handler_t::replace) + "\n";
 }
 
 // RFC 4180: a field with a comma, quote or line break is quoted, quotes doubled.

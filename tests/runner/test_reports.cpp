@@ -55,8 +55,9 @@ seeds: [1, 2]
 )";
 
 // The known validation loss of a method (and expert count) at a budget, before the seed's
-// offset: seed 1 is 0.01 below it, seed 2 0.01 above, so two seeds average to it exactly
-// with a sample std of 0.01·√2.
+// offset: seed 1 is 0.01 + e below it, seed 2 0.01 + e above, so two seeds average to it
+// exactly with a sample std of (0.01 + e)·√2. The method's extra spread e makes the paired
+// differences to dense (which has e = 0) spread by e·√2, a 95% half-width of t(1)·e = 12.7·e.
 double base_loss(const std::string& method, int experts, double budget) {
     static const std::map<std::string, std::map<double, double>> table{
         {"dense", {{10, 2.40}, {50, 2.30}, {100, 2.20}}},
@@ -72,7 +73,16 @@ double base_loss(const std::string& method, int experts, double budget) {
     return table.at(key).at(budget);
 }
 
-double seed_offset(int seed) { return seed == 1 ? -0.01 : 0.01; }
+double extra_spread(const std::string& method) {
+    if (method == "upcycle") return 0.005;   // Δ −0.05 ± 0.064 at 10% (a tie), then better
+    if (method == "warmstart") return 0.03;  // ± 0.38: tied everywhere
+    return 0;                                // dense, scratch, the pretraining
+}
+
+double seed_offset(int seed, const std::string& method) {
+    const double offset = 0.01 + extra_spread(method);
+    return seed == 1 ? -offset : offset;
+}
 
 struct FixtureTrial {
     std::string method;
@@ -147,7 +157,7 @@ void build_fixture(const std::filesystem::path& db) {
             to_release.push_back(claimed->id);
             continue;
         }
-        const double offset = seed_offset(f.seed);
+        const double offset = seed_offset(f.seed, f.method);
         const int64_t first = f.method == "pretrain" || f.method == "scratch" ? 0 : kPretrainSteps;
         log_series(store, claimed->id, f, first, kPretrainSteps);
         if (f.method == "pretrain") {
@@ -228,21 +238,31 @@ TEST_F(Reports, RowsAreMethodsAndTheGridValuesThatVary) {
     EXPECT_EQ(c->n, 2);
     EXPECT_EQ(c->planned, 2);
     EXPECT_NEAR(*c->mean, 2.20, 1e-12);
-    EXPECT_NEAR(*c->std, 0.01 * std::sqrt(2.0), 1e-12);
-    EXPECT_NEAR(*c->delta_vs_dense, -0.10, 1e-12);
-    // one seed evaluated of two: its value, no std
+    EXPECT_NEAR(*c->std, 0.015 * std::sqrt(2.0), 1e-12);
+    // paired with dense seed by seed: differences −0.095 and −0.105
+    EXPECT_EQ(c->vs_dense.n, 2);
+    EXPECT_NEAR(*c->vs_dense.mean, -0.10, 1e-12);
+    EXPECT_NEAR(*c->vs_dense.std, 0.005 * std::sqrt(2.0), 1e-12);
+    EXPECT_NEAR(*c->vs_dense.half_width, 12.7062 * 0.005, 1e-9);
+    EXPECT_FALSE(c->vs_dense.tie());
+    EXPECT_TRUE(upcycle4.cell(10)->vs_dense.tie());  // −0.05 ± 0.064
+    // one seed evaluated of two: its value, no std, and paired with dense's seed 1 only
     const ReportCell* partial = r.rows[3].cell(100);
     EXPECT_EQ(partial->n, 1);
     EXPECT_EQ(partial->planned, 2);
-    EXPECT_NEAR(*partial->mean, 1.99, 1e-12);
+    EXPECT_NEAR(*partial->mean, 1.985, 1e-12);
     EXPECT_FALSE(partial->std.has_value());
+    EXPECT_EQ(partial->vs_dense.n, 1);
+    EXPECT_NEAR(*partial->vs_dense.mean, 1.985 - 2.19, 1e-12);
+    EXPECT_FALSE(partial->vs_dense.has_interval());
+    EXPECT_FALSE(partial->vs_dense.tie());
     // scratch experts=8 at 200%: planned, nothing evaluated; dense has no 200% cell
     const ReportCell* missing = r.rows[5].cell(200);
     ASSERT_NE(missing, nullptr);
     EXPECT_EQ(missing->n, 0);
     EXPECT_FALSE(missing->mean.has_value());
     EXPECT_EQ(r.rows[1].cell(200), nullptr);
-    EXPECT_FALSE(r.rows[4].cell(200)->delta_vs_dense.has_value());
+    EXPECT_FALSE(r.rows[4].cell(200)->vs_dense.mean.has_value());
 }
 
 TEST_F(Reports, Table) {
@@ -250,26 +270,45 @@ TEST_F(Reports, Table) {
         "fixture: val_loss (validation loss, nats per prediction; lower is better), mean ± std "
         "over seeds\n"
         "columns: extra training FLOPs as % of the sunk cost (the dense pretraining); Δ vs dense: "
-        "difference to dense continuation at the same budget\n" +
+        "difference to dense continuation at the same budget, paired by seed, ± its 95% interval "
+        "(tie: the interval contains 0)\n" +
         db().string() + ", 14 trials: 11 done, 1 running, 2 pending\n" + R"(
-method                          0%                 10%                 50%                100%             200%
------------------  ---------------  ------------------  ------------------  ------------------  ---------------
+method                          0%                   10%                   50%                  100%             200%
+-----------------  ---------------  --------------------  --------------------  --------------------  ---------------
 pretrained (0%)    2.5000 ± 0.0141
-dense                                  2.4000 ± 0.0141     2.3000 ± 0.0141     2.2000 ± 0.0141
-upcycle experts=4                      2.3500 ± 0.0141     2.2000 ± 0.0141     2.0500 ± 0.0141
-  Δ vs dense                                   -0.0500             -0.1000             -0.1500
-upcycle experts=8                   2.3700 (1/2 seeds)  2.1700 (1/2 seeds)  1.9900 (1/2 seeds)
-  Δ vs dense                                   -0.0300             -0.1300             -0.2100
-scratch experts=4                      3.0000 ± 0.0141     2.6000 ± 0.0141     2.3000 ± 0.0141  2.1000 ± 0.0141
-  Δ vs dense                                   +0.6000             +0.3000             +0.1000
-scratch experts=8                   2.8900 (1/2 seeds)  2.4900 (1/2 seeds)                   …                …
-  Δ vs dense                                   +0.4900             +0.1900                   …
-warmstart                              2.3900 ± 0.0141     2.2700 ± 0.0141     2.1500 ± 0.0141
-  Δ vs dense                                   -0.0100             -0.0300             -0.0500
+dense                                    2.4000 ± 0.0141       2.3000 ± 0.0141       2.2000 ± 0.0141
+upcycle experts=4                        2.3500 ± 0.0212       2.2000 ± 0.0212       2.0500 ± 0.0212
+  Δ vs dense                        -0.0500 ± 0.0635 tie      -0.1000 ± 0.0635      -0.1500 ± 0.0635
+upcycle experts=8                     2.3650 (1/2 seeds)    2.1650 (1/2 seeds)    1.9850 (1/2 seeds)
+  Δ vs dense                                     -0.0250               -0.1250               -0.2050
+scratch experts=4                        3.0000 ± 0.0141       2.6000 ± 0.0141       2.3000 ± 0.0141  2.1000 ± 0.0141
+  Δ vs dense                            +0.6000 ± 0.0000      +0.3000 ± 0.0000      +0.1000 ± 0.0000
+scratch experts=8                     2.8900 (1/2 seeds)    2.4900 (1/2 seeds)                     …                …
+  Δ vs dense                                     +0.5000               +0.2000                     …
+warmstart                                2.3900 ± 0.0566       2.2700 ± 0.0566       2.1500 ± 0.0566
+  Δ vs dense                        -0.0100 ± 0.3812 tie  -0.0300 ± 0.3812 tie  -0.0500 ± 0.3812 tie
 
 …  not evaluated yet (trial pending or running)
 (1/2 seeds)  seeds evaluated there, of those planned
 scratch reuses no sunk cost: its budget is its total compute
+
+noise floor: the seed-to-seed std of a cell is 0.0141 (median of 14 cells with up to 2 seeds; 0.0141–0.0566): a difference is a finding only when its 95% interval excludes 0
+
+what the data show (val_loss; paired by seed, 95% intervals):
+  upcycle experts=4 vs dense: better at 50%, 100%; tied at 10% (Δ -0.1500 ± 0.0635 at 100%)
+    upcycle catches dense: before the first budget run (10%); 95% range: before 10% … ≈21%
+  upcycle experts=8 vs dense: one seed at 10%, 50%, 100% (no interval: not a finding) (Δ -0.2050 at 100%)
+    upcycle catches dense: before the first budget run (10%); one seed: no range
+  scratch experts=4 vs dense: worse at 10%, 50%, 100% (Δ +0.1000 ± 0.0000 at 100%)
+    scratch catches dense: not within the budgets run (up to 100%); 95% range: beyond 100%
+  scratch experts=4 vs upcycle experts=4: worse at 10%, 50%, 100% (Δ +0.2500 ± 0.0635 at 100%)
+    scratch catches upcycle: not within the budgets run (up to 100%); 95% range: beyond 100%
+  scratch experts=8 vs dense: one seed at 10%, 50% (no interval: not a finding) (Δ +0.2000 at 50%)
+    scratch catches dense: not within the budgets run (up to 50%); one seed: no range
+  scratch experts=8 vs upcycle experts=8: one seed at 10%, 50% (no interval: not a finding) (Δ +0.3250 at 50%)
+    scratch catches upcycle: not within the budgets run (up to 50%); one seed: no range
+  warmstart vs dense: tied at 10%, 50%, 100% (Δ -0.0500 ± 0.3812 tie at 100%)
+    warmstart catches dense: tied at every budget run, so no crossover can be placed
 )";
     EXPECT_EQ(report_table(report()), expected) << report_table(report());
 }
@@ -287,35 +326,43 @@ TEST_F(Reports, Markdown) {
     EXPECT_EQ(lines[1], "");
     EXPECT_EQ(lines[2], "| method | 0% | 10% | 50% | 100% | 200% |");
     EXPECT_EQ(lines[3], "| :--- | ---: | ---: | ---: | ---: | ---: |");
-    const std::vector<std::string> body(lines.begin() + 4, lines.end());
-    EXPECT_EQ(body,
-              (std::vector<std::string>{
-                  "| pretrained (0%) | 2.5000 ± 0.0141 | | | | |",
-                  "| dense | | 2.4000 ± 0.0141 | 2.3000 ± 0.0141 | 2.2000 ± 0.0141 | |",
-                  "| upcycle experts=4 | | 2.3500 ± 0.0141 | 2.2000 ± 0.0141 | 2.0500 ± 0.0141 | |",
-                  "| ↳ Δ vs dense | | -0.0500 | -0.1000 | -0.1500 | |",
-                  "| upcycle experts=8 | | 2.3700 (1/2 seeds) | 2.1700 (1/2 seeds) | 1.9900 (1/2 "
-                  "seeds) | |",
-                  "| ↳ Δ vs dense | | -0.0300 | -0.1300 | -0.2100 | |",
-                  "| scratch experts=4 | | 3.0000 ± 0.0141 | 2.6000 ± 0.0141 | 2.3000 ± 0.0141 | "
-                  "2.1000 ± 0.0141 |",
-                  "| ↳ Δ vs dense | | +0.6000 | +0.3000 | +0.1000 | |",
-                  "| scratch experts=8 | | 2.8900 (1/2 seeds) | 2.4900 (1/2 seeds) | … | … |",
-                  "| ↳ Δ vs dense | | +0.4900 | +0.1900 | … | |",
-                  "| warmstart | | 2.3900 ± 0.0141 | 2.2700 ± 0.0141 | 2.1500 ± 0.0141 | |",
-                  "| ↳ Δ vs dense | | -0.0100 | -0.0300 | -0.0500 | |",
-              }))
+    const std::vector<std::string> body(lines.begin() + 4, lines.begin() + 16);
+    EXPECT_EQ(
+        body,
+        (std::vector<std::string>{
+            "| pretrained (0%) | 2.5000 ± 0.0141 | | | | |",
+            "| dense | | 2.4000 ± 0.0141 | 2.3000 ± 0.0141 | 2.2000 ± 0.0141 | |",
+            "| upcycle experts=4 | | 2.3500 ± 0.0212 | 2.2000 ± 0.0212 | 2.0500 ± 0.0212 | |",
+            "| ↳ Δ vs dense | | -0.0500 ± 0.0635 tie | -0.1000 ± 0.0635 | -0.1500 ± 0.0635 | |",
+            "| upcycle experts=8 | | 2.3650 (1/2 seeds) | 2.1650 (1/2 seeds) | 1.9850 (1/2 "
+            "seeds) | |",
+            "| ↳ Δ vs dense | | -0.0250 | -0.1250 | -0.2050 | |",
+            "| scratch experts=4 | | 3.0000 ± 0.0141 | 2.6000 ± 0.0141 | 2.3000 ± 0.0141 | "
+            "2.1000 ± 0.0141 |",
+            "| ↳ Δ vs dense | | +0.6000 ± 0.0000 | +0.3000 ± 0.0000 | +0.1000 ± 0.0000 | |",
+            "| scratch experts=8 | | 2.8900 (1/2 seeds) | 2.4900 (1/2 seeds) | … | … |",
+            "| ↳ Δ vs dense | | +0.5000 | +0.2000 | … | |",
+            "| warmstart | | 2.3900 ± 0.0566 | 2.2700 ± 0.0566 | 2.1500 ± 0.0566 | |",
+            "| ↳ Δ vs dense | | -0.0100 ± 0.3812 tie | -0.0300 ± 0.3812 tie | -0.0500 ± 0.3812 "
+            "tie | |",
+        }))
         << text;
+    // the table's notes follow in a code block
+    const std::string table = report_table(report());
+    const std::string notes = table.substr(table.find("\nnoise floor:"));
+    EXPECT_NE(text.find("\n```" + notes + "```\n"), std::string::npos) << text;
 }
 
 TEST_F(Reports, Csv) {
     const auto lines = lines_of(report_csv(report()));
     ASSERT_FALSE(lines.empty());
-    EXPECT_EQ(lines[0], "method,variant,budget_percent,n,mean,std,delta_vs_dense");
+    EXPECT_EQ(lines[0],
+              "method,variant,budget_percent,n,mean,std,delta_vs_dense,delta_n,delta_std,"
+              "delta_low,delta_high,tie,sunk_flops");
     // pretrained 1 + dense 3 + upcycle 3 + 3 + scratch 4 + 4 + warmstart 3
     EXPECT_EQ(lines.size(), 1u + 21u);
     for (const auto& line : lines) {
-        EXPECT_EQ(std::count(line.begin(), line.end(), ','), 6) << line;
+        EXPECT_EQ(std::count(line.begin(), line.end(), ','), 12) << line;
     }
     // method,variant,budget_percent → the other fields
     std::map<std::string, std::vector<std::string>> rows;
@@ -324,43 +371,66 @@ TEST_F(Reports, Csv) {
         std::stringstream in(lines[i]);
         for (std::string field; std::getline(in, field, ',');) fields.push_back(field);
         if (lines[i].back() == ',') fields.push_back("");
-        ASSERT_EQ(fields.size(), 7u) << lines[i];
-        rows[fields[0] + "," + fields[1] + "," + fields[2]] = {fields[3], fields[4], fields[5],
-                                                               fields[6]};
+        ASSERT_EQ(fields.size(), 13u) << lines[i];
+        rows[fields[0] + "," + fields[1] + "," + fields[2]] =
+            std::vector<std::string>(fields.begin() + 3, fields.end());
     }
     EXPECT_EQ(rows.size(), 21u);
-    auto expect_row = [&](const std::string& key, const std::string& n, std::optional<double> mean,
-                          std::optional<double> std, std::optional<double> delta) {
+    // n, mean, std, delta, delta_n, delta_low, delta_high, tie; sunk_flops is the pretraining's
+    using Maybe = std::optional<double>;
+    auto expect_row = [&](const std::string& key, const std::string& n, Maybe mean, Maybe std,
+                          Maybe delta, const std::string& delta_n, Maybe low, Maybe high,
+                          const std::string& tie) {
         SCOPED_TRACE(key);
         ASSERT_TRUE(rows.count(key));
         const auto& f = rows[key];
         EXPECT_EQ(f[0], n);
-        const std::optional<double> expected[] = {mean, std, delta};
-        for (int i = 0; i < 3; ++i) {
-            if (!expected[i])
-                EXPECT_EQ(f[i + 1], "") << i;
+        EXPECT_EQ(f[4], delta_n);
+        EXPECT_EQ(f[8], tie);
+        EXPECT_NEAR(std::stod(f[9]), kPretrainFlops, 1e-3);
+        const std::pair<int, Maybe> expected[] = {
+            {1, mean}, {2, std}, {3, delta}, {6, low}, {7, high}};
+        for (const auto& [i, value] : expected) {
+            if (!value)
+                EXPECT_EQ(f[i], "") << i;
             else
-                EXPECT_NEAR(std::stod(f[i + 1]), *expected[i], 1e-12) << i;
+                EXPECT_NEAR(std::stod(f[i]), *value, 1e-9) << i;
         }
     };
     const double s2 = 0.01 * std::sqrt(2.0);
-    expect_row("pretrain,,0", "2", 2.5, s2, std::nullopt);
-    expect_row("dense,,10", "2", 2.4, s2, 0.0);
-    expect_row("upcycle,experts=4,50", "2", 2.2, s2, -0.1);
-    expect_row("upcycle,experts=8,100", "1", 1.99, std::nullopt, -0.21);
-    expect_row("scratch,experts=4,200", "2", 2.1, s2, std::nullopt);  // dense has no 200%
-    expect_row("scratch,experts=8,50", "1", 2.49, std::nullopt, 0.19);
-    expect_row("scratch,experts=8,200", "0", std::nullopt, std::nullopt, std::nullopt);
-    expect_row("warmstart,,100", "2", 2.15, s2, -0.05);
+    const double up = 12.7062 * 0.005;  // upcycle's 95% half-width
+    const Maybe none;
+    expect_row("pretrain,,0", "2", 2.5, s2, none, "0", none, none, "");
+    expect_row("dense,,10", "2", 2.4, s2, 0.0, "2", 0.0, 0.0, "1");
+    expect_row("upcycle,experts=4,10", "2", 2.35, 0.015 * std::sqrt(2.0), -0.05, "2", -0.05 - up,
+               -0.05 + up, "1");
+    expect_row("upcycle,experts=4,50", "2", 2.2, 0.015 * std::sqrt(2.0), -0.1, "2", -0.1 - up,
+               -0.1 + up, "0");
+    expect_row("upcycle,experts=8,100", "1", 1.985, none, 1.985 - 2.19, "1", none, none, "");
+    expect_row("scratch,experts=4,200", "2", 2.1, s2, none, "0", none, none, "");  // no dense
+    expect_row("scratch,experts=8,50", "1", 2.49, none, 0.2, "1", none, none, "");
+    expect_row("scratch,experts=8,200", "0", none, none, none, "0", none, none, "");
+    expect_row("warmstart,,100", "2", 2.15, 0.04 * std::sqrt(2.0), -0.05, "2",
+               -0.05 - 12.7062 * 0.03, -0.05 + 12.7062 * 0.03, "1");
 }
 
 TEST_F(Reports, Json) {
-    const auto rows = nlohmann::json::parse(report_json(report()));
+    const auto report_object = nlohmann::json::parse(report_json(report()));
+    ASSERT_TRUE(report_object.is_object());
+    EXPECT_EQ(report_object["sweep"], kSweep);
+    EXPECT_EQ(report_object["metric"], "val_loss");
+    EXPECT_EQ(report_object["budget_unit"], "flops");
+    EXPECT_EQ(report_object["lower_is_better"], true);
+    EXPECT_EQ(report_object["noise_floor"]["cells"], 14);
+    EXPECT_NEAR(report_object["noise_floor"]["median_std"].get<double>(), 0.01 * std::sqrt(2.0),
+                1e-12);
+    const auto& rows = report_object["rows"];
     ASSERT_TRUE(rows.is_array());
     EXPECT_EQ(rows.size(), 21u);
     for (const auto& row : rows) {
         for (const char* key :
-             {"method", "variant", "budget_percent", "n", "mean", "std", "delta_vs_dense"}) {
+             {"method", "variant", "budget_percent", "n", "mean", "std", "delta_vs_dense",
+              "delta_n", "delta_std", "delta_low", "delta_high", "tie", "sunk_flops", "seeds"}) {
             EXPECT_TRUE(row.contains(key)) << key << " " << row.dump();
         }
     }
@@ -377,12 +447,41 @@ TEST_F(Reports, Json) {
     EXPECT_EQ(up["n"], 2);
     EXPECT_NEAR(up["mean"].get<double>(), 2.05, 1e-12);
     EXPECT_NEAR(up["delta_vs_dense"].get<double>(), -0.15, 1e-12);
+    EXPECT_EQ(up["tie"], false);
+    EXPECT_NEAR(up["seeds"]["1"].get<double>(), 2.035, 1e-12);
+    EXPECT_NEAR(up["seeds"]["2"].get<double>(), 2.065, 1e-12);
     const auto missing = find("scratch", "experts=8", 200);
     EXPECT_EQ(missing["n"], 0);
     EXPECT_TRUE(missing["mean"].is_null());
     EXPECT_TRUE(missing["std"].is_null());
     EXPECT_TRUE(missing["delta_vs_dense"].is_null());
+    EXPECT_TRUE(missing["tie"].is_null());
     EXPECT_TRUE(find("upcycle", "experts=8", 10)["std"].is_null());  // one seed
+
+    // upcycle experts=4 against dense: tied at 10%, better beyond; the interval's upper bound
+    // crosses zero between 10% and 50%: 10 + 40·(0.0635 − 0.05)/(0.0635 − 0.05 + 0.1 − 0.0635)
+    const auto& comparisons = report_object["comparisons"];
+    ASSERT_TRUE(comparisons.is_array());
+    nlohmann::json upcycle_vs_dense, scratch_vs_upcycle;
+    for (const auto& c : comparisons) {
+        if (c["candidate"] == "upcycle experts=4" && c["reference"] == "dense")
+            upcycle_vs_dense = c;
+        if (c["candidate"] == "scratch experts=4" && c["reference"] == "upcycle experts=4")
+            scratch_vs_upcycle = c;
+    }
+    ASSERT_FALSE(upcycle_vs_dense.is_null()) << comparisons.dump(1);
+    const auto& x = upcycle_vs_dense["crossover"];
+    EXPECT_EQ(x["estimate"]["where"], "before");
+    EXPECT_EQ(x["earliest"]["where"], "before");
+    EXPECT_EQ(x["latest"]["where"], "at");
+    const double h = 12.7062 * 0.005;
+    EXPECT_NEAR(x["latest"]["budget_percent"].get<double>(), 10 + 40 * (h - 0.05) / 0.05, 1e-6);
+    ASSERT_FALSE(scratch_vs_upcycle.is_null()) << comparisons.dump(1);
+    EXPECT_EQ(scratch_vs_upcycle["points"].size(), 3u);  // 10, 50, 100: upcycle has no 200%
+    EXPECT_EQ(scratch_vs_upcycle["crossover"]["estimate"]["where"], "beyond");
+    ASSERT_EQ(report_object["sunk_costs"].size(), 1u);
+    EXPECT_EQ(report_object["sunk_costs"][0]["steps"], kPretrainSteps);
+    EXPECT_NEAR(report_object["sunk_costs"][0]["flops"].get<double>(), kPretrainFlops, 1e-3);
 }
 
 TEST_F(Reports, AccuracyIsHigherIsBetter) {
@@ -392,7 +491,7 @@ TEST_F(Reports, AccuracyIsHigherIsBetter) {
     EXPECT_NE(table.find("(validation accuracy; higher is better)"), std::string::npos) << table;
     // 1 − 2.05/4 for upcycle experts=4 at 100%, and dense 1 − 2.2/4: +0.0375
     EXPECT_NEAR(*r.rows[2].cell(100)->mean, 1.0 - 2.05 / 4.0, 1e-12);
-    EXPECT_NEAR(*r.rows[2].cell(100)->delta_vs_dense, 0.0375, 1e-12);
+    EXPECT_NEAR(*r.rows[2].cell(100)->vs_dense.mean, 0.0375, 1e-12);
 }
 
 TEST_F(Reports, UnknownSweepOrMetricIsAUserError) {
