@@ -95,7 +95,7 @@ struct TrainConfig {
 
 struct EvalConfig {
     int64_t every = 250;        // steps between evaluations (0: only at the end)
-    int64_t max_windows = 512;  // evenly spaced validation windows per evaluation (0: all) (text)
+    int64_t max_windows = 0;  // evenly spaced validation windows per evaluation (0: all) (text)
     // images: validation images per evaluation (evenly spaced; 0: all). At budget milestones and
     // at the end a ViT is also measured on the test split: accuracy and the few-shot probe.
     int64_t max_images = 0;
