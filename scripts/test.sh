@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-bash scripts/build.sh
+bash scripts/build.sh -DUPCYCLE_TESTS=ON -DUPCYCLE_BENCH=ON -DUPCYCLE_CUDA=AUTO
 ctest --test-dir build --output-on-failure -j "$(nproc)"

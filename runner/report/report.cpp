@@ -706,7 +706,7 @@ std::string verdict(const Report& report, const Comparison& c) {
 std::string crossover_text(const Comparison& c) {
     const Crossover& x = c.crossover;
     const std::string who =
-        to_string(c.candidate_method) + " catches " + to_string(c.reference_method) + ": ";
+        to_string(c.candidate_method) + " overtakes " + to_string(c.reference_method) + ": ";
     if (x.tied_everywhere) return who + "tied at every budget run, so no crossover can be placed";
     std::string text;
     switch (x.estimate.where) {

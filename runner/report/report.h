@@ -13,7 +13,7 @@
 //
 // Under the table: the noise floor (the median seed-to-seed std of a cell), what the data
 // show in words (each method against dense continuation, scratch against upcycle, with the
-// extra compute at which one catches the other), and, when the sweep grids the pretraining
+// extra compute at which one overtakes the other), and, when the sweep grids the pretraining
 // (a sunk-cost axis such as pretrain.steps), Δ(upcycle − dense) for each sunk cost.
 //
 // Which values vary is found by comparing the canonical trial configs (core/sweep/sweep.h):
@@ -96,7 +96,7 @@ struct NoiseFloor {
 };
 
 // One method against another over the budgets both evaluated, paired by seed: the candidate
-// minus the reference, and where the candidate catches up (statistics.h).
+// minus the reference, and where the candidate overtakes it (statistics.h).
 struct Comparison {
     std::string candidate, reference;  // row labels
     std::string base;                  // the pretraining both continue ("" when one)

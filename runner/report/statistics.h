@@ -2,8 +2,8 @@
 // The statistics behind `upcycle results`: a metric summarised over seeds, the paired
 // difference of two methods over the seeds both ran (same seed = same dense parent and the
 // same data order, so the seed's own luck cancels), its 95% Student-t interval, ties, and
-// where a difference curve crosses zero (the extra compute at which one method catches up
-// with another).
+// where a difference curve crosses zero (the extra compute at which one method overtakes
+// another).
 //
 // A difference is a finding only when its interval excludes zero: with one seed there is no
 // interval, and the report says so rather than reading a sign into noise.
@@ -45,7 +45,7 @@ struct PairedDifference {
 };
 PairedDifference paired_difference(const SeedValues& a, const SeedValues& b);
 
-// Where along the budgets a difference curve crosses zero, read as "the candidate catches
+// Where along the budgets a difference curve crosses zero, read as "the candidate overtakes
 // the reference". Differences must be oriented so that negative means the candidate is
 // better (for a metric where higher is better, pass reference − candidate).
 //

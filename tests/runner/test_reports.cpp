@@ -296,19 +296,19 @@ noise floor: the seed-to-seed std of a cell is 0.0141 (median of 14 cells with u
 
 what the data show (val_loss; paired by seed, 95% intervals):
   upcycle experts=4 vs dense: better at 50%, 100%; tied at 10% (Δ -0.1500 ± 0.0635 at 100%)
-    upcycle catches dense: before the first budget run (10%); 95% range: before 10% … ≈21%
+    upcycle overtakes dense: before the first budget run (10%); 95% range: before 10% … ≈21%
   upcycle experts=8 vs dense: one seed at 10%, 50%, 100% (no interval: not a finding) (Δ -0.2050 at 100%)
-    upcycle catches dense: before the first budget run (10%); one seed: no range
+    upcycle overtakes dense: before the first budget run (10%); one seed: no range
   scratch experts=4 vs dense: worse at 10%, 50%, 100% (Δ +0.1000 ± 0.0000 at 100%)
-    scratch catches dense: not within the budgets run (up to 100%); 95% range: beyond 100%
+    scratch overtakes dense: not within the budgets run (up to 100%); 95% range: beyond 100%
   scratch experts=4 vs upcycle experts=4: worse at 10%, 50%, 100% (Δ +0.2500 ± 0.0635 at 100%)
-    scratch catches upcycle: not within the budgets run (up to 100%); 95% range: beyond 100%
+    scratch overtakes upcycle: not within the budgets run (up to 100%); 95% range: beyond 100%
   scratch experts=8 vs dense: one seed at 10%, 50% (no interval: not a finding) (Δ +0.2000 at 50%)
-    scratch catches dense: not within the budgets run (up to 50%); one seed: no range
+    scratch overtakes dense: not within the budgets run (up to 50%); one seed: no range
   scratch experts=8 vs upcycle experts=8: one seed at 10%, 50% (no interval: not a finding) (Δ +0.3250 at 50%)
-    scratch catches upcycle: not within the budgets run (up to 50%); one seed: no range
+    scratch overtakes upcycle: not within the budgets run (up to 50%); one seed: no range
   warmstart vs dense: tied at 10%, 50%, 100% (Δ -0.0500 ± 0.3812 tie at 100%)
-    warmstart catches dense: tied at every budget run, so no crossover can be placed
+    warmstart overtakes dense: tied at every budget run, so no crossover can be placed
 )";
     EXPECT_EQ(report_table(report()), expected) << report_table(report());
 }
