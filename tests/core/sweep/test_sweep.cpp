@@ -641,10 +641,11 @@ TEST(Sweep, VitBudgetsCountImageTokens) {
 TEST(Sweep, ExperimentFilesParseAndPlan) {
     const std::map<std::string, std::map<std::string, int>> expected = {
         {"experiments/quickstart.yaml",
-         {{"pretrain", 1}, {"dense", 1}, {"upcycle", 1}, {"scratch", 1}, {"warmstart", 1}}},
+         {{"pretrain", 3}, {"dense", 3}, {"upcycle", 3}, {"scratch", 3}, {"warmstart", 3}}},
+        {"experiments/sunk_cost.yaml", {{"pretrain", 12}, {"dense", 12}, {"upcycle", 12}}},
         {"experiments/paper_lm.yaml",
          {{"pretrain", 2}, {"dense", 2}, {"upcycle", 6}, {"scratch", 6}, {"warmstart", 2}}},
-        {"experiments/ablations.yaml", {{"pretrain", 1}, {"dense", 1}, {"upcycle", 12}}},
+        {"experiments/ablations.yaml", {{"pretrain", 3}, {"dense", 3}, {"upcycle", 36}}},
         {"experiments/quickstart_vit.yaml",
          {{"pretrain", 1}, {"dense", 1}, {"upcycle", 1}, {"scratch", 1}, {"warmstart", 1}}},
         {"experiments/paper_vit.yaml",
@@ -667,6 +668,13 @@ TEST(Sweep, ExperimentFilesParseAndPlan) {
     std::set<std::string> ablation_hashes;
     for (const auto& t : ablations) ablation_hashes.insert(t.hash);
     EXPECT_TRUE(ablation_hashes.count(find_method(quick, "upcycle").hash));
+    // and the sunk-cost sweep's 1,000-step point is the quickstart's dense vs upcycle
+    std::set<std::string> sunk_hashes;
+    for (const auto& t : plans["experiments/sunk_cost.yaml"]) sunk_hashes.insert(t.hash);
+    for (const auto& t : quick) {
+        if (t.method != Method::Scratch && t.method != Method::Warmstart)
+            EXPECT_TRUE(sunk_hashes.count(t.hash)) << to_string(t.method);
+    }
 }
 
 }  // namespace
