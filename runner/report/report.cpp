@@ -810,7 +810,7 @@ std::string notes(const Report& report) {
         const auto lines = sunk_cost_lines(report, budgets);
         if (!lines.empty()) {
             out +=
-                "\nΔ vs dense by sunk cost (the pretraining each continues; paired by seed, ± "
+                "\nΔ vs dense for each pretraining continued (its sunk cost; paired by seed, ± "
                 "95% interval):\n";
             out += aligned(lines, false, 2);
         }
