@@ -643,6 +643,7 @@ TEST(Sweep, ExperimentFilesParseAndPlan) {
         {"experiments/quickstart.yaml",
          {{"pretrain", 3}, {"dense", 3}, {"upcycle", 3}, {"scratch", 3}, {"warmstart", 3}}},
         {"experiments/sunk_cost.yaml", {{"pretrain", 12}, {"dense", 12}, {"upcycle", 12}}},
+        {"experiments/quickstart_regime.yaml", {{"pretrain", 6}, {"dense", 6}, {"upcycle", 15}}},
         {"experiments/paper_lm.yaml",
          {{"pretrain", 2}, {"dense", 2}, {"upcycle", 6}, {"scratch", 6}, {"warmstart", 2}}},
         {"experiments/ablations.yaml", {{"pretrain", 3}, {"dense", 3}, {"upcycle", 36}}},
