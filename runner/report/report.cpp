@@ -23,6 +23,7 @@ constexpr const char* kMissing = "…";
 constexpr const char* kDeltaLabel = "Δ vs dense";
 constexpr int kDecimals = 4;
 constexpr double kBudgetResolution = 1e6;  // budgets equal to 1e-6 % are the same column
+constexpr double kSunkCostPercent = 100;   // the sunk cost on the budget axis
 
 // Paths that never make a variant: seeds (averaged over), the parent (the pretraining's
 // variant covers it), the budget and the step count that follows from it.
@@ -312,7 +313,15 @@ std::vector<Comparison> comparisons_of(const Report& report) {
                 if (r.method == Method::Upcycle && r.base == row.base) upcycle = &r;
             }
         }
-        if (upcycle) comparisons.push_back(compare_rows(report, row, *upcycle));
+        if (!upcycle) continue;
+        Comparison c = compare_rows(report, row, *upcycle);
+        for (const auto& cell : upcycle->cells) {
+            const ReportCell* scratch = row.cell(cell.budget_percent + kSunkCostPercent);
+            if (!scratch) continue;
+            const PairedDifference d = paired_difference(scratch->values, cell.values);
+            if (d.n > 0) c.equal_total_compute.push_back({cell.budget_percent, d});
+        }
+        comparisons.push_back(std::move(c));
     }
     return comparisons;
 }
@@ -826,6 +835,19 @@ std::vector<std::string> report_findings(const Report& report) {
         if (c.points.empty()) continue;
         lines.push_back(c.candidate + " vs " + c.reference + ": " + verdict(report, c));
         lines.push_back("  " + crossover_text(c));
+        for (const auto& p : c.equal_total_compute) {
+            const PairedDifference& d = p.difference;
+            const std::string verdict_text = !d.has_interval() ? "one seed"
+                                             : d.tie()         ? "tied"
+                                             : ((*d.mean < 0) == report.lower_is_better) ? "better"
+                                                                                         : "worse";
+            lines.push_back(fmt::format(
+                "  at equal total compute (the sunk cost counted): {} at {} vs {} at +{}: {} "
+                "(Δ {})",
+                to_string(c.candidate_method), format_percent(p.budget + kSunkCostPercent),
+                to_string(c.reference_method), format_percent(p.budget), verdict_text,
+                difference_text(d)));
+        }
     }
     return lines;
 }
@@ -961,12 +983,22 @@ std::string report_json(const Report& report) {
                 {"high", number(p.difference.high())},
                 {"tie", p.difference.has_interval() ? ordered(p.difference.tie()) : ordered()}});
         }
+        ordered equal_total = ordered::array();
+        for (const auto& p : c.equal_total_compute) {
+            equal_total.push_back(ordered{{"budget_percent", p.budget},
+                                          {"candidate_total_percent", p.budget + kSunkCostPercent},
+                                          {"n", p.difference.n},
+                                          {"delta", number(p.difference.mean)},
+                                          {"low", number(p.difference.low())},
+                                          {"high", number(p.difference.high())}});
+        }
         const Crossover& x = c.crossover;
         comparisons.push_back(
             ordered{{"candidate", c.candidate},
                     {"reference", c.reference},
                     {"base", c.base},
                     {"points", points},
+                    {"equal_total_compute", equal_total},
                     {"crossover", x.known ? ordered{{"estimate", bound(x.estimate)},
                                                     {"earliest", bound(x.earliest)},
                                                     {"latest", bound(x.latest)},

@@ -103,6 +103,10 @@ struct Comparison {
     Method candidate_method = Method::Dense, reference_method = Method::Dense;
     std::vector<DifferencePoint> points;  // ascending budget; candidate − reference
     Crossover crossover;                  // oriented so that catching up means being better
+    // Scratch against upcycle only: at equal total compute, counting the sunk cost that
+    // upcycle reuses. Scratch at B + 100% (its total) − upcycle at +B% (100% sunk + B% extra);
+    // each point's budget is upcycle's B.
+    std::vector<DifferencePoint> equal_total_compute;
 };
 
 struct Report {

@@ -303,6 +303,7 @@ what the data show (val_loss; paired by seed, 95% intervals):
     scratch overtakes dense: not within the budgets run (up to 100%); 95% range: beyond 100%
   scratch experts=4 vs upcycle experts=4: worse at 10%, 50%, 100% (Δ +0.2500 ± 0.0635 at 100%)
     scratch overtakes upcycle: not within the budgets run (up to 100%); 95% range: beyond 100%
+    at equal total compute (the sunk cost counted): scratch at 200% vs upcycle at +100%: tied (Δ +0.0500 ± 0.0635 tie)
   scratch experts=8 vs dense: one seed at 10%, 50% (no interval: not a finding) (Δ +0.2000 at 50%)
     scratch overtakes dense: not within the budgets run (up to 50%); one seed: no range
   scratch experts=8 vs upcycle experts=8: one seed at 10%, 50% (no interval: not a finding) (Δ +0.3250 at 50%)
@@ -479,6 +480,14 @@ TEST_F(Reports, Json) {
     ASSERT_FALSE(scratch_vs_upcycle.is_null()) << comparisons.dump(1);
     EXPECT_EQ(scratch_vs_upcycle["points"].size(), 3u);  // 10, 50, 100: upcycle has no 200%
     EXPECT_EQ(scratch_vs_upcycle["crossover"]["estimate"]["where"], "beyond");
+    // counting the sunk cost: scratch at 200% (2.09, 2.11) against upcycle at +100% (2.035,
+    // 2.065)
+    const auto& equal_total = scratch_vs_upcycle["equal_total_compute"];
+    ASSERT_EQ(equal_total.size(), 1u);
+    EXPECT_EQ(equal_total[0]["budget_percent"], 100.0);
+    EXPECT_EQ(equal_total[0]["candidate_total_percent"], 200.0);
+    EXPECT_NEAR(equal_total[0]["delta"].get<double>(), 0.05, 1e-12);
+    EXPECT_NEAR(equal_total[0]["high"].get<double>(), 0.05 + 12.7062 * 0.005, 1e-9);
     ASSERT_EQ(report_object["sunk_costs"].size(), 1u);
     EXPECT_EQ(report_object["sunk_costs"][0]["steps"], kPretrainSteps);
     EXPECT_NEAR(report_object["sunk_costs"][0]["flops"].get<double>(), kPretrainFlops, 1e-3);
