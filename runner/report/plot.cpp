@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <set>
 #include <stdexcept>
@@ -32,6 +33,7 @@ constexpr std::size_t kMaxUniformGuides = 16;  // expert_load: 1/E guides up to 
 constexpr int kCurvesWidth = 1100, kCurvesHeight = 900;
 constexpr int kComparisonWidth = 1100, kComparisonHeight = 720;
 constexpr int kPanelWidth = 560, kPanelHeight = 340, kTitleHeight = 70;
+constexpr double kRawCurveLightness = 0.65;  // the raw train_loss behind its EMA: faint
 
 // Okabe–Ito colours, one per method; variants are shades of their method's.
 std::string method_color(Method method) {
@@ -54,6 +56,16 @@ std::string shade(const std::string& hex, std::size_t k, std::size_t n) {
         const double v = std::stoi(hex.substr(1 + 2 * c, 2), nullptr, 16);
         const double mixed = t < 0 ? v + (255.0 - v) * -t : v * (1.0 - t);
         out += fmt::format("{:02X}", static_cast<int>(std::lround(std::clamp(mixed, 0.0, 255.0))));
+    }
+    return out;
+}
+
+// A colour mixed with white: `amount` 0 keeps it, 1 is white (the faint raw training curves).
+std::string lighten(const std::string& hex, double amount) {
+    std::string out = "#";
+    for (int c = 0; c < 3; ++c) {
+        const double v = std::stoi(hex.substr(1 + 2 * c, 2), nullptr, 16);
+        out += fmt::format("{:02X}", static_cast<int>(std::lround(v + (255.0 - v) * amount)));
     }
     return out;
 }
@@ -371,7 +383,7 @@ void draw_training_curves(const Store& store, const std::string& sweep, FigureWr
         return row_rank[labels[a].label] < row_rank[labels[b].label];
     });
 
-    std::string data, lines, points;
+    std::string data, raw, lines, points;  // raw: drawn first, behind every smoothed line
     int index = 0;
     std::set<std::string> titled;
     std::set<double> checkpoints;
@@ -387,28 +399,41 @@ void draw_training_curves(const Store& store, const std::string& sweep, FigureWr
         const Style& style = styles.at(labels[i].label);
         const std::string who =
             fmt::format("trial {} {} seed {}", t.id, labels[i].label, labels[i].seed);
-        auto block = [&](const std::vector<MetricRow>& rows, const std::string& key) {
+        // `smoothed`: a fifth column, the EMA of the values (train_loss only)
+        auto block = [&](const std::vector<MetricRow>& rows, const std::string& key,
+                         bool smoothed) {
             std::string text = fmt::format(
                 "# {} ({}; FLOPs offset {} = its checkpoint's)\n"
-                "# flops_cumulative step {} trial_flops\n",
-                who, key, number(offset), key);
-            for (const auto& m : rows) {
-                text += fmt::format("{} {} {} {}\n", number(m.flops + offset), m.step,
+                "# flops_cumulative step {} trial_flops{}\n",
+                who, key, number(offset), key,
+                smoothed ? fmt::format(" {}_ema(alpha={})", key, number(ema_alpha(rows.size())))
+                         : "");
+            std::vector<double> values;
+            for (const auto& m : rows) values.push_back(m.value);
+            const std::vector<double> ema = smoothed ? ema_smoothed(values) : values;
+            for (std::size_t k = 0; k < rows.size(); ++k) {
+                const MetricRow& m = rows[k];
+                text += fmt::format("{} {} {} {}", number(m.flops + offset), m.step,
                                     number(m.value), number(m.flops));
+                text += smoothed ? " " + number(ema[k]) + "\n" : "\n";
             }
             return text + "\n\n";
         };
         if (!train[t.id].empty()) {
-            data += block(train[t.id], "train_loss");
+            data += block(train[t.id], "train_loss", true);
             const bool first = titled.insert(labels[i].label).second;
+            raw += fmt::format(
+                "\"training_curves.dat\" index {} using 1:3 with lines lw 0.8 lc rgb \"{}\" "
+                "notitle, \\\n             ",
+                index, lighten(style.color, kRawCurveLightness));
             lines += fmt::format(
-                "{}\"training_curves.dat\" index {} using 1:3 with lines lw 1.5 "
+                "{}\"training_curves.dat\" index {} using 1:5 with lines lw 1.5 "
                 "lc rgb \"{}\" {}",
                 lines.empty() ? "" : ", \\\n             ", index++, style.color,
                 first ? "title " + gp_string(labels[i].label) : "notitle");
         }
         if (!val[t.id].empty()) {
-            data += block(val[t.id], "val_loss");
+            data += block(val[t.id], "val_loss", false);
             points += fmt::format(
                 ", \\\n             \"training_curves.dat\" index {} using 1:3 "
                 "with points pt {} ps 1.1 lc rgb \"{}\" notitle",
@@ -423,7 +448,7 @@ void draw_training_curves(const Store& store, const std::string& sweep, FigureWr
         return;
     }
     if (lines.empty()) points = points.substr(std::string(", \\\n             ").size());
-    const std::string plot = "        plot " + lines + points + "\n";
+    const std::string plot = "        plot " + raw + lines + points + "\n";
 
     std::string arrows;
     for (double c : checkpoints) {
@@ -442,7 +467,8 @@ void draw_training_curves(const Store& store, const std::string& sweep, FigureWr
         "{}"
         "        unset key\n",
         zoom ? 2 : 1,
-        gp_string(fmt::format("{}: training loss (lines) and validation loss (points)\n"
+        gp_string(fmt::format("{}: training loss (lines: EMA over 5% of a trial's logged "
+                              "points, faint: as logged) and validation loss (points)\n"
                               "continuations start at their dense checkpoint's FLOPs (dotted "
                               "line), scratch at 0",
                               sweep)),
@@ -574,6 +600,28 @@ void draw_expert_load(const Store& store, const std::string& sweep, FigureWriter
 }
 
 }  // namespace
+
+double ema_alpha(std::size_t points) {
+    const double tau = std::max(1.0, kEmaTimeConstantFraction * static_cast<double>(points));
+    return 1.0 - std::exp(-1.0 / tau);
+}
+
+std::vector<double> ema_smoothed(const std::vector<double>& values) {
+    const double alpha = ema_alpha(values.size());
+    std::vector<double> out;
+    out.reserve(values.size());
+    double average = 0, weight = 0;  // weight = 1 − (1 − α)^k: the bias correction
+    for (double x : values) {
+        if (!std::isfinite(x)) {
+            out.push_back(std::numeric_limits<double>::quiet_NaN());
+            continue;
+        }
+        average = (1.0 - alpha) * average + alpha * x;
+        weight = (1.0 - alpha) * weight + alpha;
+        out.push_back(average / weight);
+    }
+    return out;
+}
 
 std::optional<fs::path> find_gnuplot(const std::string& program) {
     auto executable = [](const fs::path& p) {
