@@ -32,6 +32,11 @@ constexpr double kLogPad = 1.25;               // comparison x range: budgets ÷
 constexpr std::size_t kMaxUniformGuides = 16;  // expert_load: 1/E guides up to this many experts
 constexpr int kCurvesWidth = 1100, kCurvesHeight = 900;
 constexpr int kComparisonWidth = 1100, kComparisonHeight = 720;
+// A second panel zooms in on the rows other than scratch when they span less than this
+// fraction of the whole y-range (scratch starting far above them), with this margin (a
+// fraction of their span) on either side.
+constexpr double kZoomWhenSpanBelow = 2.0 / 3.0;
+constexpr double kZoomMargin = 0.06;
 constexpr int kPanelWidth = 560, kPanelHeight = 340, kTitleHeight = 70;
 constexpr double kRawCurveLightness = 0.65;  // the raw train_loss behind its EMA: faint
 
@@ -237,6 +242,82 @@ std::string metric_name(const std::string& metric) {
     return description.substr(0, description.find(','));
 }
 
+// ---- a zoom panel for what scratch squeezes ----------------------------------------------
+
+// The y-range of what a panel draws (error bars included).
+struct Extent {
+    double lo = std::numeric_limits<double>::infinity();
+    double hi = -std::numeric_limits<double>::infinity();
+    void add(double v) {
+        if (!std::isfinite(v)) return;
+        lo = std::min(lo, v);
+        hi = std::max(hi, v);
+    }
+    bool empty() const { return lo > hi; }
+};
+
+struct YRange {
+    double lo = 0, hi = 0;
+};
+
+// The zoomed y-range around `kept` (the rows other than scratch) when it takes too little of
+// `all` to read; nullopt when one panel is enough.
+std::optional<YRange> zoom_range(const Extent& all, const Extent& kept) {
+    if (all.empty() || kept.empty()) return std::nullopt;
+    const double whole = all.hi - all.lo, span = kept.hi - kept.lo;
+    if (whole <= 0 || span >= kZoomWhenSpanBelow * whole) return std::nullopt;
+    const double pad = kZoomMargin * (span > 0 ? span : whole);
+    return YRange{kept.lo - pad, kept.hi + pad};
+}
+
+// The drawing commands of a figure that may need its zoom, and the figure's height: one panel
+// titled `title` (the key below it, as the script sets), or two stacked panels, the second on
+// the zoomed y-range with what falls outside clipped, over one key of `key_entries` lines.
+struct Drawing {
+    std::string body;
+    int height = 0;
+};
+
+Drawing zoomable_body(const std::string& title, const std::string& xlabel, const std::string& plot,
+                      const std::optional<YRange>& zoom, const std::string& zoom_title,
+                      std::size_t key_entries, int single_height) {
+    if (!zoom) {
+        return {fmt::format("    set title {}\n    set xlabel {}\n{}\n", gp_string(title),
+                            gp_string(xlabel), plot),
+                single_height};
+    }
+    // pixels from the top: the titles, a panel, its tics and the next title, a panel, its tics
+    // and axis label, then the key (one line per entry: gnuplot ignores maxrows for a key
+    // placed `at`)
+    constexpr int kTop = 90, kPanel = 380, kBetween = 80, kBelow = 70, kKeyLine = 19;
+    const int key = static_cast<int>(key_entries) * kKeyLine + 30;
+    const int height = kTop + 2 * kPanel + kBetween + kBelow + key;
+    auto at = [&](int pixels_from_top) { return number(1.0 - double(pixels_from_top) / height); };
+    return {fmt::format("    set multiplot title {}\n"
+                        "        set lmargin at screen 0.08\n"
+                        "        set rmargin at screen 0.97\n"
+                        "        set tmargin at screen {}\n"
+                        "        set bmargin at screen {}\n"
+                        "        set key at screen 0.5, screen {} center top box opaque\n"
+                        "        set title \"every row\"\n"
+                        "        unset xlabel\n"
+                        "    {}\n"
+                        "        unset key\n"
+                        "        set tmargin at screen {}\n"
+                        "        set bmargin at screen {}\n"
+                        "        set title {}\n"
+                        "        set xlabel {}\n"
+                        "        set yrange [{}:{}]\n"
+                        "    {}\n"
+                        "    unset multiplot\n"
+                        "    set yrange [*:*]\n",
+                        gp_string(title), at(kTop), at(kTop + kPanel), at(height - key + 10), plot,
+                        at(kTop + kPanel + kBetween), at(kTop + 2 * kPanel + kBetween),
+                        gp_string(zoom_title), gp_string(xlabel), number(zoom->lo),
+                        number(zoom->hi), plot),
+            height};
+}
+
 // ---- comparison ----------------------------------------------------------------------------
 
 void draw_comparison(const Store& store, const std::string& sweep, const PlotOptions& options,
@@ -267,11 +348,20 @@ void draw_comparison(const Store& store, const std::string& sweep, const PlotOpt
     auto add_plot = [&](const std::string& command) {
         plots += (plots.empty() ? "    plot " : ", \\\n         ") + command;
     };
+    Extent all, kept;  // kept: every row but scratch, which the zoom panel clips
+    auto extend = [&](Method method, double lo, double hi) {
+        for (Extent* e : {&all, &kept}) {
+            if (e == &kept && method == Method::Scratch) continue;
+            e->add(lo);
+            e->add(hi);
+        }
+    };
     for (const auto& row : report.rows) {
         const Style& style = styles.at(row.label);
         if (row.method == Method::Pretrain) {
             const ReportCell* cell = row.cell(0);
             if (!cell || !cell->mean) continue;
+            extend(row.method, *cell->mean, *cell->mean);
             data += fmt::format(
                 "# {}: the dense checkpoint (mean over {} seed{}), drawn across "
                 "the budgets\n# budget_percent {}\n{} {}\n{} {}\n\n\n",
@@ -289,6 +379,8 @@ void draw_comparison(const Store& store, const std::string& sweep, const PlotOpt
             incomplete |= cell.n < cell.planned;
             if (!cell.mean) continue;
             bars |= cell.std.has_value();
+            const double spread = cell.std.value_or(0.0);
+            extend(row.method, *cell.mean - spread, *cell.mean + spread);
             block += fmt::format("{} {} {} {}\n", number(cell.budget_percent), number(*cell.mean),
                                  number(cell.std.value_or(0.0)), cell.n);
         }
@@ -324,8 +416,6 @@ void draw_comparison(const Store& store, const std::string& sweep, const PlotOpt
         subtitle += "; sunk cost " + format_flops(sunk / pretrainings) + " of dense pretraining";
     std::string script = script_header("comparison", "Continuation methods compared", sweep);
     script += fmt::format(
-        "set title {}\n"
-        "set xlabel {}\n"
         "set ylabel {}\n"
         "set logscale x\n"
         "set xrange [{}:{}]\n"
@@ -334,14 +424,17 @@ void draw_comparison(const Store& store, const std::string& sweep, const PlotOpt
         "set grid xtics ytics\n"
         "set key below box height 1.5\n"
         "set bars small\n",
-        gp_string(fmt::format("{}: {} against extra compute\n{}", sweep,
-                              metric_name(options.metric), subtitle)),
-        gp_string(unit_phrase(report.budget_unit) +
-                  ", % of the sunk cost (scratch: its total compute, log scale)"),
         gp_string(metric_description(options.metric) +
                   (report.lower_is_better ? " (lower is better)" : " (higher is better)")),
         number(lo), number(hi), tics);
-    script += terminals_loop("comparison", kComparisonWidth, kComparisonHeight, plots + "\n");
+    const Drawing drawing = zoomable_body(
+        fmt::format("{}: {} against extra compute\n{}", sweep, metric_name(options.metric),
+                    subtitle),
+        unit_phrase(report.budget_unit) +
+            ", % of the sunk cost (scratch: its total compute, log scale)",
+        plots, zoom_range(all, kept), "zoomed in on the rows other than scratch (scratch clipped)",
+        static_cast<std::size_t>(index), kComparisonHeight);
+    script += terminals_loop("comparison", kComparisonWidth, drawing.height, drawing.body);
     writer.draw("comparison", data, script);
 }
 

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <fstream>
 #include <map>
 #include <set>
@@ -745,6 +746,19 @@ TEST_F(Reports, PlotsEveryFigureAndKeepsTheScripts) {
     EXPECT_NEAR(pretrain->rows[1][2], x2, 1e-9);
     EXPECT_NEAR(pretrain->rows[1][4], ((1 - a) * a * x1 + a * x2) / (1 - (1 - a) * (1 - a)), 1e-9);
     EXPECT_TRUE(figures.count("expert_load_upcycle-experts-4_seed1_trial3.png"));
+    // scratch starts far above the rest (3.0 at 10%): a second panel zooms in on the other
+    // rows, from upcycle experts=8's 1.985 to the pretrained 2.5, and clips scratch's 2.89
+    const std::string comparison = head_of(options.out_dir / "comparison.gp", 1 << 16);
+    EXPECT_NE(comparison.find("set multiplot"), std::string::npos);
+    const std::size_t range = comparison.find("set yrange [");
+    ASSERT_NE(range, std::string::npos) << comparison;
+    double zoom_lo = 0, zoom_hi = 0;
+    ASSERT_EQ(std::sscanf(comparison.c_str() + range, "set yrange [%lf:%lf]", &zoom_lo, &zoom_hi),
+              2);
+    EXPECT_LT(zoom_lo, 1.985);
+    EXPECT_GT(zoom_lo, 1.9);
+    EXPECT_GT(zoom_hi, 2.5);
+    EXPECT_LT(zoom_hi, 2.6);
     // the scripts re-draw in their own directory
     const std::string gp = head_of(options.out_dir / "comparison.gp", 1 << 16);
     EXPECT_NE(gp.find("\"comparison.dat\""), std::string::npos);
