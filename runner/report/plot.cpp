@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <set>
 #include <stdexcept>
@@ -31,7 +32,13 @@ constexpr double kLogPad = 1.25;               // comparison x range: budgets ÷
 constexpr std::size_t kMaxUniformGuides = 16;  // expert_load: 1/E guides up to this many experts
 constexpr int kCurvesWidth = 1100, kCurvesHeight = 900;
 constexpr int kComparisonWidth = 1100, kComparisonHeight = 720;
+// A second panel zooms in on the rows other than scratch when they span less than this
+// fraction of the whole y-range (scratch starting far above them), with this margin (a
+// fraction of their span) on either side.
+constexpr double kZoomWhenSpanBelow = 2.0 / 3.0;
+constexpr double kZoomMargin = 0.06;
 constexpr int kPanelWidth = 560, kPanelHeight = 340, kTitleHeight = 70;
+constexpr double kRawCurveLightness = 0.65;  // the raw train_loss behind its EMA: faint
 
 // Okabe–Ito colours, one per method; variants are shades of their method's.
 std::string method_color(Method method) {
@@ -54,6 +61,16 @@ std::string shade(const std::string& hex, std::size_t k, std::size_t n) {
         const double v = std::stoi(hex.substr(1 + 2 * c, 2), nullptr, 16);
         const double mixed = t < 0 ? v + (255.0 - v) * -t : v * (1.0 - t);
         out += fmt::format("{:02X}", static_cast<int>(std::lround(std::clamp(mixed, 0.0, 255.0))));
+    }
+    return out;
+}
+
+// A colour mixed with white: `amount` 0 keeps it, 1 is white (the faint raw training curves).
+std::string lighten(const std::string& hex, double amount) {
+    std::string out = "#";
+    for (int c = 0; c < 3; ++c) {
+        const double v = std::stoi(hex.substr(1 + 2 * c, 2), nullptr, 16);
+        out += fmt::format("{:02X}", static_cast<int>(std::lround(v + (255.0 - v) * amount)));
     }
     return out;
 }
@@ -225,6 +242,82 @@ std::string metric_name(const std::string& metric) {
     return description.substr(0, description.find(','));
 }
 
+// ---- a zoom panel for what scratch squeezes ----------------------------------------------
+
+// The y-range of what a panel draws (error bars included).
+struct Extent {
+    double lo = std::numeric_limits<double>::infinity();
+    double hi = -std::numeric_limits<double>::infinity();
+    void add(double v) {
+        if (!std::isfinite(v)) return;
+        lo = std::min(lo, v);
+        hi = std::max(hi, v);
+    }
+    bool empty() const { return lo > hi; }
+};
+
+struct YRange {
+    double lo = 0, hi = 0;
+};
+
+// The zoomed y-range around `kept` (the rows other than scratch) when it takes too little of
+// `all` to read; nullopt when one panel is enough.
+std::optional<YRange> zoom_range(const Extent& all, const Extent& kept) {
+    if (all.empty() || kept.empty()) return std::nullopt;
+    const double whole = all.hi - all.lo, span = kept.hi - kept.lo;
+    if (whole <= 0 || span >= kZoomWhenSpanBelow * whole) return std::nullopt;
+    const double pad = kZoomMargin * (span > 0 ? span : whole);
+    return YRange{kept.lo - pad, kept.hi + pad};
+}
+
+// The drawing commands of a figure that may need its zoom, and the figure's height: one panel
+// titled `title` (the key below it, as the script sets), or two stacked panels, the second on
+// the zoomed y-range with what falls outside clipped, over one key of `key_entries` lines.
+struct Drawing {
+    std::string body;
+    int height = 0;
+};
+
+Drawing zoomable_body(const std::string& title, const std::string& xlabel, const std::string& plot,
+                      const std::optional<YRange>& zoom, const std::string& zoom_title,
+                      std::size_t key_entries, int single_height) {
+    if (!zoom) {
+        return {fmt::format("    set title {}\n    set xlabel {}\n{}\n", gp_string(title),
+                            gp_string(xlabel), plot),
+                single_height};
+    }
+    // pixels from the top: the titles, a panel, its tics and the next title, a panel, its tics
+    // and axis label, then the key (one line per entry: gnuplot ignores maxrows for a key
+    // placed `at`)
+    constexpr int kTop = 90, kPanel = 380, kBetween = 80, kBelow = 70, kKeyLine = 19;
+    const int key = static_cast<int>(key_entries) * kKeyLine + 30;
+    const int height = kTop + 2 * kPanel + kBetween + kBelow + key;
+    auto at = [&](int pixels_from_top) { return number(1.0 - double(pixels_from_top) / height); };
+    return {fmt::format("    set multiplot title {}\n"
+                        "        set lmargin at screen 0.08\n"
+                        "        set rmargin at screen 0.97\n"
+                        "        set tmargin at screen {}\n"
+                        "        set bmargin at screen {}\n"
+                        "        set key at screen 0.5, screen {} center top box opaque\n"
+                        "        set title \"every row\"\n"
+                        "        unset xlabel\n"
+                        "    {}\n"
+                        "        unset key\n"
+                        "        set tmargin at screen {}\n"
+                        "        set bmargin at screen {}\n"
+                        "        set title {}\n"
+                        "        set xlabel {}\n"
+                        "        set yrange [{}:{}]\n"
+                        "    {}\n"
+                        "    unset multiplot\n"
+                        "    set yrange [*:*]\n",
+                        gp_string(title), at(kTop), at(kTop + kPanel), at(height - key + 10), plot,
+                        at(kTop + kPanel + kBetween), at(kTop + 2 * kPanel + kBetween),
+                        gp_string(zoom_title), gp_string(xlabel), number(zoom->lo),
+                        number(zoom->hi), plot),
+            height};
+}
+
 // ---- comparison ----------------------------------------------------------------------------
 
 void draw_comparison(const Store& store, const std::string& sweep, const PlotOptions& options,
@@ -255,11 +348,20 @@ void draw_comparison(const Store& store, const std::string& sweep, const PlotOpt
     auto add_plot = [&](const std::string& command) {
         plots += (plots.empty() ? "    plot " : ", \\\n         ") + command;
     };
+    Extent all, kept;  // kept: every row but scratch, which the zoom panel clips
+    auto extend = [&](Method method, double lo, double hi) {
+        for (Extent* e : {&all, &kept}) {
+            if (e == &kept && method == Method::Scratch) continue;
+            e->add(lo);
+            e->add(hi);
+        }
+    };
     for (const auto& row : report.rows) {
         const Style& style = styles.at(row.label);
         if (row.method == Method::Pretrain) {
             const ReportCell* cell = row.cell(0);
             if (!cell || !cell->mean) continue;
+            extend(row.method, *cell->mean, *cell->mean);
             data += fmt::format(
                 "# {}: the dense checkpoint (mean over {} seed{}), drawn across "
                 "the budgets\n# budget_percent {}\n{} {}\n{} {}\n\n\n",
@@ -277,6 +379,8 @@ void draw_comparison(const Store& store, const std::string& sweep, const PlotOpt
             incomplete |= cell.n < cell.planned;
             if (!cell.mean) continue;
             bars |= cell.std.has_value();
+            const double spread = cell.std.value_or(0.0);
+            extend(row.method, *cell.mean - spread, *cell.mean + spread);
             block += fmt::format("{} {} {} {}\n", number(cell.budget_percent), number(*cell.mean),
                                  number(cell.std.value_or(0.0)), cell.n);
         }
@@ -312,8 +416,6 @@ void draw_comparison(const Store& store, const std::string& sweep, const PlotOpt
         subtitle += "; sunk cost " + format_flops(sunk / pretrainings) + " of dense pretraining";
     std::string script = script_header("comparison", "Continuation methods compared", sweep);
     script += fmt::format(
-        "set title {}\n"
-        "set xlabel {}\n"
         "set ylabel {}\n"
         "set logscale x\n"
         "set xrange [{}:{}]\n"
@@ -322,14 +424,17 @@ void draw_comparison(const Store& store, const std::string& sweep, const PlotOpt
         "set grid xtics ytics\n"
         "set key below box height 1.5\n"
         "set bars small\n",
-        gp_string(fmt::format("{}: {} against extra compute\n{}", sweep,
-                              metric_name(options.metric), subtitle)),
-        gp_string(unit_phrase(report.budget_unit) +
-                  ", % of the sunk cost (scratch: its total compute, log scale)"),
         gp_string(metric_description(options.metric) +
                   (report.lower_is_better ? " (lower is better)" : " (higher is better)")),
         number(lo), number(hi), tics);
-    script += terminals_loop("comparison", kComparisonWidth, kComparisonHeight, plots + "\n");
+    const Drawing drawing = zoomable_body(
+        fmt::format("{}: {} against extra compute\n{}", sweep, metric_name(options.metric),
+                    subtitle),
+        unit_phrase(report.budget_unit) +
+            ", % of the sunk cost (scratch: its total compute, log scale)",
+        plots, zoom_range(all, kept), "zoomed in on the rows other than scratch (scratch clipped)",
+        static_cast<std::size_t>(index), kComparisonHeight);
+    script += terminals_loop("comparison", kComparisonWidth, drawing.height, drawing.body);
     writer.draw("comparison", data, script);
 }
 
@@ -371,7 +476,7 @@ void draw_training_curves(const Store& store, const std::string& sweep, FigureWr
         return row_rank[labels[a].label] < row_rank[labels[b].label];
     });
 
-    std::string data, lines, points;
+    std::string data, raw, lines, points;  // raw: drawn first, behind every smoothed line
     int index = 0;
     std::set<std::string> titled;
     std::set<double> checkpoints;
@@ -387,28 +492,41 @@ void draw_training_curves(const Store& store, const std::string& sweep, FigureWr
         const Style& style = styles.at(labels[i].label);
         const std::string who =
             fmt::format("trial {} {} seed {}", t.id, labels[i].label, labels[i].seed);
-        auto block = [&](const std::vector<MetricRow>& rows, const std::string& key) {
+        // `smoothed`: a fifth column, the EMA of the values (train_loss only)
+        auto block = [&](const std::vector<MetricRow>& rows, const std::string& key,
+                         bool smoothed) {
             std::string text = fmt::format(
                 "# {} ({}; FLOPs offset {} = its checkpoint's)\n"
-                "# flops_cumulative step {} trial_flops\n",
-                who, key, number(offset), key);
-            for (const auto& m : rows) {
-                text += fmt::format("{} {} {} {}\n", number(m.flops + offset), m.step,
+                "# flops_cumulative step {} trial_flops{}\n",
+                who, key, number(offset), key,
+                smoothed ? fmt::format(" {}_ema(alpha={})", key, number(ema_alpha(rows.size())))
+                         : "");
+            std::vector<double> values;
+            for (const auto& m : rows) values.push_back(m.value);
+            const std::vector<double> ema = smoothed ? ema_smoothed(values) : values;
+            for (std::size_t k = 0; k < rows.size(); ++k) {
+                const MetricRow& m = rows[k];
+                text += fmt::format("{} {} {} {}", number(m.flops + offset), m.step,
                                     number(m.value), number(m.flops));
+                text += smoothed ? " " + number(ema[k]) + "\n" : "\n";
             }
             return text + "\n\n";
         };
         if (!train[t.id].empty()) {
-            data += block(train[t.id], "train_loss");
+            data += block(train[t.id], "train_loss", true);
             const bool first = titled.insert(labels[i].label).second;
+            raw += fmt::format(
+                "\"training_curves.dat\" index {} using 1:3 with lines lw 0.8 lc rgb \"{}\" "
+                "notitle, \\\n             ",
+                index, lighten(style.color, kRawCurveLightness));
             lines += fmt::format(
-                "{}\"training_curves.dat\" index {} using 1:3 with lines lw 1.5 "
+                "{}\"training_curves.dat\" index {} using 1:5 with lines lw 1.5 "
                 "lc rgb \"{}\" {}",
                 lines.empty() ? "" : ", \\\n             ", index++, style.color,
                 first ? "title " + gp_string(labels[i].label) : "notitle");
         }
         if (!val[t.id].empty()) {
-            data += block(val[t.id], "val_loss");
+            data += block(val[t.id], "val_loss", false);
             points += fmt::format(
                 ", \\\n             \"training_curves.dat\" index {} using 1:3 "
                 "with points pt {} ps 1.1 lc rgb \"{}\" notitle",
@@ -423,7 +541,7 @@ void draw_training_curves(const Store& store, const std::string& sweep, FigureWr
         return;
     }
     if (lines.empty()) points = points.substr(std::string(", \\\n             ").size());
-    const std::string plot = "        plot " + lines + points + "\n";
+    const std::string plot = "        plot " + raw + lines + points + "\n";
 
     std::string arrows;
     for (double c : checkpoints) {
@@ -442,7 +560,8 @@ void draw_training_curves(const Store& store, const std::string& sweep, FigureWr
         "{}"
         "        unset key\n",
         zoom ? 2 : 1,
-        gp_string(fmt::format("{}: training loss (lines) and validation loss (points)\n"
+        gp_string(fmt::format("{}: training loss (lines: EMA over 5% of a trial's logged "
+                              "points, faint: as logged) and validation loss (points)\n"
                               "continuations start at their dense checkpoint's FLOPs (dotted "
                               "line), scratch at 0",
                               sweep)),
@@ -574,6 +693,28 @@ void draw_expert_load(const Store& store, const std::string& sweep, FigureWriter
 }
 
 }  // namespace
+
+double ema_alpha(std::size_t points) {
+    const double tau = std::max(1.0, kEmaTimeConstantFraction * static_cast<double>(points));
+    return 1.0 - std::exp(-1.0 / tau);
+}
+
+std::vector<double> ema_smoothed(const std::vector<double>& values) {
+    const double alpha = ema_alpha(values.size());
+    std::vector<double> out;
+    out.reserve(values.size());
+    double average = 0, weight = 0;  // weight = 1 − (1 − α)^k: the bias correction
+    for (double x : values) {
+        if (!std::isfinite(x)) {
+            out.push_back(std::numeric_limits<double>::quiet_NaN());
+            continue;
+        }
+        average = (1.0 - alpha) * average + alpha * x;
+        weight = (1.0 - alpha) * weight + alpha;
+        out.push_back(average / weight);
+    }
+    return out;
+}
 
 std::optional<fs::path> find_gnuplot(const std::string& program) {
     auto executable = [](const fs::path& p) {

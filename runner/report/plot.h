@@ -10,8 +10,10 @@
 //                    value as a dashed horizontal reference.
 //   training_curves  train_loss (lines) and val_loss (points) against cumulative training
 //                    FLOPs, every trial of the sweep; a continuation that reuses the dense
-//                    checkpoint starts at its parent's FLOPs (scratch starts at 0). A lower
-//                    panel zooms in on the continuations.
+//                    checkpoint starts at its parent's FLOPs (scratch starts at 0). Each
+//                    trial's train_loss is drawn smoothed (ema_smoothed below, the .dat's
+//                    fifth column) over its logged values drawn faint in the same hue. A
+//                    lower panel zooms in on the continuations.
 //   expert_load_*    one figure per MoE trial: per MoE layer a panel of the fraction of routed
 //                    tokens each expert received, stacked, over training steps.
 //
@@ -36,6 +38,15 @@ struct PlotOutput {
     std::vector<std::filesystem::path> sources;  // the .gp scripts and .dat files kept
     std::vector<std::string> notes;              // figures skipped, and why
 };
+
+// The smoothing of a training curve: an exponential moving average over the logged points,
+// bias-corrected so that it starts at the first value rather than at 0 (as Adam's moments):
+//   m_0 = 0,  m_k = (1 − α)·m_{k−1} + α·x_k,  smoothed_k = m_k / (1 − (1 − α)^k),
+// with α = 1 − exp(−1/τ) and a time constant of τ = max(1, 5% of the trial's logged points)
+// points. A non-finite value is passed through as NaN and leaves the average as it was.
+inline constexpr double kEmaTimeConstantFraction = 0.05;
+double ema_alpha(std::size_t points);
+std::vector<double> ema_smoothed(const std::vector<double>& values);
 
 // The gnuplot executable: `program` itself when it holds a '/', else the first match on
 // PATH; nullopt when there is none.

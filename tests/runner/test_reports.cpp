@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <fstream>
 #include <map>
 #include <set>
@@ -619,6 +620,75 @@ std::string head_of(const std::filesystem::path& file, std::size_t bytes) {
     return text;
 }
 
+// A gnuplot data file's blocks (separated by blank lines): the comment lines and the rows.
+struct DatBlock {
+    std::string comment;  // the '#' lines, joined
+    std::vector<std::vector<double>> rows;
+};
+
+std::vector<DatBlock> dat_blocks(const std::filesystem::path& file) {
+    std::vector<DatBlock> blocks;
+    std::ifstream in(file);
+    bool open = false;
+    for (std::string line; std::getline(in, line);) {
+        if (line.empty()) {
+            open = false;
+            continue;
+        }
+        if (!open) blocks.emplace_back();
+        open = true;
+        if (line[0] == '#') {
+            blocks.back().comment += line + "\n";
+            continue;
+        }
+        std::vector<double> row;
+        std::istringstream fields(line);
+        for (std::string field; fields >> field;) {
+            row.push_back(field == "NaN" ? std::nan("") : std::stod(field));
+        }
+        blocks.back().rows.push_back(row);
+    }
+    return blocks;
+}
+
+// The block whose comment holds every one of `words`; fails the test when not exactly one does.
+const DatBlock* find_block(const std::vector<DatBlock>& blocks,
+                           const std::vector<std::string>& words) {
+    const DatBlock* found = nullptr;
+    int matches = 0;
+    for (const auto& b : blocks) {
+        bool all = true;
+        for (const auto& w : words) all &= b.comment.find(w) != std::string::npos;
+        if (all) {
+            found = &b;
+            ++matches;
+        }
+    }
+    EXPECT_EQ(matches, 1) << words.front();
+    return matches == 1 ? found : nullptr;
+}
+
+// The documented formula (plot.h), written out: α = 1 − exp(−1/max(1, 0.05·N)).
+TEST_F(Reports, PlotSmoothingIsABiasCorrectedEma) {
+    EXPECT_NEAR(ema_alpha(11), 1.0 - std::exp(-1.0), 1e-15);        // τ = max(1, 0.55) = 1
+    EXPECT_NEAR(ema_alpha(200), 1.0 - std::exp(-1.0 / 10), 1e-15);  // τ = 10 points
+    const double a = 1.0 - std::exp(-0.2);                          // 100 points: τ = 5
+    std::vector<double> values(100, 1.0);
+    values[0] = 3.0;
+    values[1] = 2.0;
+    values[2] = std::nan("");
+    const std::vector<double> smoothed = ema_smoothed(values);
+    ASSERT_EQ(smoothed.size(), values.size());
+    EXPECT_DOUBLE_EQ(smoothed[0], 3.0);  // bias-corrected: the first value, not α·3
+    EXPECT_NEAR(smoothed[1], ((1 - a) * a * 3.0 + a * 2.0) / (1 - (1 - a) * (1 - a)), 1e-12);
+    EXPECT_TRUE(std::isnan(smoothed[2]));  // passed through, the average kept
+    const double m3 = (1 - a) * (1 - a) * a * 3.0 + (1 - a) * a * 2.0 + a * 1.0;
+    EXPECT_NEAR(smoothed[3], m3 / (1 - std::pow(1 - a, 3)), 1e-12);
+    EXPECT_GT(smoothed[3], 1.5);  // smoothed, not following the raw 1.0 at once
+    EXPECT_NEAR(smoothed.back(), 1.0, 1e-6);
+    EXPECT_TRUE(ema_smoothed({}).empty());
+}
+
 TEST_F(Reports, PlotsEveryFigureAndKeepsTheScripts) {
     if (!find_gnuplot("gnuplot")) GTEST_SKIP() << "gnuplot is not installed (gnuplot-nox)";
     const Store store(db(), Store::Mode::ReadOnly);
@@ -659,7 +729,45 @@ TEST_F(Reports, PlotsEveryFigureAndKeepsTheScripts) {
         }
     }
     EXPECT_EQ(expert_load, 6);
+    // training curves: the fifth column of each train_loss block is its EMA (plot.h)
+    const auto curves = dat_blocks(options.out_dir / "training_curves.dat");
+    int smoothed = 0;
+    for (const auto& block : curves) {
+        if (block.comment.find("(train_loss;") == std::string::npos) continue;
+        ++smoothed;
+        const double a = ema_alpha(block.rows.size());
+        double m = 0;
+        for (std::size_t k = 0; k < block.rows.size(); ++k) {
+            ASSERT_EQ(block.rows[k].size(), 5u) << block.comment;
+            m = (1 - a) * m + a * block.rows[k][2];
+            EXPECT_NEAR(block.rows[k][4], m / (1 - std::pow(1 - a, double(k + 1))), 1e-8)
+                << block.comment << k;
+        }
+    }
+    EXPECT_EQ(smoothed, 12);  // every trial that ran: 14 − 2 pending
+    // the pretraining of seed 1: 11 points (α = 1 − 1/e), starting at 5.5 + 0.01, then falling
+    // as 2.45 + 3.05·exp(−s/6) + 0.01
+    const DatBlock* pretrain = find_block(curves, {"pretrained (0%) seed 1 (train_loss"});
+    ASSERT_NE(pretrain, nullptr);
+    ASSERT_EQ(pretrain->rows.size(), 11u);
+    const double a = 1 - std::exp(-1.0), x1 = 5.51, x2 = 2.46 + 3.05 * std::exp(-2.0 / 6);
+    EXPECT_NEAR(pretrain->rows[0][4], x1, 1e-9);
+    EXPECT_NEAR(pretrain->rows[1][2], x2, 1e-9);
+    EXPECT_NEAR(pretrain->rows[1][4], ((1 - a) * a * x1 + a * x2) / (1 - (1 - a) * (1 - a)), 1e-9);
     EXPECT_TRUE(figures.count("expert_load_upcycle-experts-4_seed1_trial3.png"));
+    // scratch starts far above the rest (3.0 at 10%): a second panel zooms in on the other
+    // rows, from upcycle experts=8's 1.985 to the pretrained 2.5, and clips scratch's 2.89
+    const std::string comparison = head_of(options.out_dir / "comparison.gp", 1 << 16);
+    EXPECT_NE(comparison.find("set multiplot"), std::string::npos);
+    const std::size_t range = comparison.find("set yrange [");
+    ASSERT_NE(range, std::string::npos) << comparison;
+    double zoom_lo = 0, zoom_hi = 0;
+    ASSERT_EQ(std::sscanf(comparison.c_str() + range, "set yrange [%lf:%lf]", &zoom_lo, &zoom_hi),
+              2);
+    EXPECT_LT(zoom_lo, 1.985);
+    EXPECT_GT(zoom_lo, 1.9);
+    EXPECT_GT(zoom_hi, 2.5);
+    EXPECT_LT(zoom_hi, 2.6);
     // the scripts re-draw in their own directory
     const std::string gp = head_of(options.out_dir / "comparison.gp", 1 << 16);
     EXPECT_NE(gp.find("\"comparison.dat\""), std::string::npos);
