@@ -19,12 +19,12 @@
 
 namespace upcycle {
 
-enum class Arch { Gpt, Vit };                                  // model.arch
-enum class RouterKind { TopK, ExpertChoice };                  // model.moe.router
-enum class Combine { SoftmaxTopK, Renormalized };              // model.moe.combine
-enum class Priority { TokenOrder, Probability };               // model.moe.priority
-enum class Schedule { Constant, Rsqrt, Cosine };               // train.schedule
-enum class DataSource { Kjv, Synthetic, Text, FashionMnist };  // data.source
+enum class Arch { Gpt, Vit };                                          // model.arch
+enum class RouterKind { TopK, ExpertChoice };                          // model.moe.router
+enum class Combine { SoftmaxTopK, Renormalized };                      // model.moe.combine
+enum class Priority { TokenOrder, Probability };                       // model.moe.priority
+enum class Schedule { Constant, Rsqrt, Cosine };                       // train.schedule
+enum class DataSource { Kjv, Synthetic, Text, FashionMnist, Tokens };  // data.source
 // data.augment. CropFlip: pad by data.crop_padding pixels with the normalised value of a black
 // pixel, take a rows × cols window at a random offset, then mirror horizontally with p = 1/2.
 enum class Augmentation { None, CropFlip };
@@ -66,10 +66,11 @@ struct ChoiceNames<Schedule> {
 };
 template <>
 struct ChoiceNames<DataSource> {
-    static constexpr NameTable<DataSource, 4> table{{{DataSource::Kjv, "kjv"},
+    static constexpr NameTable<DataSource, 5> table{{{DataSource::Kjv, "kjv"},
                                                      {DataSource::Synthetic, "synthetic"},
                                                      {DataSource::Text, "text"},
-                                                     {DataSource::FashionMnist, "fashion_mnist"}}};
+                                                     {DataSource::FashionMnist, "fashion_mnist"},
+                                                     {DataSource::Tokens, "tokens"}}};
 };
 template <>
 struct ChoiceNames<Augmentation> {

@@ -48,6 +48,8 @@ template <class Visitor>
 void visit_fields(DataConfig& c, Visitor&& v) {
     v("source", c.source);
     v("path", c.path);
+    v("train_glob", c.train_glob);
+    v("val_glob", c.val_glob);
     v("validation_fraction", c.validation_fraction);
     v("synthetic_bytes", c.synthetic_bytes);
     v("synthetic_seed", c.synthetic_seed);
@@ -336,7 +338,7 @@ struct ConfigKey {
 constexpr ConfigKey kTextOnlyKeys[] = {
     {"model", "vocab_size"},         {"model", "context"},        {"data", "path"},
     {"data", "validation_fraction"}, {"data", "synthetic_bytes"}, {"data", "synthetic_seed"},
-    {"eval", "max_windows"},
+    {"eval", "max_windows"},         {"data", "train_glob"},      {"data", "val_glob"},
 };
 constexpr ConfigKey kImageOnlyKeys[] = {
     {"model", "patch"},       {"model", "image_size"},
@@ -352,6 +354,8 @@ constexpr ConfigKey kImageOnlyKeys[] = {
 constexpr ConfigKey kHashedOnlyWhenSetKeys[] = {
     {"train", "micro_batch"},
     {"train", "precision"},
+    {"data", "train_glob"},
+    {"data", "val_glob"},
 };
 
 }  // namespace
@@ -367,7 +371,9 @@ nlohmann::json to_identity_json(const RunConfig& config) {
         erase(kImageOnlyKeys);
     const nlohmann::json defaults = to_json(RunConfig{});
     for (const auto& key : kHashedOnlyWhenSetKeys) {
-        if (out[key.section][key.field] == defaults[key.section][key.field]) {
+        // (a key the architecture does not read is gone already; operator[] would add a null)
+        if (out[key.section].contains(key.field) &&
+            out[key.section][key.field] == defaults[key.section][key.field]) {
             out[key.section].erase(key.field);
         }
     }
@@ -554,12 +560,15 @@ void validate(const RunConfig& config, const std::string& source) {
         probe_shot_counts(c.eval, source);  // throws on a malformed list
         require(c.eval.probe_seeds >= 1, "eval.probe_seeds", "expected a positive integer");
         require(c.eval.probe_ridge > 0, "eval.probe_ridge", "expected a positive number");
+    } else if (c.data.source == DataSource::Tokens) {
+        // token ids are checked against model.vocab_size when the files are opened; the
+        // globs too (an imported checkpoint has none until its continuation names its data)
     } else {
-        // every text source here is bytes
+        // every other text source is bytes
         require(c.model.vocab_size >= 256, "model.vocab_size",
                 "byte-level text needs at least 256, found " + std::to_string(c.model.vocab_size));
         require(c.data.source != DataSource::FashionMnist, "data.source",
-                "a gpt trains on text: expected kjv, synthetic or text, found '" +
+                "a gpt trains on text: expected kjv, synthetic, text or tokens, found '" +
                     to_string(c.data.source) + "'");
     }
     const MoeConfig& moe = c.model.moe;

@@ -58,10 +58,15 @@ std::string describe_model(const ModelConfig& model);
 std::vector<int> moe_layer_indices(const ModelConfig& model, const std::string& source = "");
 
 struct DataConfig {
-    DataSource source = DataSource::Kjv;  // kjv | synthetic | text (gpt); fashion_mnist (vit)
-    std::string path;                     // the file, for source: text
-    double validation_fraction = 0.05;    // for text and synthetic (tail of the file)
-    int64_t synthetic_bytes = 1 << 20;    // for source: synthetic
+    // kjv | synthetic | text | tokens (gpt); fashion_mnist (vit)
+    DataSource source = DataSource::Kjv;
+    std::string path;  // the file, for source: text
+    // source: tokens (core/data/token_shards.h): the llm.c shards or nanoGPT .bin files of
+    // token ids to train on and to evaluate on, as glob patterns ("data/fineweb_train_*.bin")
+    std::string train_glob;
+    std::string val_glob;
+    double validation_fraction = 0.05;  // for text and synthetic (tail of the file)
+    int64_t synthetic_bytes = 1 << 20;  // for source: synthetic
     uint64_t synthetic_seed = 1;
     // images (fashion_mnist): a fixed, class-balanced validation split carved from train
     int validation_images = 5000;

@@ -22,9 +22,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// The data sampler's stream is derived from the seed but distinct from the init stream.
-constexpr uint64_t kDataStreamSalt = 0x5DA7A5EEDULL;
-
 std::string first_difference(const nlohmann::json& a, const nlohmann::json& b,
                              const std::string& prefix = "") {
     if (a.is_object() && b.is_object()) {
@@ -145,6 +142,12 @@ void check_finite(const RunConfig& config, int64_t step, const ForwardStats& sta
 
 }  // namespace
 
+Rng data_stream(uint64_t seed) {
+    // derived from the seed but distinct from the init stream
+    constexpr uint64_t kDataStreamSalt = 0x5DA7A5EEDULL;
+    return Rng(seed ^ kDataStreamSalt);
+}
+
 std::filesystem::path checkpoint_path(const std::filesystem::path& out_dir) {
     return out_dir / "checkpoint.safetensors";
 }
@@ -163,7 +166,7 @@ TrainSummary train(Backend& backend, const RunConfig& config, const TrainOptions
     Model& model = task->model();
     AdamW optimizer(backend, model.num_parameters());
     TrainingState state;
-    Rng data_rng(tc.seed ^ kDataStreamSalt);
+    Rng data_rng = data_stream(tc.seed);
     TrainSummary summary;
 
     std::filesystem::create_directories(options.out_dir);

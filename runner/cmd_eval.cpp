@@ -1,7 +1,8 @@
-// upcycle eval --ckpt FILE [--text FILE] [--json] [--max-windows N] [--max-images N] [--batch B]
-//              [--device cpu]
-// A GPT is evaluated on its held-out text (or --text); a ViT on its validation split, and on
-// the test split (accuracy and the few-shot probe, as at the end of a run).
+// upcycle eval --ckpt FILE [--text FILE | --tokens FILE] [--json] [--max-windows N]
+//              [--max-images N] [--batch B] [--device cpu]
+// A GPT is evaluated on its held-out text or validation token files (or on --text, or on a
+// --tokens file: an llm.c shard or a nanoGPT .bin); a ViT on its validation split, and on the
+// test split (accuracy and the few-shot probe, as at the end of a run).
 #include <cstdio>
 
 #include <fmt/format.h>
@@ -10,10 +11,12 @@
 #include "core/checkpoint.h"
 #include "core/data/kjv.h"
 #include "core/data/text_batches.h"
+#include "core/data/token_shards.h"
 #include "core/errors.h"
 #include "core/eval.h"
 #include "core/model/gpt.h"
 #include "core/task/task.h"
+#include "core/window_eval.h"
 #include "kernels/backend_factory.h"
 #include "runner/commands.h"
 #include "runner/format.h"
@@ -25,6 +28,7 @@ namespace {
 struct EvalArgs {
     std::string checkpoint;
     std::string text;
+    std::string tokens;
     bool json = false;
     int64_t max_windows = 0;
     int64_t max_images = 0;
@@ -49,6 +53,23 @@ EvalResult evaluate_text_file(const Checkpoint& ckpt, Backend& backend, const Ev
     return evaluate_text(model, text, args.max_windows);
 }
 
+// --tokens: the GPT on one file of token ids.
+EvalResult evaluate_token_file(const Checkpoint& ckpt, Backend& backend, const EvalArgs& args) {
+    if (ckpt.config.model.arch != Arch::Gpt) {
+        throw UserError(args.checkpoint, "--tokens", "only a GPT checkpoint evaluates on tokens");
+    }
+    const TokenShards shards({std::filesystem::path(args.tokens)});
+    shards.check_vocabulary(ckpt.config.model.vocab_size);
+    if (shards.count_eval_windows(ckpt.config.model.context) == 0) {
+        throw UserError(args.tokens, "",
+                        "shorter than one window of " +
+                            std::to_string(ckpt.config.model.context + 1) + " tokens");
+    }
+    Gpt model(backend, ckpt.config.model, args.batch);
+    load_into(ckpt, model, nullptr);
+    return evaluate_tokens(model, shards, args.max_windows);
+}
+
 int run_eval(const EvalArgs& args) {
     const Checkpoint ckpt = read_checkpoint(args.checkpoint);
     auto backend = make_backend(args.device);
@@ -58,9 +79,16 @@ int run_eval(const EvalArgs& args) {
     EvalResult r;
     std::string source;
     std::string unit = "bytes";
+    if (!args.text.empty() && !args.tokens.empty()) {
+        throw UserError("", "--tokens", "give --text or --tokens, not both");
+    }
     if (!args.text.empty()) {
         r = evaluate_text_file(ckpt, *backend, args);
         source = args.text;
+    } else if (!args.tokens.empty()) {
+        r = evaluate_token_file(ckpt, *backend, args);
+        source = args.tokens;
+        unit = "tokens";
     } else {
         RunConfig config = ckpt.config;
         config.train.batch_size = args.batch;
@@ -79,7 +107,7 @@ int run_eval(const EvalArgs& args) {
                            {"step", ckpt.state.step},
                            {"val_loss", r.loss},
                            {"val_accuracy", r.accuracy}};
-        if (unit == "bytes") {
+        if (unit == "bytes" || unit == "tokens") {
             out["tokens"] = r.tokens;
             out["windows"] = r.windows;
         } else {
@@ -104,6 +132,8 @@ Command add_eval_command(CLI::App& app) {
     sub->add_option("--ckpt", args->checkpoint, "checkpoint (.safetensors)")->required();
     sub->add_option("--text", args->text,
                     "evaluate on this text file instead of the held-out split");
+    sub->add_option("--tokens", args->tokens,
+                    "evaluate on this file of token ids (an llm.c shard or a raw uint16 .bin)");
     sub->add_flag("--json", args->json, "print JSON");
     sub->add_option("--max-windows", args->max_windows,
                     "text: evaluate N evenly spaced windows (0: all)");

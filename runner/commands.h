@@ -15,6 +15,8 @@ Command add_inspect_command(CLI::App& app);
 Command add_bench_command(CLI::App& app);
 Command add_bench_moe_command(CLI::App& app);
 Command add_surgery_command(CLI::App& app);
+Command add_import_command(CLI::App& app);
+Command add_export_command(CLI::App& app);
 Command add_status_command(CLI::App& app);
 Command add_query_command(CLI::App& app);
 Command add_run_command(CLI::App& app);

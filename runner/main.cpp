@@ -29,6 +29,8 @@ int main(int argc, char** argv) {
     add(upcycle::cli::add_bench_command);
     add(upcycle::cli::add_bench_moe_command);
     add(upcycle::cli::add_surgery_command);
+    add(upcycle::cli::add_import_command);
+    add(upcycle::cli::add_export_command);
     add(upcycle::cli::add_status_command);
     add(upcycle::cli::add_query_command);
     add(upcycle::cli::add_run_command);

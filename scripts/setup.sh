@@ -15,6 +15,8 @@ packages=(
   bible-kjv dataset-fashion-mnist
   # figures: `upcycle plot` draws with gnuplot (pngcairo and svg terminals)
   gnuplot-nox
+  # tests: the numpy references in tests/**/test_*.py (e.g. the GPT-2 import oracle)
+  python3-numpy
 )
 if [ "${1:-}" = "--fuzz" ]; then
   packages+=(clang libclang-rt-dev libomp-dev)

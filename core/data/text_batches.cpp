@@ -43,11 +43,8 @@ void sample_text_batch(std::string_view text, int B, int T, Rng& rng, std::vecto
     const uint64_t starts = text.size() - static_cast<std::size_t>(T);  // offsets 0..size-T-1
     for (int b = 0; b < B; ++b) {
         const std::size_t o = rng.below(starts);
-        for (int t = 0; t < T; ++t) {
-            inputs[static_cast<std::size_t>(b) * T + t] = static_cast<unsigned char>(text[o + t]);
-            targets[static_cast<std::size_t>(b) * T + t] =
-                static_cast<unsigned char>(text[o + t + 1]);
-        }
+        const std::size_t row = static_cast<std::size_t>(b) * T;
+        copy_window(text, o, T, inputs.data() + row, targets.data() + row);
     }
 }
 
@@ -63,10 +60,7 @@ void fill_eval_windows(std::string_view text, int T, const std::vector<int64_t>&
     for (std::size_t r = 0; r < windows.size(); ++r) {
         const std::size_t o = static_cast<std::size_t>(windows[r]) * T;
         UPCYCLE_ASSERT(o + T < text.size(), "evaluation window past the end of the text");
-        for (int t = 0; t < T; ++t) {
-            inputs[r * T + t] = static_cast<unsigned char>(text[o + t]);
-            targets[r * T + t] = static_cast<unsigned char>(text[o + t + 1]);
-        }
+        copy_window(text, o, T, inputs.data() + r * T, targets.data() + r * T);
     }
 }
 

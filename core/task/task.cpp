@@ -2,6 +2,7 @@
 
 #include "core/task/image_task.h"
 #include "core/task/text_task.h"
+#include "core/task/token_task.h"
 
 namespace upcycle {
 
@@ -14,6 +15,8 @@ int micro_batches(const TrainConfig& train) { return train.batch_size / micro_ba
 std::unique_ptr<TrainingTask> make_training_task(Backend& backend, const RunConfig& config,
                                                  const std::string& config_source) {
     if (config.model.arch == Arch::Vit) return make_image_task(backend, config, config_source);
+    if (config.data.source == DataSource::Tokens)
+        return make_token_task(backend, config, config_source);
     return make_text_task(backend, config, config_source);
 }
 

@@ -2,6 +2,8 @@
 // What one run trains on and how it is measured: the model, its training batches and its
 // evaluation. The trainer (core/train.h) is the same for every architecture; a task supplies
 //   text  (model.arch gpt): byte windows of a corpus, next-byte loss and accuracy;
+//   token (model.arch gpt, data.source tokens): windows of token ids from llm.c / nanoGPT
+//         files, next-token loss and accuracy;
 //   image (model.arch vit): Fashion-MNIST images, classification loss and accuracy, and at the
 //         end and at budget milestones the test split's accuracy and the few-shot probe.
 #include <cstdint>
