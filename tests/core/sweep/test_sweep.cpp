@@ -645,7 +645,7 @@ TEST(Sweep, ExperimentFilesParseAndPlan) {
         {"experiments/sunk_cost.yaml", {{"pretrain", 12}, {"dense", 12}, {"upcycle", 12}}},
         {"experiments/quickstart_regime.yaml", {{"pretrain", 6}, {"dense", 6}, {"upcycle", 15}}},
         {"experiments/paper_lm.yaml",
-         {{"pretrain", 2}, {"dense", 2}, {"upcycle", 6}, {"scratch", 6}, {"warmstart", 2}}},
+         {{"pretrain", 3}, {"dense", 3}, {"upcycle", 3}, {"scratch", 3}, {"warmstart", 3}}},
         {"experiments/ablations.yaml", {{"pretrain", 3}, {"dense", 3}, {"upcycle", 36}}},
         {"experiments/quickstart_vit.yaml",
          {{"pretrain", 1}, {"dense", 1}, {"upcycle", 1}, {"scratch", 1}, {"warmstart", 1}}},
@@ -673,8 +673,9 @@ TEST(Sweep, ExperimentFilesParseAndPlan) {
     std::set<std::string> sunk_hashes;
     for (const auto& t : plans["experiments/sunk_cost.yaml"]) sunk_hashes.insert(t.hash);
     for (const auto& t : quick) {
-        if (t.method != Method::Scratch && t.method != Method::Warmstart)
+        if (t.method != Method::Scratch && t.method != Method::Warmstart) {
             EXPECT_TRUE(sunk_hashes.count(t.hash)) << to_string(t.method);
+        }
     }
 }
 
