@@ -15,9 +15,10 @@ bash scripts/build.sh -DUPCYCLE_TESTS=OFF -DUPCYCLE_BENCH=OFF -DUPCYCLE_CUDA=OFF
 ./build/upcycle plot quickstart
 cat <<'NEXT'
 
-The table is small-scale evidence: 3 seeds of a 0.2M-parameter byte-level GPT on 4 MB of text.
-Read the notes under it: a difference counts only when its 95% interval excludes 0.
-At GPU scale (an NVIDIA GPU, a CUDA build: bash scripts/build.sh -DUPCYCLE_CUDA=ON):
+This is small-scale evidence: three seeds of a 0.2M-parameter byte-level GPT on 4 MB of text.
+Read the notes under the table: a difference counts only when its 95% interval excludes 0.
+At GPU scale (an NVIDIA GPU, a CUDA build: bash scripts/build.sh -DUPCYCLE_CUDA=ON, and
+FineWeb tokenized into llm.c shards, as experiments/paper_lm.yaml describes):
   ./build/upcycle run experiments/paper_lm.yaml --device cuda
-(experiments/README.md says what each recipe measures and what it costs).
+experiments/README.md says what each recipe measures, what it costs, and what we measured.
 NEXT
