@@ -11,6 +11,7 @@
 #include "core/data/token_shards.h"
 #include "core/import/imported_gpt.h"
 #include "core/train.h"
+#include "imported_model_support.h"
 #include "test_support.h"
 
 namespace upcycle {
@@ -18,48 +19,19 @@ namespace {
 
 using testing::TempDir;
 
-void write_shard(const std::filesystem::path& path, int n, int V, uint64_t seed) {
-    Rng rng(seed);
-    std::vector<int32_t> header(256, 0);
-    header[0] = kLlmcShardMagic;
-    header[1] = kLlmcShardVersion;
-    header[2] = n;
-    std::vector<uint16_t> tokens(n);
-    // a repeating pattern with noise: learnable in a few steps
-    for (int i = 0; i < n; ++i)
-        tokens[i] = static_cast<uint16_t>(rng.below(4) == 0 ? rng.below(V) : (i * 7) % V);
-    std::ofstream out(path, std::ios::binary);
-    out.write(reinterpret_cast<const char*>(header.data()), 1024);
-    out.write(reinterpret_cast<const char*>(tokens.data()), 2 * n);
-}
-
 // A random dense GPT imported with a declared cost, written as a checkpoint.
 std::filesystem::path imported_model(const TempDir& dir, const ModelConfig& m) {
-    ImportedGpt source;
-    source.model = m;
-    source.format = "hf_gpt2";
-    source.weights_file = dir / "weights";
-    std::ofstream(source.weights_file) << "the source file, hashed into the record";
-    const auto layout = parameter_layout(m);
-    const auto values = init_parameters(layout, m.layers, 3);
-    for (const auto& info : layout) {
-        source.weights[info.name] =
-            HostTensor{info.shape,
-                       {values.begin() + static_cast<std::ptrdiff_t>(info.offset),
-                        values.begin() + static_cast<std::ptrdiff_t>(info.offset + info.numel)}};
-    }
-    const Checkpoint ckpt = imported_checkpoint(source, SunkCost{1e6, std::nullopt}, "tiny");
-    auto backend = make_backend("cpu");
-    write_checkpoint(dir / "imported.safetensors", ckpt, *backend);
+    testing::write_imported_checkpoint(dir / "imported.safetensors", m,
+                                       SunkCost{1e6, std::nullopt});
     return dir / "imported.safetensors";
 }
 
 TEST(TokenTask, TrainsFromAnImportedCheckpointAndResumesExactly) {
     TempDir dir;
     const ModelConfig m{Arch::Gpt, 67, 16, 32, 2, 2, {}};
-    write_shard(dir / "train_000001.bin", 3000, 67, 1);
-    write_shard(dir / "train_000002.bin", 2000, 67, 2);
-    write_shard(dir / "val_000000.bin", 600, 67, 3);
+    testing::write_token_shard(dir / "train_000001.bin", 3000, 67, 1);
+    testing::write_token_shard(dir / "train_000002.bin", 2000, 67, 2);
+    testing::write_token_shard(dir / "val_000000.bin", 600, 67, 3);
     const auto from = imported_model(dir, m);
 
     RunConfig config = read_checkpoint(from).config;
@@ -110,8 +82,8 @@ TEST(TokenTask, TrainsFromAnImportedCheckpointAndResumesExactly) {
 TEST(TokenTask, MissingGlobAndForeignTokensAreUserErrors) {
     TempDir dir;
     const ModelConfig m{Arch::Gpt, 67, 16, 32, 2, 2, {}};
-    write_shard(dir / "train.bin", 3000, 300, 1);  // ids up to 299: not this model's
-    write_shard(dir / "val.bin", 600, 67, 3);
+    testing::write_token_shard(dir / "train.bin", 3000, 300, 1);  // ids up to 299: not this model's
+    testing::write_token_shard(dir / "val.bin", 600, 67, 3);
     RunConfig config = read_checkpoint(imported_model(dir, m)).config;
     config.train.steps = 1;
     auto backend = make_backend("cpu");
