@@ -119,5 +119,27 @@ TEST(SweepParentCheckpoint, RefusesWhatDoesNotApply) {
     EXPECT_EQ(parse(text).key(), "continue.budget_unit");
 }
 
+TEST(SweepParentCheckpoint, Gpt2UpcycleExperimentPlans) {
+    // the experiment with a tiny checkpoint in place of GPT-2 (tests run in the source tree)
+    TempDir dir;
+    const auto ckpt = dir / "gpt.safetensors";
+    testing::write_imported_checkpoint(ckpt, kModel, SunkCost{kSunkTokens, std::nullopt});
+    const SweepSpec spec =
+        load_sweep("experiments/gpt2_upcycle.yaml", {"pretrain.from=" + ckpt.string()});
+    ASSERT_EQ(spec.points.size(), 1u);
+    EXPECT_EQ(spec.points[0].budgets, (std::vector<double>{1, 2.5, 5, 10}));
+    const auto trials = plan_sweep(spec);
+    ASSERT_EQ(trials.size(), 4u);
+    EXPECT_TRUE(parent_checkpoint(trials[0]));
+    for (const auto& t : trials) {
+        if (t.method != Method::Upcycle) continue;
+        const RunConfig run = trial_run_config(t);
+        EXPECT_EQ(run.model.moe.experts, 8);
+        EXPECT_EQ(run.model.moe.k, 2);
+        EXPECT_EQ(moe_layer_indices(run.model), (std::vector<int>{1}));  // every other of 2
+        EXPECT_EQ(run.data.source, DataSource::Tokens);
+    }
+}
+
 }  // namespace
 }  // namespace upcycle
