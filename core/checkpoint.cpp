@@ -56,7 +56,8 @@ T parse_number(const std::string& text, const std::filesystem::path& path, const
     T value{};
     in >> value;
     if (!in || !in.eof()) {
-        throw UserError(path.string(), key, "expected a number in __metadata__, found '" + text + "'");
+        throw UserError(path.string(), key,
+                        "expected a number in __metadata__, found '" + text + "'");
     }
     return value;
 }
@@ -111,8 +112,10 @@ void save_checkpoint(const std::filesystem::path& path, const RunConfig& config,
     }
     if (optimizer) {
         for (const auto& info : model.layout()) {
-            views.push_back({kOptimizerExpAvgPrefix + info.name, info.shape, m.data() + info.offset});
-            views.push_back({kOptimizerExpAvgSqPrefix + info.name, info.shape, v.data() + info.offset});
+            views.push_back(
+                {kOptimizerExpAvgPrefix + info.name, info.shape, m.data() + info.offset});
+            views.push_back(
+                {kOptimizerExpAvgSqPrefix + info.name, info.shape, v.data() + info.offset});
         }
     }
     const nlohmann::json provenance(make_provenance(model.backend()));
@@ -159,6 +162,26 @@ TrainingState read_training_state(const std::filesystem::path& path) {
     return training_state_from(read_safetensors_header(path).metadata, path);
 }
 
+namespace {
+RunConfig config_from(const std::map<std::string, std::string>& meta,
+                      const std::filesystem::path& path) {
+    nlohmann::json config_json;
+    try {
+        config_json = nlohmann::json::parse(required(meta, path, kConfigKey));
+    } catch (const nlohmann::json::exception& e) {
+        throw UserError(path.string(), kConfigKey, std::string("not valid JSON: ") + e.what());
+    }
+    const std::string source = path.string() + " (" + kConfigKey + ")";
+    RunConfig config = run_config_from_json(config_json, source);
+    validate(config, source);
+    return config;
+}
+}  // namespace
+
+RunConfig read_checkpoint_config(const std::filesystem::path& path) {
+    return config_from(read_safetensors_header(path).metadata, path);
+}
+
 Checkpoint read_checkpoint(const std::filesystem::path& path) {
     return checkpoint_from_safetensors(read_safetensors(path), path);
 }
@@ -169,14 +192,7 @@ Checkpoint checkpoint_from_safetensors(SafetensorsFile file, const std::filesyst
     ckpt.file = std::move(file);
     ckpt.metadata = ckpt.file.metadata;
     const auto& meta = ckpt.metadata;
-    nlohmann::json config_json;
-    try {
-        config_json = nlohmann::json::parse(required(meta, path, kConfigKey));
-    } catch (const nlohmann::json::exception& e) {
-        throw UserError(path.string(), kConfigKey, std::string("not valid JSON: ") + e.what());
-    }
-    ckpt.config = run_config_from_json(config_json, path.string() + " (" + kConfigKey + ")");
-    validate(ckpt.config, path.string() + " (" + kConfigKey + ")");
+    ckpt.config = config_from(meta, path);
     ckpt.state = training_state_from(meta, path);
     // Every tensor the config expects has at least one element, so a config with more
     // parameters than the file holds floats cannot match it; refusing it before the expected
@@ -198,12 +214,13 @@ Checkpoint checkpoint_from_safetensors(SafetensorsFile file, const std::filesyst
         ckpt.optimizer_step =
             parse_number<int64_t>(required(meta, path, kOptimizerStepKey), path, kOptimizerStepKey);
         if (ckpt.optimizer_step < 0) {
-            throw UserError(path.string(), kOptimizerStepKey,
-                            "expected a non-negative count, found " +
-                                std::to_string(ckpt.optimizer_step));
+            throw UserError(
+                path.string(), kOptimizerStepKey,
+                "expected a non-negative count, found " + std::to_string(ckpt.optimizer_step));
         }
     }
-    expect_tensors(ckpt.file, path, expected_checkpoint_tensors(ckpt.config.model, ckpt.has_optimizer));
+    expect_tensors(ckpt.file, path,
+                   expected_checkpoint_tensors(ckpt.config.model, ckpt.has_optimizer));
     return ckpt;
 }
 
@@ -226,8 +243,10 @@ void write_checkpoint(const std::filesystem::path& path, const Checkpoint& ckpt,
     metadata[kTokensKey] = std::to_string(ckpt.state.tokens);
     metadata[kFlopsKey] = fmt::format("{:.17g}", ckpt.state.flops);
     metadata[kSecondsKey] = fmt::format("{:.17g}", ckpt.state.seconds);
-    if (ckpt.has_optimizer) metadata[kOptimizerStepKey] = std::to_string(ckpt.optimizer_step);
-    else metadata.erase(kOptimizerStepKey);
+    if (ckpt.has_optimizer)
+        metadata[kOptimizerStepKey] = std::to_string(ckpt.optimizer_step);
+    else
+        metadata.erase(kOptimizerStepKey);
     write_safetensors(path, views, metadata);
 }
 
@@ -239,7 +258,8 @@ void load_into(const Checkpoint& ckpt, Model& model, AdamW* optimizer) {
     auto gather = [&](const std::string& prefix) {
         for (const auto& info : model.layout()) {
             const auto& tensor = ckpt.file.tensors.at(prefix + info.name);
-            std::copy(tensor.data.begin(), tensor.data.end(), flat.begin() + static_cast<std::ptrdiff_t>(info.offset));
+            std::copy(tensor.data.begin(), tensor.data.end(),
+                      flat.begin() + static_cast<std::ptrdiff_t>(info.offset));
         }
     };
     gather("");

@@ -28,11 +28,11 @@ inline constexpr const char* kOptimizerExpAvgSqPrefix = "optimizer.exp_avg_sq.";
 
 // Training progress that a checkpoint carries so a resumed run continues exactly.
 struct TrainingState {
-    int64_t step = 0;          // optimizer steps taken
-    Rng::State data_rng{};     // state of the training-batch sampler
-    int64_t tokens = 0;        // training tokens consumed
-    double flops = 0;          // training FLOPs spent (core/flops.h)
-    double seconds = 0;        // wall seconds of training
+    int64_t step = 0;       // optimizer steps taken
+    Rng::State data_rng{};  // state of the training-batch sampler
+    int64_t tokens = 0;     // training tokens consumed
+    double flops = 0;       // training FLOPs spent (core/flops.h)
+    double seconds = 0;     // wall seconds of training
 };
 
 // Provenance of this process: git revision, build type, compiler, host, UTC time, backend.
@@ -60,6 +60,8 @@ Checkpoint checkpoint_from_safetensors(SafetensorsFile file, const std::filesyst
 
 // Only the training state, from the header (no tensor data is read).
 TrainingState read_training_state(const std::filesystem::path& path);
+// Only the run config (validated), from the header (no tensor data is read).
+RunConfig read_checkpoint_config(const std::filesystem::path& path);
 
 // Writes a checkpoint held in memory (e.g. made by surgery): its config, state, metadata
 // (provenance replaced by this process's, the source's kept as "upcycle.parent_provenance"

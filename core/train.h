@@ -88,11 +88,11 @@ struct TrainSummary {
     std::filesystem::path checkpoint;
 };
 
-// The checkpoint file train() keeps in out_dir (always the latest).
 // The training-batch stream of a fresh run with this train.seed (a checkpoint made outside
 // training, e.g. by import, starts its data stream here too).
 Rng data_stream(uint64_t seed);
 
+// The checkpoint file train() keeps in out_dir (always the latest).
 std::filesystem::path checkpoint_path(const std::filesystem::path& out_dir);
 
 TrainSummary train(Backend& backend, const RunConfig& config, const TrainOptions& options,

@@ -18,10 +18,12 @@
 
 #include "core/checkpoint.h"
 #include "core/errors.h"
+#include "core/flops.h"
 #include "core/process_liveness.h"
 #include "core/sha256.h"
 #include "core/surgery/continuation.h"
 #include "core/sweep/sweep.h"
+#include "core/task/task.h"
 #include "core/train.h"
 #include "core/train_log.h"
 #include "core/train_policy.h"
@@ -239,6 +241,10 @@ private:
         RunConfig run = trial_run_config(planned);
         const auto dir = trial_directory(options_.runs_dir, record.hash);
         std::filesystem::create_directories(dir);
+        if (const auto from = parent_checkpoint(planned)) {
+            adopt_parent_checkpoint(record, *from, run, dir, label);
+            return true;
+        }
 
         TrainOptions train_options;
         train_options.out_dir = dir;
@@ -288,6 +294,46 @@ private:
         recorder.finish(summary, planned.method == Method::Pretrain, checkpoint_path(dir),
                         nlohmann::json(make_provenance(*backend_)));
         return true;
+    }
+
+    // A parent given by pretrain.from is not trained: the planned file (checked against its
+    // content hash) becomes the trial's checkpoint, evaluated on the sweep's validation data
+    // (the continuations' 0 % point), and its declared sunk FLOPs are the trial's FLOPs, what
+    // the continuations' budgets are percentages of.
+    void adopt_parent_checkpoint(const TrialRecord& record, const ParentCheckpoint& from,
+                                 const RunConfig& run, const std::filesystem::path& dir,
+                                 const std::string& label) {
+        if (!std::filesystem::is_regular_file(from.path)) {
+            throw UserError(from.path, "pretrain.from", "the sweep's parent checkpoint is gone");
+        }
+        const std::string sha256 = sha256_file(from.path);
+        if (sha256 != from.sha256) {
+            throw UserError(from.path, "pretrain.from",
+                            fmt::format("changed since the sweep was planned (sha256 {}, planned "
+                                        "{}): its continuations would not continue the planned "
+                                        "parent; run the sweep again to plan them from this file",
+                                        sha256.substr(0, 12), from.sha256.substr(0, 12)));
+        }
+        log(fmt::format("{}: the parent is {} (pretrain.from, sunk cost {}): evaluating it", label,
+                        from.path, format_flops(from.sunk_flops)));
+        const Checkpoint ckpt = read_checkpoint(from.path);
+        backend_->set_precision(run.train.precision);
+        const auto task = make_training_task(*backend_, run, run.name);
+        load_into(ckpt, task->model(), nullptr);
+        TrainSummary summary;
+        summary.final_eval = task->evaluate(EvalScope::Full);
+        summary.state = ckpt.state;
+        summary.steps = ckpt.state.step;
+        summary.completed = true;
+        // a copy: the continuations must not see later edits of the user's file
+        const auto target = checkpoint_path(dir);
+        const auto partial = dir / ".adopting.safetensors";
+        std::filesystem::copy_file(from.path, partial,
+                                   std::filesystem::copy_options::overwrite_existing);
+        std::filesystem::rename(partial, target);
+        TrialRecorder recorder(store_, record.id, TrainingState{},
+                               [&](const std::string& text) { log(label + " " + text); });
+        recorder.finish(summary, true, target, nlohmann::json(make_provenance(*backend_)));
     }
 
     // The trial's directory may hold a checkpoint whose rows this store lacks: the database

@@ -5,12 +5,15 @@
 #include <cmath>
 #include <fstream>
 #include <functional>
+#include <map>
+#include <mutex>
 #include <set>
 #include <sstream>
 
 #include <fmt/format.h>
 #include <yaml-cpp/yaml.h>
 
+#include "core/checkpoint.h"
 #include "core/errors.h"
 #include "core/flops.h"
 #include "core/optim/schedule.h"
@@ -257,7 +260,7 @@ const json& sweep_schema() {
         s["model"].erase("moe");
         s["model"]["preset"] = "";
         s["train"].erase("steps");
-        s["pretrain"] = {{"steps", TrainConfig{}.steps}};
+        s["pretrain"] = {{"steps", TrainConfig{}.steps}, {"from", ""}};
         json methods = json::object();
         for (const Method m : continuation_methods())
             methods[to_string(m)] = method_defaults(m, 0, nullptr);
@@ -304,8 +307,10 @@ json canonical_run_json(const RunConfig& config) {
 }
 
 // percent/100 of the pretraining's cost in continuation steps, before rounding; 0 for seconds.
+// declared_sunk: the parent checkpoint's FLOPs (pretrain.from) instead of the pretraining's.
 double exact_extra_steps(BudgetUnit unit, const RunConfig& pretrain,
-                         const ModelConfig& continuation, double percent) {
+                         std::optional<double> declared_sunk, const ModelConfig& continuation,
+                         double percent) {
     double steps = 0;
     if (unit == BudgetUnit::Seconds) return 0;
     const double pretrain_steps = static_cast<double>(pretrain.train.steps);
@@ -315,8 +320,9 @@ double exact_extra_steps(BudgetUnit unit, const RunConfig& pretrain,
         // both runs take batch × context tokens per step, so the tokens cancel
         const double tokens_per_step =
             static_cast<double>(pretrain.train.batch_size) * tokens_per_example(pretrain.model);
-        const double sunk =
-            flops_per_token(pretrain.model).training * tokens_per_step * pretrain_steps;
+        const double sunk = declared_sunk ? *declared_sunk
+                                          : flops_per_token(pretrain.model).training *
+                                                tokens_per_step * pretrain_steps;
         const double per_step = flops_per_token(continuation).training * tokens_per_step;
         steps = percent / 100.0 * sunk / per_step;
     }
@@ -325,9 +331,10 @@ double exact_extra_steps(BudgetUnit unit, const RunConfig& pretrain,
 
 // percent/100 of the pretraining's cost, in continuation steps (see steps_for_budget).
 std::optional<int64_t> extra_steps(BudgetUnit unit, const RunConfig& pretrain,
+                                   std::optional<double> declared_sunk,
                                    const ModelConfig& continuation, double percent) {
     if (unit == BudgetUnit::Seconds) return std::nullopt;
-    const double steps = exact_extra_steps(unit, pretrain, continuation, percent);
+    const double steps = exact_extra_steps(unit, pretrain, declared_sunk, continuation, percent);
     // the fewest whole steps that reach it; the relative slack absorbs rounding in the ratio
     constexpr double kSlack = 1e-12;
     return std::max<int64_t>(1, static_cast<int64_t>(std::ceil(steps * (1.0 - kSlack))));
@@ -464,6 +471,46 @@ void read_continue(const YAML::Node& node, SweepPoint& point, const std::string&
     }
 }
 
+// The parent checkpoint of pretrain.from: its content hash (once per file and version in a
+// process: a sweep's points share it, and hashing a GPT-2 takes a second), cost and step.
+ParentCheckpoint parent_checkpoint_file(const std::string& path, const std::string& source,
+                                        const std::string& where) {
+    if (!std::filesystem::is_regular_file(path)) {
+        throw UserError(
+            source, "pretrain.from",
+            "no such checkpoint file '" + path + "' (make one with upcycle import)" + where);
+    }
+    static std::mutex mutex;
+    static std::map<std::string, ParentCheckpoint> cache;  // by path, size and mtime
+    const std::string key =
+        std::filesystem::absolute(path).string() + "|" +
+        std::to_string(std::filesystem::file_size(path)) + "|" +
+        std::to_string(std::filesystem::last_write_time(path).time_since_epoch().count());
+    {
+        const std::lock_guard<std::mutex> lock(mutex);
+        if (const auto it = cache.find(key); it != cache.end()) {
+            ParentCheckpoint found = it->second;
+            found.path = path;
+            return found;
+        }
+    }
+    const TrainingState state = read_training_state(path);
+    if (!(state.flops > 0)) {
+        throw UserError(path, "upcycle.flops",
+                        "the checkpoint records no training FLOPs, so budgets as % of its cost "
+                        "mean nothing (import it with --sunk-tokens or --sunk-flops)");
+    }
+    ParentCheckpoint parent{path, sha256_file(path), state.flops, state.step};
+    const std::lock_guard<std::mutex> lock(mutex);
+    cache[key] = parent;
+    return parent;
+}
+
+std::optional<double> declared_sunk(const SweepPoint& point) {
+    if (!point.from) return std::nullopt;
+    return point.from->sunk_flops;
+}
+
 // Refuses budgets (or a pretraining) so large that a method's step counter would leave int64:
 // plan_sweep converts each horizon to whole steps and adds the pretraining's.
 void check_step_counters(const SweepPoint& point, const YAML::Node& cont,
@@ -478,8 +525,8 @@ void check_step_counters(const SweepPoint& point, const YAML::Node& cont,
             point.budgets.back() + (method == Method::Scratch ? kScratchExtraPercent : 0.0);
         const double base =
             restarts_step_counter(method) ? 0.0 : static_cast<double>(point.pretrain.train.steps);
-        const double end =
-            base + exact_extra_steps(point.budget_unit, point.pretrain, run.model, horizon);
+        const double end = base + exact_extra_steps(point.budget_unit, point.pretrain,
+                                                    declared_sunk(point), run.model, horizon);
         if (!(end <= kMaxStepCounter)) {
             throw UserError(source, "continue.budgets",
                             fmt::format("a budget of {:g}% makes {} run to step {:.3g}, beyond "
@@ -513,21 +560,60 @@ SweepPoint resolve_point(const YAML::Node& tree, const std::string& source, cons
         throw UserError(source, "model.moe", kModelMoeHint + line_of(model_moe));
     RunConfig pretrain = run_config_from_yaml(run, source);
 
-    json pretrain_options = {{"steps", TrainConfig{}.steps}};
-    read_options(child(tree, "pretrain"), pretrain_options, "pretrain", source);
-    const int64_t steps = pretrain_options["steps"].get<int64_t>();
+    json pretrain_options = {{"steps", TrainConfig{}.steps}, {"from", ""}};
+    const YAML::Node pretrain_node = child(tree, "pretrain");
+    read_options(pretrain_node, pretrain_options, "pretrain", source);
+    int64_t steps = pretrain_options["steps"].get<int64_t>();
     if (steps <= 0) {
         throw UserError(source, "pretrain.steps",
                         "expected a positive integer, found " + std::to_string(steps) +
-                            line_of(child(child(tree, "pretrain"), "steps")));
+                            line_of(child(pretrain_node, "steps")));
+    }
+    // what validation sees: a continuation's config from a step-0 parent is still one that runs
+    RunConfig checked = pretrain;
+    if (const std::string from = pretrain_options["from"].get<std::string>(); !from.empty()) {
+        const std::string where = line_of(key_node(pretrain_node, "from"));
+        if (key_node(pretrain_node, "steps").IsDefined()) {
+            throw UserError(source, "pretrain.steps",
+                            "with pretrain.from the parent is that checkpoint: its step counter "
+                            "is the checkpoint's, and nothing is pretrained" +
+                                line_of(key_node(pretrain_node, "steps")));
+        }
+        if (present(child(tree, "model"))) {
+            throw UserError(source, "model",
+                            "with pretrain.from the model is the checkpoint's: leave out the "
+                            "model section" +
+                                line_of(key_node(tree, "model")));
+        }
+        point.from = parent_checkpoint_file(from, source, where);
+        const RunConfig parent = read_checkpoint_config(from);
+        if (parent.model.arch != Arch::Gpt || parent.model.moe.experts > 0) {
+            throw UserError(
+                source, "pretrain.from",
+                "expected a dense GPT checkpoint, found " + describe_model(parent.model) + where);
+        }
+        pretrain.model = parent.model;
+        checked.model = parent.model;
+        steps = point.from->step;
+        validate(checked, source);  // the sweep's data and training with the checkpoint's model
     }
     pretrain.train.steps = steps;
-    if (seed) pretrain.train.seed = *seed;
+    checked.train.steps = std::max<int64_t>(steps, 1);
+    if (seed) {
+        pretrain.train.seed = *seed;
+        checked.train.seed = *seed;
+    }
     pretrain.name = name;
     point.pretrain = pretrain;
 
     const YAML::Node cont = child(tree, "continue");
     read_continue(cont, point, source);
+    if (point.from && point.budget_unit != BudgetUnit::Flops) {
+        throw UserError(source, "continue.budget_unit",
+                        "with pretrain.from budgets are % of the checkpoint's declared sunk FLOPs: "
+                        "expected flops, found " +
+                            to_string(point.budget_unit) + line_of(key_node(cont, "budget_unit")));
+    }
     if (schedule_depends_on_horizon(pretrain.train.schedule) &&
         point.budget_unit == BudgetUnit::Seconds) {
         throw UserError(
@@ -559,7 +645,7 @@ SweepPoint resolve_point(const YAML::Node& tree, const std::string& source, cons
             const json* upcycle =
                 point.methods.contains(upcycle_name) ? &point.methods[upcycle_name] : nullptr;
             point.methods[name] =
-                resolve_method(method, key, child(methods, name), pretrain, upcycle, source);
+                resolve_method(method, key, child(methods, name), checked, upcycle, source);
         }
     }
     check_step_counters(point, cont, source);
@@ -794,7 +880,15 @@ std::vector<PlannedTrial> plan_sweep(const SweepSpec& spec) {
         pretrain.method = Method::Pretrain;
         pretrain.config = {{"method", to_string(Method::Pretrain)},
                            {"run", canonical_run_json(point.pretrain)}};
-        pretrain.hash = trial_hash(pretrain.config);
+        json identity = pretrain.config;
+        if (point.from) {
+            const ParentCheckpoint& from = *point.from;
+            identity["from"] = {
+                {"sha256", from.sha256}, {"sunk_flops", from.sunk_flops}, {"step", from.step}};
+            pretrain.config["from"] = identity["from"];
+            pretrain.config["from"]["path"] = from.path;  // where it is, not what it is
+        }
+        pretrain.hash = trial_hash(identity);
         const std::string parent = pretrain.hash;
         add(std::move(pretrain));
 
@@ -814,8 +908,8 @@ std::vector<PlannedTrial> plan_sweep(const SweepSpec& spec) {
                 groups.push_back(milestones);
             for (const auto& group : groups) {
                 const double horizon = group.back();
-                const auto extra =
-                    extra_steps(point.budget_unit, point.pretrain, run.model, horizon);
+                const auto extra = extra_steps(point.budget_unit, point.pretrain,
+                                               declared_sunk(point), run.model, horizon);
                 run.train.steps = !extra ? 0
                                   : restarts_step_counter(method)
                                       ? *extra
@@ -891,7 +985,9 @@ std::optional<int64_t> steps_for_budget(const PlannedTrial& trial, const Planned
     const RunConfig pretrain =
         run_config_from_json(parent.config.at("run"), "trial " + parent.hash);
     const RunConfig run = run_config_from_json(trial.config.at("run"), "trial " + trial.hash);
-    return extra_steps(trial.budget_unit, pretrain, run.model, percent);
+    std::optional<double> sunk;
+    if (const auto from = parent_checkpoint(parent)) sunk = from->sunk_flops;
+    return extra_steps(trial.budget_unit, pretrain, sunk, run.model, percent);
 }
 
 std::vector<Milestone> trial_milestones(const PlannedTrial& trial, const PlannedTrial& parent,
@@ -911,6 +1007,20 @@ std::vector<Milestone> trial_milestones(const PlannedTrial& trial, const Planned
         milestones.push_back(m);
     }
     return milestones;
+}
+
+std::optional<ParentCheckpoint> parent_checkpoint(const PlannedTrial& pretrain) {
+    if (pretrain.method != Method::Pretrain || !pretrain.config.contains("from"))
+        return std::nullopt;
+    const json& from = pretrain.config.at("from");
+    try {
+        return ParentCheckpoint{
+            from.at("path").get<std::string>(), from.at("sha256").get<std::string>(),
+            from.at("sunk_flops").get<double>(), from.at("step").get<int64_t>()};
+    } catch (const nlohmann::json::exception& e) {
+        throw UserError("trial " + pretrain.hash, "from",
+                        std::string("not a planned parent checkpoint: ") + e.what());
+    }
 }
 
 PlannedTrial planned_trial(const std::string& hash, const nlohmann::json& config) {

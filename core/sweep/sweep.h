@@ -36,11 +36,23 @@ inline const std::vector<Method>& continuation_methods() {
     return methods;
 }
 
+// A sweep's parent that was not trained here (pretrain.from: a checkpoint made by
+// `upcycle import`, or any dense GPT checkpoint): its content and declared cost.
+struct ParentCheckpoint {
+    std::string path;       // as the sweep names it (not part of any trial's identity)
+    std::string sha256;     // of the file: the parent's identity
+    double sunk_flops = 0;  // its state.flops: the cost budgets are percentages of
+    int64_t step = 0;       // its step counter: continuations count on from here
+};
+
 // One point of a sweep (one combination of grid values, zip entries and seed), resolved.
 struct SweepPoint {
     // The grid/zip keys and the seed that make this point, as key and value text.
     std::vector<std::pair<std::string, std::string>> assignments;
     RunConfig pretrain;  // the dense pretraining: train.steps = pretrain.steps
+    // pretrain.from: the parent is this checkpoint instead of a pretraining (pretrain's model is
+    // the checkpoint's and its train.steps the checkpoint's step, which may be 0)
+    std::optional<ParentCheckpoint> from;
     BudgetUnit budget_unit = BudgetUnit::Flops;
     std::vector<double> budgets;  // extra budgets, percent of the sunk cost; ascending, distinct
     // The methods that run, by name, each with its options fully resolved (the canonical
@@ -71,7 +83,9 @@ struct PlannedTrial {
     std::string hash;  // sha256_hex(config.dump())
     Method method = Method::Pretrain;
     // The fully resolved canonical config:
-    //   pretrain:     {"method", "run"}
+    //   pretrain:     {"method", "run"}, and with pretrain.from "from": {"path", "sha256",
+    //                 "sunk_flops", "step"} (the hash leaves out "path": a moved file is the
+    //                 same parent; its content is not)
     //   continuation: {"method", "run", "options", "budget": {"unit", "milestones",
     //                  "horizon_percent"}, "parent"}
     // "run" is to_json(RunConfig) without "name", with the method's architecture (upcycle and
@@ -85,6 +99,9 @@ struct PlannedTrial {
     std::vector<double> milestones;              // budget percents at which to evaluate, ascending
     double horizon_percent = 0;                  // the budget the trial runs to (0 for pretrain)
 };
+
+// The parent checkpoint of a pretrain trial planned with pretrain.from (nullopt otherwise).
+std::optional<ParentCheckpoint> parent_checkpoint(const PlannedTrial& pretrain);
 
 // A planned trial read back from its hash and canonical config (as the store keeps them).
 // Throws UserError (file "trial HASH") when the config is not one plan_sweep writes.
@@ -118,7 +135,8 @@ ContinuationOptions continuation_options(const PlannedTrial& trial);
 // spend `percent` % of the parent pretraining's cost:
 //   flops:   the fewest steps whose training FLOPs (flops_per_token(continuation model)
 //            .training × batch × context per step) reach percent/100 × the pretraining's
-//            (flops_per_token(dense).training × batch × context × pretrain steps);
+//            (flops_per_token(dense).training × batch × context × pretrain steps, or the
+//            parent checkpoint's declared sunk FLOPs with pretrain.from);
 //   steps:   percent/100 × pretrain steps, rounded up;
 //   seconds: only known at run time: nullopt.
 std::optional<int64_t> steps_for_budget(const PlannedTrial& trial, const PlannedTrial& parent,
