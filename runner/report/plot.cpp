@@ -653,17 +653,17 @@ void draw_sunk_cost(const std::string& sweep, const Report& report, FigureWriter
                 if (cell.vs_dense.mean) budgets.insert(cell.budget_percent);
             }
         }
+        std::vector<std::pair<double, const ReportRow*>> by_x;  // ascending sunk cost
+        for (const ReportRow* row : rows)
+            by_x.emplace_back(axis.of(report.sunk_costs.at(row->base)), row);
+        std::sort(by_x.begin(), by_x.end(),
+                  [](const auto& a, const auto& c) { return a.first < c.first; });
         const Method method = rows.front()->method;
         std::string plots;
         std::size_t k = 0;
         for (double b : budgets) {
             std::string block, bases;
             bool intervals = false;
-            std::vector<std::pair<double, const ReportRow*>> by_x;
-            for (const ReportRow* row : rows)
-                by_x.emplace_back(axis.of(report.sunk_costs.at(row->base)), row);
-            std::sort(by_x.begin(), by_x.end(),
-                      [](const auto& a, const auto& c) { return a.first < c.first; });
             for (const auto& [x, row] : by_x) {
                 const ReportCell* cell = row->cell(b);
                 if (!cell || !cell->vs_dense.mean || x <= 0) continue;
@@ -685,7 +685,6 @@ void draw_sunk_cost(const std::string& sweep, const Report& report, FigureWriter
                 "sunk_flops\n{}\n\n",
                 name, format_percent(b), bases, axis.tokens ? "tokens" : "steps", block);
             const std::string color = shade(method_color(method), k, budgets.size());
-            // tic labels and titles are format strings to gnuplot: "%%" is a percent sign
             plots += fmt::format(
                 ", \\\n        \"sunk_cost.dat\" index {0} using ($1*dodge({1},{2})):2 with "
                 "linespoints lw 2 pt {3} ps 1.1 lc rgb \"{4}\" title {5}",
