@@ -45,8 +45,9 @@ Command add_plot_command(CLI::App& app) {
     auto args = std::make_shared<PlotArgs>();
     auto* sub = app.add_subcommand(
         "plot",
-        "Draw a sweep's figures with gnuplot: method comparison, training curves, "
-        "expert load (PNG and SVG, with their data and scripts)");
+        "Draw a sweep's figures with gnuplot: method comparison, differences to dense "
+        "continuation, gain against sunk cost, training curves, expert load (PNG and SVG, "
+        "with their data and scripts)");
     sub->add_option("sweep", args->sweep, "the sweep's name (as in `upcycle status`)")->required();
     sub->add_option("--db", args->db, "results database")->capture_default_str();
     sub->add_option("--out", args->out, "output directory (default: results/plots/SWEEP)");

@@ -37,6 +37,9 @@ constexpr int kComparisonWidth = 1100, kComparisonHeight = 720;
 // fraction of their span) on either side.
 constexpr double kZoomWhenSpanBelow = 2.0 / 3.0;
 constexpr double kZoomMargin = 0.06;
+constexpr double kDodge = 0.015;  // lines' x apart by this factor at one budget or sunk cost
+constexpr int kSunkPanelWidth = 600, kSunkPanelHeight = 480;
+constexpr int kSunkMinWidth = 1000;  // the title's two lines fit
 constexpr int kPanelWidth = 560, kPanelHeight = 340, kTitleHeight = 70;
 constexpr double kRawCurveLightness = 0.65;  // the raw train_loss behind its EMA: faint
 
@@ -318,6 +321,23 @@ Drawing zoomable_body(const std::string& title, const std::string& xlabel, const
             height};
 }
 
+// gnuplot's `set xtics (…)` list: one tic per budget, labelled "10%".
+std::string budget_tics(const std::vector<double>& budgets) {
+    std::string tics;
+    for (double b : budgets) {
+        // tic labels are format strings to gnuplot: "%%" is a percent sign
+        tics += fmt::format("{}{} {}", tics.empty() ? "" : ", ", gp_string(fmt::format("{}%%", b)),
+                            number(b));
+    }
+    return tics;
+}
+
+// "lower is better" read as the sign of a difference to dense continuation.
+std::string better_sign(const Report& report) {
+    return report.lower_is_better ? "below 0: better than dense continuation"
+                                  : "above 0: better than dense continuation";
+}
+
 // ---- comparison ----------------------------------------------------------------------------
 
 void draw_comparison(const Store& store, const std::string& sweep, const PlotOptions& options,
@@ -397,12 +417,7 @@ void draw_comparison(const Store& store, const std::string& sweep, const PlotOpt
                         style.point, dash, style.color, gp_string(title)));
     }
 
-    std::string tics;
-    for (double b : budgets) {
-        // tic labels are format strings to gnuplot: "%%" is a percent sign
-        tics += fmt::format("{}{} {}", tics.empty() ? "" : ", ", gp_string(fmt::format("{}%%", b)),
-                            number(b));
-    }
+    const std::string tics = budget_tics(budgets);
     double sunk = 0;
     int pretrainings = 0;
     for (const auto& t : store.trials(sweep)) {
@@ -422,7 +437,7 @@ void draw_comparison(const Store& store, const std::string& sweep, const PlotOpt
         "set xtics ({})\n"
         "set mxtics default\n"
         "set grid xtics ytics\n"
-        "set key below box height 1.5\n"
+        "set key below height 1.5\n"
         "set bars small\n",
         gp_string(metric_description(options.metric) +
                   (report.lower_is_better ? " (lower is better)" : " (higher is better)")),
@@ -436,6 +451,302 @@ void draw_comparison(const Store& store, const std::string& sweep, const PlotOpt
         static_cast<std::size_t>(index), kComparisonHeight);
     script += terminals_loop("comparison", kComparisonWidth, drawing.height, drawing.body);
     writer.draw("comparison", data, script);
+}
+
+// ---- differences to dense continuation -----------------------------------------------------
+
+// One data block of a row's paired differences: budget, mean, the 95% interval's bounds and
+// half-width (NaN without an interval), seeds paired. Widens `extent` by what it draws.
+std::string difference_block(const ReportRow& row, Extent& extent, bool& intervals,
+                             bool& single_seed) {
+    std::string block;
+    for (const auto& cell : row.cells) {
+        const PairedDifference& d = cell.vs_dense;
+        if (!d.mean) continue;
+        const bool interval = d.has_interval();
+        intervals |= interval;
+        single_seed |= !interval;
+        extent.add(interval ? *d.low() : *d.mean);
+        extent.add(interval ? *d.high() : *d.mean);
+        block += fmt::format("{} {} {} {} {} {}\n", number(cell.budget_percent), number(*d.mean),
+                             number(interval ? *d.low() : NAN), number(interval ? *d.high() : NAN),
+                             number(d.half_width.value_or(NAN)), d.n);
+    }
+    return block;
+}
+
+void draw_differences(const std::string& sweep, const Report& report, FigureWriter& writer,
+                      PlotOutput& output) {
+    std::vector<std::pair<Method, std::string>> labelled;
+    for (const auto& row : report.rows) labelled.emplace_back(row.method, row.label);
+    const auto styles = row_styles(labelled);
+
+    std::string data, plots;
+    std::set<double> budgets;
+    Extent all, kept;  // kept: every row but scratch, which the zoom panel clips
+    all.add(0.0);
+    kept.add(0.0);
+    int index = 0;
+    for (const auto& row : report.rows) {
+        if (row.method == Method::Pretrain || row.method == Method::Dense ||
+            !row.has_dense_reference)
+            continue;
+        Extent extent;
+        bool intervals = false, single_seed = false;
+        const std::string block = difference_block(row, extent, intervals, single_seed);
+        if (block.empty()) continue;
+        for (const auto& cell : row.cells) {
+            if (cell.vs_dense.mean) budgets.insert(cell.budget_percent);
+        }
+        for (Extent* e : {&all, &kept}) {
+            if (e == &kept && row.method == Method::Scratch) continue;
+            e->add(extent.lo);
+            e->add(extent.hi);
+        }
+        data += fmt::format(
+            "# {} − dense, paired by seed\n"
+            "# budget_percent delta_mean delta_low delta_high half_width_95 n_pairs\n{}\n\n",
+            row.label, block);
+        const Style& style = styles.at(row.label);
+        std::string title =
+            row.method == Method::Scratch ? row.label + " (total compute)" : row.label;
+        if (single_seed) title += intervals ? " (some one seed: no bar)" : " (one seed: no bar)";
+        const std::string dash = row.method == Method::Scratch ? " dt 4" : "";
+        // x is dodged per row (dodge(i) in the script) so that intervals at one budget stand apart
+        plots += fmt::format(
+            ", \\\n         \"differences.dat\" index {0} using ($1*dodge({0})):2 with "
+            "linespoints lw 2 pt {1} ps 1.1{2} lc rgb \"{3}\" title {4}",
+            index, style.point, dash, style.color, gp_string(title));
+        if (intervals) {
+            plots += fmt::format(
+                ", \\\n         \"differences.dat\" index {0} using ($1*dodge({0})):2:3:4 with "
+                "yerrorbars lw 2 pt {1} ps 1.1 lc rgb \"{2}\" notitle",
+                index, style.point, style.color);
+        }
+        ++index;
+    }
+    if (index == 0) {
+        output.notes.push_back(
+            fmt::format("differences: skipped (no continuation of sweep '{}' has a {} paired "
+                        "with dense continuation yet)",
+                        sweep, report.metric));
+        return;
+    }
+    const double lo = *budgets.begin() / kLogPad, hi = *budgets.rbegin() * kLogPad;
+    const std::string plot = fmt::format(
+        "    plot 0 with lines dt 2 lw 2 lc rgb \"{}\" title \"dense continuation "
+        "(Δ = 0)\"{}",
+        kPretrainColor, plots);
+
+    std::string script =
+        script_header("differences", "Paired differences to dense continuation", sweep);
+    script += fmt::format(
+        "set ylabel {}\n"
+        "set logscale x\n"
+        "set xrange [{}:{}]\n"
+        "set xtics ({})\n"
+        "set mxtics default\n"
+        "set grid xtics ytics\n"
+        "set key below height 1.5\n"
+        "set bars small\n"
+        "set offsets 0, 0, graph 0.04, graph 0.04\n"
+        "set label \"dense continuation\" at graph 0.01, first 0 left offset 0, 0.6 "
+        "textcolor rgb \"{}\"\n"
+        "# rows side by side at one budget: a factor on x, centred on the row in the middle\n"
+        "dodge(i) = 1 + {} * (i - {} / 2.0)\n",
+        gp_string("Δ vs dense continuation: " + metric_description(report.metric)), number(lo),
+        number(hi), budget_tics({budgets.begin(), budgets.end()}), kPretrainColor, number(kDodge),
+        index - 1);
+    const Drawing drawing = zoomable_body(
+        fmt::format("{}: Δ vs dense continuation (paired by seed, 95% interval)\n{}: each row − "
+                    "dense at the same extra compute; {}",
+                    sweep, metric_name(report.metric), better_sign(report)),
+        unit_phrase(report.budget_unit) +
+            ", % of the sunk cost (scratch: its total compute, log scale)",
+        plot, zoom_range(all, kept), "zoomed in on the rows other than scratch (scratch clipped)",
+        static_cast<std::size_t>(index) + 1, kComparisonHeight);
+    script += terminals_loop("differences", kComparisonWidth, drawing.height, drawing.body);
+    writer.draw("differences", data, script);
+}
+
+// ---- gain against sunk cost -----------------------------------------------------------------
+
+// "5.12k", "1.3M": a count for a tic label.
+std::string si_count(double v) {
+    static const char* const kSuffixes[] = {"", "k", "M", "G", "T", "P"};
+    std::size_t i = 0;
+    while (std::abs(v) >= 1000 && i + 1 < std::size(kSuffixes)) {
+        v /= 1000;
+        ++i;
+    }
+    return fmt::format("{:.3g}{}", v, kSuffixes[i]);
+}
+
+// The x axis of the sunk-cost figure: pretraining tokens, or steps when a pretraining in view
+// has not recorded its tokens (not finished yet).
+struct SunkAxis {
+    bool tokens = true;
+    double of(const SunkCost& sunk) const {
+        return tokens ? sunk.tokens : static_cast<double>(sunk.steps);
+    }
+    std::string tic(const SunkCost& sunk) const {
+        // tic labels are format strings to gnuplot: no '%' in these
+        return tokens ? fmt::format("{} ({} steps)", si_count(sunk.tokens), sunk.steps)
+                      : std::to_string(sunk.steps);
+    }
+};
+
+// The rows drawn against their sunk cost, grouped by what they are apart from the base
+// ("upcycle experts=4"), in report order: the continuations other than dense and scratch
+// (scratch reuses no sunk cost) that have a dense reference and a known pretraining.
+std::vector<std::pair<std::string, std::vector<const ReportRow*>>> sunk_cost_groups(
+    const Report& report) {
+    std::vector<std::pair<std::string, std::vector<const ReportRow*>>> groups;
+    for (const auto& row : report.rows) {
+        if (row.method == Method::Pretrain || row.method == Method::Dense ||
+            row.method == Method::Scratch || !row.has_dense_reference ||
+            !report.sunk_costs.count(row.base))
+            continue;
+        std::string name = to_string(row.method);
+        if (!row.variant.empty()) name += " " + row.variant;
+        auto it = std::find_if(groups.begin(), groups.end(),
+                               [&](const auto& g) { return g.first == name; });
+        if (it == groups.end()) it = groups.insert(groups.end(), {name, {}});
+        it->second.push_back(&row);
+    }
+    return groups;
+}
+
+SunkAxis sunk_axis_of(
+    const Report& report,
+    const std::vector<std::pair<std::string, std::vector<const ReportRow*>>>& groups) {
+    SunkAxis axis;
+    for (const auto& [name, rows] : groups) {
+        for (const ReportRow* row : rows) {
+            const SunkCost& sunk = report.sunk_costs.at(row->base);
+            axis.tokens &= sunk.finished > 0 && sunk.tokens > 0;
+        }
+    }
+    return axis;
+}
+
+void draw_sunk_cost(const std::string& sweep, const Report& report, FigureWriter& writer,
+                    PlotOutput& output) {
+    if (report.sunk_costs.size() < 2) {
+        output.notes.push_back(fmt::format(
+            "sunk_cost: skipped (sweep '{}' has {} sunk cost{}; grid the pretraining, e.g. "
+            "pretrain.steps, to see the gain against it)",
+            sweep, report.sunk_costs.size(), report.sunk_costs.size() == 1 ? "" : "s"));
+        return;
+    }
+    const auto groups = sunk_cost_groups(report);
+    const SunkAxis axis = sunk_axis_of(report, groups);
+
+    std::string data, panels;
+    std::map<double, std::string> tics;  // x → label, of the sunk costs drawn
+    int index = 0;
+    std::size_t drawn = 0;  // panels
+    for (const auto& [name, rows] : groups) {
+        std::set<double> budgets;
+        for (const ReportRow* row : rows) {
+            for (const auto& cell : row->cells) {
+                if (cell.vs_dense.mean) budgets.insert(cell.budget_percent);
+            }
+        }
+        std::vector<std::pair<double, const ReportRow*>> by_x;  // ascending sunk cost
+        for (const ReportRow* row : rows)
+            by_x.emplace_back(axis.of(report.sunk_costs.at(row->base)), row);
+        std::sort(by_x.begin(), by_x.end(),
+                  [](const auto& a, const auto& c) { return a.first < c.first; });
+        const Method method = rows.front()->method;
+        std::string plots;
+        std::size_t k = 0;
+        for (double b : budgets) {
+            std::string block, bases;
+            bool intervals = false;
+            for (const auto& [x, row] : by_x) {
+                const ReportCell* cell = row->cell(b);
+                if (!cell || !cell->vs_dense.mean || x <= 0) continue;
+                const PairedDifference& d = cell->vs_dense;
+                const SunkCost& sunk = report.sunk_costs.at(row->base);
+                intervals |= d.has_interval();
+                tics[x] = axis.tic(sunk);
+                block += fmt::format("{} {} {} {} {} {} {} {}\n", number(x), number(*d.mean),
+                                     number(d.low().value_or(NAN)), number(d.high().value_or(NAN)),
+                                     d.n, sunk.steps, number(sunk.tokens), number(sunk.flops));
+                bases += fmt::format("{}{} at {}", bases.empty() ? "" : ", ",
+                                     row->base.empty() ? "(no varying key)" : row->base, number(x));
+            }
+            if (block.empty()) continue;
+            data += fmt::format(
+                "# {} − dense at {} extra compute, paired by seed, by sunk cost\n"
+                "# pretrainings: {}\n"
+                "# sunk_{} delta_mean delta_low delta_high n_pairs sunk_steps sunk_tokens "
+                "sunk_flops\n{}\n\n",
+                name, format_percent(b), bases, axis.tokens ? "tokens" : "steps", block);
+            const std::string color = shade(method_color(method), k, budgets.size());
+            plots += fmt::format(
+                ", \\\n        \"sunk_cost.dat\" index {0} using ($1*dodge({1},{2})):2 with "
+                "linespoints lw 2 pt {3} ps 1.1 lc rgb \"{4}\" title {5}",
+                index, k, budgets.size(), point_type(k), color, gp_string("+" + format_percent(b)));
+            if (intervals) {
+                plots += fmt::format(
+                    ", \\\n        \"sunk_cost.dat\" index {0} using ($1*dodge({1},{2})):2:3:4 "
+                    "with yerrorbars lw 2 pt {3} ps 1.1 lc rgb \"{4}\" notitle",
+                    index, k, budgets.size(), point_type(k), color);
+            }
+            ++index;
+            ++k;
+        }
+        if (plots.empty()) continue;
+        panels += fmt::format(
+            "    set title {}\n"
+            "    plot 0 with lines dt 2 lw 2 lc rgb \"{}\" title \"dense (Δ = 0)\"{}\n",
+            gp_string(name + " − dense continuation"), kPretrainColor, plots);
+        ++drawn;
+    }
+    if (tics.size() < 2) {
+        output.notes.push_back(fmt::format(
+            "sunk_cost: skipped (no continuation of sweep '{}' has a {} paired with dense "
+            "continuation at two sunk costs yet)",
+            sweep, report.metric));
+        return;
+    }
+    std::string tic_list;
+    for (const auto& [x, label] : tics) {
+        tic_list += fmt::format("{}\"{}\" {}", tic_list.empty() ? "" : ", ", label, number(x));
+    }
+    const std::size_t cols = drawn >= 2 ? 2 : 1, rows = (drawn + cols - 1) / cols;
+
+    std::string script = script_header("sunk_cost", "Gain against sunk cost", sweep);
+    script += fmt::format(
+        "set xlabel {}\n"
+        "set ylabel {}\n"
+        "set logscale x\n"
+        "set xrange [{}:{}]\n"
+        "set xtics ({})\n"
+        "set grid xtics ytics\n"
+        "set key below\n"
+        "set bars small\n"
+        "set offsets 0, 0, graph 0.06, graph 0.06\n"
+        "# budgets side by side at one sunk cost: a factor on x, centred on the middle one\n"
+        "dodge(k, n) = 1 + {} * (k - (n - 1) / 2.0)\n",
+        gp_string(axis.tokens ? "sunk cost: the dense pretraining's training tokens (log scale)"
+                              : "sunk cost: the dense pretraining's steps (log scale; tokens "
+                                "not recorded yet)"),
+        gp_string("Δ " + metric_description(report.metric)), number(tics.begin()->first / kLogPad),
+        number(tics.rbegin()->first * kLogPad), tic_list, number(kDodge));
+    const std::string body = fmt::format(
+        "    set multiplot layout {},{} title {}\n{}    unset multiplot\n", rows, cols,
+        gp_string(fmt::format("{}: gain against sunk cost, Δ vs dense continuation (paired by "
+                              "seed, 95% interval)\n{}: one line per extra budget (% of each "
+                              "sunk cost); {}",
+                              sweep, metric_name(report.metric), better_sign(report))),
+        panels);
+    script += terminals_loop("sunk_cost",
+                             std::max(kSunkMinWidth, static_cast<int>(kSunkPanelWidth * cols) + 40),
+                             static_cast<int>(kSunkPanelHeight * rows) + kTitleHeight + 30, body);
+    writer.draw("sunk_cost", data, script);
 }
 
 // ---- training curves -----------------------------------------------------------------------
@@ -761,6 +1072,8 @@ PlotOutput make_plots(const Store& store, const std::string& sweep, const PlotOp
     PlotOutput output;
     FigureWriter writer(options.out_dir, gnuplot_path, output);
     draw_comparison(store, sweep, options, report, writer, output);
+    draw_differences(sweep, report, writer, output);
+    draw_sunk_cost(sweep, report, writer, output);
     draw_training_curves(store, sweep, writer, output);
     draw_expert_load(store, sweep, writer, output);
     return output;

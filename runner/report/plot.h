@@ -7,7 +7,20 @@
 //   comparison       the metric against extra compute as % of the sunk cost: one line per
 //                    report row (runner/report/report.h), the mean over seeds with ± std bars
 //                    where two or more seeds were evaluated, and the pretrained checkpoint's
-//                    value as a dashed horizontal reference.
+//                    value as a dashed horizontal reference. When scratch (starting far
+//                    above) squeezes the other rows into under 2/3 of the y-range, a second
+//                    panel zooms in on them, scratch clipped there.
+//   differences      each continuation row's paired difference to dense continuation of its
+//                    pretraining (ReportCell::vs_dense) against extra compute: the mean, 95%
+//                    interval bars where two or more seeds pair up, the zero line labelled as
+//                    dense continuation; one line per row (a sweep that grids the pretraining
+//                    gives one per sunk cost), rows nudged apart on x so their bars do not
+//                    hide each other; the same zoom panel as the comparison.
+//   sunk_cost        the gain against sunk cost, when the sweep has two or more pretrainings
+//                    (Report::sunk_costs): Δ vs dense continuation against the pretraining's
+//                    training tokens (its steps when tokens are not recorded), log scale; a
+//                    panel per continuation other than dense and scratch (scratch reuses no
+//                    sunk cost), one line per extra budget, 95% interval bars, the zero line.
 //   training_curves  train_loss (lines) and val_loss (points) against cumulative training
 //                    FLOPs, every trial of the sweep; a continuation that reuses the dense
 //                    checkpoint starts at its parent's FLOPs (scratch starts at 0). Each
@@ -17,7 +30,8 @@
 //   expert_load_*    one figure per MoE trial: per MoE layer a panel of the fraction of routed
 //                    tokens each expert received, stacked, over training steps.
 //
-// A figure without data (no evaluations yet, no MoE trial) is skipped with a note.
+// A figure without data (no evaluations yet, no difference to dense, one sunk cost, no MoE
+// trial) is skipped with a note.
 #include <filesystem>
 #include <optional>
 #include <string>

@@ -697,7 +697,11 @@ TEST_F(Reports, PlotsEveryFigureAndKeepsTheScripts) {
     // To look at the figures: UPCYCLE_TEST_PLOT_DIR=DIR test_reports --gtest_filter='*Plots*'
     if (const char* keep = std::getenv("UPCYCLE_TEST_PLOT_DIR")) options.out_dir = keep;
     const PlotOutput out = make_plots(store, kSweep, options);
-    EXPECT_TRUE(out.notes.empty()) << out.notes.front();
+    // one pretraining length: no gain-against-sunk-cost view, and a note that says why
+    ASSERT_EQ(out.notes.size(), 1u);
+    EXPECT_EQ(out.notes[0].rfind("sunk_cost: skipped (sweep 'fixture' has 1 sunk cost;", 0), 0u)
+        << out.notes[0];
+    EXPECT_FALSE(std::filesystem::exists(options.out_dir / "sunk_cost.png"));
 
     std::set<std::string> figures;
     for (const auto& f : out.figures) {
@@ -709,9 +713,12 @@ TEST_F(Reports, PlotsEveryFigureAndKeepsTheScripts) {
             EXPECT_NE(head_of(f, 4096).find("<svg"), std::string::npos) << f;
         }
     }
-    for (const char* name : {"comparison", "training_curves"}) {
+    for (const char* name : {"comparison", "differences", "training_curves"}) {
         for (const char* ext : {".png", ".svg"}) {
             EXPECT_TRUE(figures.count(std::string(name) + ext)) << name << ext;
+            EXPECT_GT(std::filesystem::file_size(options.out_dir / (std::string(name) + ext)),
+                      1000u)
+                << name << ext;
         }
         EXPECT_TRUE(std::filesystem::exists(options.out_dir / (std::string(name) + ".gp")));
         EXPECT_TRUE(std::filesystem::exists(options.out_dir / (std::string(name) + ".dat")));
@@ -768,6 +775,35 @@ TEST_F(Reports, PlotsEveryFigureAndKeepsTheScripts) {
     EXPECT_GT(zoom_lo, 1.9);
     EXPECT_GT(zoom_hi, 2.5);
     EXPECT_LT(zoom_hi, 2.6);
+    // differences: one block per continuation row with a dense reference, dense itself not
+    // among them; upcycle experts=4 at 50% is −0.1 ± t(1)·0.005, experts=8 has one seed (no
+    // interval), scratch experts=4 has no 200% (dense has none to pair with)
+    const auto differences = dat_blocks(options.out_dir / "differences.dat");
+    ASSERT_EQ(differences.size(), 5u);
+    for (const auto& block : differences)
+        EXPECT_EQ(block.comment.find("# dense"), std::string::npos) << block.comment;
+    const DatBlock* up4 = find_block(differences, {"# upcycle experts=4 − dense"});
+    ASSERT_NE(up4, nullptr);
+    ASSERT_EQ(up4->rows.size(), 3u);
+    const double h = 12.7062 * 0.005;
+    EXPECT_EQ(up4->rows[1][0], 50);
+    EXPECT_NEAR(up4->rows[1][1], -0.1, 1e-9);
+    EXPECT_NEAR(up4->rows[1][2], -0.1 - h, 1e-6);
+    EXPECT_NEAR(up4->rows[1][3], -0.1 + h, 1e-6);
+    EXPECT_NEAR(up4->rows[1][4], h, 1e-6);
+    EXPECT_EQ(up4->rows[1][5], 2);
+    const DatBlock* up8 = find_block(differences, {"# upcycle experts=8 − dense"});
+    ASSERT_NE(up8, nullptr);
+    ASSERT_EQ(up8->rows.size(), 3u);
+    EXPECT_NEAR(up8->rows[2][1], 1.985 - 2.19, 1e-9);
+    EXPECT_TRUE(std::isnan(up8->rows[2][2]) && std::isnan(up8->rows[2][3]));
+    const DatBlock* scratch4 = find_block(differences, {"# scratch experts=4 − dense"});
+    ASSERT_NE(scratch4, nullptr);
+    EXPECT_EQ(scratch4->rows.size(), 3u);
+    const std::string differences_gp = head_of(options.out_dir / "differences.gp", 1 << 16);
+    EXPECT_NE(differences_gp.find("Δ vs dense continuation (paired by seed, 95% interval)"),
+              std::string::npos);
+    EXPECT_NE(differences_gp.find("title \"dense continuation (Δ = 0)\""), std::string::npos);
     // the scripts re-draw in their own directory
     const std::string gp = head_of(options.out_dir / "comparison.gp", 1 << 16);
     EXPECT_NE(gp.find("\"comparison.dat\""), std::string::npos);
@@ -781,16 +817,149 @@ TEST_F(Reports, PlotSkipsFiguresWithoutDataAndNeedsGnuplot) {
     if (find_gnuplot("gnuplot")) {
         const PlotOutput out = make_plots(store, "empty", options);
         EXPECT_TRUE(out.figures.empty());
-        ASSERT_EQ(out.notes.size(), 3u);
+        ASSERT_EQ(out.notes.size(), 5u);
         EXPECT_EQ(out.notes[0].rfind("comparison: skipped", 0), 0u) << out.notes[0];
-        EXPECT_EQ(out.notes[1].rfind("training_curves: skipped", 0), 0u) << out.notes[1];
-        EXPECT_EQ(out.notes[2].rfind("expert_load: skipped", 0), 0u) << out.notes[2];
+        EXPECT_EQ(out.notes[1].rfind("differences: skipped", 0), 0u) << out.notes[1];
+        EXPECT_EQ(out.notes[2].rfind("sunk_cost: skipped", 0), 0u) << out.notes[2];
+        EXPECT_EQ(out.notes[3].rfind("training_curves: skipped", 0), 0u) << out.notes[3];
+        EXPECT_EQ(out.notes[4].rfind("expert_load: skipped", 0), 0u) << out.notes[4];
     }
     options.gnuplot = (*dir_ / "no-such-gnuplot").string();
     const std::string missing = user_error_of([&] { make_plots(store, kSweep, options); });
     EXPECT_NE(missing.find("gnuplot-nox"), std::string::npos) << missing;
     const std::string sweep = user_error_of([&] { make_plots(store, "nope", options); });
     EXPECT_NE(sweep.find("no sweep named 'nope'"), std::string::npos) << sweep;
+}
+
+// A sweep that grids the pretraining's length: two sunk costs (10 and 20 steps, 256 tokens a
+// step), each continued by dense, upcycle, scratch and warmstart at 50% and 100%. Upcycle −
+// dense is sunk_delta (per sunk cost and budget) ∓ 0.005 by seed: mean sunk_delta, 95%
+// half-width t(1)·0.005; warmstart − dense is +0.02 on every seed. Scratch reuses no sunk
+// cost and is left out of the figure.
+const char* kSunkYaml = R"(name: sunk
+model:
+  preset: gpt-tiny
+data:
+  source: synthetic
+train:
+  batch_size: 4
+  schedule: rsqrt
+  warmup_steps: 2
+pretrain:
+  steps: 10
+continue:
+  budget_unit: flops
+  budgets: [50, 100]
+  methods:
+    dense: {}
+    upcycle:
+      experts: 4
+    scratch: {}
+    warmstart: {}
+grid:
+  pretrain.steps: [10, 20]
+seeds: [1, 2]
+)";
+constexpr int64_t kSunkTokensPerStep = 256;
+
+double sunk_delta(int64_t pretrain_steps, double budget) {
+    // the gain shrinks as the sunk cost grows
+    if (pretrain_steps == 10) return budget == 50 ? -0.20 : -0.25;
+    return budget == 50 ? -0.10 : -0.12;
+}
+
+void build_sunk_cost_store(const std::filesystem::path& db) {
+    const std::vector<PlannedTrial> planned = plan_sweep(parse_sweep(kSunkYaml, "sunk.yaml"));
+    ASSERT_EQ(planned.size(), 20u);  // per seed and length: pretrain and 4 continuations
+    std::map<std::string, int64_t> pretrain_steps;  // by pretraining hash
+    for (const auto& t : planned) {
+        if (t.method == Method::Pretrain)
+            pretrain_steps[t.hash] = t.config.at("run").at("train").at("steps").get<int64_t>();
+    }
+    Store store(db, Store::Mode::ReadWrite);
+    const int64_t sweep = store.upsert_sweep("sunk", kSunkYaml, "h3", nullptr);
+    std::map<std::string, const PlannedTrial*> by_hash;
+    for (const auto& t : planned) {
+        store.add_trial(sweep, t.hash, t.method, t.config,
+                        t.parent_hash.empty() ? std::nullopt : std::optional(t.parent_hash));
+        by_hash[t.hash] = &t;
+    }
+    while (const auto claimed = store.claim_next("sunk-worker", "host", kFresh, sweep)) {
+        const PlannedTrial& t = *by_hash.at(claimed->hash);
+        const int seed = t.config.at("run").at("train").at("seed").get<int>();
+        if (t.method == Method::Pretrain) {
+            const int64_t steps = pretrain_steps.at(t.hash);
+            store.add_evaluation(claimed->id, 0, steps, 1e9 * double(steps), 1.0,
+                                 {{"val_loss", 3.0}});
+            store.finish(claimed->id,
+                         {steps, 1e9 * double(steps), 1.0, steps * kSunkTokensPerStep});
+            continue;
+        }
+        const int64_t steps = pretrain_steps.at(t.parent_hash.empty() ? t.hash : t.parent_hash);
+        for (const auto& m : claimed->config.at("budget").at("milestones")) {
+            const double b = m.get<double>();
+            double loss = 2.5;
+            if (t.method == Method::Upcycle)
+                loss += sunk_delta(steps, b) + (seed == 1 ? -0.005 : 0.005);
+            if (t.method == Method::Scratch) loss += 1.0;
+            if (t.method == Method::Warmstart) loss += 0.02;
+            store.add_evaluation(claimed->id, b, 1, 1e9, 1.0, {{"val_loss", loss}});
+        }
+        store.finish(claimed->id, {20, 1e9, 1.0, 1280});
+    }
+}
+
+TEST_F(Reports, PlotSunkCostDrawsTheGainAgainstEachPretrainingLength) {
+    if (!find_gnuplot("gnuplot")) GTEST_SKIP() << "gnuplot is not installed (gnuplot-nox)";
+    const std::filesystem::path db = *dir_ / "sunk.db";
+    build_sunk_cost_store(db);
+    const Store store(db, Store::Mode::ReadOnly);
+    PlotOptions options;
+    options.out_dir = *dir_ / "plots" / "sunk";
+    if (const char* keep = std::getenv("UPCYCLE_TEST_PLOT_DIR"))
+        options.out_dir = std::filesystem::path(keep) / "sunk";
+    const PlotOutput out = make_plots(store, "sunk", options);
+    for (const auto& note : out.notes)
+        EXPECT_EQ(note.rfind("sunk_cost", 0), std::string::npos) << note;
+    for (const char* ext : {".png", ".svg"}) {
+        const auto file = options.out_dir / (std::string("sunk_cost") + ext);
+        ASSERT_TRUE(std::filesystem::exists(file)) << file;
+        EXPECT_GT(std::filesystem::file_size(file), 1000u);
+    }
+    EXPECT_EQ(head_of(options.out_dir / "sunk_cost.png", 8), std::string("\x89PNG\r\n\x1a\n", 8));
+
+    // a panel each for upcycle and warmstart, one line per budget (scratch and dense are not
+    // drawn), x = the tokens
+    const auto blocks = dat_blocks(options.out_dir / "sunk_cost.dat");
+    ASSERT_EQ(blocks.size(), 4u);
+    const DatBlock* warmstart = find_block(blocks, {"# warmstart − dense at 100% extra compute"});
+    ASSERT_NE(warmstart, nullptr);
+    ASSERT_EQ(warmstart->rows.size(), 2u);
+    EXPECT_NEAR(warmstart->rows[1][1], 0.02, 1e-9);
+    EXPECT_NEAR(warmstart->rows[1][3], 0.02, 1e-9);  // no spread between the seeds
+    const double h = 12.7062 * 0.005;
+    for (double budget : {50.0, 100.0}) {
+        const DatBlock* line = find_block(
+            blocks, {"# upcycle − dense at " + format_percent(budget) + " extra compute"});
+        ASSERT_NE(line, nullptr);
+        ASSERT_EQ(line->rows.size(), 2u);
+        for (std::size_t i = 0; i < 2; ++i) {
+            const int64_t steps = i == 0 ? 10 : 20;
+            SCOPED_TRACE(steps);
+            const auto& row = line->rows[i];
+            EXPECT_EQ(row[0], double(steps * kSunkTokensPerStep));
+            EXPECT_NEAR(row[1], sunk_delta(steps, budget), 1e-9);
+            EXPECT_NEAR(row[2], sunk_delta(steps, budget) - h, 1e-6);
+            EXPECT_NEAR(row[3], sunk_delta(steps, budget) + h, 1e-6);
+            EXPECT_EQ(row[4], 2);      // seeds paired
+            EXPECT_EQ(row[5], steps);  // the pretraining's steps
+        }
+    }
+    const std::string gp = head_of(options.out_dir / "sunk_cost.gp", 1 << 16);
+    EXPECT_NE(gp.find("set logscale x"), std::string::npos);
+    EXPECT_NE(gp.find("set multiplot layout 1,2"), std::string::npos);
+    EXPECT_NE(gp.find("training tokens"), std::string::npos);
+    EXPECT_NE(gp.find("\"2.56k (10 steps)\" 2560"), std::string::npos) << gp;
 }
 
 }  // namespace
