@@ -332,6 +332,22 @@ std::string budget_tics(const std::vector<double>& budgets) {
     return tics;
 }
 
+// The settings the comparison and the differences share: `ylabel` against the budgets on a
+// log x axis from lo to hi, one tic per budget, the key below.
+std::string budget_axis(const std::string& ylabel, double lo, double hi,
+                        const std::vector<double>& budgets) {
+    return fmt::format(
+        "set ylabel {}\n"
+        "set logscale x\n"
+        "set xrange [{}:{}]\n"
+        "set xtics ({})\n"
+        "set mxtics default\n"
+        "set grid xtics ytics\n"
+        "set key below height 1.5\n"
+        "set bars small\n",
+        gp_string(ylabel), number(lo), number(hi), budget_tics(budgets));
+}
+
 // "lower is better" read as the sign of a difference to dense continuation.
 std::string better_sign(const Report& report) {
     return report.lower_is_better ? "below 0: better than dense continuation"
@@ -417,7 +433,6 @@ void draw_comparison(const Store& store, const std::string& sweep, const PlotOpt
                         style.point, dash, style.color, gp_string(title)));
     }
 
-    const std::string tics = budget_tics(budgets);
     double sunk = 0;
     int pretrainings = 0;
     for (const auto& t : store.trials(sweep)) {
@@ -430,18 +445,10 @@ void draw_comparison(const Store& store, const std::string& sweep, const PlotOpt
     if (pretrainings > 0)
         subtitle += "; sunk cost " + format_flops(sunk / pretrainings) + " of dense pretraining";
     std::string script = script_header("comparison", "Continuation methods compared", sweep);
-    script += fmt::format(
-        "set ylabel {}\n"
-        "set logscale x\n"
-        "set xrange [{}:{}]\n"
-        "set xtics ({})\n"
-        "set mxtics default\n"
-        "set grid xtics ytics\n"
-        "set key below height 1.5\n"
-        "set bars small\n",
-        gp_string(metric_description(options.metric) +
-                  (report.lower_is_better ? " (lower is better)" : " (higher is better)")),
-        number(lo), number(hi), tics);
+    script +=
+        budget_axis(metric_description(options.metric) +
+                        (report.lower_is_better ? " (lower is better)" : " (higher is better)"),
+                    lo, hi, budgets);
     const Drawing drawing = zoomable_body(
         fmt::format("{}: {} against extra compute\n{}", sweep, metric_name(options.metric),
                     subtitle),
@@ -540,23 +547,15 @@ void draw_differences(const std::string& sweep, const Report& report, FigureWrit
 
     std::string script =
         script_header("differences", "Paired differences to dense continuation", sweep);
+    script += budget_axis("Δ vs dense continuation: " + metric_description(report.metric), lo, hi,
+                          {budgets.begin(), budgets.end()});
     script += fmt::format(
-        "set ylabel {}\n"
-        "set logscale x\n"
-        "set xrange [{}:{}]\n"
-        "set xtics ({})\n"
-        "set mxtics default\n"
-        "set grid xtics ytics\n"
-        "set key below height 1.5\n"
-        "set bars small\n"
         "set offsets 0, 0, graph 0.04, graph 0.04\n"
         "set label \"dense continuation\" at graph 0.01, first 0 left offset 0, 0.6 "
         "textcolor rgb \"{}\"\n"
         "# rows side by side at one budget: a factor on x, centred on the row in the middle\n"
         "dodge(i) = 1 + {} * (i - {} / 2.0)\n",
-        gp_string("Δ vs dense continuation: " + metric_description(report.metric)), number(lo),
-        number(hi), budget_tics({budgets.begin(), budgets.end()}), kPretrainColor, number(kDodge),
-        index - 1);
+        kPretrainColor, number(kDodge), index - 1);
     const Drawing drawing = zoomable_body(
         fmt::format("{}: Δ vs dense continuation (paired by seed, 95% interval)\n{}: each row − "
                     "dense at the same extra compute; {}",

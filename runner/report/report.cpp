@@ -301,18 +301,15 @@ std::vector<Comparison> comparisons_of(const Report& report) {
         if (const ReportRow* dense = dense_reference(report, row))
             comparisons.push_back(compare_rows(report, row, *dense));
         if (row.method != Method::Scratch) continue;
-        const ReportRow* upcycle = nullptr;
+        const ReportRow *same_variant = nullptr, *last = nullptr;
         int upcycles = 0;
         for (const auto& r : report.rows) {
             if (r.method != Method::Upcycle || r.base != row.base) continue;
             ++upcycles;
-            if (r.variant == row.variant) upcycle = &r;
+            last = &r;
+            if (r.variant == row.variant) same_variant = &r;
         }
-        if (!upcycle && upcycles == 1) {
-            for (const auto& r : report.rows) {
-                if (r.method == Method::Upcycle && r.base == row.base) upcycle = &r;
-            }
-        }
+        const ReportRow* upcycle = same_variant ? same_variant : upcycles == 1 ? last : nullptr;
         if (!upcycle) continue;
         Comparison c = compare_rows(report, row, *upcycle);
         for (const auto& cell : upcycle->cells) {
@@ -572,11 +569,14 @@ Report build_report(const Store& store, const std::string& sweep, const std::str
                 planned.insert(budget_key(m.get<double>()));
             }
         }
-        if (trial.method == Method::Pretrain && trial.status == TrialStatus::Done) {
+        if (trial.method == Method::Pretrain) {
             SunkCost& sunk = report.sunk_costs[label.base];
-            sunk.flops += trial.flops;
-            sunk.tokens += static_cast<double>(trial.tokens);
-            ++sunk.finished;
+            sunk.steps = trial.config.at("run").at("train").value("steps", int64_t{0});
+            if (trial.status == TrialStatus::Done) {
+                sunk.flops += trial.flops;
+                sunk.tokens += static_cast<double>(trial.tokens);
+                ++sunk.finished;
+            }
         }
         std::set<double> evaluated;
         for (const EvaluationRecord* e : evaluations_of[trial.id]) {
@@ -626,13 +626,9 @@ Report build_report(const Store& store, const std::string& sweep, const std::str
     }
     report.budgets.assign(budgets.begin(), budgets.end());
     for (auto& [base, sunk] : report.sunk_costs) {
+        if (sunk.finished == 0) continue;
         sunk.flops /= sunk.finished;
         sunk.tokens /= sunk.finished;
-    }
-    for (const auto& t : trials) {
-        if (t.method != Method::Pretrain) continue;
-        const std::string& base = labels[static_cast<std::size_t>(&t - trials.data())].base;
-        report.sunk_costs[base].steps = t.config.at("run").at("train").value("steps", int64_t{0});
     }
 
     // Deltas to the dense row of the same base (the plain one when several), paired by seed.
