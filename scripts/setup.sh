@@ -13,6 +13,8 @@ packages=(
   libssl-dev libopenblas-openmp-dev zlib1g-dev libgtest-dev libgmock-dev libbenchmark-dev
   # data: the King James Bible (`bible`) and Fashion-MNIST (IDX files)
   bible-kjv dataset-fashion-mnist
+  # multi-rank jobs: Open MPI (the MPI communicator, mpirun; the MPI tests run real ranks)
+  libopenmpi-dev openmpi-bin
   # figures: `upcycle plot` draws with gnuplot (pngcairo and svg terminals)
   gnuplot-nox
   # tests: the numpy references in tests/**/test_*.py (e.g. the GPT-2 import oracle)

@@ -5,10 +5,15 @@
 
 #include <bit>
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
+#include <optional>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "core/comm.h"
+#include "core/errors.h"
 #include "core/flops.h"
 #include "core/train.h"
 #include "kernels/cpu/cpu_backend.h"
@@ -64,18 +69,37 @@ TEST(LocalCommunicator, AllReduceLeavesTheBufferBitIdentical) {
 // ranks is half of this rank's gradients. Counts the reductions and what they were given.
 class HalvingCommunicator final : public Communicator {
 public:
+    explicit HalvingCommunicator(Backend& backend) : backend_(&backend) {}
     int rank() const override { return 0; }
     int size() const override { return 2; }
-    void all_reduce(Tensor& buffer, ReduceOp op) override {
+    void all_reduce(float* data, std::size_t count, ReduceOp op) override {
         ++reductions;
-        elements = buffer.numel();
+        elements = static_cast<int64_t>(count);
+        if (op == ReduceOp::Average) backend_->scale(data, 0.5f, count);
+    }
+    void all_reduce_host(double* values, std::size_t n, ReduceOp op) override {
         if (op == ReduceOp::Average) {
-            buffer.backend().scale(buffer.f32(), 0.5f, static_cast<std::size_t>(buffer.numel()));
+            for (std::size_t i = 0; i < n; ++i) values[i] *= 0.5;
         }
     }
+    // Not used by a data-parallel training step.
+    void reduce_scatter(const float*, float*, std::size_t, ReduceOp) override { unused(); }
+    void all_gather(const float*, float*, std::size_t) override { unused(); }
+    void broadcast(float*, std::size_t, int) override { unused(); }
+    void all_to_all_v(const float*, std::span<const int64_t>, float*,
+                      std::span<const int64_t>) override {
+        unused();
+    }
+    void all_gather_host(const int64_t*, int64_t*, std::size_t) override { unused(); }
+    void broadcast_host(std::vector<uint8_t>&, int) override { unused(); }
     void barrier() override {}
+    using Communicator::all_reduce;
     int reductions = 0;
     int64_t elements = 0;
+
+private:
+    static void unused() { FAIL() << "a collective training does not need was called"; }
+    Backend* backend_;
 };
 
 TEST(TrainWithCommunicator, ReducesTheGradientsOncePerStepBeforeTheOptimizer) {
@@ -99,7 +123,7 @@ TEST(TrainWithCommunicator, ReducesTheGradientsOncePerStepBeforeTheOptimizer) {
     };
     int local_steps = 0, halved_steps = 0;
     const double local = first_grad_norm(local_communicator(), &local_steps);
-    HalvingCommunicator halving;
+    HalvingCommunicator halving(backend);
     const double halved = first_grad_norm(halving, &halved_steps);
 
     EXPECT_EQ(halving.reductions, 3);  // one per optimizer step, not one per micro-batch
@@ -110,6 +134,108 @@ TEST(TrainWithCommunicator, ReducesTheGradientsOncePerStepBeforeTheOptimizer) {
     EXPECT_DOUBLE_EQ(halved, local / 2);
     EXPECT_EQ(local_steps, 3);
     EXPECT_EQ(halved_steps, 3);
+}
+
+// Sets environment variables for one test and restores what was there.
+class ScopedEnvironment {
+public:
+    void set(const char* name, const char* value) {
+        const char* old = std::getenv(name);
+        saved_.emplace_back(name, old ? std::optional<std::string>(old) : std::nullopt);
+        ::setenv(name, value, 1);
+    }
+    ~ScopedEnvironment() {
+        for (auto it = saved_.rbegin(); it != saved_.rend(); ++it) {
+            if (it->second) {
+                ::setenv(it->first.c_str(), it->second->c_str(), 1);
+            } else {
+                ::unsetenv(it->first.c_str());
+            }
+        }
+    }
+
+private:
+    std::vector<std::pair<std::string, std::optional<std::string>>> saved_;
+};
+
+constexpr const char* kLauncherVariables[] = {"OMPI_COMM_WORLD_RANK",
+                                              "OMPI_COMM_WORLD_SIZE",
+                                              "OMPI_COMM_WORLD_LOCAL_RANK",
+                                              "SLURM_PROCID",
+                                              "SLURM_STEP_NUM_TASKS",
+                                              "SLURM_LOCALID",
+                                              "SLURM_NTASKS",
+                                              "RANK",
+                                              "WORLD_SIZE",
+                                              "LOCAL_RANK"};
+
+TEST(LaunchEnvironment, ReadsEachLauncherInOrderOfPrecedence) {
+    ScopedEnvironment env;
+    for (const char* name : kLauncherVariables) env.set(name, "");
+    EXPECT_EQ(launch_environment().size, 1);
+    EXPECT_EQ(launch_environment().launcher, "none");
+
+    // an sbatch script's own process: its allocation's task count, but no job step
+    env.set("SLURM_NTASKS", "4");
+    env.set("SLURM_PROCID", "0");
+    EXPECT_EQ(launch_environment().size, 1);
+
+    env.set("RANK", "1");
+    env.set("WORLD_SIZE", "3");
+    env.set("LOCAL_RANK", "1");
+    LaunchEnvironment launch = launch_environment();
+    EXPECT_EQ(launch.launcher, "env");
+    EXPECT_EQ(launch.rank, 1);
+    EXPECT_EQ(launch.size, 3);
+    EXPECT_EQ(launch.local_rank, 1);
+
+    env.set("SLURM_PROCID", "2");
+    env.set("SLURM_STEP_NUM_TASKS", "4");
+    env.set("SLURM_LOCALID", "0");
+    launch = launch_environment();
+    EXPECT_EQ(launch.launcher, "srun");
+    EXPECT_EQ(launch.rank, 2);
+    EXPECT_EQ(launch.size, 4);
+    EXPECT_EQ(launch.local_rank, 0);
+
+    env.set("OMPI_COMM_WORLD_RANK", "0");
+    env.set("OMPI_COMM_WORLD_SIZE", "2");
+    launch = launch_environment();
+    EXPECT_EQ(launch.launcher, "mpirun");
+    EXPECT_EQ(launch.size, 2);
+    EXPECT_EQ(launch.local_rank, 0);  // not set: rank 0 of the node
+}
+
+TEST(LaunchEnvironment, RefusesVariablesThatDescribeNoRank) {
+    ScopedEnvironment env;
+    for (const char* name : kLauncherVariables) env.set(name, "");
+    env.set("RANK", "2");
+    env.set("WORLD_SIZE", "2");
+    EXPECT_THROW(launch_environment(), UserError);
+    env.set("RANK", "one");
+    try {
+        launch_environment();
+        ADD_FAILURE() << "a rank that is not a number was taken";
+    } catch (const UserError& e) {
+        EXPECT_EQ(e.key(), "RANK");
+        EXPECT_NE(std::string(e.what()).find("one"), std::string::npos) << e.what();
+    }
+}
+
+TEST(LocalCommunicator, CollectivesOfOneRankCopyTheirInput) {
+    LocalCommunicator comm;
+    const std::vector<float> send = {1, 2, 3};
+    std::vector<float> recv(3, 0);
+    comm.reduce_scatter(send.data(), recv.data(), 3, ReduceOp::Average);
+    EXPECT_EQ(recv, send);
+    std::fill(recv.begin(), recv.end(), 0.0f);
+    comm.all_gather(send.data(), recv.data(), 3);
+    EXPECT_EQ(recv, send);
+    std::fill(recv.begin(), recv.end(), 0.0f);
+    const std::vector<int64_t> counts = {3};
+    EXPECT_EQ(comm.exchange_counts(counts), counts);
+    comm.all_to_all_v(send.data(), counts, recv.data(), counts);
+    EXPECT_EQ(recv, send);
 }
 
 }  // namespace
