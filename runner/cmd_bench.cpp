@@ -1,6 +1,8 @@
 // upcycle bench --model NAME [--steps N] [--warmup N] [--batch B] [--micro-batch M] [--json]
 //               [--device cpu|cuda[:N]] [--precision fp32|bf16]
 //               [--experts E --k K --capacity-factor CF --router topk|expert_choice]
+// upcycle bench --plan [--model NAME] --ranks N [--ep M] [--link-gbps G] [--tflops F]
+//               (prints the communication plan of N ranks instead of timing: bench_plan.h)
 // Times whole training steps (forward + backward + AdamW) of a preset model (a GPT on random
 // tokens, a ViT on random images). With --micro-batch, a step accumulates the gradients of
 // batch/micro-batch passes, as train.micro_batch does. On the CPU it also times, in the same
@@ -28,6 +30,7 @@
 #include "core/rng.h"
 #include "kernels/backend_factory.h"
 #include "kernels/cpu/blas_setup.h"
+#include "runner/bench_plan.h"
 #include "runner/commands.h"
 #include "runner/format.h"
 
@@ -253,7 +256,20 @@ int run_bench(const BenchArgs& args) {
 
 Command add_bench_command(CLI::App& app) {
     auto args = std::make_shared<BenchArgs>();
+    auto plan = std::make_shared<BenchPlanArgs>();
+    auto planning = std::make_shared<bool>(false);
     auto* sub = app.add_subcommand("bench", "Time training steps of a preset model");
+    sub->add_flag("--plan", *planning,
+                  "print the communication plan of a multi-rank job instead of timing: bytes "
+                  "per step per rank (DP all-reduce, EP all-to-all) and their time at --link-gbps "
+                  "against the step's compute at --tflops, for the dense model and its MoE form");
+    sub->add_option("--ranks", plan->ranks, "--plan: ranks N");
+    sub->add_option("--ep", plan->expert_parallel,
+                    "--plan: expert-parallel size M (divides N and E)");
+    sub->add_option("--link-gbps", plan->link_gbytes_per_second,
+                    "--plan: link rate per rank, each way, in GB/s (default 50)");
+    sub->add_option("--tflops", plan->tflops,
+                    "--plan: achieved TFLOP/s per rank (default 400: an assumption)");
     sub->add_option("--model", args->model, "gpt-tiny | gpt-small | gpt-124m | vit-tiny");
     sub->add_option("--steps", args->steps, "timed steps (default 20, 3 for large models)");
     sub->add_option("--warmup", args->warmup, "untimed steps first");
@@ -270,7 +286,19 @@ Command add_bench_command(CLI::App& app) {
     sub->add_option("--capacity-factor", args->capacity_factor,
                     "expert capacity factor (≤ 0: no limit)");
     sub->add_option("--router", args->router, "topk | expert_choice");
-    return [args] { return run_bench(*args); };
+    return [args, plan, planning, sub] {
+        if (!*planning) return run_bench(*args);
+        // the options both modes share
+        if (sub->count("--model") > 0) plan->model = args->model;
+        plan->batch = args->batch;
+        plan->micro_batch = args->micro_batch;
+        if (args->experts > 0) plan->experts = args->experts;
+        plan->k = args->k;
+        plan->capacity_factor = args->capacity_factor;
+        plan->router = args->router;
+        plan->json = args->json;
+        return print_communication_plan(*plan);
+    };
 }
 
 }  // namespace upcycle::cli
