@@ -7,6 +7,10 @@
 
 #include "core/errors.h"
 #include "kernels/comm/mpi_communicator.h"
+#ifdef UPCYCLE_WITH_CUDA
+#include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/nccl_communicator.h"
+#endif
 
 namespace upcycle {
 
@@ -23,26 +27,35 @@ double collective_timeout_seconds() {
     return seconds;
 }
 
-std::unique_ptr<Communicator> make_communicator(Backend& backend,
-                                                const LaunchEnvironment& launch) {
+std::unique_ptr<Communicator> make_communicator(Backend& backend, const LaunchEnvironment& launch) {
     if (launch.size == 1) {
         // A device backend's buffers are not host memory: the local copies go through it.
-        return std::make_unique<LocalCommunicator>(
-            backend.kind() == DeviceKind::CPU ? nullptr : &backend);
+        return std::make_unique<LocalCommunicator>(backend.kind() == DeviceKind::CPU ? nullptr
+                                                                                     : &backend);
+    }
+    if (backend.kind() == DeviceKind::CUDA) {
+#ifdef UPCYCLE_WITH_CUDA
+        // NCCL's unique id travels over MPI under mpirun, else over TCP (MASTER_ADDR/PORT).
+        std::unique_ptr<MpiCommunicator> bootstrap;
+        if (launch.launcher == "mpirun" && mpi_available()) {
+            bootstrap = std::make_unique<MpiCommunicator>(collective_timeout_seconds());
+        }
+        return std::make_unique<NcclCommunicator>(dynamic_cast<CudaBackend&>(backend), launch,
+                                                  bootstrap.get(), collective_timeout_seconds());
+#endif
     }
     if (backend.kind() != DeviceKind::CPU) {
         throw UserError("", "--device",
-                        fmt::format("{} ranks on {}: multi-rank GPU jobs need the NCCL "
-                                    "communicator, which this build does not have",
+                        fmt::format("{} ranks on {}: this build has no communicator for it",
                                     launch.size, backend.describe()));
     }
     auto comm = std::make_unique<MpiCommunicator>(collective_timeout_seconds());
     if (comm->size() != launch.size || comm->rank() != launch.rank) {
-        throw UserError("", "",
-                        fmt::format("the launcher ({}) says rank {} of {}, MPI says rank {} of "
-                                    "{}: was this started by an mpirun of another MPI?",
-                                    launch.launcher, launch.rank, launch.size, comm->rank(),
-                                    comm->size()));
+        throw UserError(
+            "", "",
+            fmt::format("the launcher ({}) says rank {} of {}, MPI says rank {} of "
+                        "{}: was this started by an mpirun of another MPI?",
+                        launch.launcher, launch.rank, launch.size, comm->rank(), comm->size()));
     }
     return comm;
 }

@@ -1,6 +1,8 @@
 #pragma once
 // Picks the communicator of this process's job (core/comm.h's launch_environment()): the
-// 1-rank local one for a process started alone; MPI for CPU ranks launched by mpirun or srun.
+// 1-rank local one for a process started alone; MPI for CPU ranks launched by mpirun or srun;
+// NCCL for GPU ranks (bootstrapped over MPI under mpirun, over TCP at MASTER_ADDR:MASTER_PORT
+// otherwise). A GPU rank's backend should be on device local_rank (one GPU per rank).
 #include <memory>
 
 #include "core/backend.h"
@@ -13,7 +15,6 @@ namespace upcycle {
 double collective_timeout_seconds();
 
 // backend: the rank's backend, whose memory the collectives move.
-std::unique_ptr<Communicator> make_communicator(Backend& backend,
-                                                const LaunchEnvironment& launch);
+std::unique_ptr<Communicator> make_communicator(Backend& backend, const LaunchEnvironment& launch);
 
 }  // namespace upcycle

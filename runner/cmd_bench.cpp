@@ -51,6 +51,7 @@ struct BenchArgs {
     int k = 2;
     double capacity_factor = 1.25;
     std::string router = "topk";
+    double peak_tflops = 0;  // > 0: the MFU yardstick (e.g. a measured matmul peak), else the device's table
 };
 
 // One model under test: its training step, timed.
@@ -188,7 +189,9 @@ int run_bench(const BenchArgs& args) {
     const bool on_cpu = backend->kind() == DeviceKind::CPU;
     const int M = B * T, N = 4 * dense_config.channels, K = dense_config.channels;
     const double sgemm_gflops = on_cpu ? measure_sgemm_gflops(M, N, K, 1.0) : 0.0;
-    const double peak_gflops = backend->peak_flops(precision) / 1e9;
+    const bool measured_peak = args.peak_tflops > 0;
+    const double peak_gflops =
+        measured_peak ? args.peak_tflops * 1e3 : backend->peak_flops(precision) / 1e9;
 
     if (args.json) {
         nlohmann::json out{{"model", preset.name},           {"batch", B},
@@ -201,6 +204,7 @@ int run_bench(const BenchArgs& args) {
             out["fraction_of_sgemm"] = main_gflops / sgemm_gflops;
         } else if (peak_gflops > 0) {
             out["peak_gflops"] = peak_gflops;
+            out["peak_source"] = measured_peak ? "--peak-tflops" : "device table";
             out["dense"]["mfu"] = dense_gflops / peak_gflops;
             if (sparse) out["moe_mfu"] = main_gflops / peak_gflops;
         }
@@ -241,8 +245,9 @@ int run_bench(const BenchArgs& args) {
         fmt::print(
             "MFU = training FLOPs per step / median step time / peak, with training "
             "FLOPs = 3 × forward (2 × active parameters + attention) per token; peak "
-            "{:.1f} TFLOP/s ({} dense)\n",
-            peak_gflops / 1e3, args.precision);
+            "{:.1f} TFLOP/s ({})\n",
+            peak_gflops / 1e3,
+            measured_peak ? "given by --peak-tflops" : args.precision + " dense, device table");
         fmt::print("dense MFU: {:.1f}%\n", 100.0 * dense_gflops / peak_gflops);
         if (sparse)
             fmt::print("MoE MFU (active FLOPs): {:.1f}%\n", 100.0 * main_gflops / peak_gflops);
@@ -286,6 +291,9 @@ Command add_bench_command(CLI::App& app) {
     sub->add_option("--capacity-factor", args->capacity_factor,
                     "expert capacity factor (≤ 0: no limit)");
     sub->add_option("--router", args->router, "topk | expert_choice");
+    sub->add_option("--peak-tflops", args->peak_tflops,
+                    "GPU: the peak MFU is set against, e.g. a measured bf16 matmul peak "
+                    "(default: the device's table)");
     return [args, plan, planning, sub] {
         if (!*planning) return run_bench(*args);
         // the options both modes share

@@ -7,9 +7,16 @@
 #   bash scripts/gpu_check.sh build      # configure build-cuda/ (Release, CUDA on), build all
 #   bash scripts/gpu_check.sh test       # ctest -R 'Cuda|Gpu', then the full suite
 #   bash scripts/gpu_check.sh sanitize   # compute-sanitizer memcheck on tests/kernels/cuda binaries
-#   bash scripts/gpu_check.sh bench      # upcycle bench on cuda: fp32, bf16, MoE; bench-moe;
-#                                        # upcycle_cuda_bench
+#   bash scripts/gpu_check.sh bench      # upcycle bench on cuda: fp32, bf16, MoE; the PyTorch
+#                                        # reference (kernels/bench/pytorch_gpt.py) when torch
+#                                        # imports; bench-moe; upcycle_cuda_bench
 #   bash scripts/gpu_check.sh all        # every stage in turn (goes on after a failed stage)
+#
+# From prebuilt binaries (a GPU machine without the project's Debian packages, e.g. the binaries
+# of a kit built elsewhere): BIN_DIR=DIR bash scripts/gpu_check.sh all skips the build stage,
+# runs the CUDA test binaries in DIR directly instead of through ctest, and benchmarks DIR's
+# upcycle. The last thing printed is a summary table: every step, its status and seconds, and
+# the MFU lines of the benchmarks (also in summary.txt).
 #
 # Everything printed also goes to one log per stage (build.log, test.log, sanitize.log,
 # bench.log, and nvidia-smi.log) in "${OUT:-build-cuda/gpu_check}". The exit status is
@@ -17,6 +24,7 @@
 #
 # Environment knobs:
 #   OUT                    log directory (default build-cuda/gpu_check)
+#   BIN_DIR                prebuilt binaries (upcycle, test_cuda_*, ...) to use instead of a build
 #   JOBS                   build / ctest parallelism (default: nproc)
 #   SANITIZE_TIMEOUT       seconds per binary under the sanitizer (default 180)
 #   SANITIZE_TRAINING_FILTER  GTest filter for test_cuda_training under the sanitizer
@@ -27,9 +35,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BUILD_DIR=build-cuda
+BIN="${BIN_DIR:-$BUILD_DIR}"  # where the binaries are: a build, or prebuilt ones
 OUT_DIR="${OUT:-$BUILD_DIR/gpu_check}"
 JOBS="${JOBS:-$(nproc)}"
 mkdir -p "$OUT_DIR"
+SUMMARY="$OUT_DIR/steps.tsv"  # stage, status, seconds, step: one line per step, for the summary
 
 usage() {
     # the header comment above
@@ -39,15 +49,20 @@ usage() {
 # Runs one step of a stage: prints it, runs it, and records a failure without stopping the
 # stage (the stage's exit status says whether any step failed).
 FAILED_STEPS=()
+STAGE_NAME=""
 step() {
     echo
     echo "==> $*"
-    local rc=0
+    local rc=0 start=$SECONDS
     "$@" || rc=$?
+    local status=ok
     if [ "$rc" -ne 0 ]; then
         echo "!!! failed (exit $rc): $*"
         FAILED_STEPS+=("$* (exit $rc)")
+        status="FAILED($rc)"
     fi
+    printf '%s\t%s\t%s\t%s\n' "$STAGE_NAME" "$status" "$((SECONDS - start))" \
+        "$(echo "$*" | sed "s|$BIN/||g" | cut -c1-90)" >> "$SUMMARY"
     return 0
 }
 
@@ -64,8 +79,12 @@ finish_stage() {
 }
 
 need_build() {
-    if [ ! -x "$BUILD_DIR/upcycle" ]; then
-        echo "no $BUILD_DIR/upcycle: run 'bash scripts/gpu_check.sh build' first" >&2
+    if [ ! -x "$BIN/upcycle" ]; then
+        if [ -n "${BIN_DIR:-}" ]; then
+            echo "no upcycle in BIN_DIR=$BIN_DIR" >&2
+        else
+            echo "no $BUILD_DIR/upcycle: run 'bash scripts/gpu_check.sh build' first" >&2
+        fi
         return 1
     fi
 }
@@ -119,11 +138,35 @@ no_cuda_skips() {
     echo "no CUDA test skipped for want of a GPU"
 }
 
+# A prebuilt CUDA test binary, run directly; fails if any of its tests skipped for want of a GPU.
+run_cuda_test_binary() {
+    local binary="$1" log rc=0
+    log="$OUT_DIR/$(basename "$binary").log"
+    "$binary" --gtest_brief=1 > "$log" 2>&1 || rc=$?
+    tail -n 5 "$log"
+    if grep -qE "no CUDA backend|built without CUDA" "$log"; then
+        echo "$(basename "$binary"): tests were SKIPPED (no usable GPU or no CUDA build)" >&2
+        return 1
+    fi
+    return "$rc"
+}
+
 stage_test() {
     need_build
-    step ctest --test-dir "$BUILD_DIR" --output-on-failure --no-tests=error -R 'Cuda|Gpu' -j "$JOBS"
-    step no_cuda_skips
-    step ctest --test-dir "$BUILD_DIR" --output-on-failure -j "$JOBS"
+    if [ -n "${BIN_DIR:-}" ]; then
+        # no ctest here: every CUDA test binary in BIN_DIR, one step each
+        local binary found=0
+        for binary in "$BIN"/test_cuda_* "$BIN"/test_nccl_*; do
+            [ -x "$binary" ] || continue
+            found=1
+            step run_cuda_test_binary "$binary"
+        done
+        if [ "$found" -eq 0 ]; then FAILED_STEPS+=("no CUDA test binary in $BIN"); fi
+    else
+        step ctest --test-dir "$BUILD_DIR" --output-on-failure --no-tests=error -R 'Cuda|Gpu|Nccl' -j "$JOBS"
+        step no_cuda_skips
+        step ctest --test-dir "$BUILD_DIR" --output-on-failure -j "$JOBS"
+    fi
     finish_stage test
 }
 
@@ -153,7 +196,7 @@ stage_sanitize() {
     for source in tests/kernels/cuda/test_*.cpp; do
         [ -e "$source" ] || continue
         name="$(basename "$source" .cpp)"
-        binary="$BUILD_DIR/$name"
+        binary="$BIN/$name"
         if [ ! -x "$binary" ]; then
             echo "!!! $binary not built (from $source)"
             FAILED_STEPS+=("$binary missing")
@@ -175,23 +218,42 @@ stage_sanitize() {
 
 stage_bench() {
     need_build
-    local bin="$BUILD_DIR/upcycle"
+    local bin="$BIN/upcycle"
     local steps=()
     if [ -n "${BENCH_STEPS:-}" ]; then steps=(--steps "$BENCH_STEPS"); fi
     # the issue's figure: 64 × 1024 = 64K tokens per step, in 4 micro-batches of 16K tokens
     local batch=(--batch 64 --micro-batch 16)
+    # First the PyTorch reference of the same model and batch (eager and torch.compile, bf16
+    # autocast, fused AdamW), in the same call so that the ratio holds. It measures the bf16
+    # matmul peak, which upcycle's bf16 MFU is then set against too (--peak-tflops).
+    local peak=()
+    if python3 -c 'import torch' > /dev/null 2>&1; then
+        step python3 kernels/bench/pytorch_gpt.py --model gpt-124m "${batch[@]}" \
+            --log "$OUT_DIR/pytorch_dense.txt"
+        step python3 kernels/bench/pytorch_gpt.py --model gpt-124m "${batch[@]}" \
+            --experts 8 --k 2 --capacity-factor 1.25 --log "$OUT_DIR/pytorch_moe.txt"
+        local measured
+        measured="$(sed -n 's/^measured bf16 matmul peak[^:]*: \([0-9.]*\) TFLOP.*/\1/p' \
+            "$OUT_DIR/pytorch_dense.txt" 2> /dev/null | head -n 1)"
+        if [ -n "$measured" ]; then peak=(--peak-tflops "$measured"); fi
+    else
+        echo
+        echo "note: no PyTorch here (python3 -c 'import torch' failed): no reference timing, and"
+        echo "      MFU is set against the device table's peak"
+    fi
     step "$bin" bench --model gpt-124m --device cuda --precision fp32 "${batch[@]}" "${steps[@]}"
-    step "$bin" bench --model gpt-124m --device cuda --precision bf16 "${batch[@]}" "${steps[@]}"
+    step "$bin" bench --model gpt-124m --device cuda --precision bf16 "${batch[@]}" "${steps[@]}" \
+        "${peak[@]}"
     step "$bin" bench --model gpt-124m --device cuda --precision bf16 "${batch[@]}" \
-        --experts 8 --k 2 --capacity-factor 1.25 "${steps[@]}"
+        --experts 8 --k 2 --capacity-factor 1.25 "${steps[@]}" "${peak[@]}"
     # one MoE layer, phase by phase (64K tokens, C 768, k 2, capacity factor 1.25)
     step "$bin" bench-moe --device cuda --precision bf16 --experts 8
     step "$bin" bench-moe --device cuda --precision bf16 --experts 32
-    if [ -x "$BUILD_DIR/upcycle_cuda_bench" ]; then
-        step "$BUILD_DIR/upcycle_cuda_bench" --benchmark_min_time=0.2
+    if [ -x "$BIN/upcycle_cuda_bench" ]; then
+        step "$BIN/upcycle_cuda_bench" --benchmark_min_time=0.2
     else
         echo
-        echo "note: no $BUILD_DIR/upcycle_cuda_bench (built only when Google Benchmark is found)"
+        echo "note: no $BIN/upcycle_cuda_bench (built only when Google Benchmark is found)"
     fi
     finish_stage bench
 }
@@ -220,6 +282,7 @@ main() {
         all) stages=(build test sanitize bench) ;;
         __stage)
             # internal: one stage, run by run_stage
+            STAGE_NAME="$2"
             "stage_$2"
             exit $?
             ;;
@@ -233,6 +296,13 @@ main() {
             exit 2
             ;;
     esac
+    if [ -n "${BIN_DIR:-}" ]; then
+        # prebuilt binaries: nothing to build
+        local kept=()
+        for name in "${stages[@]}"; do [ "$name" = build ] || kept+=("$name"); done
+        stages=("${kept[@]}")
+    fi
+    : > "$SUMMARY"
     show_gpu 2>&1 | tee "$OUT_DIR/nvidia-smi.log"
     local name failed=()
     for name in "${stages[@]}"; do
@@ -243,11 +313,28 @@ main() {
         fi
     done
     echo
-    if [ "${#failed[@]}" -ne 0 ]; then
-        echo "gpu_check: FAILED stage(s): ${failed[*]} (logs in $OUT_DIR)"
-        exit 1
+    print_summary "${failed[*]}" | tee "$OUT_DIR/summary.txt"
+    if [ "${#failed[@]}" -ne 0 ]; then exit 1; fi
+}
+
+# The table printed last: each step's stage, status and seconds, the benchmarks' MFU lines,
+# and the verdict.
+print_summary() {
+    local failed="$1"
+    echo "######## summary"
+    printf '%-9s %-11s %6s  %s\n' stage status seconds step
+    awk -F '\t' '{ printf "%-9s %-11s %6s  %s\n", $1, $2, $3, $4 }' "$SUMMARY"
+    if [ -e "$OUT_DIR/bench.log" ]; then
+        echo
+        grep -E '^(==> |dense MFU|MoE MFU|dense:|moe  :|pytorch |measured bf16)' "$OUT_DIR/bench.log" |
+            grep -v '^==> nvidia' || true
     fi
-    echo "gpu_check: ${stages[*]}: ok (logs in $OUT_DIR)"
+    echo
+    if [ -n "$failed" ]; then
+        echo "gpu_check: FAILED stage(s): $failed (logs in $OUT_DIR)"
+    else
+        echo "gpu_check: ${stages[*]}: ok (logs in $OUT_DIR)"
+    fi
 }
 
 main "$@"

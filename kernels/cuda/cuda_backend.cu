@@ -215,4 +215,8 @@ void CudaBackend::zero(void* dst, std::size_t bytes) {
 
 void CudaBackend::synchronize() { CUDA_CHECK(cudaStreamSynchronize(state_->stream)); }
 
+void* CudaBackend::stream_handle() const { return state_->stream; }
+
+int CudaBackend::device_index() const { return state_->device; }
+
 }  // namespace upcycle
