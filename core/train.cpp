@@ -138,7 +138,7 @@ StepRecord step_record(const TrainingState& state, int64_t total_steps, const Fo
     record.tokens_per_second = tokens_per_second;
     record.aux_loss = stats.aux_loss;
     record.moe_layers = model.moe_layers();
-    record.routing = model.routing_stats();  // of the step's last micro-batch
+    record.routing = model.routing_stats();  // of rank 0's last micro-batch of the step
     return record;
 }
 

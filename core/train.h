@@ -31,7 +31,9 @@ struct StepRecord {
     double tokens_per_second = 0;       // over the last logging interval
     double aux_loss = 0;                // MoE auxiliary losses of this step (coefficient-weighted)
     std::vector<int> moe_layers;        // blocks with an MoE layer
-    std::vector<RoutingStats> routing;  // their routing statistics, same order
+    std::vector<RoutingStats> routing;  // their routing statistics, same order: of the
+                                        // step's last micro-batch (rank 0's, in a
+                                        // data-parallel job)
 };
 
 // A budget milestone: evaluate (and checkpoint) once the run reaches this step, or once it
