@@ -46,7 +46,8 @@ int run_train(const TrainArgs& args) {
         throw UserError("", "config", "give a CONFIG.yaml, or --from CHECKPOINT to continue one");
     }
     auto backend = make_backend(args.device);
-    // several ranks: multi-rank GPU jobs are refused here until the NCCL communicator exists
+    // the launcher's ranks, over the transport of this backend (UserError naming --device when
+    // this build has none for it)
     const auto communicator = make_communicator(*backend, launch_environment());
     const bool lead = communicator->rank() == 0;
     const std::string out = args.out.empty() ? "results/train/" + config.name : args.out;
