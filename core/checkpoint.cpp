@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <ctime>
@@ -100,6 +101,8 @@ std::map<std::string, std::string> make_provenance(const Backend& backend) {
 
 void save_checkpoint(const std::filesystem::path& path, const RunConfig& config, Model& model,
                      AdamW* optimizer, const TrainingState& state) {
+    UPCYCLE_ASSERT(optimizer == nullptr || optimizer->holds_all(),
+                   "a checkpoint holds the moments of every parameter: gather a shard first");
     const auto params = model.parameters().to_host();
     std::vector<float> m, v;
     if (optimizer) {
@@ -264,12 +267,24 @@ void load_into(const Checkpoint& ckpt, Model& model, AdamW* optimizer) {
     };
     gather("");
     model.parameters().copy_from_host(flat);
+    // the optimizer's shard of a flat buffer (all of it, unless a ZeRO-1 rank's), zero past
+    // the buffer's end
+    auto shard_of = [&](const std::vector<float>& all) {
+        const ParameterRange shard = optimizer->shard();
+        std::vector<float> part(shard.size(), 0.0f);
+        const std::size_t end = std::min(shard.end, all.size());
+        if (shard.begin < end) {
+            std::copy(all.begin() + static_cast<std::ptrdiff_t>(shard.begin),
+                      all.begin() + static_cast<std::ptrdiff_t>(end), part.begin());
+        }
+        return part;
+    };
     if (optimizer) {
         if (ckpt.has_optimizer) {
             gather(kOptimizerExpAvgPrefix);
-            optimizer->exp_avg().copy_from_host(flat);
+            optimizer->exp_avg().copy_from_host(shard_of(flat));
             gather(kOptimizerExpAvgSqPrefix);
-            optimizer->exp_avg_sq().copy_from_host(flat);
+            optimizer->exp_avg_sq().copy_from_host(shard_of(flat));
             optimizer->set_step(ckpt.optimizer_step);
         } else {
             optimizer->reset();

@@ -38,6 +38,7 @@ struct TrainingState {
 // Provenance of this process: git revision, build type, compiler, host, UTC time, backend.
 std::map<std::string, std::string> make_provenance(const Backend& backend);
 
+// optimizer: null, or one that holds the moments of every parameter.
 void save_checkpoint(const std::filesystem::path& path, const RunConfig& config, Model& model,
                      AdamW* optimizer, const TrainingState& state);
 
@@ -73,8 +74,8 @@ void write_checkpoint(const std::filesystem::path& path, const Checkpoint& check
 std::vector<std::pair<std::string, std::vector<int64_t>>> expected_checkpoint_tensors(
     const ModelConfig& model, bool with_optimizer);
 
-// Copies the weights (and, if optimizer is given and the file has them, the moments and the
-// step counter) into a model built from checkpoint.config.model.
+// Copies the weights (and, if optimizer is given and the file has them, the moments of its
+// shard and the step counter) into a model built from checkpoint.config.model.
 void load_into(const Checkpoint& checkpoint, Model& model, AdamW* optimizer);
 
 }  // namespace upcycle

@@ -51,6 +51,11 @@ public:
                               std::span<const int64_t> recv_counts) = 0;
     // Returns once every rank has entered it.
     virtual void barrier() = 0;
+    // Ends every rank of the job at once with this exit status: what a rank that fails does,
+    // while the others wait for it in a collective (a normal exit would wait for them in the
+    // transport's shutdown). By default the process exits at once, without destructors, which
+    // a launcher takes for a dead rank.
+    [[noreturn]] virtual void abort_job(int exit_status);
 
     // Host memory, whatever the backend. values[n] (shared n) becomes the reduction over ranks.
     virtual void all_reduce_host(double* values, std::size_t n, ReduceOp op) = 0;

@@ -75,6 +75,7 @@ void visit_fields(TrainConfig& c, Visitor&& v) {
     v("precision", c.precision);
     v("seed", c.seed);
     v("log_every", c.log_every);
+    v("zero_stage", c.zero_stage);
 }
 template <class Visitor>
 void visit_fields(EvalConfig& c, Visitor&& v) {
@@ -352,10 +353,8 @@ constexpr ConfigKey kImageOnlyKeys[] = {
 // Keys added after trial hashes were first recorded: left out of a trial's identity while
 // they hold their default, so every earlier trial keeps its hash (and is not run again).
 constexpr ConfigKey kHashedOnlyWhenSetKeys[] = {
-    {"train", "micro_batch"},
-    {"train", "precision"},
-    {"data", "train_glob"},
-    {"data", "val_glob"},
+    {"train", "micro_batch"}, {"train", "precision"},  {"data", "train_glob"},
+    {"data", "val_glob"},     {"train", "zero_stage"},
 };
 
 }  // namespace
@@ -612,6 +611,11 @@ void validate(const RunConfig& config, const std::string& source) {
                 std::to_string(c.train.batch_size) + "), found " +
                 std::to_string(c.train.micro_batch));
     require(c.train.log_every > 0, "train.log_every", "expected a positive integer");
+    const std::string zero_stage = std::to_string(c.train.zero_stage);
+    require(c.train.zero_stage == 0 || c.train.zero_stage == 1, "train.zero_stage",
+            "expected 0 (every rank keeps all optimizer moments) or 1 (each rank keeps a shard), "
+            "found " +
+                zero_stage);
     require(c.eval.every >= 0, "eval.every", "expected a non-negative integer");
     require(c.eval.max_windows >= 0, "eval.max_windows", "expected a non-negative integer");
     require(c.checkpoint.every >= 0, "checkpoint.every", "expected a non-negative integer");

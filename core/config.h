@@ -96,10 +96,15 @@ struct TrainConfig {
     Precision precision = Precision::FP32;
     uint64_t seed = 1;  // weights init and data order
     int64_t log_every = 10;
+    // ZeRO stage of a data-parallel job of several ranks: 0, every rank keeps the AdamW
+    // moments of every parameter; 1, each rank keeps and updates one shard of them
+    // (core/optim/data_parallel_adamw.h). The same training up to float reduction order, and
+    // the same checkpoints. One process ignores it.
+    int zero_stage = 0;
 };
 
 struct EvalConfig {
-    int64_t every = 250;        // steps between evaluations (0: only at the end)
+    int64_t every = 250;      // steps between evaluations (0: only at the end)
     int64_t max_windows = 0;  // evenly spaced validation windows per evaluation (0: all) (text)
     // images: validation images per evaluation (evenly spaced; 0: all). At budget milestones and
     // at the end a ViT is also measured on the test split: accuracy and the few-shot probe.

@@ -3,13 +3,16 @@
 #include <chrono>
 #include <cmath>
 #include <functional>
+#include <optional>
+#include <vector>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "core/data_parallel.h"
 #include "core/errors.h"
 #include "core/flops.h"
-#include "core/optim/adamw.h"
+#include "core/optim/data_parallel_adamw.h"
 #include "core/optim/schedule.h"
 #include "core/task/task.h"
 #include "core/throughput_meter.h"
@@ -87,19 +90,36 @@ RunStart restore_or_init(const RunConfig& config, const TrainOptions& options, M
     return RunStart::Fresh;
 }
 
-// One step's forward and backward passes, micro-batch by micro-batch (gradient
-// accumulation): their mean gradients are summed in model.gradients(), and the optimizer
-// takes their mean (gradient_scale 1/parts).
-ForwardStats forward_backward(TrainingTask& task, int64_t step, int parts, Rng& data_rng) {
-    ForwardStats stats;
-    for (int part = 0; part < parts; ++part) {
-        const ForwardStats micro = task.train_forward(step, part, data_rng);
-        task.model().backward(part == 0 ? Gradients::Overwrite : Gradients::Accumulate);
-        stats.loss_sum += micro.loss_sum;
-        stats.tokens += micro.tokens;
-        stats.aux_loss += micro.aux_loss / parts;
+// Every rank must start from the same point: a checkpoint that only some ranks see (an output
+// directory on a filesystem the ranks do not share) would train them from different weights.
+void require_same_start(Communicator& ranks, RunStart start, const TrainingState& state,
+                        const std::filesystem::path& ckpt_path) {
+    if (ranks.size() == 1) return;
+    const int64_t mine[2] = {static_cast<int64_t>(start), state.step};
+    std::vector<int64_t> all(2 * static_cast<std::size_t>(ranks.size()));
+    ranks.all_gather_host(mine, all.data(), 2);
+    for (int r = 1; r < ranks.size(); ++r) {
+        const auto at = 2 * static_cast<std::size_t>(r);
+        if (all[at] != all[0] || all[at + 1] != all[1]) {
+            throw UserError(ckpt_path.string(), "--out",
+                            fmt::format("rank {} starts at step {} and rank 0 at step {} (their "
+                                        "checkpoints differ): every rank must see the output "
+                                        "directory (a filesystem they share)",
+                                        r, all[at + 1], all[1]));
+        }
     }
-    return stats;
+}
+
+// The step's statistics summed over the ranks (the aux loss and the wall seconds averaged):
+// what every rank logs, checks and counts is the same.
+void reduce_step_stats(Communicator& ranks, ForwardStats& stats, double& seconds) {
+    if (ranks.size() == 1) return;
+    double values[4] = {stats.loss_sum, static_cast<double>(stats.tokens), stats.aux_loss, seconds};
+    ranks.all_reduce_host(values, 4, ReduceOp::Sum);
+    stats.loss_sum = values[0];
+    stats.tokens = static_cast<int64_t>(values[1]);
+    stats.aux_loss = values[2] / ranks.size();
+    seconds = values[3] / ranks.size();
 }
 
 // What the log and on_step get for the step that brought the run to `state`.
@@ -118,7 +138,7 @@ StepRecord step_record(const TrainingState& state, int64_t total_steps, const Fo
     record.tokens_per_second = tokens_per_second;
     record.aux_loss = stats.aux_loss;
     record.moe_layers = model.moe_layers();
-    record.routing = model.routing_stats();  // of the step's last micro-batch
+    record.routing = model.routing_stats();  // of rank 0's last micro-batch of the step
     return record;
 }
 
@@ -154,34 +174,43 @@ std::filesystem::path checkpoint_path(const std::filesystem::path& out_dir) {
 
 TrainSummary train(Backend& backend, const RunConfig& config, const TrainOptions& options,
                    const TrainObserver& observer) {
-    const std::function<void(const std::string&)> message = [&](const std::string& text) {
-        if (observer.on_message) observer.on_message(text);
-    };
     UPCYCLE_ASSERT(options.communicator != nullptr, "a training run needs a communicator");
     Communicator& communicator = *options.communicator;
+    // rank 0 writes the log and the checkpoints and reports to the observer; every rank trains
+    const bool writer = communicator.rank() == 0;
+    const TrainObserver report = writer ? observer : TrainObserver{};
+    const std::function<void(const std::string&)> message = [&](const std::string& text) {
+        if (report.on_message) report.on_message(text);
+    };
     const TrainConfig& tc = config.train;
     backend.set_precision(tc.precision);
-    const auto task = make_training_task(backend, config, config.name);
-    const int parts = micro_batches(tc);
+    const BatchSplit split = split_batch(tc, communicator.size(), config.name);
+    const auto task = make_training_task(backend, rank_task_config(config, split), config.name);
     Model& model = task->model();
-    AdamW optimizer(backend, model.num_parameters());
+    DataParallelAdamW optimizer(backend, communicator, model.num_parameters(), tc.zero_stage);
     TrainingState state;
     Rng data_rng = data_stream(tc.seed);
     TrainSummary summary;
 
-    std::filesystem::create_directories(options.out_dir);
     const auto ckpt_path = checkpoint_path(options.out_dir);
-    if (const auto removed = remove_abandoned_temporaries(options.out_dir); removed.files > 0) {
-        message(fmt::format("removed {} temporary file(s) of {:.1f} MB left by killed runs",
-                            removed.files, static_cast<double>(removed.bytes) / 1e6));
+    if (writer) {
+        std::filesystem::create_directories(options.out_dir);
+        if (const auto removed = remove_abandoned_temporaries(options.out_dir); removed.files > 0) {
+            message(fmt::format("removed {} temporary file(s) of {:.1f} MB left by killed runs",
+                                removed.files, static_cast<double>(removed.bytes) / 1e6));
+        }
     }
     const RunStart start =
-        restore_or_init(config, options, model, optimizer, state, data_rng, message);
+        restore_or_init(config, options, model, optimizer.adamw(), state, data_rng, message);
+    require_same_start(communicator, start, state, ckpt_path);
     summary.resumed = start == RunStart::Resumed;
     summary.resumed_from_step = summary.resumed ? state.step : 0;
     summary.initialized_from_checkpoint = start == RunStart::FromCheckpoint;
-    TrainLog log = summary.resumed ? TrainLog::resume(log_path(options.out_dir), state.step)
-                                   : TrainLog::start(log_path(options.out_dir));
+    std::optional<TrainLog> log;
+    if (writer) {
+        log.emplace(summary.resumed ? TrainLog::resume(log_path(options.out_dir), state.step)
+                                    : TrainLog::start(log_path(options.out_dir)));
+    }
 
     const int64_t tokens_per_step = int64_t{tc.batch_size} * tokens_per_example(config.model);
     const double flops_per_step =
@@ -191,21 +220,24 @@ TrainSummary train(Backend& backend, const RunConfig& config, const TrainOptions
 
     auto save = [&]() {
         state.data_rng = data_rng.state();
-        log.flush();  // the log covers every checkpoint: a store that lost rows takes them back
-        save_checkpoint(ckpt_path, config, model, &optimizer, state);
+        if (log)
+            log->flush();  // the log covers every checkpoint: a store that lost rows takes them back
+        optimizer.save_checkpoint(ckpt_path, config, model, state);  // rank 0 writes, all wait
         policy.checkpointed();
         summary.checkpoint = ckpt_path;
-        if (observer.on_checkpoint) observer.on_checkpoint(ckpt_path, state.step);
+        if (report.on_checkpoint) report.on_checkpoint(ckpt_path, state.step);
     };
     auto evaluate = [&](EvalScope scope, const std::vector<Milestone>& milestones) {
-        EvalRecord record{state.step, state.flops, state.seconds, task->evaluate(scope)};
-        log.write_eval(record, milestones);
-        if (observer.on_eval) observer.on_eval(record);
+        EvalRecord record{state.step, state.flops, state.seconds,
+                          task->evaluate(scope, communicator)};
+        if (log) log->write_eval(record, milestones);
+        if (report.on_eval) report.on_eval(record);
         return record;
     };
 
     while (policy.wants_step(state)) {
-        if (options.stop_requested && options.stop_requested->load()) {
+        // a signal reaches one rank (or some): all of them checkpoint and stop
+        if (any_rank(communicator, options.stop_requested && options.stop_requested->load())) {
             message("stop requested: checkpointing at step " + std::to_string(state.step));
             save();
             summary.state = state;
@@ -213,42 +245,47 @@ TrainSummary train(Backend& backend, const RunConfig& config, const TrainOptions
             return summary;
         }
         const auto step_start = Clock::now();
-        const ForwardStats stats = forward_backward(*task, state.step, parts, data_rng);
-        communicator.all_reduce_gradients(model.gradients());  // the optimizer steps on the mean
+        ForwardStats stats =
+            forward_backward_slice(*task, state.step, split, communicator.rank(), data_rng);
         const double lr = learning_rate(tc, state.step + 1);
-        const auto opt = optimizer.update(model.layout(), model.parameters(), model.gradients(), tc,
-                                          lr, 1.0 / parts);
+        // averaged over the ranks, then the update: the same parameters on every rank
+        const auto opt = optimizer.step(model, tc, lr, 1.0 / split.parts_per_rank);
+        double seconds = std::chrono::duration<double>(Clock::now() - step_start).count();
+        reduce_step_stats(communicator, stats, seconds);
+        // the loss and the gradient norm are the same on every rank: all throw, or none
         check_finite(config, state.step + 1, stats, opt, ckpt_path);
         state.step += 1;
         state.tokens += tokens_per_step;
         state.flops += flops_per_step;
-        state.seconds += std::chrono::duration<double>(Clock::now() - step_start).count();
+        state.seconds += seconds;
         throughput.add(tokens_per_step);
 
         if (logs_step(tc, state.step)) {
             const StepRecord record =
                 step_record(state, tc.steps, stats, lr, opt, throughput.tokens_per_second(), model);
             throughput.reset();
-            log.write_step(record);
-            if (observer.on_step) observer.on_step(record);
+            if (log) log->write_step(record);
+            if (report.on_step) report.on_step(record);
         }
+        // steps, seconds and milestones are the same on every rank, and so is this plan
         const StepPlan plan = policy.after_step(state);
         if (plan.eval) {
             const EvalRecord record = evaluate(*plan.eval, plan.milestones);
             for (const Milestone& milestone : plan.milestones) {
-                if (observer.on_milestone) observer.on_milestone(milestone, record);
+                if (report.on_milestone) report.on_milestone(milestone, record);
             }
             if (plan.last) summary.final_eval = record.result;
             throughput.reset();  // evaluation time is not training throughput
         }
-        if (policy.checkpoint_due(state, plan)) {
+        // checkpoint.every_seconds reads each rank's own clock: checkpoint when any rank is due
+        if (any_rank(communicator, policy.checkpoint_due(state, plan))) {
             save();
             throughput.reset();
         }
     }
     if (!summary.final_eval) {
         // resumed after the last step had already been taken
-        summary.final_eval = task->evaluate(EvalScope::Full);
+        summary.final_eval = task->evaluate(EvalScope::Full, communicator);
         summary.checkpoint = ckpt_path;
     }
     summary.completed = true;

@@ -1,7 +1,9 @@
 #pragma once
 // One training run: data → model → AdamW steps with the configured schedule, periodic
 // evaluation on the held-out split, atomic checkpoints, and resumption from the latest
-// checkpoint in the output directory (bit-identical to an uninterrupted run).
+// checkpoint in the output directory (bit-identical to an uninterrupted run). A data-parallel
+// job runs it on every rank with the same config and output directory; its checkpoints are
+// those of one process, and resume on any number of ranks.
 #include <atomic>
 #include <cstdint>
 #include <filesystem>
@@ -29,7 +31,9 @@ struct StepRecord {
     double tokens_per_second = 0;       // over the last logging interval
     double aux_loss = 0;                // MoE auxiliary losses of this step (coefficient-weighted)
     std::vector<int> moe_layers;        // blocks with an MoE layer
-    std::vector<RoutingStats> routing;  // their routing statistics, same order
+    std::vector<RoutingStats> routing;  // their routing statistics, same order: of the
+                                        // step's last micro-batch (rank 0's, in a
+                                        // data-parallel job)
 };
 
 // A budget milestone: evaluate (and checkpoint) once the run reaches this step, or once it
@@ -48,6 +52,7 @@ struct EvalRecord {
 };
 
 // Callbacks for progress display and logs. Steps are reported every train.log_every steps.
+// In a job of several ranks only rank 0 reports (and writes log.jsonl and the checkpoints).
 struct TrainObserver {
     std::function<void(const StepRecord&)> on_step;
     std::function<void(const EvalRecord&)> on_eval;
@@ -72,8 +77,11 @@ struct TrainOptions {
     std::vector<Milestone> milestones;
     double seconds_origin = 0;
     bool stop_at_last_milestone = false;
-    // The ranks of a data-parallel job, which average their gradients before each optimizer
-    // step; one process is the 1-rank local communicator. Never null.
+    // The ranks of a data-parallel job (core/data_parallel.h): each trains on its slice of
+    // every batch, the gradients are averaged before each optimizer step (train.zero_stage:
+    // with the moments sharded), evaluations are shared, and the ranks agree on the logged
+    // loss, divergence, stop requests, milestones and checkpoints. One process is the 1-rank
+    // local communicator. Never null.
     Communicator* communicator = &local_communicator();
 };
 

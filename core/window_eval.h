@@ -7,6 +7,7 @@
 #include <functional>
 #include <vector>
 
+#include "core/comm.h"
 #include "core/data/token_shards.h"
 #include "core/eval.h"
 #include "core/model/gpt.h"
@@ -18,11 +19,14 @@ using FillWindows =
     std::function<void(const std::vector<int64_t>& windows, std::vector<int32_t>& inputs,
                        std::vector<int32_t>& targets)>;
 
-// The loop every window evaluation shares: the windows in chunks of the model's max batch.
+// The loop every window evaluation shares: the windows in chunks of the model's max batch,
+// the chunks spread over the ranks (core/eval_chunks.h; every rank gets the result, the same
+// as one process's).
 EvalResult evaluate_windows(Gpt& model, const std::vector<int64_t>& windows,
-                            const FillWindows& fill);
+                            const FillWindows& fill, Communicator& ranks = local_communicator());
 
 // The validation windows of token files (all of them when max_windows is 0).
-EvalResult evaluate_tokens(Gpt& model, const TokenShards& shards, int64_t max_windows = 0);
+EvalResult evaluate_tokens(Gpt& model, const TokenShards& shards, int64_t max_windows = 0,
+                           Communicator& ranks = local_communicator());
 
 }  // namespace upcycle

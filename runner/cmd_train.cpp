@@ -1,4 +1,7 @@
 // upcycle train CONFIG.yaml [--set key=value ...] [--out DIR] [--device cpu] [--restart]
+// A data-parallel job runs the same command on every rank (`mpirun -np N upcycle train …`,
+// `srun -n N upcycle train …`): the launcher's environment makes the communicator, and only
+// rank 0 prints.
 #include <atomic>
 #include <csignal>
 #include <cstdio>
@@ -11,6 +14,7 @@
 #include "core/flops.h"
 #include "core/train.h"
 #include "kernels/backend_factory.h"
+#include "kernels/comm_factory.h"
 #include "runner/commands.h"
 #include "runner/format.h"
 
@@ -42,19 +46,31 @@ int run_train(const TrainArgs& args) {
         throw UserError("", "config", "give a CONFIG.yaml, or --from CHECKPOINT to continue one");
     }
     auto backend = make_backend(args.device);
+    // the launcher's ranks, over the transport of this backend (UserError naming --device when
+    // this build has none for it)
+    const auto communicator = make_communicator(*backend, launch_environment());
+    const bool lead = communicator->rank() == 0;
     const std::string out = args.out.empty() ? "results/train/" + config.name : args.out;
     const auto flops = flops_per_token(config.model);
-    fmt::print(stderr, "upcycle train: {} | {} | {} parameters | {} per training token\n",
-               config.name, describe_model(config.model),
-               format_count(static_cast<double>(parameter_count(config.model))),
-               upcycle::format_flops(flops.training));
-    fmt::print(stderr, "  data {} | {} steps × batch {} | schedule {} lr {:g} | {} | out {}\n",
-               to_string(config.data.source), config.train.steps, config.train.batch_size,
-               to_string(config.train.schedule), config.train.lr, backend->describe(), out);
+    const std::string ranks =
+        communicator->size() == 1
+            ? ""
+            : fmt::format(" | {} ranks ({}, ZeRO stage {})", communicator->size(),
+                          communicator->name(), config.train.zero_stage);
+    if (lead) {
+        fmt::print(stderr, "upcycle train: {} | {} | {} parameters | {} per training token\n",
+                   config.name, describe_model(config.model),
+                   format_count(static_cast<double>(parameter_count(config.model))),
+                   upcycle::format_flops(flops.training));
+        fmt::print(
+            stderr, "  data {} | {} steps × batch {} | schedule {} lr {:g} | {}{} | out {}\n",
+            to_string(config.data.source), config.train.steps, config.train.batch_size,
+            to_string(config.train.schedule), config.train.lr, backend->describe(), ranks, out);
+    }
 
     std::signal(SIGINT, request_stop);
     std::signal(SIGTERM, request_stop);
-    TrainObserver observer;
+    TrainObserver observer;  // train() reports to it on rank 0 only
     observer.on_message = [](const std::string& text) { fmt::print(stderr, "  {}\n", text); };
     observer.on_step = [](const StepRecord& r) {
         const double remaining_steps = static_cast<double>(r.total_steps - r.step);
@@ -79,7 +95,20 @@ int run_train(const TrainArgs& args) {
     options.resume = !args.restart;
     options.stop_requested = &g_stop;
     options.init_from = args.from;
-    const TrainSummary summary = train(*backend, config, options, observer);
+    options.communicator = communicator.get();
+    TrainSummary summary;
+    try {
+        summary = train(*backend, config, options, observer);
+    } catch (const std::exception& e) {
+        if (communicator->size() == 1) throw;  // main reports it
+        // the other ranks wait for this one in a collective (or all failed alike): end the
+        // whole job now, with the reason
+        const bool user_error = dynamic_cast<const UserError*>(&e) != nullptr;
+        fmt::print(stderr, "upcycle: {}error: rank {} of {}: {}\n", user_error ? "" : "internal ",
+                   communicator->rank(), communicator->size(), e.what());
+        communicator->abort_job(user_error ? 2 : 1);
+    }
+    if (!lead) return summary.completed ? 0 : 130;
     if (!summary.completed) {
         fmt::print(stderr, "stopped at step {}; run the same command again to resume\n",
                    summary.steps);

@@ -8,6 +8,7 @@
 #include "core/data/fashion_mnist.h"
 #include "core/data/image_batches.h"
 #include "core/errors.h"
+#include "core/eval_chunks.h"
 #include "core/model/vit.h"
 #include "core/probe.h"
 
@@ -34,24 +35,25 @@ public:
 
     Model& model() override { return model_; }
     ForwardStats train_forward(int64_t step, int part, Rng& data_rng) override {
-        const int B = micro_batch_size(config_.train);
-        sampler_.sample_positions(step * config_.train.batch_size + int64_t{part} * B, B, data_rng,
-                                  images_, labels_);
-        return model_.forward(images_, labels_, B, Pass::Train);
+        draw(step, part, data_rng);
+        return model_.forward(images_, labels_, micro_batch_size(config_.train), Pass::Train);
     }
-    EvalResult evaluate(EvalScope scope) override {
+    void skip_train_batch(int64_t step, int part, Rng& data_rng) override {
+        draw(step, part, data_rng);
+    }
+    EvalResult evaluate(EvalScope scope, Communicator& ranks) override {
         const int64_t validation = splits_.validation.count();
         const int64_t max_images = config_.eval.max_images;
-        EvalResult result =
-            evaluate_part(ImageSplitPart::Validation,
-                          max_images > 0 ? std::min(max_images, validation) : validation, nullptr);
+        EvalResult result = evaluate_part(
+            ImageSplitPart::Validation,
+            max_images > 0 ? std::min(max_images, validation) : validation, nullptr, ranks);
         if (scope == EvalScope::Full) {
             std::vector<float> test_features;
             const EvalResult test =
-                evaluate_part(ImageSplitPart::Test, splits_.test.count(), &test_features);
+                evaluate_part(ImageSplitPart::Test, splits_.test.count(), &test_features, ranks);
             result.extra["test_loss"] = test.loss;
             result.extra["test_accuracy"] = test.accuracy;
-            if (!probe_shots_.empty()) add_probe(test_features, result);
+            if (!probe_shots_.empty()) add_probe(test_features, result, ranks);
         }
         return result;
     }
@@ -78,27 +80,49 @@ private:
         return splits;
     }
 
-    // Loss and accuracy over the first `count` images of a part, in batches of the model's
-    // size; with `features`, also their class-token features [count, C].
-    EvalResult evaluate_part(ImageSplitPart part, int64_t count, std::vector<float>* features) {
+    // Micro-batch `part` of step `step`: the images at its positions of the epoch order (and
+    // their augmentation, drawn from data_rng).
+    void draw(int64_t step, int part, Rng& data_rng) {
+        const int B = micro_batch_size(config_.train);
+        sampler_.sample_positions(step * config_.train.batch_size + int64_t{part} * B, B, data_rng,
+                                  images_, labels_);
+    }
+
+    // Loss and accuracy over the first `count` images of a part, in batches of the model's size
+    // spread over the ranks (core/eval_chunks.h); with `features`, also their class-token
+    // features [count, C], on every rank.
+    EvalResult evaluate_part(ImageSplitPart part, int64_t count, std::vector<float>* features,
+                             Communicator& ranks) {
         EvalResult result;
-        double loss_sum = 0;
-        int64_t correct = 0;
-        if (features) features->clear();
         const int64_t batch = model_.max_batch();
-        for (int64_t first = 0; first < count; first += batch) {
+        const int64_t chunks = (count + batch - 1) / batch;
+        const auto C = static_cast<std::size_t>(config_.model.channels);
+        if (features) features->assign(static_cast<std::size_t>(count) * C, 0.0f);
+        const auto stats = evaluate_chunks(ranks, chunks, [&](int64_t chunk, bool counted) {
+            const int64_t first = chunk * batch;
             const int64_t n = std::min(batch, count - first);
             normalised_images(splits_, part, first, n, images_, labels_);
-            const auto stats =
-                model_.forward(images_, labels_, static_cast<int>(n), Pass::Evaluate);
-            loss_sum += stats.loss_sum;
-            correct += stats.correct;
-            result.tokens += stats.tokens;
-            ++result.windows;
-            if (features) {
-                const auto f = model_.features_host();
-                features->insert(features->end(), f.begin(), f.end());
+            const auto s = model_.forward(images_, labels_, static_cast<int>(n), Pass::Evaluate);
+            if (features && counted) {
+                const auto f = model_.features_host();  // [n, C]
+                std::copy(f.begin(), f.begin() + static_cast<std::ptrdiff_t>(n * C),
+                          features->begin() + static_cast<std::ptrdiff_t>(first * C));
             }
+            return s;
+        });
+        if (features && ranks.size() > 1) {
+            // each row is one rank's, zero on the others: the sum (in double, exact) is every row
+            std::vector<double> all(features->begin(), features->end());
+            ranks.all_reduce_host(all.data(), all.size(), ReduceOp::Sum);
+            std::copy(all.begin(), all.end(), features->begin());
+        }
+        double loss_sum = 0;
+        int64_t correct = 0;
+        for (const ForwardStats& s : stats) {  // in chunk order, as one process sums them
+            loss_sum += s.loss_sum;
+            correct += s.correct;
+            result.tokens += s.tokens;
+            ++result.windows;
         }
         if (result.tokens > 0) {
             result.loss = loss_sum / static_cast<double>(result.tokens);
@@ -109,10 +133,11 @@ private:
 
     // probe_{n}shot_accuracy: ridge heads fitted on n pool images per class, tested on the
     // test split's features, averaged over eval.probe_seeds draws.
-    void add_probe(const std::vector<float>& test_features, EvalResult& result) {
+    void add_probe(const std::vector<float>& test_features, EvalResult& result,
+                   Communicator& ranks) {
         const int64_t pool = std::min(kProbePoolImages, splits_.train.count());
         std::vector<float> pool_features;
-        evaluate_part(ImageSplitPart::Train, pool, &pool_features);
+        evaluate_part(ImageSplitPart::Train, pool, &pool_features, ranks);
         const std::vector<int32_t> pool_labels(splits_.train.labels.begin(),
                                                splits_.train.labels.begin() + pool);
         const auto probe =

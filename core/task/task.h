@@ -11,6 +11,7 @@
 #include <string>
 
 #include "core/backend.h"
+#include "core/comm.h"
 #include "core/config.h"
 #include "core/eval.h"
 #include "core/model/model.h"
@@ -34,7 +35,12 @@ public:
     // be. data_rng is the data stream's generator, saved in checkpoints, so a resumed run
     // draws exactly the batches an uninterrupted one would.
     virtual ForwardStats train_forward(int64_t step, int part, Rng& data_rng) = 0;
-    virtual EvalResult evaluate(EvalScope scope) = 0;
+    // Draws micro-batch `part` as train_forward would, without the forward: the parts of the
+    // batch that other ranks of a data-parallel job train on (core/data_parallel.h).
+    virtual void skip_train_batch(int64_t step, int part, Rng& data_rng) = 0;
+    // ranks: the ranks of a job, which share the evaluation and all get its result (the same
+    // as one process's); every rank calls it.
+    virtual EvalResult evaluate(EvalScope scope, Communicator& ranks = local_communicator()) = 0;
     // What one evaluated prediction is, for messages: "bytes" or "images".
     virtual std::string prediction_unit() const = 0;
 };

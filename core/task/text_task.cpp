@@ -18,25 +18,34 @@ public:
           model_(backend, config.model, micro_batch_size(config.train)) {
         const std::size_t window = static_cast<std::size_t>(config.model.context) + 1;
         if (corpus_.train.size() <= window || corpus_.validation.size() < window) {
-            throw UserError(source, "data", "the text is too short for windows of " +
-                                                std::to_string(window) + " bytes");
+            throw UserError(
+                source, "data",
+                "the text is too short for windows of " + std::to_string(window) + " bytes");
         }
     }
 
     Model& model() override { return model_; }
     ForwardStats train_forward(int64_t /*step*/, int /*part*/, Rng& data_rng) override {
-        // windows are drawn one after another from data_rng: the parts in order draw the
-        // windows of the whole batch
-        const int B = micro_batch_size(config_.train);
-        sample_text_batch(corpus_.train, B, config_.model.context, data_rng, inputs_, targets_);
-        return model_.forward(inputs_, targets_, B, Pass::Train);
+        draw(data_rng);
+        return model_.forward(inputs_, targets_, micro_batch_size(config_.train), Pass::Train);
     }
-    EvalResult evaluate(EvalScope /*scope: the held-out text is the only split*/) override {
-        return evaluate_text(model_, corpus_.validation, config_.eval.max_windows);
+    void skip_train_batch(int64_t /*step*/, int /*part*/, Rng& data_rng) override {
+        draw(data_rng);
+    }
+    EvalResult evaluate(EvalScope /*scope: the held-out text is the only split*/,
+                        Communicator& ranks) override {
+        return evaluate_text(model_, corpus_.validation, config_.eval.max_windows, ranks);
     }
     std::string prediction_unit() const override { return "bytes"; }
 
 private:
+    // windows are drawn one after another from data_rng: the parts in order draw the
+    // windows of the whole batch
+    void draw(Rng& data_rng) {
+        const int B = micro_batch_size(config_.train);
+        sample_text_batch(corpus_.train, B, config_.model.context, data_rng, inputs_, targets_);
+    }
+
     RunConfig config_;
     TextCorpus corpus_;
     Gpt model_;

@@ -48,18 +48,26 @@ public:
 
     Model& model() override { return model_; }
     ForwardStats train_forward(int64_t /*step*/, int /*part*/, Rng& data_rng) override {
-        // as for text: windows drawn one after another from data_rng, so the parts in order
-        // draw the windows of the whole batch and a resumed run continues the stream
-        const int B = micro_batch_size(config_.train);
-        train_.sample_batch(B, config_.model.context, data_rng, inputs_, targets_);
-        return model_.forward(inputs_, targets_, B, Pass::Train);
+        draw(data_rng);
+        return model_.forward(inputs_, targets_, micro_batch_size(config_.train), Pass::Train);
     }
-    EvalResult evaluate(EvalScope /*scope: the validation files are the only split*/) override {
-        return evaluate_tokens(model_, validation_, config_.eval.max_windows);
+    void skip_train_batch(int64_t /*step*/, int /*part*/, Rng& data_rng) override {
+        draw(data_rng);
+    }
+    EvalResult evaluate(EvalScope /*scope: the validation files are the only split*/,
+                        Communicator& ranks) override {
+        return evaluate_tokens(model_, validation_, config_.eval.max_windows, ranks);
     }
     std::string prediction_unit() const override { return "tokens"; }
 
 private:
+    // as for text: windows drawn one after another from data_rng, so the parts in order
+    // draw the windows of the whole batch and a resumed run continues the stream
+    void draw(Rng& data_rng) {
+        const int B = micro_batch_size(config_.train);
+        train_.sample_batch(B, config_.model.context, data_rng, inputs_, targets_);
+    }
+
     RunConfig config_;
     TokenShards train_;
     TokenShards validation_;

@@ -189,6 +189,13 @@ void MpiCommunicator::barrier() {
     MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD));
 }
 
+void MpiCommunicator::abort_job(int exit_status) {
+    std::fflush(stdout);
+    std::fflush(stderr);
+    MPI_Abort(MPI_COMM_WORLD, exit_status);
+    std::_Exit(exit_status);  // MPI_Abort does not return; should it, the process still ends
+}
+
 void MpiCommunicator::all_reduce_host(double* values, std::size_t n, ReduceOp op) {
     InFlight guard(*this, "all_reduce_host");
     MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, values,
@@ -242,6 +249,7 @@ void MpiCommunicator::all_to_all_v(const float*, std::span<const int64_t>, float
     no_mpi();
 }
 void MpiCommunicator::barrier() { no_mpi(); }
+void MpiCommunicator::abort_job(int exit_status) { Communicator::abort_job(exit_status); }
 void MpiCommunicator::all_reduce_host(double*, std::size_t, ReduceOp) { no_mpi(); }
 void MpiCommunicator::all_gather_host(const int64_t*, int64_t*, std::size_t) { no_mpi(); }
 void MpiCommunicator::broadcast_host(std::vector<uint8_t>&, int) { no_mpi(); }

@@ -40,6 +40,7 @@ public:
     void all_to_all_v(const float* send, std::span<const int64_t> send_counts, float* recv,
                       std::span<const int64_t> recv_counts) override;
     void barrier() override;
+    [[noreturn]] void abort_job(int exit_status) override;  // MPI_Abort
     void all_reduce_host(double* values, std::size_t n, ReduceOp op) override;
     void all_gather_host(const int64_t* values, int64_t* recv, std::size_t n) override;
     void broadcast_host(std::vector<uint8_t>& bytes, int root) override;

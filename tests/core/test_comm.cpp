@@ -3,6 +3,7 @@
 // between the backward passes and the optimizer (which then steps on the reduced mean).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <bit>
 #include <cstdint>
 #include <cstdlib>
@@ -90,7 +91,11 @@ public:
                       std::span<const int64_t>) override {
         unused();
     }
-    void all_gather_host(const int64_t*, int64_t*, std::size_t) override { unused(); }
+    // both ranks start from the same point
+    void all_gather_host(const int64_t* values, int64_t* recv, std::size_t n) override {
+        std::copy(values, values + n, recv);
+        std::copy(values, values + n, recv + n);
+    }
     void broadcast_host(std::vector<uint8_t>&, int) override { unused(); }
     void barrier() override {}
     using Communicator::all_reduce;
@@ -102,12 +107,15 @@ private:
     Backend* backend_;
 };
 
+// Rank 0 of 2 takes the first half of every batch: with micro-batches of 4 (two a step), it
+// runs one backward pass a step, on the batch's first 4 windows, which are the whole first
+// batch of a 1-rank run with batch_size 4 (the same data stream, drawn in the same order).
 TEST(TrainWithCommunicator, ReducesTheGradientsOncePerStepBeforeTheOptimizer) {
     CpuBackend backend;
     RunConfig config = tiny_synthetic_config();
     config.train.steps = 3;
-    config.train.micro_batch = config.train.batch_size / 2;  // two backward passes a step
-    auto first_grad_norm = [&](Communicator& comm, int* steps_logged) {
+    config.train.micro_batch = config.train.batch_size / 2;
+    auto first_grad_norm = [&](const RunConfig& run, Communicator& comm, int* steps_logged) {
         TempDir dir;
         TrainOptions options;
         options.out_dir = dir.path();
@@ -118,19 +126,22 @@ TEST(TrainWithCommunicator, ReducesTheGradientsOncePerStepBeforeTheOptimizer) {
             if (r.step == 1) grad_norm = r.grad_norm;
             ++*steps_logged;
         };
-        EXPECT_TRUE(train(backend, config, options, observer).completed);
+        EXPECT_TRUE(train(backend, run, options, observer).completed);
         return grad_norm;
     };
+    RunConfig first_half = config;
+    first_half.train.batch_size = config.train.micro_batch;
+    first_half.train.micro_batch = 0;
     int local_steps = 0, halved_steps = 0;
-    const double local = first_grad_norm(local_communicator(), &local_steps);
+    const double local = first_grad_norm(first_half, local_communicator(), &local_steps);
     HalvingCommunicator halving(backend);
-    const double halved = first_grad_norm(halving, &halved_steps);
+    const double halved = first_grad_norm(config, halving, &halved_steps);
 
     EXPECT_EQ(halving.reductions, 3);  // one per optimizer step, not one per micro-batch
     EXPECT_EQ(halving.elements, parameter_count(config.model));
     ASSERT_GT(local, 0);
-    // the optimizer's gradient norm is the reduced one: after the last backward (which would
-    // overwrite or add to a reduction made before it) and before the update
+    // the optimizer's gradient norm is the reduced one (the mean with the other rank's zeros),
+    // of this rank's slice of the batch: after its backward and before the update
     EXPECT_DOUBLE_EQ(halved, local / 2);
     EXPECT_EQ(local_steps, 3);
     EXPECT_EQ(halved_steps, 3);
