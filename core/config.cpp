@@ -73,6 +73,7 @@ void visit_fields(TrainConfig& c, Visitor&& v) {
     v("grad_clip", c.grad_clip);
     v("micro_batch", c.micro_batch);
     v("precision", c.precision);
+    v("expert_parallel", c.expert_parallel);
     v("seed", c.seed);
     v("log_every", c.log_every);
 }
@@ -352,10 +353,8 @@ constexpr ConfigKey kImageOnlyKeys[] = {
 // Keys added after trial hashes were first recorded: left out of a trial's identity while
 // they hold their default, so every earlier trial keeps its hash (and is not run again).
 constexpr ConfigKey kHashedOnlyWhenSetKeys[] = {
-    {"train", "micro_batch"},
-    {"train", "precision"},
-    {"data", "train_glob"},
-    {"data", "val_glob"},
+    {"train", "micro_batch"}, {"train", "precision"}, {"train", "expert_parallel"},
+    {"data", "train_glob"},   {"data", "val_glob"},
 };
 
 }  // namespace

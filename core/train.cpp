@@ -161,7 +161,7 @@ TrainSummary train(Backend& backend, const RunConfig& config, const TrainOptions
     Communicator& communicator = *options.communicator;
     const TrainConfig& tc = config.train;
     backend.set_precision(tc.precision);
-    const auto task = make_training_task(backend, config, config.name);
+    const auto task = make_training_task(backend, config, config.name, communicator);
     const int parts = micro_batches(tc);
     Model& model = task->model();
     AdamW optimizer(backend, model.num_parameters());

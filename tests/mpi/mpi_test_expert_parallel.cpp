@@ -6,6 +6,8 @@
 //     are the local layer's on its own tokens;
 //   - the gradient of an expert is, on the expert's owner, the sum over ranks of the local
 //     layers' gradients, and zero elsewhere (so the average over ranks is the mean gradient);
+//   - a whole MoE GPT on M ranks with one micro-batch each, after the gradient average, has
+//     the loss and gradient of one process accumulating the same M micro-batches.
 // Tolerances: the expert GEMMs see the same rows in another grouping, and the experts'
 // gradients sum the ranks' rows in one GEMM instead of rank by rank, so results agree to
 // float rounding, not bit for bit: |got − want| ≤ 1e-5·max(1, |want|) for what a rank
@@ -21,10 +23,13 @@
 
 #include "core/comm.h"
 #include "core/errors.h"
+#include "core/model/gpt.h"
 #include "core/moe/expert_parallel_dispatcher.h"
 #include "core/moe/moe_layer.h"
 #include "core/moe/routing_buffers.h"
+#include "core/optim/adamw.h"
 #include "core/rng.h"
+#include "core/task/task.h"
 #include "kernels/comm/mpi_communicator.h"
 #include "kernels/cpu/cpu_backend.h"
 
@@ -282,7 +287,132 @@ TEST(ExpertParallelDispatcher, CombineBackwardGivesTheLocalSlotWeightGradients) 
     EXPECT_TRUE(std::any_of(want[1].begin(), want[1].end(), [](float v) { return v != 0.0f; }));
 }
 
-// Experts that do not split over the ranks: a UserError naming the key; all ranks refuse alike.
+ModelConfig tiny_moe_gpt(int E) {
+    ModelConfig m{Arch::Gpt, 256, 8, 16, 2, 2, {}};
+    m.moe.experts = E;
+    m.moe.router = RouterKind::TopK;
+    m.moe.k = 2;
+    // capacity ⌈2·16·0.75/4⌉ = 6 per expert for 2·16 assignments: drops on every rank, so
+    // routing and capacity must be each rank's own micro-batch's
+    m.moe.capacity_factor = 0.75;
+    m.moe.eval_capacity_factor = 0.75;
+    m.moe.layers = "all";
+    m.moe.aux_loss_coef = 0.05;
+    m.moe.z_loss_coef = 0.01;
+    return m;
+}
+
+// A whole MoE GPT: M ranks with one micro-batch each and the gradient average are one process
+// accumulating the same M micro-batches (the loss and, after the average, the gradient); and
+// the optimizer step leaves every rank with the same parameters.
+TEST(ExpertParallelGpt, IsOneProcessAccumulatingEveryRanksMicroBatch) {
+    CpuBackend be;
+    const int M = world().size(), me = world().rank(), B = 2;
+    const ModelConfig config = tiny_moe_gpt(4);  // 4 experts: 2 per rank, or 1
+    const int N = B * config.context;
+    auto micro_batch = [&](int r) {
+        Rng rng(500 + r);
+        std::vector<int32_t> inputs(N), targets(N);
+        for (auto& t : inputs) t = static_cast<int32_t>(rng.below(256));
+        for (auto& t : targets) t = static_cast<int32_t>(rng.below(256));
+        return std::pair{inputs, targets};
+    };
+
+    Gpt accumulating(be, config, B);
+    accumulating.init_weights(5);
+    std::vector<ForwardStats> local_stats;
+    for (int r = 0; r < M; ++r) {
+        const auto [inputs, targets] = micro_batch(r);
+        local_stats.push_back(accumulating.forward(inputs, targets, B, Pass::Train));
+        accumulating.backward(r == 0 ? Gradients::Overwrite : Gradients::Accumulate);
+    }
+    std::vector<float> want = accumulating.gradients().to_host();
+    for (auto& v : want) v /= static_cast<float>(M);
+
+    Gpt parallel(be, config, B, &world());
+    parallel.init_weights(5);
+    const auto [inputs, targets] = micro_batch(me);
+    const ForwardStats stats = parallel.forward(inputs, targets, B, Pass::Train);
+    parallel.backward();
+    world().all_reduce_gradients(parallel.gradients());
+
+    EXPECT_NEAR(stats.mean_loss(), local_stats[me].mean_loss(), 1e-5);
+    EXPECT_NEAR(stats.aux_loss, local_stats[me].aux_loss, 1e-6);
+    EXPECT_GT(stats.aux_loss, 0.0);
+    const auto& routing = parallel.routing_stats();
+    ASSERT_EQ(routing.size(), 2u);
+    for (const auto& layer : routing) EXPECT_GT(layer.dropped_fraction, 0.0);
+    // the job's loss, the mean over ranks, is the accumulating process's
+    double losses[1] = {stats.mean_loss()};
+    world().all_reduce_host(losses, 1, ReduceOp::Average);
+    double want_loss = 0;
+    for (const auto& s : local_stats) want_loss += s.mean_loss() / M;
+    EXPECT_NEAR(losses[0], want_loss, 1e-5);
+
+    const std::vector<float> got = parallel.gradients().to_host();
+    // |difference| ≤ 1e-6 for the small entries, 1e-4 relative for the large (a run of this
+    // test saw 2e-8 at most: the sums run in another order)
+    int checked_experts = 0;
+    for (const auto& info : parallel.layout()) {
+        const std::vector<float> g(got.begin() + info.offset,
+                                   got.begin() + info.offset + info.numel);
+        const std::vector<float> w(want.begin() + info.offset,
+                                   want.begin() + info.offset + info.numel);
+        expect_close(g, w, 1e-4, info.name, /*floor=*/1e-2);
+        if (info.name.find(".experts.") != std::string::npos &&
+            std::any_of(w.begin(), w.end(), [](float v) { return v != 0.0f; })) {
+            ++checked_experts;
+        }
+    }
+    EXPECT_GT(checked_experts, 8);  // most experts' tensors got rows
+
+    // one AdamW step on the averaged gradient: every rank holds the same parameters after it
+    AdamW optimizer(be, parallel.num_parameters());
+    TrainConfig train;
+    optimizer.update(parallel.layout(), parallel.parameters(), parallel.gradients(), train, 1e-3);
+    std::vector<float> mine = parallel.parameters().to_host(), root = mine;
+    world().broadcast(root.data(), root.size(), 0);
+    EXPECT_EQ(mine, root);
+}
+
+// train.expert_parallel reaches the task's model: each rank computes only its own experts
+// (another rank's get no gradient here), where without it every rank computes every expert.
+TEST(ExpertParallelGpt, TheConfigSwitchSpreadsTheTasksExperts) {
+    CpuBackend be;
+    const int M = world().size(), me = world().rank();
+    const int E = 4, El = E / M;
+    RunConfig run;
+    run.data.source = DataSource::Synthetic;
+    run.data.synthetic_bytes = 1 << 14;
+    run.model = tiny_moe_gpt(E);
+    run.model.moe.capacity_factor = 0;  // no drops: every expert gets rows
+    run.train.batch_size = 2;
+    for (const bool spread : {false, true}) {
+        run.train.expert_parallel = spread;
+        const auto task = make_training_task(be, run, "ep.yaml", world());
+        task->model().init_weights(3);
+        Rng data_rng(11);
+        task->train_forward(0, 0, data_rng);
+        task->model().backward();
+        const std::vector<float> grads = task->model().gradients().to_host();
+        int experts_seen = 0;
+        for (const auto& info : task->model().layout()) {
+            const auto at = info.name.find(".mlp.experts.");
+            if (at == std::string::npos) continue;
+            const int e = std::stoi(info.name.substr(at + 13));
+            const bool computed =
+                std::any_of(grads.begin() + info.offset, grads.begin() + info.offset + info.numel,
+                            [](float v) { return v != 0.0f; });
+            EXPECT_EQ(computed, !spread || e / El == me)
+                << info.name << (spread ? " with" : " without") << " expert parallelism";
+            ++experts_seen;
+        }
+        EXPECT_EQ(experts_seen, 2 * E * 4);  // two MoE blocks, four tensors per expert
+    }
+}
+
+// Experts that do not split over the ranks: a UserError naming the key, from the dispatcher,
+// the model and the task (which names the config too); all ranks refuse alike.
 TEST(ExpertParallelSplit, RefusesExpertsThatDoNotDivideOverTheRanks) {
     CpuBackend be;
     const int M = world().size();
@@ -291,6 +421,24 @@ TEST(ExpertParallelSplit, RefusesExpertsThatDoNotDivideOverTheRanks) {
         FAIL() << M + 1 << " experts over " << M << " ranks were accepted";
     } catch (const UserError& e) {
         EXPECT_EQ(e.key(), "model.moe.experts");
+    }
+    EXPECT_THROW({ Gpt model(be, tiny_moe_gpt(M + 1), 1, &world()); }, UserError);
+    EXPECT_NO_THROW({ Gpt model(be, tiny_moe_gpt(M + 1), 1); });  // one process: all experts
+
+    RunConfig run;
+    run.data.source = DataSource::Synthetic;
+    run.data.synthetic_bytes = 1 << 14;
+    run.model = tiny_moe_gpt(M + 1);
+    run.train.batch_size = 2;
+    run.train.expert_parallel = true;
+    try {
+        make_training_task(be, run, "ep.yaml", world());
+        FAIL() << "the task accepted " << M + 1 << " experts over " << M << " ranks";
+    } catch (const UserError& e) {
+        EXPECT_EQ(e.file(), "ep.yaml");
+        EXPECT_EQ(e.key(), "model.moe.experts");
+        EXPECT_NE(std::string(e.what()).find("train.expert_parallel"), std::string::npos)
+            << e.what();
     }
     world().barrier();
 }

@@ -16,6 +16,7 @@
 #include "core/moe/expert_parallel_dispatcher.h"
 #include "core/moe/moe_layer.h"
 #include "core/rng.h"
+#include "core/task/task.h"
 #include "kernels/cpu/cpu_backend.h"
 
 namespace upcycle {
@@ -182,6 +183,29 @@ TEST(ExpertParallelSplit, RefusesExpertsThatDoNotDivideOverTheRanks) {
         EXPECT_NE(e.message().find("multiple of 3"), std::string::npos) << e.message();
     }
     EXPECT_NO_THROW(ExpertParallelDispatcher(be, three, 6));
+}
+
+// The task of a config with train.expert_parallel names the config and the key; without the
+// switch (or for a dense model) the same ranks build a local model.
+TEST(ExpertParallelSplit, TheTaskNamesTheConfigAndTheKey) {
+    CpuBackend be;
+    ThreeRanksNeverCalled three;
+    RunConfig config;
+    config.data.source = DataSource::Synthetic;
+    config.data.synthetic_bytes = 1 << 14;
+    config.model = ModelConfig{Arch::Gpt, 256, 8, 16, 2, 2, {}};
+    config.model.moe = moe_config(RouterKind::TopK, 4, 2, 1.0);
+    config.train.batch_size = 2;
+    config.train.expert_parallel = true;
+    try {
+        make_training_task(be, config, "ep.yaml", three);
+        FAIL() << "4 experts over 3 ranks were accepted";
+    } catch (const UserError& e) {
+        EXPECT_EQ(e.file(), "ep.yaml");
+        EXPECT_EQ(e.key(), "model.moe.experts");
+    }
+    config.train.expert_parallel = false;
+    EXPECT_NO_THROW(make_training_task(be, config, "ep.yaml", three));
 }
 
 }  // namespace
