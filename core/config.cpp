@@ -73,6 +73,7 @@ void visit_fields(TrainConfig& c, Visitor&& v) {
     v("grad_clip", c.grad_clip);
     v("micro_batch", c.micro_batch);
     v("precision", c.precision);
+    v("expert_parallel", c.expert_parallel);
     v("seed", c.seed);
     v("log_every", c.log_every);
     v("zero_stage", c.zero_stage);
@@ -354,7 +355,7 @@ constexpr ConfigKey kImageOnlyKeys[] = {
 // they hold their default, so every earlier trial keeps its hash (and is not run again).
 constexpr ConfigKey kHashedOnlyWhenSetKeys[] = {
     {"train", "micro_batch"}, {"train", "precision"},  {"data", "train_glob"},
-    {"data", "val_glob"},     {"train", "zero_stage"},
+    {"data", "val_glob"},     {"train", "zero_stage"}, {"train", "expert_parallel"},
 };
 
 }  // namespace

@@ -94,6 +94,13 @@ struct TrainConfig {
     // GEMM operand precision: fp32, or bf16 (operands rounded to bfloat16, fp32
     // accumulation and outputs; master weights, optimizer state and checkpoints stay fp32).
     Precision precision = Precision::FP32;
+    // Expert parallelism: spread every MoE layer's experts over the ranks of the job, each
+    // rank computing model.moe.experts / ranks of them for every rank's tokens (which must
+    // divide evenly). Each rank still routes (and applies the capacity to) its own micro-batch
+    // as one process would, and keeps the whole parameter buffer, so checkpoints are the same;
+    // one process ignores it. Every forward, evaluation included, is then a collective of the
+    // ranks. See core/moe/expert_parallel_dispatcher.h.
+    bool expert_parallel = false;
     uint64_t seed = 1;  // weights init and data order
     int64_t log_every = 10;
     // ZeRO stage of a data-parallel job of several ranks: 0, every rank keeps the AdamW

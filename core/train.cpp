@@ -185,7 +185,8 @@ TrainSummary train(Backend& backend, const RunConfig& config, const TrainOptions
     const TrainConfig& tc = config.train;
     backend.set_precision(tc.precision);
     const BatchSplit split = split_batch(tc, communicator.size(), config.name);
-    const auto task = make_training_task(backend, rank_task_config(config, split), config.name);
+    const auto task = make_training_task(backend, rank_task_config(config, split), config.name,
+                                           communicator);
     Model& model = task->model();
     DataParallelAdamW optimizer(backend, communicator, model.num_parameters(), tc.zero_stage);
     TrainingState state;

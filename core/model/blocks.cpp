@@ -4,12 +4,14 @@
 #include <cmath>
 
 #include "core/errors.h"
+#include "core/moe/expert_parallel_dispatcher.h"
 #include "core/rng.h"
 
 namespace upcycle {
 
 TransformerBlocks::TransformerBlocks(Backend& backend, const ModelConfig& model,
-                                     const ParameterIndex& index, int max_batch, int T, bool causal)
+                                     const ParameterIndex& index, int max_batch, int T, bool causal,
+                                     Communicator* expert_parallel)
     : backend_(&backend), config_(model), max_batch_(max_batch), T_(T), causal_(causal) {
     const int64_t B = max_batch, C = model.channels, H = model.heads, N = B * T;
     for (int l = 0; l <= model.layers; ++l)
@@ -18,8 +20,9 @@ TransformerBlocks::TransformerBlocks(Backend& backend, const ModelConfig& model,
     moe_layer_indices_ = moe_layer_indices(model);
     moe_.resize(static_cast<std::size_t>(model.layers));
     for (const int l : moe_layer_indices_) {
-        moe_[l] = std::make_unique<MoeLayer>(backend, model, static_cast<int>(N),
-                                             backend.pads_expert_rows());
+        moe_[l] = std::make_unique<MoeLayer>(
+            backend, model, static_cast<int>(N), backend.pads_expert_rows(),
+            make_token_dispatcher(backend, expert_parallel, model.moe.experts));
     }
     offsets_.resize(static_cast<std::size_t>(model.layers));
     for (int l = 0; l < model.layers; ++l) {

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "core/comm.h"
 #include "core/config.h"
 #include "core/model/parameters.h"
 #include "core/moe/moe_layer.h"
@@ -26,8 +27,11 @@ class TransformerBlocks {
 public:
     // Activations for batches of up to max_batch sequences of T tokens. The blocks'
     // parameter offsets are looked up in `index` once, here, not in every step.
+    // expert_parallel: the ranks the MoE layers' experts are spread over
+    // (core/moe/expert_parallel_dispatcher.h; every forward is then a collective of them);
+    // null: this process computes every expert.
     TransformerBlocks(Backend& backend, const ModelConfig& model, const ParameterIndex& index,
-                      int max_batch, int T, bool causal);
+                      int max_batch, int T, bool causal, Communicator* expert_parallel = nullptr);
 
     // The residual stream: stream(0) is the blocks' input [N,C] (the caller writes it),
     // stream(L) their output after forward().

@@ -19,9 +19,9 @@ std::vector<ParamInfo> gpt_parameter_layout(const ModelConfig& config) {
     return layout.take();
 }
 
-Gpt::Gpt(Backend& backend, const ModelConfig& config, int max_batch)
+Gpt::Gpt(Backend& backend, const ModelConfig& config, int max_batch, Communicator* expert_parallel)
     : TransformerModel(backend, config, max_batch, gpt_parameter_layout(config), config.context,
-                       /*causal=*/true) {
+                       /*causal=*/true, expert_parallel) {
     const int64_t B = max_batch, T = config.context, C = config.channels;
     const int64_t N = B * T, V = config.vocab_size;
     inputs_ = Tensor(backend, {B, T}, DType::I32);

@@ -25,8 +25,10 @@ std::vector<ParamInfo> gpt_parameter_layout(const ModelConfig& config);
 class Gpt final : public TransformerModel {
 public:
     // Allocates parameters, gradients and activations for batches of up to max_batch
-    // sequences of config.context tokens.
-    Gpt(Backend& backend, const ModelConfig& config, int max_batch);
+    // sequences of config.context tokens. expert_parallel: the ranks the MoE layers' experts
+    // are spread over (null: all experts here; see make_model).
+    Gpt(Backend& backend, const ModelConfig& config, int max_batch,
+        Communicator* expert_parallel = nullptr);
 
     // Normal(0, 0.02) for matrices, with the residual output projections (attn.proj, mlp.proj)
     // scaled by 1/sqrt(2·layers); zero biases; LayerNorm weight 1, bias 0. Deterministic.

@@ -35,9 +35,12 @@ std::vector<ParamInfo> parameter_layout(const ModelConfig& model) {
     return gpt_parameter_layout(model);
 }
 
-std::unique_ptr<Model> make_model(Backend& backend, const ModelConfig& model, int max_batch) {
-    if (model.arch == Arch::Vit) return std::make_unique<Vit>(backend, model, max_batch);
-    return std::make_unique<Gpt>(backend, model, max_batch);
+std::unique_ptr<Model> make_model(Backend& backend, const ModelConfig& model, int max_batch,
+                                  Communicator* expert_parallel) {
+    if (model.arch == Arch::Vit) {
+        return std::make_unique<Vit>(backend, model, max_batch, expert_parallel);
+    }
+    return std::make_unique<Gpt>(backend, model, max_batch, expert_parallel);
 }
 
 }  // namespace upcycle

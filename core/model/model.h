@@ -8,6 +8,7 @@
 #include <span>
 #include <vector>
 
+#include "core/comm.h"
 #include "core/config.h"
 #include "core/model/blocks.h"
 #include "core/moe/router.h"
@@ -17,10 +18,10 @@ namespace upcycle {
 
 // Loss statistics of one forward pass.
 struct ForwardStats {
-    double loss_sum = 0;    // Σ of per-prediction cross-entropy (nats)
-    int64_t tokens = 0;     // predictions counted (targets ≥ 0): tokens of a GPT, images of a ViT
-    int64_t correct = 0;    // argmax == target (only on Evaluate passes)
-    double aux_loss = 0;    // Σ over MoE layers of the coefficient-weighted aux + z losses
+    double loss_sum = 0;  // Σ of per-prediction cross-entropy (nats)
+    int64_t tokens = 0;   // predictions counted (targets ≥ 0): tokens of a GPT, images of a ViT
+    int64_t correct = 0;  // argmax == target (only on Evaluate passes)
+    double aux_loss = 0;  // Σ over MoE layers of the coefficient-weighted aux + z losses
     double mean_loss() const { return tokens ? loss_sum / static_cast<double>(tokens) : 0.0; }
 };
 
@@ -69,7 +70,11 @@ ForwardStats classification_loss(Backend& backend, float* logits, float* losses,
 std::vector<ParamInfo> parameter_layout(const ModelConfig& model);
 
 // A model of this config (model.arch picks GPT or ViT) for batches of up to max_batch
-// examples; weights uninitialised.
-std::unique_ptr<Model> make_model(Backend& backend, const ModelConfig& model, int max_batch);
+// examples; weights uninitialised. expert_parallel: the ranks its MoE layers' experts are
+// spread over (core/moe/expert_parallel_dispatcher.h: each rank computes its share of the
+// experts, every forward is a collective of the ranks, and the parameter buffer and its layout
+// stay those of one process); null: every expert in this process.
+std::unique_ptr<Model> make_model(Backend& backend, const ModelConfig& model, int max_batch,
+                                  Communicator* expert_parallel = nullptr);
 
 }  // namespace upcycle

@@ -34,9 +34,11 @@ public:
 
 protected:
     // Zeroed parameters and gradients in `layout`, and blocks for batches of up to max_batch
-    // sequences of T tokens (causal: the GPT's masked attention).
+    // sequences of T tokens (causal: the GPT's masked attention; expert_parallel: as
+    // TransformerBlocks).
     TransformerModel(Backend& backend, const ModelConfig& config, int max_batch,
-                     std::vector<ParamInfo> layout, int T, bool causal);
+                     std::vector<ParamInfo> layout, int T, bool causal,
+                     Communicator* expert_parallel);
 
     // A parameter's (or its gradient's) first float, by name.
     const float* p(const std::string& name) const {

@@ -25,9 +25,9 @@ std::vector<ParamInfo> vit_parameter_layout(const ModelConfig& model) {
     return layout.take();
 }
 
-Vit::Vit(Backend& backend, const ModelConfig& model, int max_batch)
+Vit::Vit(Backend& backend, const ModelConfig& model, int max_batch, Communicator* expert_parallel)
     : TransformerModel(backend, model, max_batch, vit_parameter_layout(model),
-                       VitShape(model).tokens(), /*causal=*/false),
+                       VitShape(model).tokens(), /*causal=*/false, expert_parallel),
       shape_(model) {
     const int patch = shape_.patch, image = shape_.image, classes = shape_.classes;
     UPCYCLE_ASSERT(patch > 0 && image > 0 && image % patch == 0,

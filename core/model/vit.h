@@ -38,7 +38,9 @@ std::vector<ParamInfo> vit_parameter_layout(const ModelConfig& model);
 class Vit final : public TransformerModel {
 public:
     // Allocates parameters, gradients and activations for batches of up to max_batch images.
-    Vit(Backend& backend, const ModelConfig& model, int max_batch);
+    // expert_parallel: the ranks the MoE layers' experts are spread over (null: all here).
+    Vit(Backend& backend, const ModelConfig& model, int max_batch,
+        Communicator* expert_parallel = nullptr);
 
     const VitShape& shape() const { return shape_; }
 

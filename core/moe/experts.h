@@ -16,6 +16,13 @@ struct ExpertTensors {
     float* proj_weight = nullptr;  // [C,4C]
     float* proj_bias = nullptr;    // [C]
     std::size_t stride = 0;
+
+    // The same tensors from expert e on (the experts one rank of an expert-parallel layer
+    // computes start at its first).
+    ExpertTensors from_expert(int e) const {
+        const std::size_t shift = static_cast<std::size_t>(e) * stride;
+        return {fc_weight + shift, fc_bias + shift, proj_weight + shift, proj_bias + shift, stride};
+    }
 };
 
 // Activations of the expert MLPs for all rows: hidden [rows,4C] before and after the GELU.

@@ -82,20 +82,28 @@ MoeLayer::MoeLayer(Backend& backend, const ModelConfig& model, int max_tokens, b
     // rows and slots grow with N: the most over the train and eval capacity factors
     const MoeRouting train = routing_rule(moe_, max_tokens, moe_.capacity_factor, pad_rows);
     const MoeRouting eval = routing_rule(moe_, max_tokens, moe_.eval_capacity_factor, pad_rows);
-    const int64_t N = max_tokens, E = moe_.experts, C = C_, S = train.slots();
+    const int64_t N = max_tokens, E = moe_.experts, S = train.slots();
     const int64_t R = std::max(train.rows(), eval.rows());
     buffers_ = RoutingBuffers(backend, max_tokens, moe_.experts, static_cast<int>(S), R);
     logits_ = Tensor(backend, {N, E});
     dlogits_ = Tensor(backend, {N, E});
     dslot_weight_ = Tensor(backend, {N, S});
-    xin_ = Tensor(backend, {R, C});
-    yout_ = Tensor(backend, {R, C});
-    dxin_ = Tensor(backend, {R, C});
-    dyout_ = Tensor(backend, {R, C});
-    hidden_ = Tensor(backend, {R, 4 * C});
-    hidden_gelu_ = Tensor(backend, {R, 4 * C});
-    dhidden_ = Tensor(backend, {R, 4 * C});
-    dhidden_gelu_ = Tensor(backend, {R, 4 * C});
+    reserve_expert_rows(R);
+}
+
+void MoeLayer::reserve_expert_rows(int64_t rows) {
+    if (rows <= expert_rows_reserved_) return;
+    Backend& be = *backend_;
+    const int64_t C = C_;
+    xin_ = Tensor(be, {rows, C});
+    yout_ = Tensor(be, {rows, C});
+    dxin_ = Tensor(be, {rows, C});
+    dyout_ = Tensor(be, {rows, C});
+    hidden_ = Tensor(be, {rows, 4 * C});
+    hidden_gelu_ = Tensor(be, {rows, 4 * C});
+    dhidden_ = Tensor(be, {rows, 4 * C});
+    dhidden_gelu_ = Tensor(be, {rows, 4 * C});
+    expert_rows_reserved_ = rows;
 }
 
 void MoeLayer::forward(float* out, const float* x, int N, const MoeTensors& w,
@@ -110,9 +118,11 @@ void MoeLayer::forward(float* out, const float* x, int N, const MoeTensors& w,
     be.matmul_forward(logits_.f32(), x, w.router, nullptr, N, C, E);
     be.moe_route(routing_, logits_.f32());
     clock.lap(MoePhase::RouterForward);
+    shard_ = dispatcher_->plan(routing_);
+    reserve_expert_rows(shard_.groups.rows);
     dispatcher_->dispatch(xin_.f32(), x, routing_, C);
     clock.lap(MoePhase::DispatchForward);
-    experts_forward(be, w.experts, routing_.groups(), xin_.f32(),
+    experts_forward(be, w.experts.from_expert(shard_.first_expert), shard_.groups, xin_.f32(),
                     {hidden_.f32(), hidden_gelu_.f32()}, yout_.f32(), C);
     clock.lap(MoePhase::ExpertsForward);
     dispatcher_->combine(out, yout_.f32(), routing_, C);
@@ -124,7 +134,7 @@ void MoeLayer::backward(float* dx, const float* dout, const float* x, const MoeT
     Backend& be = *backend_;
     const MoeRouting& r = routing_;
     const int N = r.N, E = r.E, S = r.slots(), C = C_;
-    const std::size_t rows_c = static_cast<std::size_t>(r.rows()) * C;
+    const std::size_t rows_c = static_cast<std::size_t>(shard_.groups.rows) * C;
     PhaseClock clock(be, phase_seconds_);
     // combine → rows' and weights' gradients (padding rows stay zero, as the experts need)
     be.zero(dyout_.f32(), rows_c * sizeof(float));
@@ -132,7 +142,9 @@ void MoeLayer::backward(float* dx, const float* dout, const float* x, const MoeT
     dispatcher_->combine_backward(dyout_.f32(), dslot_weight_.f32(), dout, yout_.f32(), r, C);
     clock.lap(MoePhase::CombineBackward);
     be.zero(dxin_.f32(), rows_c * sizeof(float));
-    experts_backward(be, w.experts, grad.experts, r.groups(), xin_.f32(),
+    // this process's experts only: another rank's experts keep a zero gradient here
+    experts_backward(be, w.experts.from_expert(shard_.first_expert),
+                     grad.experts.from_expert(shard_.first_expert), shard_.groups, xin_.f32(),
                      {hidden_.f32(), hidden_gelu_.f32()}, dyout_.f32(), dxin_.f32(),
                      dhidden_gelu_.f32(), dhidden_.f32(), C);
     clock.lap(MoePhase::ExpertsBackward);

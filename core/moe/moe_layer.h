@@ -5,8 +5,9 @@
 // TokenDispatcher (core/moe/token_dispatcher.h), the seam for expert parallelism.
 //
 // Everything runs on the backend in fixed shapes (MoeRouting, core/backend.h): with a
-// capacity limit a forward and backward read nothing back to the host. The routing
-// statistics stay on the device until stats() or auxiliary_loss() asks for them.
+// capacity limit a forward and backward of a local layer read nothing back to the host (an
+// expert-parallel one reads its expert counts, to exchange them with the other ranks). The
+// routing statistics stay on the device until stats() or auxiliary_loss() asks for them.
 #include <array>
 #include <cstdint>
 #include <memory>
@@ -53,7 +54,8 @@ public:
     // Buffers for up to max_tokens tokens per forward. pad_rows: lay a capacity-limited
     // layer's expert rows out in padded blocks (routing_rule); the backend's preference is
     // Backend::pads_expert_rows(). dispatcher: how tokens reach the experts' rows and come
-    // back; null: a LocalTokenDispatcher on backend.
+    // back, and which experts this process computes (an expert-parallel one: this rank's,
+    // core/moe/expert_parallel_dispatcher.h); null: a LocalTokenDispatcher on backend.
     MoeLayer(Backend& backend, const ModelConfig& model, int max_tokens, bool pad_rows,
              std::unique_ptr<TokenDispatcher> dispatcher = nullptr);
 
@@ -83,12 +85,17 @@ private:
     bool pad_rows_;
     RoutingBuffers buffers_;
     MoeRouting routing_;  // the last forward's rule, bound to buffers_
+    ExpertShard shard_;   // the last forward's experts on this process and their rows
     mutable std::optional<RoutingStats> stats_;
     MoePhaseSeconds* phase_seconds_ = nullptr;
-    Tensor logits_, dlogits_;                               // [N,E]
-    Tensor dslot_weight_;                                   // [N,S]
+    Tensor logits_, dlogits_;  // [N,E]
+    Tensor dslot_weight_;      // [N,S]
+    // The experts' rows (ExpertShard::groups.rows; an expert-parallel layer receives more
+    // or fewer than it routes, so these grow to the most a forward needed).
     Tensor xin_, yout_, dxin_, dyout_;                      // [rows,C]
     Tensor hidden_, hidden_gelu_, dhidden_, dhidden_gelu_;  // [rows,4C]
+    int64_t expert_rows_reserved_ = 0;
+    void reserve_expert_rows(int64_t rows);
 };
 
 }  // namespace upcycle

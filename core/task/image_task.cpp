@@ -26,11 +26,12 @@ constexpr uint64_t kProbeSeed = 0x9B0BE5EEDULL;
 
 class ImageTask final : public TrainingTask {
 public:
-    ImageTask(Backend& backend, const RunConfig& config, const std::string& source)
+    ImageTask(Backend& backend, const RunConfig& config, const std::string& source,
+              Communicator* expert_parallel)
         : config_(config),
           splits_(load_splits(config, source)),
           sampler_(splits_, config.train.seed, config.data.augment, config.data.crop_padding),
-          model_(backend, config.model, micro_batch_size(config.train)),
+          model_(backend, config.model, micro_batch_size(config.train), expert_parallel),
           probe_shots_(probe_shot_counts(config.eval, source)) {}
 
     Model& model() override { return model_; }
@@ -161,8 +162,9 @@ private:
 }  // namespace
 
 std::unique_ptr<TrainingTask> make_image_task(Backend& backend, const RunConfig& config,
-                                              const std::string& config_source) {
-    return std::make_unique<ImageTask>(backend, config, config_source);
+                                              const std::string& config_source,
+                                              Communicator* expert_parallel) {
+    return std::make_unique<ImageTask>(backend, config, config_source, expert_parallel);
 }
 
 }  // namespace upcycle

@@ -52,8 +52,12 @@ int micro_batches(const TrainConfig& train);
 
 // The task of a run config (its model.arch and data); loads the data (UserError naming
 // config_source and the data key when it cannot) and builds the model for micro-batches of
-// micro_batch_size(train) examples (weights uninitialised).
+// micro_batch_size(train) examples (weights uninitialised). communicator: the ranks of the
+// job; with train.expert_parallel the MoE layers' experts are spread over them (UserError
+// naming model.moe.experts unless they divide evenly), and every forward of the task's model
+// is then a collective of them.
 std::unique_ptr<TrainingTask> make_training_task(Backend& backend, const RunConfig& config,
-                                                 const std::string& config_source);
+                                                 const std::string& config_source,
+                                                 Communicator& communicator = local_communicator());
 
 }  // namespace upcycle

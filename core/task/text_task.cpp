@@ -12,10 +12,11 @@ namespace {
 
 class TextTask final : public TrainingTask {
 public:
-    TextTask(Backend& backend, const RunConfig& config, const std::string& source)
+    TextTask(Backend& backend, const RunConfig& config, const std::string& source,
+             Communicator* expert_parallel)
         : config_(config),
           corpus_(load_text_corpus(config.data, source)),
-          model_(backend, config.model, micro_batch_size(config.train)) {
+          model_(backend, config.model, micro_batch_size(config.train), expert_parallel) {
         const std::size_t window = static_cast<std::size_t>(config.model.context) + 1;
         if (corpus_.train.size() <= window || corpus_.validation.size() < window) {
             throw UserError(
@@ -55,8 +56,9 @@ private:
 }  // namespace
 
 std::unique_ptr<TrainingTask> make_text_task(Backend& backend, const RunConfig& config,
-                                             const std::string& config_source) {
-    return std::make_unique<TextTask>(backend, config, config_source);
+                                             const std::string& config_source,
+                                             Communicator* expert_parallel) {
+    return std::make_unique<TextTask>(backend, config, config_source, expert_parallel);
 }
 
 }  // namespace upcycle

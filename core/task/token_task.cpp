@@ -28,11 +28,12 @@ TokenShards open_split(const std::string& pattern, const char* key, const ModelC
 
 class TokenTask final : public TrainingTask {
 public:
-    TokenTask(Backend& backend, const RunConfig& config, const std::string& source)
+    TokenTask(Backend& backend, const RunConfig& config, const std::string& source,
+              Communicator* expert_parallel)
         : config_(config),
           train_(open_split(config.data.train_glob, "data.train_glob", config.model, source)),
           validation_(open_split(config.data.val_glob, "data.val_glob", config.model, source)),
-          model_(backend, config.model, micro_batch_size(config.train)) {
+          model_(backend, config.model, micro_batch_size(config.train), expert_parallel) {
         const int T = config.model.context;
         if (train_.count_train_starts(T) == 0) {
             throw UserError(source, "data.train_glob",
@@ -78,8 +79,9 @@ private:
 }  // namespace
 
 std::unique_ptr<TrainingTask> make_token_task(Backend& backend, const RunConfig& config,
-                                              const std::string& config_source) {
-    return std::make_unique<TokenTask>(backend, config, config_source);
+                                              const std::string& config_source,
+                                              Communicator* expert_parallel) {
+    return std::make_unique<TokenTask>(backend, config, config_source, expert_parallel);
 }
 
 }  // namespace upcycle

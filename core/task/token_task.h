@@ -4,7 +4,9 @@
 
 namespace upcycle {
 
+// expert_parallel: as make_model's.
 std::unique_ptr<TrainingTask> make_token_task(Backend& backend, const RunConfig& config,
-                                              const std::string& config_source);
+                                              const std::string& config_source,
+                                              Communicator* expert_parallel = nullptr);
 
 }  // namespace upcycle

@@ -602,19 +602,26 @@ TEST(Sweep, IdentityIgnoresKeysOfTheOtherArchitecture) {
     EXPECT_FALSE(gpt[0].config["run"]["model"].contains("patch"));
 }
 
-// Keys added after trial hashes were first recorded (train.micro_batch, train.precision) stay
-// out of the identity at their defaults, so earlier trials keep their hashes; set, they are in.
+// Keys added after trial hashes were first recorded (train.micro_batch, train.precision,
+// train.expert_parallel) stay out of the identity at their defaults, so earlier trials keep
+// their hashes; set, they are in.
 TEST(Sweep, IdentityHasNewKeysOnlyWhenSet) {
     const auto base = plan_sweep(parse_sweep(kTiny, "tiny.yaml"));
     const auto fp32 = plan_sweep(parse_sweep(kTiny, "tiny.yaml", {"train.precision=fp32"}));
     const auto bf16 = plan_sweep(parse_sweep(kTiny, "tiny.yaml", {"train.precision=bf16"}));
     const auto micro = plan_sweep(parse_sweep(kTiny, "tiny.yaml", {"train.micro_batch=2"}));
+    const auto local = plan_sweep(parse_sweep(kTiny, "tiny.yaml", {"train.expert_parallel=false"}));
+    const auto spread = plan_sweep(parse_sweep(kTiny, "tiny.yaml", {"train.expert_parallel=true"}));
     EXPECT_EQ(base[0].hash, fp32[0].hash);
     EXPECT_NE(base[0].hash, bf16[0].hash);
     EXPECT_NE(base[0].hash, micro[0].hash);
     EXPECT_NE(bf16[0].hash, micro[0].hash);
     EXPECT_FALSE(base[0].config["run"]["train"].contains("precision"));
     EXPECT_EQ(bf16[0].config["run"]["train"]["precision"], "bf16");
+    for (std::size_t i = 0; i < base.size(); ++i) EXPECT_EQ(base[i].hash, local[i].hash);
+    EXPECT_NE(base[0].hash, spread[0].hash);
+    EXPECT_FALSE(base[0].config["run"]["train"].contains("expert_parallel"));
+    EXPECT_EQ(spread[0].config["run"]["train"]["expert_parallel"], true);
 }
 
 // The budget in FLOPs counts a ViT's tokens (1 + patches per image), and an expert-choice MoE
