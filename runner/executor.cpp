@@ -340,27 +340,54 @@ std::filesystem::path trial_directory(const std::filesystem::path& runs_dir,
     return runs_dir / hash.substr(0, 16);
 }
 
-ExecutorSummary run_sweep(const ExecutorOptions& options, const std::atomic<bool>& stop) {
-    // Plan and register everything before any worker starts (and before any fork: no SQLite
-    // connection or OpenMP pool may cross one).
+RegisteredSweep register_sweep(const ExecutorOptions& options) {
     const SweepSpec spec = load_sweep(options.sweep_file, options.overrides);
     const auto trials = plan_sweep(spec);
-    int64_t sweep_id = 0;
-    {
-        Store store(options.db, Store::Mode::ReadWrite);
-        std::string yaml = read_file(options.sweep_file);
-        for (const auto& o : options.overrides) yaml += "\n# --set " + o;
-        sweep_id = store.upsert_sweep(spec.name, yaml, sha256_hex(yaml),
-                                      nlohmann::json{{"host", host_name()}});
-        for (const auto& t : trials) {
-            store.add_trial(
-                sweep_id, t.hash, t.method, t.config,
-                t.parent_hash.empty() ? std::nullopt : std::optional<std::string>(t.parent_hash));
-        }
-        if (options.retry_failed) store.requeue_failed(sweep_id);
+    RegisteredSweep registered{spec.name, 0, static_cast<int64_t>(trials.size())};
+    Store store(options.db, Store::Mode::ReadWrite);
+    std::string yaml = read_file(options.sweep_file);
+    for (const auto& o : options.overrides) yaml += "\n# --set " + o;
+    registered.sweep_id = store.upsert_sweep(spec.name, yaml, sha256_hex(yaml),
+                                             nlohmann::json{{"host", host_name()}});
+    for (const auto& t : trials) {
+        store.add_trial(
+            registered.sweep_id, t.hash, t.method, t.config,
+            t.parent_hash.empty() ? std::nullopt : std::optional<std::string>(t.parent_hash));
     }
-    fmt::print(stderr, "upcycle run: sweep {} | {} trials | {} worker(s) | db {}\n", spec.name,
-               trials.size(), options.workers, options.db.string());
+    if (options.retry_failed) store.requeue_failed(registered.sweep_id);
+    return registered;
+}
+
+ExecutorSummary summarize_sweep(const std::filesystem::path& db, const RegisteredSweep& sweep) {
+    ExecutorSummary summary;
+    summary.sweep = sweep.name;
+    Store store(db, Store::Mode::ReadOnly);
+    for (const auto& t : store.trials_of_sweep(sweep.sweep_id)) {
+        ++summary.trials;
+        if (t.status == TrialStatus::Done)
+            ++summary.done;
+        else if (t.status == TrialStatus::Failed)
+            ++summary.failed;
+        else if (t.status == TrialStatus::Running)
+            ++summary.running;
+        else
+            ++summary.pending;
+    }
+    return summary;
+}
+
+ExecutorSummary run_sweep(const ExecutorOptions& options, const std::atomic<bool>& stop) {
+    if (options.ranks_per_trial != 1) {
+        throw UserError("", "--ranks-per-trial",
+                        "the local executor trains a trial on one rank; several ranks per trial "
+                        "run with --executor slurm");
+    }
+    // Plan and register everything before any worker starts (and before any fork: no SQLite
+    // connection or OpenMP pool may cross one).
+    const RegisteredSweep registered = register_sweep(options);
+    const int64_t sweep_id = registered.sweep_id;
+    fmt::print(stderr, "upcycle run: sweep {} | {} trials | {} worker(s) | db {}\n",
+               registered.name, registered.trials, options.workers, options.db.string());
 
     // workers share the cores: each gets its share of OpenMP threads
     const int threads = std::max(1, omp_get_num_procs() / std::max(1, options.workers));
@@ -392,21 +419,8 @@ ExecutorSummary run_sweep(const ExecutorOptions& options, const std::atomic<bool
         waitpid(pid, &status, 0);
     }
 
-    ExecutorSummary summary;
-    summary.sweep = spec.name;
+    ExecutorSummary summary = summarize_sweep(options.db, registered);
     summary.interrupted = stop.load();
-    Store store(options.db, Store::Mode::ReadOnly);
-    for (const auto& t : store.trials_of_sweep(sweep_id)) {
-        ++summary.trials;
-        if (t.status == TrialStatus::Done)
-            ++summary.done;
-        else if (t.status == TrialStatus::Failed)
-            ++summary.failed;
-        else if (t.status == TrialStatus::Running)
-            ++summary.running;
-        else
-            ++summary.pending;
-    }
     return summary;
 }
 
