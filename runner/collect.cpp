@@ -124,7 +124,12 @@ CollectSummary collect_results(Store& store, const std::optional<std::string>& s
         const SlurmJobState ended =
             known != states.jobs.end()
                 ? known->second
-                : SlurmJobState{"UNKNOWN", "SLURM no longer knows the job", job.node};
+                : SlurmJobState{"UNKNOWN",
+                                fmt::format("no record left in SLURM, last seen {}: cancelled "
+                                            "while pending, or ended before SLURM's MinJobAge "
+                                            "and there is no accounting",
+                                            job.state),
+                                job.node};
         const std::string error = died_error(store, *trial, job, ended);
         store.fail(trial->id, error);
         store.end_slurm_job(job.job_id, "died", ended.state, ended.reason);
