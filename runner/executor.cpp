@@ -38,6 +38,9 @@ namespace upcycle {
 
 namespace {
 
+// Submitted by `run --executor slurm`: its worker is "slurm:JOB".
+bool held_by_slurm(const TrialRecord& t) { return t.worker.rfind("slurm:", 0) == 0; }
+
 std::string host_name() {
     char host[256] = {0};
     if (gethostname(host, sizeof(host) - 1) != 0) return "unknown";
@@ -120,8 +123,9 @@ public:
             auto claimed = store_.claim_next(id_, host_, options_.stale_after_seconds, sweep_id_);
             if (!claimed) {
                 const auto trials = store_.trials_of_sweep(sweep_id_);
+                // a trial held by a SLURM job is not waited for: only `collect` ends its run
                 const bool any_running = std::any_of(trials.begin(), trials.end(), [](auto& t) {
-                    return t.status == TrialStatus::Running;
+                    return t.status == TrialStatus::Running && !held_by_slurm(t);
                 });
                 if (!any_running) return;  // nothing runnable now or later
                 say_what_is_awaited(trials);
@@ -178,7 +182,7 @@ private:
     void say_what_is_awaited(const std::vector<TrialRecord>& trials) {
         std::vector<std::string> running;
         for (const auto& t : trials) {
-            if (t.status != TrialStatus::Running || t.worker == id_) continue;
+            if (t.status != TrialStatus::Running || t.worker == id_ || held_by_slurm(t)) continue;
             const std::string age =
                 t.heartbeat_age_seconds
                     ? fmt::format(", heartbeat {:.0f} s ago", *t.heartbeat_age_seconds)
