@@ -291,6 +291,7 @@ ExecutorSummary submit_sweep(const ExecutorOptions& options) {
                 store.record_slurm_submission(record);
                 ++submitted;
             }
+            std::ofstream(folder / "submit.sh") << submit_sh;  // what is submitted so far
             say(fmt::format("submitted wave {}: job array {} ({} trial(s){})", wave, array_job,
                             s.tasks.size(), dependency.empty() ? "" : ", after job " + dependency));
         }

@@ -118,7 +118,8 @@ CREATE TABLE routing (
     // 1 → 2: trials submitted to a SLURM cluster (`upcycle run --executor slurm`)
     R"sql(
 CREATE TABLE slurm_jobs (
-    job_id       TEXT PRIMARY KEY,
+    id           INTEGER PRIMARY KEY,
+    job_id       TEXT NOT NULL,
     trial_id     INTEGER NOT NULL REFERENCES trials(id) ON DELETE CASCADE,
     runs_dir     TEXT NOT NULL,
     script       TEXT NOT NULL,
@@ -131,7 +132,7 @@ CREATE TABLE slurm_jobs (
     outcome      TEXT CHECK (outcome IN ('result', 'died'))
 );
 CREATE INDEX slurm_jobs_by_trial ON slurm_jobs (trial_id, submitted_at);
-CREATE INDEX slurm_jobs_open ON slurm_jobs (outcome) WHERE outcome IS NULL;
+CREATE INDEX slurm_jobs_open ON slurm_jobs (job_id) WHERE outcome IS NULL;
 )sql",
 };
 static_assert(std::size(kMigrations) == kStoreSchemaVersion, "one migration per schema version");
@@ -693,7 +694,7 @@ void Store::end_slurm_job(const std::string& job_id, const std::string& outcome,
     write_transaction(*db_, [&] {
         SQLite::Statement s(*db_,
                             "UPDATE slurm_jobs SET outcome = ?, state = ?, reason = ?, "
-                            "updated_at = ? WHERE job_id = ?");
+                            "updated_at = ? WHERE job_id = ? AND outcome IS NULL");
         s.bind(1, outcome);
         s.bind(2, state);
         s.bind(3, reason);
@@ -719,8 +720,8 @@ std::vector<SlurmJobRecord> Store::open_slurm_jobs(
         *db_, std::string(kSlurmJobSelect) +
                   (sweep_name ? "WHERE j.outcome IS NULL AND j.trial_id IN (SELECT st.trial_id "
                                 "FROM sweep_trials st JOIN sweeps s ON s.id = st.sweep_id "
-                                "WHERE s.name = ?) ORDER BY j.submitted_at, j.rowid"
-                              : "WHERE j.outcome IS NULL ORDER BY j.submitted_at, j.rowid"));
+                                "WHERE s.name = ?) ORDER BY j.submitted_at, j.id"
+                              : "WHERE j.outcome IS NULL ORDER BY j.submitted_at, j.id"));
     if (sweep_name) s.bind(1, *sweep_name);
     std::vector<SlurmJobRecord> out;
     while (s.executeStep()) out.push_back(row_to_slurm_job(s));
@@ -730,7 +731,7 @@ std::vector<SlurmJobRecord> Store::open_slurm_jobs(
 std::optional<SlurmJobRecord> Store::latest_slurm_job(int64_t trial) const {
     SQLite::Statement s(*db_, std::string(kSlurmJobSelect) +
                                   "WHERE j.trial_id = ? ORDER BY j.submitted_at DESC, "
-                                  "j.rowid DESC LIMIT 1");
+                                  "j.id DESC LIMIT 1");
     s.bind(1, trial);
     if (!s.executeStep()) return std::nullopt;
     return row_to_slurm_job(s);
@@ -748,7 +749,7 @@ int Store::requeue_died_on_cluster(int64_t sweep_id) {
         SQLite::Statement died(
             *db_, requeue +
                       "(SELECT j.outcome FROM slurm_jobs j WHERE j.trial_id = trials.id "
-                      "ORDER BY j.submitted_at DESC, j.rowid DESC LIMIT 1) = 'died'");
+                      "ORDER BY j.submitted_at DESC, j.id DESC LIMIT 1) = 'died'");
         died.bind(":sweep", sweep_id);
         changed += died.exec();
         // what a died parent blocked runs again with it (children of a parent that failed by

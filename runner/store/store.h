@@ -201,6 +201,7 @@ public:
     // In one transaction: the job's row (job.trial_id, job_id, runs_dir, script, output), and
     // the trial running, held by it (worker "slurm:JOB", no host yet, attempts + 1).
     void record_slurm_submission(const SlurmJobRecord& job);
+    // Jobs are found by job_id among the open ones (SLURM may count ids again after a reset).
     // SLURM's state of an open job as squeue or sacct show it; the trial's heartbeat is
     // refreshed, and its host set to the node once it has one.
     void update_slurm_job(const std::string& job_id, const std::string& state,

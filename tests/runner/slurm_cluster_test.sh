@@ -165,7 +165,7 @@ wait_for_jobs() {
 "$bin" run tiny.yaml --db "$db" --executor slurm --max-parallel 2 --time 10 ||
   { show_logs; fail "run --executor slurm"; }
 # the last continuation waits for the pretraining (Dependency): cancel it
-cancelled=$(query "SELECT job_id FROM slurm_jobs ORDER BY rowid DESC LIMIT 1")
+cancelled=$(query "SELECT job_id FROM slurm_jobs ORDER BY id DESC LIMIT 1")
 scancel "$cancelled" || fail "scancel $cancelled"
 wait_for_jobs
 status=$("$bin" status tiny --db "$db")
