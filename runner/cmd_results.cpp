@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 
 #include "core/errors.h"
+#include "runner/collect.h"
 #include "runner/commands.h"
 #include "runner/report/report.h"
 #include "runner/store/store.h"
@@ -29,6 +30,7 @@ int run_results(const ResultsArgs& args) {
         throw UserError("", "--format",
                         "expected table, csv, json or markdown, got '" + args.format + "'");
     }
+    collect_if_cluster_jobs(args.db, args.sweep);
     const Store store(args.db, Store::Mode::ReadOnly);
     const Report report = build_report(store, args.sweep, args.metric);
     if (args.format == "csv")

@@ -10,6 +10,7 @@
 
 #include <fmt/format.h>
 
+#include "runner/collect.h"
 #include "runner/commands.h"
 #include "runner/format.h"
 #include "runner/store/store.h"
@@ -52,9 +53,10 @@ void print_columns(const std::vector<std::vector<std::string>>& rows, const std:
 std::string short_hash(const std::string& hash) { return hash.substr(0, kShortHash); }
 
 int run_status(const StatusArgs& args) {
-    const Store store(args.db, Store::Mode::ReadOnly);
     const std::optional<std::string> sweep =
         args.sweep.empty() ? std::nullopt : std::optional<std::string>(args.sweep);
+    collect_if_cluster_jobs(args.db, sweep);
+    const Store store(args.db, Store::Mode::ReadOnly);
     const auto trials = store.trials(sweep);  // an unknown sweep is a UserError
 
     std::vector<std::string> names;
@@ -113,6 +115,20 @@ int run_status(const StatusArgs& args) {
     if (running.size() > 1) {
         fmt::print("\nrunning ({}):\n", running.size() - 1);
         print_columns(running, "  ");
+    }
+
+    // trials held by SLURM jobs: where SLURM says each is (as of the collect above)
+    const auto jobs = store.open_slurm_jobs(sweep);
+    if (!jobs.empty()) {
+        std::vector<std::vector<std::string>> table{
+            {"job", "state", "reason", "node", "trial", "submitted", "output"}};
+        for (const auto& j : jobs) {
+            table.push_back({j.job_id, j.state, j.reason.empty() ? "-" : j.reason,
+                             j.node.empty() ? "-" : j.node, short_hash(j.trial_hash),
+                             j.submitted_at, j.output});
+        }
+        fmt::print("\nslurm jobs ({}):\n", jobs.size());
+        print_columns(table, "  ");
     }
 
     const auto failed = std::count_if(trials.begin(), trials.end(), [](const TrialRecord& t) {

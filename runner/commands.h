@@ -22,5 +22,7 @@ Command add_query_command(CLI::App& app);
 Command add_run_command(CLI::App& app);
 Command add_results_command(CLI::App& app);
 Command add_plot_command(CLI::App& app);
+Command add_run_trial_command(CLI::App& app);
+Command add_collect_command(CLI::App& app);
 
 }  // namespace upcycle::cli

@@ -32,13 +32,14 @@
 #include "runner/progress.h"
 #include "runner/store/store.h"
 #include "runner/trial_recorder.h"
+#include "runner/trial_setup.h"
 
 namespace upcycle {
 
 namespace {
 
-// A budget in seconds leaves train.steps at 0 in the plan; the run stops on its milestones.
-constexpr int64_t kUnboundedSteps = int64_t{1} << 40;
+// Submitted by `run --executor slurm`: its worker is "slurm:JOB".
+bool held_by_slurm(const TrialRecord& t) { return t.worker.rfind("slurm:", 0) == 0; }
 
 std::string host_name() {
     char host[256] = {0};
@@ -122,8 +123,9 @@ public:
             auto claimed = store_.claim_next(id_, host_, options_.stale_after_seconds, sweep_id_);
             if (!claimed) {
                 const auto trials = store_.trials_of_sweep(sweep_id_);
+                // a trial held by a SLURM job is not waited for: only `collect` ends its run
                 const bool any_running = std::any_of(trials.begin(), trials.end(), [](auto& t) {
-                    return t.status == TrialStatus::Running;
+                    return t.status == TrialStatus::Running && !held_by_slurm(t);
                 });
                 if (!any_running) return;  // nothing runnable now or later
                 say_what_is_awaited(trials);
@@ -180,7 +182,7 @@ private:
     void say_what_is_awaited(const std::vector<TrialRecord>& trials) {
         std::vector<std::string> running;
         for (const auto& t : trials) {
-            if (t.status != TrialStatus::Running || t.worker == id_) continue;
+            if (t.status != TrialStatus::Running || t.worker == id_ || held_by_slurm(t)) continue;
             const std::string age =
                 t.heartbeat_age_seconds
                     ? fmt::format(", heartbeat {:.0f} s ago", *t.heartbeat_age_seconds)
@@ -238,42 +240,37 @@ private:
     bool run_trial(const TrialRecord& record, const std::string& label, SharedProgress& progress,
                    std::atomic<bool>& lost) {
         const PlannedTrial planned = planned_trial(record.hash, record.config);
-        RunConfig run = trial_run_config(planned);
         const auto dir = trial_directory(options_.runs_dir, record.hash);
-        std::filesystem::create_directories(dir);
         if (const auto from = parent_checkpoint(planned)) {
-            adopt_parent_checkpoint(record, *from, run, dir, label);
+            log(fmt::format("{}: the parent is {} (pretrain.from, sunk cost {}): evaluating it",
+                            label, from->path, format_flops(from->sunk_flops)));
+            const TrainSummary summary =
+                adopt_parent_checkpoint(*from, trial_run_config(planned), dir, *backend_);
+            TrialRecorder recorder(store_, record.id, TrainingState{},
+                                   [&](const std::string& text) { log(label + " " + text); });
+            recorder.finish(summary, true, summary.checkpoint,
+                            nlohmann::json(make_provenance(*backend_)));
             return true;
         }
 
-        TrainOptions train_options;
-        train_options.out_dir = dir;
+        std::optional<TrialParent> parent;
+        if (planned.method != Method::Pretrain) {
+            const auto p = store_.trial(record.parent.value());
+            UPCYCLE_ASSERT(p.has_value(), "a continuation's parent is in the store");
+            parent = TrialParent{planned_trial(p->hash, p->config),
+                                 checkpoint_path(trial_directory(options_.runs_dir, p->hash)),
+                                 p->flops, p->seconds};
+        }
+        TrialSetup setup = prepare_trial(planned, parent, dir, *backend_);
+        TrainOptions& train_options = setup.options;
+        const TrainingState& origin = setup.origin;
         // stop on Ctrl-C, or when another worker has taken the trial over
         std::atomic<bool> stop_training{false};
         train_options.stop_requested = &stop_training;
-        TrainingState origin;   // the state the trial starts from: its own compute counts from here
-        double sunk_flops = 0;  // the parent pretraining's FLOPs (for the budget display)
-
-        if (planned.method != Method::Pretrain) {
-            const auto parent = store_.trial(record.parent.value());
-            UPCYCLE_ASSERT(parent.has_value(), "a continuation's parent is in the store");
-            sunk_flops = parent->flops;
-            const auto parent_ckpt =
-                checkpoint_path(trial_directory(options_.runs_dir, parent->hash));
-            train_options.init_from = initial_checkpoint(planned, parent_ckpt, dir);
-            origin = read_training_state(train_options.init_from);
-            train_options.milestones = trial_milestones(
-                planned, planned_trial(parent->hash, parent->config), parent->seconds);
-            if (planned.budget_unit == BudgetUnit::Seconds) {
-                run.train.steps = kUnboundedSteps;
-                train_options.stop_at_last_milestone = true;
-            }
-            train_options.seconds_origin = origin.seconds;
-        }
 
         TrialRecorder recorder(store_, record.id, origin,
                                [&](const std::string& text) { log(label + " " + text); });
-        take_back_records(record, run, train_options, origin, recorder, label);
+        take_back_records(record, setup, recorder, label);
         TrainObserver observer = recorder.observer();
         observer.on_message = [&](const std::string& text) { log(label + ": " + text); };
         observer.on_step = [&, record_step = observer.on_step](const StepRecord& r) {
@@ -281,14 +278,10 @@ private:
             record_step(r);
             progress.set({r.step, recorder.own_flops(r.flops), recorder.own_seconds(r.seconds),
                           r.tokens - origin.tokens});
-            // the budget spent so far, as % of the sunk cost, when the trial has milestones
-            const double budget_percent = !train_options.milestones.empty() && sunk_flops > 0
-                                              ? 100.0 * recorder.own_flops(r.flops) / sunk_flops
-                                              : -1;
-            progress_.update(step_line(label, r, origin, budget_percent));
+            progress_.update(step_line(label, r, setup));
         };
 
-        const TrainSummary summary = train(*backend_, run, train_options, observer);
+        const TrainSummary summary = train(*backend_, setup.run, train_options, observer);
         recorder.flush();
         if (!summary.completed) return false;
         recorder.finish(summary, planned.method == Method::Pretrain, checkpoint_path(dir),
@@ -296,127 +289,34 @@ private:
         return true;
     }
 
-    // A parent given by pretrain.from is not trained: the planned file (checked against its
-    // content hash) becomes the trial's checkpoint, evaluated on the sweep's validation data
-    // (the continuations' 0 % point), and its declared sunk FLOPs are the trial's FLOPs, what
-    // the continuations' budgets are percentages of.
-    void adopt_parent_checkpoint(const TrialRecord& record, const ParentCheckpoint& from,
-                                 const RunConfig& run, const std::filesystem::path& dir,
-                                 const std::string& label) {
-        if (!std::filesystem::is_regular_file(from.path)) {
-            throw UserError(from.path, "pretrain.from", "the sweep's parent checkpoint is gone");
-        }
-        const std::string sha256 = sha256_file(from.path);
-        if (sha256 != from.sha256) {
-            throw UserError(from.path, "pretrain.from",
-                            fmt::format("changed since the sweep was planned (sha256 {}, planned "
-                                        "{}): its continuations would not continue the planned "
-                                        "parent; run the sweep again to plan them from this file",
-                                        sha256.substr(0, 12), from.sha256.substr(0, 12)));
-        }
-        log(fmt::format("{}: the parent is {} (pretrain.from, sunk cost {}): evaluating it", label,
-                        from.path, format_flops(from.sunk_flops)));
-        const Checkpoint ckpt = read_checkpoint(from.path);
-        backend_->set_precision(run.train.precision);
-        const auto task = make_training_task(*backend_, run, run.name);
-        load_into(ckpt, task->model(), nullptr);
-        TrainSummary summary;
-        summary.final_eval = task->evaluate(EvalScope::Full);
-        summary.state = ckpt.state;
-        summary.steps = ckpt.state.step;
-        summary.completed = true;
-        // a copy: the continuations must not see later edits of the user's file
-        const auto target = checkpoint_path(dir);
-        const auto partial = dir / ".adopting.safetensors";
-        std::filesystem::copy_file(from.path, partial,
-                                   std::filesystem::copy_options::overwrite_existing);
-        std::filesystem::rename(partial, target);
-        TrialRecorder recorder(store_, record.id, TrainingState{},
-                               [&](const std::string& text) { log(label + " " + text); });
-        recorder.finish(summary, true, target, nlohmann::json(make_provenance(*backend_)));
-    }
-
     // The trial's directory may hold a checkpoint whose rows this store lacks: the database
     // was deleted or is another one on the same runs folder, or a kill fell between a
     // checkpoint and its rows. The log beside it gives them back. A checkpoint that its log
     // does not cover (a logged step or a budget evaluation missing) cannot be trusted for
     // what it would skip: its checkpoint and log are removed and the trial starts over.
-    void take_back_records(const TrialRecord& record, const RunConfig& run,
-                           const TrainOptions& options, const TrainingState& origin,
+    void take_back_records(const TrialRecord& record, const TrialSetup& setup,
                            TrialRecorder& recorder, const std::string& label) {
-        const auto ckpt = checkpoint_path(options.out_dir);
-        if (!std::filesystem::exists(ckpt)) return;
-        const TrainingState at = read_training_state(ckpt);
-        const auto log_file = log_path(options.out_dir);
-        const TrainLogContents contents = read_train_log(log_file, at.step);
-
-        std::string missing = std::filesystem::exists(log_file) ? "" : "is missing";
-        std::set<int64_t> logged;
-        for (const auto& r : contents.steps) logged.insert(r.step);
-        for (int64_t s = origin.step + 1; s <= at.step && missing.empty(); ++s) {
-            if (logs_step(run.train, s) && !logged.count(s)) {
-                missing = fmt::format("lacks the record of step {}", s);
-            }
-        }
-        std::set<double> evaluated;
-        for (const auto& e : contents.evals)
-            evaluated.insert(e.milestones.begin(), e.milestones.end());
-        for (const Milestone& m : options.milestones) {
-            if (missing.empty() && milestone_reached(m, at, options.seconds_origin) &&
-                !evaluated.count(m.percent)) {
-                missing = fmt::format("lacks the evaluation at budget {:g}%", m.percent);
-            }
-        }
-        if (!missing.empty()) {
+        const auto found = find_resumable_checkpoint(setup);
+        if (!found) return;
+        if (!found->missing.empty()) {
             log(
                 fmt::format("{}: {} is at step {} but {} {}; a checkpoint is trusted only with "
                             "its records, so the trial starts over",
-                            label, ckpt.string(), at.step, log_file.string(), missing));
-            std::filesystem::remove(ckpt);
-            std::filesystem::remove(log_file);
+                            label, found->checkpoint.string(), found->at.step, found->log.string(),
+                            found->missing));
+            std::filesystem::remove(found->checkpoint);
+            std::filesystem::remove(found->log);
             return;
         }
         const auto stored = store_.metrics(record.id, "train_loss").size();
-        recorder.ingest(contents);
-        if (stored < contents.steps.size()) {
+        recorder.ingest(found->contents);
+        if (stored < found->contents.steps.size()) {
             log(
                 fmt::format("{}: the store lacked {} of the {} logged steps up to its checkpoint "
                             "(step {}); taken back from {}",
-                            label, contents.steps.size() - stored, contents.steps.size(), at.step,
-                            log_file.string()));
+                            label, found->contents.steps.size() - stored,
+                            found->contents.steps.size(), found->at.step, found->log.string()));
         }
-    }
-
-    // "upcycle-0123abcd step 120/400 | loss 2.1234 | budget 30% | 12.3k tok/s | eta 1m 2s";
-    // budget_percent < 0: none shown.
-    static std::string step_line(const std::string& label, const StepRecord& r,
-                                 const TrainingState& origin, double budget_percent) {
-        const bool bounded = r.total_steps < kUnboundedSteps;
-        const double seconds_per_step =
-            r.step > origin.step
-                ? (r.seconds - origin.seconds) / static_cast<double>(r.step - origin.step)
-                : 0;
-        const double remaining = static_cast<double>(r.total_steps - r.step) * seconds_per_step;
-        const std::string budget =
-            budget_percent >= 0 ? fmt::format(" | budget {:.0f}%", budget_percent) : "";
-        return fmt::format("{} step {}/{} | loss {:.4f}{} | {} tok/s{}", label, r.step,
-                           bounded ? std::to_string(r.total_steps) : std::string("?"), r.loss,
-                           budget, cli::format_count(r.tokens_per_second),
-                           bounded ? " | eta " + cli::format_duration(remaining) : "");
-    }
-
-    // The checkpoint a continuation starts from: the parent's own for dense continuation, else
-    // made once by surgery into the trial's directory (atomically, so a kill leaves none).
-    std::filesystem::path initial_checkpoint(const PlannedTrial& planned,
-                                             const std::filesystem::path& parent_ckpt,
-                                             const std::filesystem::path& dir) {
-        if (!makes_new_checkpoint(planned.method)) return parent_ckpt;
-        const auto init = dir / "init.safetensors";
-        if (std::filesystem::exists(init)) return init;
-        const Checkpoint made = make_continuation(planned.method, continuation_options(planned),
-                                                  read_checkpoint(parent_ckpt), *backend_);
-        write_checkpoint(init, made, *backend_);
-        return init;
     }
 
     const ExecutorOptions& options_;
@@ -444,27 +344,54 @@ std::filesystem::path trial_directory(const std::filesystem::path& runs_dir,
     return runs_dir / hash.substr(0, 16);
 }
 
-ExecutorSummary run_sweep(const ExecutorOptions& options, const std::atomic<bool>& stop) {
-    // Plan and register everything before any worker starts (and before any fork: no SQLite
-    // connection or OpenMP pool may cross one).
+RegisteredSweep register_sweep(const ExecutorOptions& options) {
     const SweepSpec spec = load_sweep(options.sweep_file, options.overrides);
     const auto trials = plan_sweep(spec);
-    int64_t sweep_id = 0;
-    {
-        Store store(options.db, Store::Mode::ReadWrite);
-        std::string yaml = read_file(options.sweep_file);
-        for (const auto& o : options.overrides) yaml += "\n# --set " + o;
-        sweep_id = store.upsert_sweep(spec.name, yaml, sha256_hex(yaml),
-                                      nlohmann::json{{"host", host_name()}});
-        for (const auto& t : trials) {
-            store.add_trial(
-                sweep_id, t.hash, t.method, t.config,
-                t.parent_hash.empty() ? std::nullopt : std::optional<std::string>(t.parent_hash));
-        }
-        if (options.retry_failed) store.requeue_failed(sweep_id);
+    RegisteredSweep registered{spec.name, 0, static_cast<int64_t>(trials.size())};
+    Store store(options.db, Store::Mode::ReadWrite);
+    std::string yaml = read_file(options.sweep_file);
+    for (const auto& o : options.overrides) yaml += "\n# --set " + o;
+    registered.sweep_id = store.upsert_sweep(spec.name, yaml, sha256_hex(yaml),
+                                             nlohmann::json{{"host", host_name()}});
+    for (const auto& t : trials) {
+        store.add_trial(
+            registered.sweep_id, t.hash, t.method, t.config,
+            t.parent_hash.empty() ? std::nullopt : std::optional<std::string>(t.parent_hash));
     }
-    fmt::print(stderr, "upcycle run: sweep {} | {} trials | {} worker(s) | db {}\n", spec.name,
-               trials.size(), options.workers, options.db.string());
+    if (options.retry_failed) store.requeue_failed(registered.sweep_id);
+    return registered;
+}
+
+ExecutorSummary summarize_sweep(const std::filesystem::path& db, const RegisteredSweep& sweep) {
+    ExecutorSummary summary;
+    summary.sweep = sweep.name;
+    Store store(db, Store::Mode::ReadOnly);
+    for (const auto& t : store.trials_of_sweep(sweep.sweep_id)) {
+        ++summary.trials;
+        if (t.status == TrialStatus::Done)
+            ++summary.done;
+        else if (t.status == TrialStatus::Failed)
+            ++summary.failed;
+        else if (t.status == TrialStatus::Running)
+            ++summary.running;
+        else
+            ++summary.pending;
+    }
+    return summary;
+}
+
+ExecutorSummary run_sweep(const ExecutorOptions& options, const std::atomic<bool>& stop) {
+    if (options.ranks_per_trial != 1) {
+        throw UserError("", "--ranks-per-trial",
+                        "the local executor trains a trial on one rank; several ranks per trial "
+                        "run with --executor slurm");
+    }
+    // Plan and register everything before any worker starts (and before any fork: no SQLite
+    // connection or OpenMP pool may cross one).
+    const RegisteredSweep registered = register_sweep(options);
+    const int64_t sweep_id = registered.sweep_id;
+    fmt::print(stderr, "upcycle run: sweep {} | {} trials | {} worker(s) | db {}\n",
+               registered.name, registered.trials, options.workers, options.db.string());
 
     // workers share the cores: each gets its share of OpenMP threads
     const int threads = std::max(1, omp_get_num_procs() / std::max(1, options.workers));
@@ -496,21 +423,8 @@ ExecutorSummary run_sweep(const ExecutorOptions& options, const std::atomic<bool
         waitpid(pid, &status, 0);
     }
 
-    ExecutorSummary summary;
-    summary.sweep = spec.name;
+    ExecutorSummary summary = summarize_sweep(options.db, registered);
     summary.interrupted = stop.load();
-    Store store(options.db, Store::Mode::ReadOnly);
-    for (const auto& t : store.trials_of_sweep(sweep_id)) {
-        ++summary.trials;
-        if (t.status == TrialStatus::Done)
-            ++summary.done;
-        else if (t.status == TrialStatus::Failed)
-            ++summary.failed;
-        else if (t.status == TrialStatus::Running)
-            ++summary.running;
-        else
-            ++summary.pending;
-    }
     return summary;
 }
 

@@ -36,6 +36,8 @@ int main(int argc, char** argv) {
     add(upcycle::cli::add_run_command);
     add(upcycle::cli::add_results_command);
     add(upcycle::cli::add_plot_command);
+    add(upcycle::cli::add_run_trial_command);
+    add(upcycle::cli::add_collect_command);
 
     try {
         app.parse(argc, argv);

@@ -88,25 +88,42 @@ void TrialRecorder::ingest(const TrainLogContents& log) {
     flush();
 }
 
+FinishedTrial finished_trial(const TrainSummary& summary, bool record_final_evaluation,
+                             const std::filesystem::path& checkpoint,
+                             const nlohmann::json& provenance) {
+    FinishedTrial finished;
+    finished.end = summary.state;
+    if (record_final_evaluation)
+        finished.final_evaluation = evaluation_metrics(*summary.final_eval);
+    finished.checkpoint = checkpoint;
+    finished.checkpoint_bytes = static_cast<int64_t>(std::filesystem::file_size(checkpoint));
+    finished.checkpoint_sha256 = sha256_file(checkpoint);
+    finished.provenance = provenance;
+    return finished;
+}
+
 void TrialRecorder::finish(const TrainSummary& summary, bool record_final_evaluation,
                            const std::filesystem::path& checkpoint,
                            const nlohmann::json& provenance) {
+    finish(finished_trial(summary, record_final_evaluation, checkpoint, provenance));
+}
+
+void TrialRecorder::finish(const FinishedTrial& finished) {
     flush();
-    const double flops = own_flops(summary.state.flops);
-    const double seconds = own_seconds(summary.state.seconds);
-    if (record_final_evaluation) {
-        store_.add_evaluation(trial_id_, 0, summary.state.step, flops, seconds,
-                              evaluation_metrics(*summary.final_eval));
+    const double flops = own_flops(finished.end.flops);
+    const double seconds = own_seconds(finished.end.seconds);
+    if (finished.final_evaluation) {
+        store_.add_evaluation(trial_id_, 0, finished.end.step, flops, seconds,
+                              *finished.final_evaluation);
     }
-    store_.add_artifact(trial_id_, "checkpoint", checkpoint.string(),
-                        static_cast<int64_t>(std::filesystem::file_size(checkpoint)),
-                        sha256_file(checkpoint));
+    store_.add_artifact(trial_id_, "checkpoint", finished.checkpoint.string(),
+                        finished.checkpoint_bytes, finished.checkpoint_sha256);
     TrialProgress totals;
-    totals.step = summary.state.step;
+    totals.step = finished.end.step;
     totals.flops = flops;
     totals.seconds = seconds;
-    totals.tokens = summary.state.tokens - origin_.tokens;
-    store_.finish(trial_id_, totals, provenance);
+    totals.tokens = finished.end.tokens - origin_.tokens;
+    store_.finish(trial_id_, totals, finished.provenance);
 }
 
 }  // namespace upcycle

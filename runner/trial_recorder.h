@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,23 @@
 #include "runner/store/store.h"
 
 namespace upcycle {
+
+// What a finished trial leaves for the store: what a local worker records at the end, and what
+// a cluster task writes to its result.json for `upcycle collect` to record.
+struct FinishedTrial {
+    TrainingState end;  // cumulative, as the final checkpoint holds it
+    // the final evaluation (evaluation_metrics), recorded as budget 0: a pretraining's
+    std::optional<nlohmann::json> final_evaluation;
+    std::filesystem::path checkpoint;
+    int64_t checkpoint_bytes = 0;
+    std::string checkpoint_sha256;
+    nlohmann::json provenance;
+};
+
+// From a completed run; hashes the checkpoint.
+FinishedTrial finished_trial(const TrainSummary& summary, bool record_final_evaluation,
+                             const std::filesystem::path& checkpoint,
+                             const nlohmann::json& provenance);
 
 class TrialRecorder {
 public:
@@ -44,6 +62,8 @@ public:
     // (`summary.final_eval`), the checkpoint as an artifact, and the trial done with its totals.
     void finish(const TrainSummary& summary, bool record_final_evaluation,
                 const std::filesystem::path& checkpoint, const nlohmann::json& provenance);
+    // The same from what the run left (its final evaluation, checkpoint and totals).
+    void finish(const FinishedTrial& finished);
 
     // The trial's own FLOPs and seconds at a cumulative point of the run.
     double own_flops(double flops) const { return flops - origin_.flops; }

@@ -19,6 +19,8 @@ packages=(
   gnuplot-nox
   # tests: the numpy references in tests/**/test_*.py (e.g. the GPT-2 import oracle)
   python3-numpy
+  # `run --executor slurm` and its test on a one-node cluster (tests/runner/slurm_cluster_test.sh)
+  slurmctld slurmd munge slurm-client
 )
 if [ "${1:-}" = "--fuzz" ]; then
   packages+=(clang libclang-rt-dev libomp-dev)

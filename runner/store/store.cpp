@@ -115,6 +115,25 @@ CREATE TABLE routing (
     PRIMARY KEY (trial_id, step, layer)
 ) WITHOUT ROWID;
 )sql",
+    // 1 → 2: trials submitted to a SLURM cluster (`upcycle run --executor slurm`)
+    R"sql(
+CREATE TABLE slurm_jobs (
+    id           INTEGER PRIMARY KEY,
+    job_id       TEXT NOT NULL,
+    trial_id     INTEGER NOT NULL REFERENCES trials(id) ON DELETE CASCADE,
+    runs_dir     TEXT NOT NULL,
+    script       TEXT NOT NULL,
+    output       TEXT NOT NULL,
+    submitted_at TEXT NOT NULL,
+    state        TEXT NOT NULL DEFAULT 'SUBMITTED',
+    reason       TEXT,
+    node         TEXT,
+    updated_at   TEXT NOT NULL,
+    outcome      TEXT CHECK (outcome IN ('result', 'died'))
+);
+CREATE INDEX slurm_jobs_by_trial ON slurm_jobs (trial_id, submitted_at);
+CREATE INDEX slurm_jobs_open ON slurm_jobs (job_id) WHERE outcome IS NULL;
+)sql",
 };
 static_assert(std::size(kMigrations) == kStoreSchemaVersion, "one migration per schema version");
 
@@ -453,7 +472,8 @@ std::optional<TrialRecord> Store::claim_next(const std::string& worker_id, const
                           "WHERE t.status = " +
                           sql(kRunning) +
                           " AND t.heartbeat_at < :cutoff "
-                          "AND t.attempts >= :max" +
+                          "AND t.attempts >= :max AND NOT EXISTS (SELECT 1 FROM slurm_jobs j "
+                          "WHERE j.trial_id = t.id AND j.outcome IS NULL)" +
                           in_sweep);
             abandon.bind(":now", now);
             abandon.bind(":cutoff", cutoff);
@@ -468,7 +488,9 @@ std::optional<TrialRecord> Store::claim_next(const std::string& worker_id, const
                       "p.status = " +
                       sql(kDone) + "))) OR (t.status = " + sql(kRunning) +
                       " AND "
-                      "(t.heartbeat_at IS NULL OR t.heartbeat_at < :cutoff)))" +
+                      "(t.heartbeat_at IS NULL OR t.heartbeat_at < :cutoff) AND NOT EXISTS "
+                      "(SELECT 1 FROM slurm_jobs j WHERE j.trial_id = t.id AND "
+                      "j.outcome IS NULL)))" +
                       in_sweep + " ORDER BY t.id LIMIT 1");
         pick.bind(":cutoff", cutoff);
         if (sweep_id) pick.bind(":sweep", *sweep_id);
@@ -583,6 +605,164 @@ int Store::requeue_failed(int64_t sweep_id) {
                                       "(SELECT trial_id FROM sweep_trials WHERE sweep_id = ?)");
         s.bind(1, sweep_id);
         changed = s.exec();
+    });
+    return changed;
+}
+
+// ---- SLURM jobs ---------------------------------------------------------------------------
+
+namespace {
+
+constexpr const char* kSlurmJobSelect = R"sql(
+SELECT j.job_id, j.trial_id, t.hash, j.runs_dir, j.script, j.output, j.submitted_at,
+       j.updated_at, j.state, j.reason, j.node, j.outcome
+FROM slurm_jobs j JOIN trials t ON t.id = j.trial_id
+)sql";
+
+SlurmJobRecord row_to_slurm_job(const SQLite::Statement& s) {
+    SlurmJobRecord j;
+    j.job_id = s.getColumn(0).getString();
+    j.trial_id = s.getColumn(1).getInt64();
+    j.trial_hash = s.getColumn(2).getString();
+    j.runs_dir = s.getColumn(3).getString();
+    j.script = s.getColumn(4).getString();
+    j.output = s.getColumn(5).getString();
+    j.submitted_at = s.getColumn(6).getString();
+    j.updated_at = s.getColumn(7).getString();
+    j.state = s.getColumn(8).getString();
+    j.reason = text_or_empty(s.getColumn(9));
+    j.node = text_or_empty(s.getColumn(10));
+    j.outcome = text_or_empty(s.getColumn(11));
+    return j;
+}
+
+}  // namespace
+
+void Store::record_slurm_submission(const SlurmJobRecord& job) {
+    const std::string now = utc_now_iso();
+    write_transaction(*db_, [&] {
+        SQLite::Statement insert(*db_,
+                                 "INSERT INTO slurm_jobs (job_id, trial_id, runs_dir, script, "
+                                 "output, submitted_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)");
+        insert.bind(1, job.job_id);
+        insert.bind(2, job.trial_id);
+        insert.bind(3, job.runs_dir);
+        insert.bind(4, job.script);
+        insert.bind(5, job.output);
+        insert.bind(6, now);
+        insert.bind(7, now);
+        insert.exec();
+        SQLite::Statement mark(*db_, "UPDATE trials SET status = " + sql(kRunning) +
+                                         ", worker = ?, host = NULL, heartbeat_at = ?, "
+                                         "started_at = ?, finished_at = NULL, error = NULL, "
+                                         "attempts = attempts + 1 WHERE id = ?");
+        mark.bind(1, "slurm:" + job.job_id);
+        mark.bind(2, now);
+        mark.bind(3, now);
+        mark.bind(4, job.trial_id);
+        mark.exec();
+    });
+}
+
+void Store::update_slurm_job(const std::string& job_id, const std::string& state,
+                             const std::string& reason, const std::string& node) {
+    const std::string now = utc_now_iso();
+    write_transaction(*db_, [&] {
+        SQLite::Statement s(*db_,
+                            "UPDATE slurm_jobs SET state = ?, reason = ?, node = ?, "
+                            "updated_at = ? WHERE job_id = ? AND outcome IS NULL");
+        s.bind(1, state);
+        s.bind(2, reason);
+        s.bind(3, node);
+        s.bind(4, now);
+        s.bind(5, job_id);
+        s.exec();
+        SQLite::Statement t(*db_,
+                            "UPDATE trials SET heartbeat_at = ?, host = coalesce(nullif(?, ''), "
+                            "host) WHERE worker = ? AND status = " +
+                                sql(kRunning));
+        t.bind(1, now);
+        t.bind(2, node);
+        t.bind(3, "slurm:" + job_id);
+        t.exec();
+    });
+}
+
+void Store::end_slurm_job(const std::string& job_id, const std::string& outcome,
+                          const std::string& state, const std::string& reason) {
+    UPCYCLE_ASSERT(outcome == "result" || outcome == "died", "a job ends with a result or dies");
+    write_transaction(*db_, [&] {
+        SQLite::Statement s(*db_,
+                            "UPDATE slurm_jobs SET outcome = ?, state = ?, reason = ?, "
+                            "updated_at = ? WHERE job_id = ? AND outcome IS NULL");
+        s.bind(1, outcome);
+        s.bind(2, state);
+        s.bind(3, reason);
+        s.bind(4, utc_now_iso());
+        s.bind(5, job_id);
+        s.exec();
+    });
+}
+
+void Store::set_trial_host(int64_t trial, const std::string& host) {
+    write_transaction(*db_, [&] {
+        SQLite::Statement s(*db_, "UPDATE trials SET host = ? WHERE id = ?");
+        s.bind(1, host);
+        s.bind(2, trial);
+        s.exec();
+    });
+}
+
+std::vector<SlurmJobRecord> Store::open_slurm_jobs(
+    const std::optional<std::string>& sweep_name) const {
+    if (sweep_name) sweep_ids_named(*sweep_name);  // an unknown name is a UserError
+    SQLite::Statement s(
+        *db_, std::string(kSlurmJobSelect) +
+                  (sweep_name ? "WHERE j.outcome IS NULL AND j.trial_id IN (SELECT st.trial_id "
+                                "FROM sweep_trials st JOIN sweeps s ON s.id = st.sweep_id "
+                                "WHERE s.name = ?) ORDER BY j.submitted_at, j.id"
+                              : "WHERE j.outcome IS NULL ORDER BY j.submitted_at, j.id"));
+    if (sweep_name) s.bind(1, *sweep_name);
+    std::vector<SlurmJobRecord> out;
+    while (s.executeStep()) out.push_back(row_to_slurm_job(s));
+    return out;
+}
+
+std::optional<SlurmJobRecord> Store::latest_slurm_job(int64_t trial) const {
+    SQLite::Statement s(*db_, std::string(kSlurmJobSelect) +
+                                  "WHERE j.trial_id = ? ORDER BY j.submitted_at DESC, "
+                                  "j.id DESC LIMIT 1");
+    s.bind(1, trial);
+    if (!s.executeStep()) return std::nullopt;
+    return row_to_slurm_job(s);
+}
+
+int Store::requeue_died_on_cluster(int64_t sweep_id) {
+    int changed = 0;
+    write_transaction(*db_, [&] {
+        const std::string requeue = "UPDATE trials SET status = " + sql(kPending) +
+                                    ", worker = NULL, heartbeat_at = NULL, finished_at = NULL, "
+                                    "error = NULL WHERE status = " +
+                                    sql(kFailed) +
+                                    " AND id IN (SELECT trial_id FROM sweep_trials WHERE "
+                                    "sweep_id = :sweep) AND ";
+        SQLite::Statement died(
+            *db_, requeue +
+                      "(SELECT j.outcome FROM slurm_jobs j WHERE j.trial_id = trials.id "
+                      "ORDER BY j.submitted_at DESC, j.id DESC LIMIT 1) = 'died'");
+        died.bind(":sweep", sweep_id);
+        changed += died.exec();
+        // what a died parent blocked runs again with it (children of a parent that failed by
+        // its own error stay blocked)
+        for (int more = 1; more > 0; changed += more) {
+            SQLite::Statement blocked(
+                *db_, requeue +
+                          "error LIKE 'blocked: %' AND parent_id IN (SELECT id FROM trials "
+                          "WHERE status != " +
+                          sql(kFailed) + ")");
+            blocked.bind(":sweep", sweep_id);
+            more = blocked.exec();
+        }
     });
     return changed;
 }

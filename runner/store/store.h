@@ -31,7 +31,7 @@ namespace upcycle {
 
 // The schema this build writes; a database from a newer build is refused, an older one is
 // migrated when opened for writing.
-inline constexpr int kStoreSchemaVersion = 1;
+inline constexpr int kStoreSchemaVersion = 2;
 inline constexpr const char* kDefaultDatabasePath = "results/upcycle.db";
 inline constexpr int kStoreBusyTimeoutMs = 10'000;
 // A running trial whose heartbeat is older than this is presumed dead and may be taken over.
@@ -116,6 +116,21 @@ struct RoutingRow {
     double z_loss = 0;
 };
 
+// A trial's job on a SLURM cluster (`upcycle run --executor slurm`): while its outcome is
+// empty the cluster holds the trial (status running, worker "slurm:JOB"), and no local worker
+// takes it over.
+struct SlurmJobRecord {
+    std::string job_id;  // "ARRAYJOB_TASK", as squeue and sacct name an array task
+    int64_t trial_id = 0;
+    std::string trial_hash;
+    std::string runs_dir;  // the runs folder the task writes the trial's folder in (absolute)
+    std::string script;    // the sbatch script it was submitted with
+    std::string output;    // the file SLURM writes the task's stdout and stderr to
+    std::string submitted_at, updated_at;
+    std::string state, reason, node;  // SLURM's, as last seen (state SUBMITTED until then)
+    std::string outcome;              // "" while open; "result" (result.json recorded) or "died"
+};
+
 // A cell of a query result. text is how the value prints: integers in decimal, reals in the
 // shortest form that reads back exactly, blobs as X'hex', NULL as "".
 struct QueryCell {
@@ -181,6 +196,29 @@ public:
     bool release(int64_t trial, const std::optional<std::string>& worker = std::nullopt);
     // Failed trials of the sweep go back to pending; returns how many.
     int requeue_failed(int64_t sweep_id);
+
+    // ---- SLURM jobs ------------------------------------------------------------------------
+    // In one transaction: the job's row (job.trial_id, job_id, runs_dir, script, output), and
+    // the trial running, held by it (worker "slurm:JOB", no host yet, attempts + 1).
+    void record_slurm_submission(const SlurmJobRecord& job);
+    // Jobs are found by job_id among the open ones (SLURM may count ids again after a reset).
+    // SLURM's state of an open job as squeue or sacct show it; the trial's heartbeat is
+    // refreshed, and its host set to the node once it has one.
+    void update_slurm_job(const std::string& job_id, const std::string& state,
+                          const std::string& reason, const std::string& node);
+    // The job no longer holds its trial: outcome "result" (its result.json was recorded) or
+    // "died" (it ended without one).
+    void end_slurm_job(const std::string& job_id, const std::string& outcome,
+                       const std::string& state, const std::string& reason);
+    // The host a trial ran on, as its task reported it.
+    void set_trial_host(int64_t trial, const std::string& host);
+    // The open jobs (by submission), of the trials of every sweep with this name or of all.
+    std::vector<SlurmJobRecord> open_slurm_jobs(const std::optional<std::string>& sweep_name) const;
+    // A trial's latest job, if it was ever submitted.
+    std::optional<SlurmJobRecord> latest_slurm_job(int64_t trial) const;
+    // The sweep's failed trials whose latest job died (a time limit, a node failure, out of
+    // memory, cancelled) go back to pending, with the trials their failure blocked; how many.
+    int requeue_died_on_cluster(int64_t sweep_id);
 
     // ---- results --------------------------------------------------------------------------
     // One transaction per batch; (trial, key, step) is unique and re-adding replaces the row,

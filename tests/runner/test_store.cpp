@@ -277,6 +277,73 @@ TEST(Store, AStaleHeartbeatIsTakenOverAndAFreshOneIsNot) {
     EXPECT_NE(abandoned->error.find("abandoned"), std::string::npos) << abandoned->error;
 }
 
+// A trial submitted to SLURM is the cluster's: running, held by its job, never taken over by
+// a local worker however old its heartbeat; a job that died puts it (and what its failure
+// blocked) back to pending, a job whose trial failed by its own error does not.
+TEST(Store, ATrialHeldByASlurmJobIsNotTakenOverAndADiedOneIsRequeued) {
+    TempDir dir;
+    Store store(dir / "upcycle.db", Store::Mode::ReadWrite);
+    const int64_t sweep = store.upsert_sweep("s", "s", "h", nullptr);
+    const int64_t parent = store.add_trial(sweep, "p", Method::Pretrain, config_for(0), {});
+    const int64_t child = store.add_trial(sweep, "c", Method::Dense, config_for(1), "p");
+    SlurmJobRecord job;
+    job.job_id = "7_0";
+    job.trial_id = parent;
+    job.runs_dir = "/runs";
+    job.script = "/s/wave-0.sbatch";
+    job.output = "/s/logs/wave-0-7_0.out";
+    store.record_slurm_submission(job);
+    auto held = store.trial(parent);
+    EXPECT_EQ(held->status, TrialStatus::Running);
+    EXPECT_EQ(held->worker, "slurm:7_0");
+    EXPECT_EQ(held->attempts, 1);
+    sleep_ms(30);
+    EXPECT_FALSE(store.claim_next("w1", "hostA", 0.01));  // stale, but the cluster's
+    EXPECT_FALSE(store.claim_next("w1", "hostA", 0.01, std::nullopt, 1));
+    EXPECT_EQ(store.trial(parent)->status, TrialStatus::Running);
+
+    store.update_slurm_job("7_0", "RUNNING", "", "node3");
+    EXPECT_EQ(store.trial(parent)->host, "node3");
+    ASSERT_EQ(store.open_slurm_jobs("s").size(), 1u);
+    EXPECT_EQ(store.open_slurm_jobs("s")[0].trial_hash, "p");
+
+    // the job dies: the trial fails (its pending child blocked) and is requeued with it
+    store.fail(parent, "slurm job 7_0 ended TIMEOUT");
+    store.end_slurm_job("7_0", "died", "TIMEOUT", "TimeLimit");
+    EXPECT_TRUE(store.open_slurm_jobs("s").empty());
+    EXPECT_EQ(store.trial(child)->status, TrialStatus::Failed);
+    EXPECT_EQ(store.latest_slurm_job(parent)->outcome, "died");
+    EXPECT_EQ(store.requeue_died_on_cluster(sweep), 2);
+    EXPECT_EQ(store.trial(parent)->status, TrialStatus::Pending);
+    EXPECT_EQ(store.trial(child)->status, TrialStatus::Pending);
+
+    // a failure of the trial's own (its result said so) stays
+    job.job_id = "8_0";
+    store.record_slurm_submission(job);
+    store.fail(parent, "training diverged at step 3");
+    store.end_slurm_job("8_0", "result", "FAILED", "");
+    EXPECT_EQ(store.requeue_died_on_cluster(sweep), 0);
+    EXPECT_EQ(store.trial(parent)->status, TrialStatus::Failed);
+    EXPECT_EQ(store.trial(parent)->attempts, 2);
+}
+
+// A database of schema 1 (before slurm_jobs) is migrated when opened for writing, its rows kept.
+TEST(Store, MigratesSchemaOneToTwo) {
+    TempDir dir;
+    const auto db = dir / "upcycle.db";
+    {
+        Store store(db, Store::Mode::ReadWrite);
+        const int64_t sweep = store.upsert_sweep("s", "s", "h", nullptr);
+        store.add_trial(sweep, "t", Method::Pretrain, config_for(0), std::nullopt);
+    }
+    raw_exec(db, "DROP TABLE slurm_jobs; UPDATE schema_version SET version = 1");
+    EXPECT_THROW(Store(db, Store::Mode::ReadOnly), UserError);  // "open it once for writing"
+    Store store(db, Store::Mode::ReadWrite);
+    EXPECT_EQ(store.schema_version(), 2);
+    EXPECT_EQ(store.trials("s").size(), 1u);
+    EXPECT_TRUE(store.open_slurm_jobs(std::nullopt).empty());
+}
+
 TEST(Store, ReaddingAMetricStepReplacesIt) {
     TempDir dir;
     Store store(dir / "upcycle.db", Store::Mode::ReadWrite);
