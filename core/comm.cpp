@@ -29,6 +29,14 @@ void Communicator::abort_job(int exit_status) {
     std::_Exit(exit_status);
 }
 
+void end_job_after_failure(Communicator& ranks, const std::exception& error) {
+    const bool user_error = dynamic_cast<const UserError*>(&error) != nullptr;
+    fmt::print(stderr, "upcycle: {}error: rank {} of {}: {}\n", user_error ? "" : "internal ",
+               ranks.rank(), ranks.size(), error.what());
+    ranks.abort_job(user_error ? 2 : 1);
+    std::_Exit(1);  // an override that returned
+}
+
 void Communicator::all_reduce(Tensor& buffer, ReduceOp op) {
     UPCYCLE_ASSERT(buffer.dtype() == DType::F32, "all_reduce reduces float32 buffers");
     all_reduce(buffer.f32(), static_cast<std::size_t>(buffer.numel()), op);

@@ -11,6 +11,7 @@
 // take host memory whatever the backend, for the few scalars and counts that steer training.
 #include <cstddef>
 #include <cstdint>
+#include <exception>
 #include <memory>
 #include <span>
 #include <string>
@@ -81,6 +82,10 @@ public:
 };
 
 // One process, one rank: the sum and the mean over ranks are the rank's own buffer.
+// For a rank that failed while the others may wait for it in a collective: prints the error
+// with its rank and ends the whole job (exit status 2 for a UserError, 1 otherwise).
+[[noreturn]] void end_job_after_failure(Communicator& ranks, const std::exception& error);
+
 class LocalCommunicator final : public Communicator {
 public:
     int rank() const override { return 0; }

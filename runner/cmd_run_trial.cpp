@@ -3,7 +3,9 @@
 // The folder's trial.json (written by `upcycle run --executor slurm`) says what to run; the
 // trial's checkpoints and log.jsonl go beside it, and result.json, written last and atomically,
 // says how it ended, for `upcycle collect` on the submitting host. A checkpoint already there
-// is resumed; SIGTERM (SLURM's time limit, scancel) checkpoints and stops.
+// is resumed; SIGTERM (SLURM's time limit, scancel) checkpoints and stops. Started as several
+// ranks (`srun -n N`, `mpirun -np N`), the ranks train the trial together (data parallel, and
+// expert parallel where the config asks): rank 0 prepares the folder, prints and writes.
 #include <unistd.h>
 
 #include <atomic>
@@ -13,8 +15,10 @@
 #include <fmt/format.h>
 
 #include "core/checkpoint.h"
+#include "core/comm.h"
 #include "core/errors.h"
 #include "kernels/backend_factory.h"
+#include "kernels/comm_factory.h"
 #include "runner/commands.h"
 #include "runner/executor.h"
 #include "runner/progress.h"
@@ -85,26 +89,30 @@ TrialParent trial_parent(const TrialSpecParent& p, const std::filesystem::path& 
     return parent;
 }
 
-int run_trial_in_folder(const TrialSpec& spec, const std::filesystem::path& dir,
-                        const RunTrialArgs& args, cli::Progress& progress) {
+int run_trial_in_folder(const TrialSpec& spec, const std::filesystem::path& dir, Backend& backend,
+                        Communicator& ranks, cli::Progress& progress) {
     const PlannedTrial planned = planned_trial(spec.hash, spec.config);
     const std::string label = to_string(planned.method) + "-" + spec.hash.substr(0, 12);
-    auto backend = make_backend(args.device);
-    nlohmann::json provenance(make_provenance(*backend));
+    const bool lead = ranks.rank() == 0;
+    const auto note = [&](const std::string& line) {
+        if (lead) progress.note(line);
+    };
+    nlohmann::json provenance(make_provenance(backend));
+    if (ranks.size() > 1) provenance["ranks"] = ranks.size();
     if (!slurm_job().empty()) provenance["slurm_job"] = slurm_job();
     TrialResult result;
     result.hash = spec.hash;
     result.host = host_name();
 
     if (const auto from = parent_checkpoint(planned)) {
-        progress.note(
-            fmt::format("{}: the parent is {} (pretrain.from): evaluating it", label, from->path));
+        if (!lead) return 0;  // one evaluation, on rank 0
+        note(fmt::format("{}: the parent is {} (pretrain.from): evaluating it", label, from->path));
         const TrainSummary summary =
-            adopt_parent_checkpoint(*from, trial_run_config(planned), dir, *backend);
+            adopt_parent_checkpoint(*from, trial_run_config(planned), dir, backend);
         result.done = true;
         result.finished = finished_trial(summary, true, summary.checkpoint, provenance);
         write_trial_result(dir, result);
-        progress.note(label + " done");
+        note(label + " done");
         return 0;
     }
 
@@ -116,17 +124,27 @@ int run_trial_in_folder(const TrialSpec& spec, const std::filesystem::path& dir,
         }
         parent = trial_parent(*spec.parent, dir);
     }
-    TrialSetup setup = prepare_trial(planned, parent, dir, *backend);
-    if (const auto found = find_resumable_checkpoint(setup); found && !found->missing.empty()) {
-        progress.note(
-            fmt::format("{}: {} is at step {} but {} {}; a checkpoint is trusted only "
-                        "with its records, so the trial starts over",
-                        label, found->checkpoint.string(), found->at.step, found->log.string(),
-                        found->missing));
-        std::filesystem::remove(found->checkpoint);
-        std::filesystem::remove(found->log);
+    // rank 0 makes the folder's files (the surgery's init checkpoint, an untrusted checkpoint
+    // removed) before the other ranks read them
+    std::optional<TrialSetup> prepared;
+    if (lead) {
+        prepared = prepare_trial(planned, parent, dir, backend);
+        if (const auto found = find_resumable_checkpoint(*prepared);
+            found && !found->missing.empty()) {
+            note(
+                fmt::format("{}: {} is at step {} but {} {}; a checkpoint is trusted only "
+                            "with its records, so the trial starts over",
+                            label, found->checkpoint.string(), found->at.step, found->log.string(),
+                            found->missing));
+            std::filesystem::remove(found->checkpoint);
+            std::filesystem::remove(found->log);
+        }
     }
+    ranks.barrier();
+    if (!lead) prepared = prepare_trial(planned, parent, dir, backend);
+    TrialSetup& setup = *prepared;
     setup.options.stop_requested = &g_stop_trial;
+    setup.options.communicator = &ranks;
     TrainObserver observer;
     observer.on_message = [&](const std::string& text) { progress.note(label + ": " + text); };
     observer.on_step = [&](const StepRecord& r) { progress.update(step_line(label, r, setup)); };
@@ -137,22 +155,23 @@ int run_trial_in_folder(const TrialSpec& spec, const std::filesystem::path& dir,
         progress.note(fmt::format("{} budget {:g}% reached at step {}: val_loss {:.4f}", label,
                                   m.percent, r.step, r.result.loss));
     };
-    progress.note(fmt::format("{} started on {}{}", label, result.host,
-                              slurm_job().empty() ? "" : " (slurm job " + slurm_job() + ")"));
-    const TrainSummary summary = train(*backend, setup.run, setup.options, observer);
+    note(fmt::format(
+        "{} started on {}{}{}", label, result.host,
+        slurm_job().empty() ? "" : " (slurm job " + slurm_job() + ")",
+        ranks.size() > 1 ? fmt::format(" on {} ranks ({})", ranks.size(), ranks.name()) : ""));
+    const TrainSummary summary = train(backend, setup.run, setup.options, observer);
     if (!summary.completed) {
-        progress.note(
-            fmt::format("{} stopped at step {}: submitted again, it resumes from its "
-                        "checkpoint",
-                        label, summary.state.step));
+        note(fmt::format("{} stopped at step {}: submitted again, it resumes from its checkpoint",
+                         label, summary.state.step));
         return kStoppedExitCode;
     }
+    if (!lead) return 0;
     result.done = true;
     result.origin = setup.origin;
     result.finished = finished_trial(summary, planned.method == Method::Pretrain,
                                      checkpoint_path(dir), provenance);
     write_trial_result(dir, result);
-    progress.note(label + " done");
+    note(label + " done");
     return 0;
 }
 
@@ -169,24 +188,26 @@ int run_run_trial(const RunTrialArgs& args) {
         throw UserError(trial_spec_path(dir).string(), "hash",
                         fmt::format("is {}, not the trial {} asked for", spec.hash, args.hash));
     }
-    // a one-rank trial runs here; several ranks need the data-parallel training
-    const std::string tasks = env_or_empty("SLURM_STEP_NUM_TASKS");
-    if (!tasks.empty() && tasks != "1") {
-        throw UserError("", "--ranks-per-trial",
-                        fmt::format("this job step has {} tasks, but this build trains a trial "
-                                    "on one rank; submit with --ranks-per-trial 1",
-                                    tasks));
-    }
+    // the launcher's ranks (one without a launcher), over the transport of this backend
+    auto backend = make_backend(args.device);
+    const auto ranks = make_communicator(*backend, launch_environment());
+    const bool lead = ranks->rank() == 0;
     cli::Progress progress("");
-    if (std::filesystem::exists(trial_result_path(dir))) {
+    // every rank reads the same verdict before rank 0 may remove an earlier failure's result
+    const bool already_done = [&] {
+        if (!std::filesystem::exists(trial_result_path(dir))) return false;
         const TrialResult previous = read_trial_result(dir);
-        if (previous.done && previous.hash == spec.hash) {
+        return previous.done && previous.hash == spec.hash;
+    }();
+    if (already_done) {
+        if (lead) {
             progress.note(fmt::format("trial {} is already done ({}); nothing to do",
                                       spec.hash.substr(0, 12), trial_result_path(dir).string()));
-            return 0;
         }
-        std::filesystem::remove(trial_result_path(dir));  // an earlier failure: try again
+        return 0;
     }
+    ranks->barrier();
+    if (lead) std::filesystem::remove(trial_result_path(dir));  // an earlier failure: try again
     std::signal(SIGTERM, request_trial_stop);
     std::signal(SIGINT, request_trial_stop);
     auto record_failure = [&](const std::string& error) {
@@ -197,13 +218,13 @@ int run_run_trial(const RunTrialArgs& args) {
         write_trial_result(dir, failed);
     };
     try {
-        return run_trial_in_folder(spec, dir, args, progress);
-    } catch (const UserError& e) {
-        record_failure(e.what());
-        throw;
+        return run_trial_in_folder(spec, dir, *backend, *ranks, progress);
     } catch (const std::exception& e) {
-        record_failure(e.what());
-        throw;
+        record_failure(ranks->size() == 1 ? e.what()
+                                          : fmt::format("rank {} of {}: {}", ranks->rank(),
+                                                        ranks->size(), e.what()));
+        if (ranks->size() == 1) throw;     // main reports it
+        end_job_after_failure(*ranks, e);  // the others may wait for this rank in a collective
     }
 }
 

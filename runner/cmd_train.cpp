@@ -100,13 +100,8 @@ int run_train(const TrainArgs& args) {
     try {
         summary = train(*backend, config, options, observer);
     } catch (const std::exception& e) {
-        if (communicator->size() == 1) throw;  // main reports it
-        // the other ranks wait for this one in a collective (or all failed alike): end the
-        // whole job now, with the reason
-        const bool user_error = dynamic_cast<const UserError*>(&e) != nullptr;
-        fmt::print(stderr, "upcycle: {}error: rank {} of {}: {}\n", user_error ? "" : "internal ",
-                   communicator->rank(), communicator->size(), e.what());
-        communicator->abort_job(user_error ? 2 : 1);
+        if (communicator->size() == 1) throw;     // main reports it
+        end_job_after_failure(*communicator, e);  // the others may wait for it in a collective
     }
     if (!lead) return summary.completed ? 0 : 130;
     if (!summary.completed) {
