@@ -99,7 +99,8 @@ Command add_run_command(CLI::App& app) {
                     "local: worker processes here (default) | slurm: job arrays on a SLURM "
                     "cluster, results gathered by `upcycle collect`");
     sub->add_option("--ranks-per-trial", args->ranks_per_trial,
-                    "processes that train one trial together (slurm: tasks launched by srun)");
+                    "processes that train one trial together (local: under mpirun; slurm: "
+                    "tasks launched by srun)");
     auto slurm_only = std::make_shared<SlurmOnlyOptions>();
     auto slurm_option = [&](const std::string& name, CLI::Option* option) {
         slurm_only->given.emplace_back(name, option);

@@ -3,7 +3,8 @@
 // The folder's trial.json (written by `upcycle run --executor slurm`) says what to run; the
 // trial's checkpoints and log.jsonl go beside it, and result.json, written last and atomically,
 // says how it ended, for `upcycle collect` on the submitting host. A checkpoint already there
-// is resumed; SIGTERM (SLURM's time limit, scancel) checkpoints and stops. Started as several
+// is resumed; SIGTERM (SLURM's time limit, scancel) or SIGUSR1 (which mpirun passes on to its
+// ranks) checkpoints and stops. Started as several
 // ranks (`srun -n N`, `mpirun -np N`), the ranks train the trial together (data parallel, and
 // expert parallel where the config asks): rank 0 prepares the folder, prints and writes.
 #include <unistd.h>
@@ -210,6 +211,7 @@ int run_run_trial(const RunTrialArgs& args) {
     if (lead) std::filesystem::remove(trial_result_path(dir));  // an earlier failure: try again
     std::signal(SIGTERM, request_trial_stop);
     std::signal(SIGINT, request_trial_stop);
+    std::signal(SIGUSR1, request_trial_stop);
     auto record_failure = [&](const std::string& error) {
         TrialResult failed;
         failed.hash = spec.hash;

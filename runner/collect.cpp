@@ -21,9 +21,10 @@ std::string label_of(const TrialRecord& t) {
     return to_string(t.method) + "-" + t.hash.substr(0, 12);
 }
 
-// Records a trial's result.json (and its log.jsonl) in the store; returns whether it was done.
-bool record_result(Store& store, const TrialRecord& trial, const std::filesystem::path& dir,
-                   const std::function<void(const std::string&)>& say) {
+}  // namespace
+
+bool record_trial_result(Store& store, const TrialRecord& trial, const std::filesystem::path& dir,
+                         const std::function<void(const std::string&)>& say) {
     const TrialResult result = read_trial_result(dir);
     const auto file = trial_result_path(dir);
     if (result.hash != trial.hash) {
@@ -54,6 +55,8 @@ bool record_result(Store& store, const TrialRecord& trial, const std::filesystem
                     result.host.empty() ? "" : " on " + result.host, f.end.step));
     return true;
 }
+
+namespace {
 
 // The error of a trial whose job ended without a result.
 std::string died_error(const Store& store, const TrialRecord& trial, const SlurmJobRecord& job,
@@ -94,7 +97,7 @@ CollectSummary collect_results(Store& store, const std::optional<std::string>& s
         if (std::filesystem::exists(trial_result_path(dir))) {
             const std::string state = known != states.jobs.end() ? known->second.state : "";
             try {
-                if (record_result(store, *trial, dir, say))
+                if (record_trial_result(store, *trial, dir, say))
                     ++summary.done;
                 else
                     ++summary.failed;
@@ -148,7 +151,7 @@ CollectSummary collect_results(Store& store, const std::optional<std::string>& s
         try {
             const TrialResult result = read_trial_result(dir);
             if (!result.done || result.hash != trial.hash) continue;
-            if (record_result(store, trial, dir, say)) ++summary.done;
+            if (record_trial_result(store, trial, dir, say)) ++summary.done;
         } catch (const UserError& e) {
             say(fmt::format("{}: not taken in: {}", label_of(trial), e.what()));
         }

@@ -38,6 +38,13 @@ CollectSummary collect_results(Store& store, const std::optional<std::string>& s
 void collect_if_cluster_jobs(const std::filesystem::path& db,
                              const std::optional<std::string>& sweep_name);
 
+// Records a finished trial's result.json (and the log.jsonl beside it) in the store, as a
+// local worker would have recorded them; returns whether the trial was done (else it is failed
+// with the result's error). A UserError when the result is not this trial's or its checkpoint
+// is not what it says.
+bool record_trial_result(Store& store, const TrialRecord& trial, const std::filesystem::path& dir,
+                         const std::function<void(const std::string&)>& say);
+
 // The beginning of the error of a trial whose SLURM job ended without a result.
 inline constexpr const char* kSlurmJobDied = "slurm job ";
 

@@ -28,11 +28,15 @@
 #include "core/train_log.h"
 #include "core/train_policy.h"
 #include "kernels/backend_factory.h"
+#include "runner/collect.h"
 #include "runner/format.h"
 #include "runner/progress.h"
 #include "runner/store/store.h"
+#include "runner/trial_on_ranks.h"
 #include "runner/trial_recorder.h"
+#include "runner/trial_result.h"
 #include "runner/trial_setup.h"
+#include "runner/trial_spec.h"
 
 namespace upcycle {
 
@@ -252,6 +256,7 @@ private:
                             nlohmann::json(make_provenance(*backend_)));
             return true;
         }
+        if (options_.ranks_per_trial > 1) return run_on_ranks(record, lost);
 
         std::optional<TrialParent> parent;
         if (planned.method != Method::Pretrain) {
@@ -287,6 +292,35 @@ private:
         recorder.finish(summary, planned.method == Method::Pretrain, checkpoint_path(dir),
                         nlohmann::json(make_provenance(*backend_)));
         return true;
+    }
+
+    // --ranks-per-trial N: the trial runs as `mpirun -np N upcycle run-trial` from the trial.json
+    // written into its folder, as on a cluster; its log and result.json are recorded here when
+    // it ends (its progress prints as it goes). Returns whether it completed.
+    bool run_on_ranks(const TrialRecord& record, const std::atomic<bool>& lost) {
+        const auto dir = trial_directory(options_.runs_dir, record.hash);
+        std::optional<TrialRecord> parent;
+        if (record.parent) parent = store_.trial(*record.parent);
+        write_trial_spec(dir, trial_spec_of(record, parent, options_.runs_dir));
+        std::error_code ignored;
+        std::filesystem::remove(trial_result_path(dir), ignored);  // an earlier attempt's
+        // this worker's share of the cores, split among its ranks
+        const LocalRanks ranks{options_.ranks_per_trial,
+                               std::max(1, omp_get_max_threads() / options_.ranks_per_trial),
+                               options_.device};
+        const int status = run_trial_on_local_ranks(record.hash, options_.runs_dir, ranks,
+                                                    [&] { return stop_.load() || lost.load(); });
+        if (!std::filesystem::exists(trial_result_path(dir))) {
+            if (stop_.load() || lost.load()) return false;  // stopped at a checkpoint
+            throw std::runtime_error(fmt::format(
+                "its {} ranks ended without a result (mpirun exit status {}); their output is "
+                "above",
+                ranks.ranks, status));
+        }
+        const TrialResult result = read_trial_result(dir);
+        if (!result.done) throw UserError(trial_result_path(dir).string(), "", result.error);
+        // its ranks said how it went; run_claimed says it is done
+        return record_trial_result(store_, record, dir, [](const std::string&) {});
     }
 
     // The trial's directory may hold a checkpoint whose rows this store lacks: the database
@@ -381,10 +415,9 @@ ExecutorSummary summarize_sweep(const std::filesystem::path& db, const Registere
 }
 
 ExecutorSummary run_sweep(const ExecutorOptions& options, const std::atomic<bool>& stop) {
-    if (options.ranks_per_trial != 1) {
+    if (options.ranks_per_trial < 1) {
         throw UserError("", "--ranks-per-trial",
-                        "the local executor trains a trial on one rank; several ranks per trial "
-                        "run with --executor slurm");
+                        fmt::format("expected 1 or more, got {}", options.ranks_per_trial));
     }
     // Plan and register everything before any worker starts (and before any fork: no SQLite
     // connection or OpenMP pool may cross one).

@@ -55,6 +55,13 @@ std::optional<std::filesystem::path> find_on_path(const std::string& program) {
     return std::nullopt;
 }
 
+std::filesystem::path this_program() {
+    std::error_code ec;
+    const auto self = std::filesystem::read_symlink("/proc/self/exe", ec);
+    if (ec) throw std::runtime_error("cannot find this program's path: " + ec.message());
+    return self;
+}
+
 CommandOutput run_command(const std::vector<std::string>& argv) {
     CommandOutput result;
     int fds[2];

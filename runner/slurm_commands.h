@@ -13,6 +13,10 @@ namespace upcycle {
 // The program's path on PATH, if it is there and executable.
 std::optional<std::filesystem::path> find_on_path(const std::string& program);
 
+// This program's own path, for what it starts again (a script on a cluster's nodes, which share
+// the filesystem; the ranks of a trial under mpirun).
+std::filesystem::path this_program();
+
 struct CommandOutput {
     int exit_code = -1;  // -1: it did not run or was killed by a signal
     std::string output;  // stdout and stderr together

@@ -32,14 +32,6 @@ std::string shell_quote(const std::string& word) {
     return quoted + "'";
 }
 
-// This program's own path, for the scripts to run on the nodes (a shared filesystem).
-std::filesystem::path this_program() {
-    std::error_code ec;
-    const auto self = std::filesystem::read_symlink("/proc/self/exe", ec);
-    if (ec) throw std::runtime_error("cannot find this program's path: " + ec.message());
-    return self;
-}
-
 // "20240501T123456Z": a folder name per submission, in time order.
 std::string compact_utc_now() {
     std::string iso = utc_now_iso();  // 2024-05-01T12:34:56.789Z
@@ -218,22 +210,10 @@ ExecutorSummary submit_sweep(const ExecutorOptions& options) {
     for (const Wave& w : waves) {
         for (const auto& t : w.trials) {
             const auto dir = trial_directory(runs, t.hash);
-            TrialSpec spec{t.hash, t.config, std::nullopt};
-            if (t.parent) {
-                const auto parent =
-                    by_id.count(*t.parent) ? by_id[*t.parent] : *store.trial(*t.parent);
-                TrialSpecParent p;
-                p.hash = parent.hash;
-                p.config = parent.config;
-                p.checkpoint =
-                    checkpoint_path(trial_directory(runs, parent.hash)).lexically_relative(dir);
-                if (parent.status == TrialStatus::Done) {
-                    p.flops = parent.flops;
-                    p.seconds = parent.seconds;
-                }
-                spec.parent = std::move(p);
-            }
-            write_trial_spec(dir, spec);
+            std::optional<TrialRecord> parent;
+            if (t.parent)
+                parent = by_id.count(*t.parent) ? by_id[*t.parent] : *store.trial(*t.parent);
+            write_trial_spec(dir, trial_spec_of(t, parent, runs));
             // an earlier attempt's failure must not be read as this one's
             std::error_code ignored;
             std::filesystem::remove(trial_result_path(dir), ignored);

@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 
 #include "core/errors.h"
+#include "core/train.h"
+#include "runner/executor.h"
 #include "runner/json_file.h"
 
 namespace upcycle {
@@ -13,6 +15,23 @@ namespace {
 constexpr const char* kTrialSpecFormat = "upcycle trial 1";
 
 }  // namespace
+
+TrialSpec trial_spec_of(const TrialRecord& trial, const std::optional<TrialRecord>& parent,
+                        const std::filesystem::path& runs_dir) {
+    TrialSpec spec{trial.hash, trial.config, std::nullopt};
+    if (!parent) return spec;
+    const auto dir = trial_directory(runs_dir, trial.hash);
+    TrialSpecParent p;
+    p.hash = parent->hash;
+    p.config = parent->config;
+    p.checkpoint = checkpoint_path(trial_directory(runs_dir, parent->hash)).lexically_relative(dir);
+    if (parent->status == TrialStatus::Done) {
+        p.flops = parent->flops;
+        p.seconds = parent->seconds;
+    }
+    spec.parent = std::move(p);
+    return spec;
+}
 
 std::filesystem::path trial_spec_path(const std::filesystem::path& trial_dir) {
     return trial_dir / kTrialSpecFile;

@@ -11,6 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "runner/store/store.h"
 #include "runner/trial_setup.h"
 
 namespace upcycle {
@@ -29,6 +30,10 @@ struct TrialSpec {
     nlohmann::json config;  // the canonical config (PlannedTrial::config)
     std::optional<TrialSpecParent> parent;
 };
+
+// The spec of a trial of the store, whose folder is trial_directory(runs_dir, trial.hash).
+TrialSpec trial_spec_of(const TrialRecord& trial, const std::optional<TrialRecord>& parent,
+                        const std::filesystem::path& runs_dir);
 
 std::filesystem::path trial_spec_path(const std::filesystem::path& trial_dir);
 void write_trial_spec(const std::filesystem::path& trial_dir, const TrialSpec& spec);
