@@ -70,7 +70,8 @@ int run_train(const TrainArgs& args) {
 
     std::signal(SIGINT, request_stop);
     std::signal(SIGTERM, request_stop);
-    TrainObserver observer;  // train() reports to it on rank 0 only
+    std::signal(SIGUSR1, request_stop);  // what mpirun passes on to its ranks
+    TrainObserver observer;              // train() reports to it on rank 0 only
     observer.on_message = [](const std::string& text) { fmt::print(stderr, "  {}\n", text); };
     observer.on_step = [](const StepRecord& r) {
         const double remaining_steps = static_cast<double>(r.total_steps - r.step);
