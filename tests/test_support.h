@@ -41,20 +41,17 @@ private:
     std::filesystem::path path_;
 };
 
-// Runs the `upcycle` binary that ctest names in UPCYCLE_BIN with these arguments; stdout and
-// stderr together. exit_code is -1 if it could not run (or UPCYCLE_BIN is unset).
+// What a command printed (stdout and stderr together) and its exit code: -1 if it could not
+// run (or UPCYCLE_BIN is unset).
 struct CliResult {
     int exit_code = -1;
     std::string output;
 };
 
-// The same behind a command prefix (e.g. one that drops privileges).
-inline CliResult run_cli_with_prefix(const std::string& prefix, const std::string& args) {
-    const char* bin = std::getenv("UPCYCLE_BIN");
-    if (!bin) return {-1, "UPCYCLE_BIN is not set (run the tests through ctest)"};
+// Runs a shell command line; its stdout and stderr together.
+inline CliResult run_shell(const std::string& command_line) {
     CliResult r;
-    const std::string command = (prefix.empty() ? "" : prefix + " ") + bin + " " + args + " 2>&1";
-    FILE* pipe = popen(command.c_str(), "r");
+    FILE* pipe = popen((command_line + " 2>&1").c_str(), "r");
     if (!pipe) return r;
     char buffer[4096];
     std::size_t n;
@@ -64,6 +61,14 @@ inline CliResult run_cli_with_prefix(const std::string& prefix, const std::strin
     return r;
 }
 
+// The same behind a command prefix (e.g. one that drops privileges).
+inline CliResult run_cli_with_prefix(const std::string& prefix, const std::string& args) {
+    const char* bin = std::getenv("UPCYCLE_BIN");
+    if (!bin) return {-1, "UPCYCLE_BIN is not set (run the tests through ctest)"};
+    return run_shell((prefix.empty() ? "" : prefix + " ") + bin + " " + args);
+}
+
+// Runs the `upcycle` binary that ctest names in UPCYCLE_BIN with these arguments.
 inline CliResult run_cli(const std::string& args) { return run_cli_with_prefix("", args); }
 
 // A tiny GPT on synthetic Markov text: trains in well under a second per few dozen steps.

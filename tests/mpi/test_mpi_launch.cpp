@@ -18,6 +18,7 @@ namespace upcycle {
 namespace {
 
 using testing::CliResult;
+using testing::run_shell;
 using testing::TempDir;
 
 // Open MPI as CI runs it: as root in a container, on 2 cores, one OpenMP thread per rank.
@@ -53,19 +54,6 @@ checkpoint: {every: 0}
                (dir_ / "out").string() + " " + args;
     }
 
-    // Runs a shell command line (mpirun in it); stdout and stderr together.
-    static CliResult shell(const std::string& command) {
-        CliResult r;
-        FILE* pipe = popen((command + " 2>&1").c_str(), "r");
-        if (!pipe) return r;
-        char buffer[4096];
-        std::size_t n;
-        while ((n = fread(buffer, 1, sizeof(buffer), pipe)) > 0) r.output.append(buffer, n);
-        const int status = pclose(pipe);
-        r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-        return r;
-    }
-
     static std::string mpirun(const std::string& ranks) {
         return std::string("env ") + kMpiEnvironment + " timeout " +
                std::to_string(kLaunchLimitSeconds) + " mpirun " + ranks;
@@ -84,7 +72,7 @@ std::size_t occurrences(const std::string& text, const std::string& what) {
 }
 
 TEST_F(MpiLaunch, TrainsOnTwoRanksWithRankZeroAlonePrinting) {
-    const CliResult r = shell(mpirun("-np 2 " + train_command()));
+    const CliResult r = run_shell(mpirun("-np 2 " + train_command()));
     ASSERT_EQ(r.exit_code, 0) << r.output;
     EXPECT_EQ(occurrences(r.output, "2 ranks (mpi, ZeRO stage 0)"), 1u) << r.output;
     EXPECT_EQ(occurrences(r.output, "step      6/6"), 1u) << r.output;
@@ -97,8 +85,8 @@ TEST_F(MpiLaunch, TrainsOnTwoRanksWithRankZeroAlonePrinting) {
 TEST_F(MpiLaunch, ARankThatFailsEndsTheJobWithItsError) {
     const std::string missing = (dir_ / "missing.txt").string();
     const CliResult r =
-        shell(mpirun("-np 1 " + train_command() + " : -np 1 " +
-                     train_command("--set data.source=text --set data.path=" + missing)));
+        run_shell(mpirun("-np 1 " + train_command() + " : -np 1 " +
+                         train_command("--set data.source=text --set data.path=" + missing)));
     EXPECT_NE(r.exit_code, kTimedOut) << "the job hung:\n" << r.output;
     EXPECT_NE(r.exit_code, 0) << r.output;
     EXPECT_NE(r.output.find("upcycle: error: rank 1 of 2: " + missing), std::string::npos)
@@ -124,7 +112,7 @@ TEST_F(MpiLaunch, AHungRankEndsTheJobAtTheCollectiveTimeout) {
                           << "done\n"
                           << "kill -STOP $(cat " << pid_file << ")\n"
                           << "wait $job\n";
-    const CliResult r = shell("sh " + script.string());
+    const CliResult r = run_shell("sh " + script.string());
     EXPECT_NE(r.exit_code, kTimedOut) << "the job hung:\n" << r.output;
     EXPECT_NE(r.exit_code, 0) << r.output;
     EXPECT_NE(r.output.find("for the other ranks (the collective timeout, "
