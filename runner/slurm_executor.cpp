@@ -140,6 +140,14 @@ std::string wave_script(const ExecutorOptions& options, const std::string& sweep
             "# that SLURM gives each rank\n"
             "export OMP_NUM_THREADS=\"${{SLURM_CPUS_PER_TASK:-1}}\"\n",
             options.ranks_per_trial);
+        // GPU ranks exchange NCCL's id over TCP when srun starts them (MPI carries it only
+        // under mpirun): rank 0 listens on the job's first node, at a port of the job's.
+        if (options.device != "cpu") {
+            text +=
+                "export MASTER_ADDR=\"$(scontrol show hostnames \"$SLURM_JOB_NODELIST\" | "
+                "head -n 1)\"\n"
+                "export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))\n";
+        }
         launch = fmt::format(
             "srun --ntasks={} --cpus-per-task=\"$OMP_NUM_THREADS\" "
             "--mpi=\"${{SLURM_MPI_TYPE:-pmix}}\" --kill-on-bad-exit=1 ",
