@@ -117,10 +117,34 @@ std::string wave_script(const ExecutorOptions& options, const std::string& sweep
         "  *) echo \"wave {} has no trial for array task $SLURM_ARRAY_TASK_ID\" >&2; exit 2 ;;\n"
         "esac\n",
         wave);
-    const std::string launch =
-        options.ranks_per_trial > 1
-            ? fmt::format("srun --ntasks={} --kill-on-bad-exit=1 ", options.ranks_per_trial)
-            : "";
+    std::string launch;
+    if (options.ranks_per_trial > 1) {
+        // The ranks are one job step. They find each other through SLURM's PMIx plugin: Open
+        // MPI started by srun without it (SLURM's default MpiDefault=none) aborts in MPI_Init;
+        // SLURM_MPI_TYPE where the sweep is submitted (sbatch passes it on) picks another. Each
+        // rank gets the CPUs SLURM gave each task (1 unless --sbatch-arg=--cpus-per-task=C):
+        // srun of SLURM 22.05 does not inherit --cpus-per-task from sbatch, and without
+        // OMP_NUM_THREADS every rank would start an OpenMP thread per core of the node, N ranks
+        // oversubscribing the cores N times. A rank that fails ends the step (the others may
+        // be waiting for it in a collective).
+        text += fmt::format(
+            "# {} ranks train the trial together (one srun step); one OpenMP thread per CPU\n"
+            "# that SLURM gives each rank\n"
+            "export OMP_NUM_THREADS=\"${{SLURM_CPUS_PER_TASK:-1}}\"\n",
+            options.ranks_per_trial);
+        // GPU ranks exchange NCCL's id over TCP when srun starts them (MPI carries it only
+        // under mpirun): rank 0 listens on the job's first node, at a port of the job's.
+        if (options.device != "cpu") {
+            text +=
+                "export MASTER_ADDR=\"$(scontrol show hostnames \"$SLURM_JOB_NODELIST\" | "
+                "head -n 1)\"\n"
+                "export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))\n";
+        }
+        launch = fmt::format(
+            "srun --ntasks={} --cpus-per-task=\"$OMP_NUM_THREADS\" "
+            "--mpi=\"${{SLURM_MPI_TYPE:-pmix}}\" --kill-on-bad-exit=1 ",
+            options.ranks_per_trial);
+    }
     text += fmt::format("exec {}{} run-trial \"$trial\" --runs {} --device {}\n", launch,
                         shell_quote(this_program().string()), shell_quote(runs.string()),
                         shell_quote(options.device));

@@ -5,7 +5,10 @@
 # folder, free ports. A tiny sweep goes through real sbatch; one queued continuation is
 # cancelled with scancel; `upcycle collect` records what finished and fails the cancelled one
 # with SLURM's state; a second `run --executor slurm` resubmits only it; all five trials end
-# done, with their evaluations.
+# done, with their evaluations. Then a second sweep (a pretraining and its upcycled
+# continuation) runs with --ranks-per-trial 2: each trial is an `srun --ntasks=2 --mpi=pmix`
+# step (the job script asks for SLURM's PMIx plugin; slurm.conf keeps Debian's MpiDefault=none)
+# whose ranks train it together, one OpenMP thread each.
 #
 #   sudo bash tests/runner/slurm_cluster_test.sh build/upcycle
 #
@@ -47,7 +50,8 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 show_logs() {
-  for f in "$T"/munge/munged.log "$T"/slurmctld.log "$T"/slurmd.log "$T"/*.out; do
+  for f in "$T"/munge/munged.log "$T"/slurmctld.log "$T"/slurmd.log "$T"/*.out \
+    "$T"/work/results/slurm/*/*/logs/*.out; do
     [ -f "$f" ] && { echo "--- $f (last lines)"; tail -n 15 "$f"; }
   done
 }
@@ -150,11 +154,11 @@ continue:
     warmstart: {depth_multiplier: 2}
 EOF
 db="$T/work/results/u.db"
-query() { "$bin" query "$1" --db "$db" --format csv | tail -n 1; }
-# collects until no job holds a trial (at most 3 minutes)
+query() { "$bin" query "$1" --db "${2:-$db}" --format csv | tail -n 1; }
+# collects sweep $1 (tiny) of database $2 ($db) until no job holds a trial (at most 3 minutes)
 wait_for_jobs() {
   for _ in $(seq 90); do
-    out=$("$bin" collect tiny --db "$db") || fail "collect: $out"
+    out=$("$bin" collect "${1:-tiny}" --db "${2:-$db}") || fail "collect: $out"
     echo "$out" | grep -q "| 0 queued or running" && return 0
     sleep 2
   done
@@ -194,3 +198,44 @@ wait_for_jobs
   fail "trials do not name the host they ran on"
 "$bin" results tiny --db "$db" || fail "results"
 echo "PASSED: a tiny sweep ran through SLURM (jobs: $(query "SELECT group_concat(job_id || ' ' || state, ', ') FROM slurm_jobs"))"
+
+# ---- the same on 2 ranks per trial, through srun ----------------------------------------------
+srun --mpi=list 2>&1 | grep -qw pmix ||
+  skip "the 1-rank sweep passed; 2 ranks per trial need SLURM's PMIx plugin (mpi/pmix), which srun does not list: $(srun --mpi=list 2>&1 | tr '\n' ' ')"
+cat > ranks.yaml << 'EOF'
+name: ranks
+model: {vocab_size: 256, context: 16, channels: 32, layers: 2, heads: 2}
+data: {source: synthetic, synthetic_bytes: 65536}
+train: {batch_size: 8, lr: 0.003, warmup_steps: 5, log_every: 10}
+eval: {every: 0, max_windows: 16}
+checkpoint: {every: 20}
+pretrain: {steps: 40}
+continue:
+  budgets: [100]
+  methods:
+    upcycle: {experts: 4, k: 2}
+EOF
+db2="$T/work/results/ranks.db"
+# no single-copy shared memory between the ranks (CMA needs ptrace rights a container may lack)
+OMPI_MCA_btl_vader_single_copy_mechanism=none \
+  "$bin" run ranks.yaml --db "$db2" --executor slurm --ranks-per-trial 2 --time 10 ||
+  { show_logs; fail "run --executor slurm --ranks-per-trial 2"; }
+grep -q "^exec srun --ntasks=2 " "$T"/work/results/slurm/ranks/*/wave-0.sbatch ||
+  fail "the 2-rank job script does not start its trial with srun --ntasks=2"
+wait_for_jobs ranks "$db2"
+[ "$(query "SELECT count(*) FROM trials WHERE status = 'done'" "$db2")" = 2 ] || {
+  "$bin" status ranks --db "$db2"
+  show_logs
+  fail "not every 2-rank trial is done"
+}
+# each trial ran once, on 2 ranks of 1 OpenMP thread each (the one CPU SLURM gave each rank)
+[ "$(query "SELECT count(*) FROM slurm_jobs WHERE state = 'COMPLETED'" "$db2")" = 2 ] ||
+  fail "expected 2 completed jobs: $(query "SELECT group_concat(job_id || ' ' || state) FROM slurm_jobs" "$db2")"
+[ "$(query "SELECT count(*) FROM trials WHERE json_extract(provenance, '$.ranks') = 2
+            AND json_extract(provenance, '$.backend') LIKE '%, 1 threads,%'" "$db2")" = 2 ] ||
+  fail "the trials' provenance does not say 2 ranks of 1 thread: $(query "SELECT group_concat(provenance) FROM trials" "$db2")"
+grep -q "on 2 ranks (mpi)" "$T"/work/results/slurm/ranks/*/logs/*.out ||
+  fail "no job log says it trained on 2 ranks"
+[ "$(query "SELECT count(*) FROM evaluations" "$db2")" = 2 ] || fail "expected 2 evaluations"
+"$bin" results ranks --db "$db2" > /dev/null || fail "results ranks"
+echo "PASSED: a sweep ran with 2 ranks per trial through srun (jobs: $(query "SELECT group_concat(job_id || ' ' || state, ', ') FROM slurm_jobs" "$db2"))"

@@ -4,17 +4,22 @@
 // complete is cancelled, as with --kill-on-invalid-dep), the first task run is killed at its
 // first checkpoint (a node failure) and the third is sent SIGTERM there (a time limit). Runs
 // of `run --executor slurm` resubmit what died until every trial is done exactly once, and
-// the store then holds what a local run of the same sweep records. Bad input gets one line.
+// the store then holds what a local run of the same sweep records. A stand-in srun runs a
+// job's ranks with mpirun: a sweep with --ranks-per-trial 2 trains each trial on 2 ranks once,
+// and records what one process records, to rounding. Bad input gets one line.
 #include <gtest/gtest.h>
 
 #include <unistd.h>
 
+#include <cmath>
+#include <cstdlib>
 #include <fstream>
 #include <map>
 #include <sstream>
 
 #include <fmt/format.h>
 
+#include "kernels/comm/mpi_communicator.h"
 #include "runner/store/store.h"
 #include "test_support.h"
 
@@ -135,6 +140,31 @@ for f in "$state"/jobs/*; do
 done
 )SH";
 
+// srun: the job's ranks, started here by Open MPI's mpirun (as root, on few cores, as ctest
+// runs the MPI tests). It takes the options a job script gives it and notes them, with the
+// OpenMP threads the script set, as "ntasks=N cpus=C mpi=M omp=T" in $FAKE_SLURM_STATE/srun.
+const char* kSrun = R"SH(#!/bin/bash
+set -u
+ntasks=1; cpus=""; mpi=""; kill_on_bad_exit=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --ntasks=*) ntasks="${1#--ntasks=}" ;;
+    --cpus-per-task=*) cpus="${1#--cpus-per-task=}" ;;
+    --mpi=*) mpi="${1#--mpi=}" ;;
+    --kill-on-bad-exit=1) kill_on_bad_exit=1 ;;  # mpirun ends the job when a rank fails
+    -*) echo "srun (stand-in): unexpected option $1" >&2; exit 1 ;;
+    *) break ;;
+  esac
+  shift
+done
+[ $# -gt 0 ] || { echo "srun (stand-in): expected a program" >&2; exit 1; }
+echo "ntasks=$ntasks cpus=$cpus mpi=$mpi omp=${OMP_NUM_THREADS:-} kill=$kill_on_bad_exit" \
+  >> "${FAKE_SLURM_STATE:?}/srun"
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
+  OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_rmaps_base_oversubscribe=1
+exec mpirun --oversubscribe -np "$ntasks" "$@"
+)SH";
+
 std::string this_host() {
     char host[256] = {0};
     gethostname(host, sizeof(host) - 1);
@@ -149,6 +179,7 @@ protected:
         write_program("sbatch", kSbatch);
         write_program("squeue", kSqueue);
         write_program("sacct", kSacct);
+        write_program("srun", kSrun);
         std::ofstream(dir_ / "tiny.yaml") << kSweep;
     }
     void write_program(const std::string& name, const char* text) {
@@ -283,6 +314,103 @@ TEST_F(SlurmExecutor, KilledAndTimedOutTasksAreResubmittedAndTheStoreEqualsALoca
     EXPECT_NE(result.output.find("collected: 0 done | 0 failed"), std::string::npos)
         << result.output;
     EXPECT_EQ(recorded_rows(db), cluster_rows);
+}
+
+// |a − b| ≤ relative · |b|
+bool relatively_close(double a, double b, double relative) {
+    return std::abs(a - b) <= relative * std::abs(b);
+}
+
+// Each array task is `srun --ntasks=2` (here mpirun -np 2): every trial of the sweep trains on
+// 2 ranks, once, and the store records what one process records. The sweep sets
+// train.micro_batch = 4 (half the batch) so that one process accumulates the same two
+// micro-batches the 2 ranks take one each: an MoE layer routes and applies its capacity per
+// micro-batch, so without it the upcycle and scratch trials would compute something else on
+// 2 ranks (measured: up to 9e-4 apart in val_loss), not just round differently. What is left
+// is the order of the sums: the ranks' gradients are added in another order than one
+// process's accumulation (float rounding, ~1e-7), which training carries on. So, as in
+// tests/mpi/mpi_test_data_parallel.cpp: losses and evaluations agree to a relative 1e-5
+// (measured: 4e-8 after these ~80 steps), gradient norms to 1e-4 (measured: 6e-6); steps,
+// tokens, FLOPs and the learning rate exactly. Routing statistics are not compared: a step
+// records rank 0's last micro-batch, the first half of the batch on 2 ranks but the second
+// on one process.
+TEST_F(SlurmExecutor, TrialsOnTwoRanksThroughSrunRecordWhatOneProcessRecords) {
+    if (!mpi_available()) GTEST_SKIP() << "this build has no MPI (UPCYCLE_MPI=OFF or not found)";
+    if (std::system("command -v mpirun > /dev/null 2>&1") != 0) {
+        GTEST_SKIP() << "mpirun is not on PATH (Debian: openmpi-bin)";
+    }
+    const std::string sets = "--set pretrain.steps=40 --set train.micro_batch=4";
+    const auto db = dir_ / "cluster" / "u.db";
+    auto result = run_cli_with_prefix(slurm_env(),
+                                      run_args(db, "--executor slurm --ranks-per-trial 2 " + sets));
+    ASSERT_EQ(result.exit_code, 0) << result.output;
+    // again: collects every result, submits nothing
+    result = run_cli_with_prefix(slurm_env(),
+                                 run_args(db, "--executor slurm --ranks-per-trial 2 " + sets));
+    ASSERT_EQ(result.exit_code, 0) << result.output;
+    EXPECT_NE(result.output.find("5 trials | 5 done"), std::string::npos) << result.output;
+    EXPECT_NE(result.output.find("nothing to submit"), std::string::npos) << result.output;
+
+    // one task per trial, each one srun step of 2 ranks with one OpenMP thread each
+    const auto runs = task_runs();
+    ASSERT_EQ(runs.size(), 5u);
+    for (const auto& r : runs) EXPECT_EQ(r[3], "COMPLETED") << r[0];
+    std::ifstream srun_log(dir_ / "slurm_state" / "srun");
+    std::vector<std::string> steps;
+    for (std::string line; std::getline(srun_log, line);) steps.push_back(line);
+    EXPECT_EQ(steps, std::vector<std::string>(5, "ntasks=2 cpus=1 mpi=pmix omp=1 kill=1"));
+
+    const auto local_db = dir_ / "local" / "u.db";
+    result = run_cli(run_args(local_db, "--executor local " + sets));
+    ASSERT_EQ(result.exit_code, 0) << result.output;
+    Store ranks_store(db, Store::Mode::ReadOnly), local_store(local_db, Store::Mode::ReadOnly);
+    const auto trials = ranks_store.trials("tiny");
+    const auto alone = local_store.trials("tiny");
+    ASSERT_EQ(trials.size(), 5u);
+    ASSERT_EQ(alone.size(), 5u);
+    constexpr double kLossRelative = 1e-5, kGradNormRelative = 1e-4;
+    std::size_t compared = 0;
+    for (std::size_t i = 0; i < trials.size(); ++i) {
+        const auto &t = trials[i], &a = alone[i];
+        const std::string who = to_string(t.method);
+        ASSERT_EQ(t.hash, a.hash) << who;  // the ranks are not part of a trial's identity
+        EXPECT_EQ(t.status, TrialStatus::Done) << who << ": " << t.error;
+        EXPECT_EQ(t.provenance.value("ranks", 1), 2) << who << ": " << t.provenance.dump();
+        EXPECT_EQ(t.step, a.step) << who;
+        EXPECT_EQ(t.tokens, a.tokens) << who;
+        EXPECT_EQ(t.flops, a.flops) << who;
+        const auto m = ranks_store.metrics(t.id), ma = local_store.metrics(a.id);
+        ASSERT_EQ(m.size(), ma.size()) << who;
+        for (std::size_t j = 0; j < m.size(); ++j) {
+            ASSERT_EQ(m[j].key, ma[j].key) << who;
+            EXPECT_EQ(m[j].step, ma[j].step) << who << " " << m[j].key;
+            EXPECT_EQ(m[j].flops, ma[j].flops) << who << " " << m[j].key;
+            const double relative = m[j].key == "grad_norm" ? kGradNormRelative
+                                    : m[j].key == "lr"      ? 0
+                                                            : kLossRelative;
+            EXPECT_TRUE(relatively_close(m[j].value, ma[j].value, relative))
+                << who << " " << m[j].key << " at step " << m[j].step << ": " << m[j].value
+                << " on 2 ranks, " << ma[j].value << " on one";
+            ++compared;
+        }
+        const auto e = ranks_store.evaluations_of_trial(t.id);
+        const auto ea = local_store.evaluations_of_trial(a.id);
+        ASSERT_EQ(e.size(), ea.size()) << who;
+        for (std::size_t j = 0; j < e.size(); ++j) {
+            EXPECT_EQ(e[j].budget_percent, ea[j].budget_percent) << who;
+            EXPECT_EQ(e[j].step, ea[j].step) << who;
+            EXPECT_EQ(e[j].flops, ea[j].flops) << who;
+            for (const auto& [key, value] : ea[j].metrics.items()) {
+                ASSERT_TRUE(e[j].metrics.contains(key)) << who << " " << key;
+                EXPECT_TRUE(relatively_close(e[j].metrics[key].get<double>(), value.get<double>(),
+                                             kLossRelative))
+                    << who << " eval " << key << ": " << e[j].metrics[key] << " on 2 ranks, "
+                    << value << " on one";
+            }
+        }
+        EXPECT_EQ(ranks_store.routing(t.id).size(), local_store.routing(a.id).size()) << who;
+    }
+    EXPECT_GT(compared, 50u);
 }
 
 TEST_F(SlurmExecutor, BadInputGetsOneLine) {
