@@ -71,6 +71,27 @@ inline CliResult run_cli_with_prefix(const std::string& prefix, const std::strin
 // Runs the `upcycle` binary that ctest names in UPCYCLE_BIN with these arguments.
 inline CliResult run_cli(const std::string& args) { return run_cli_with_prefix("", args); }
 
+// A sweep named "tiny" of every method on a tiny GPT and synthetic text: a pretraining of
+// pretrain_steps (checkpoints every 20) and its four continuations to budgets 50% and 100%.
+inline std::string tiny_sweep_yaml(int pretrain_steps) {
+    return R"(name: tiny
+model: {vocab_size: 256, context: 16, channels: 32, layers: 2, heads: 2}
+data: {source: synthetic, synthetic_bytes: 65536}
+train: {batch_size: 8, lr: 0.003, warmup_steps: 5, log_every: 10}
+eval: {every: 0, max_windows: 16}
+checkpoint: {every: 20}
+pretrain: {steps: )" +
+           std::to_string(pretrain_steps) + R"(}
+continue:
+  budgets: [50, 100]
+  methods:
+    dense: {}
+    upcycle: {experts: 4, k: 2}
+    scratch: {}
+    warmstart: {depth_multiplier: 2}
+)";
+}
+
 // A tiny GPT on synthetic Markov text: trains in well under a second per few dozen steps.
 inline RunConfig tiny_synthetic_config() {
     RunConfig c;

@@ -25,28 +25,12 @@ namespace {
 using testing::run_cli;
 using testing::TempDir;
 
-const char* kTinySweep = R"(name: tiny
-model: {vocab_size: 256, context: 16, channels: 32, layers: 2, heads: 2}
-data: {source: synthetic, synthetic_bytes: 65536}
-train: {batch_size: 8, lr: 0.003, warmup_steps: 5, log_every: 10}
-eval: {every: 0, max_windows: 16}
-checkpoint: {every: 20}
-pretrain: {steps: 40}
-continue:
-  budgets: [50, 100]
-  methods:
-    dense: {}
-    upcycle: {experts: 4, k: 2}
-    scratch: {}
-    warmstart: {depth_multiplier: 2}
-)";
-
 class Run : public ::testing::Test {
 protected:
     void SetUp() override {
         if (!std::getenv("UPCYCLE_BIN")) GTEST_SKIP() << "UPCYCLE_BIN not set; run through ctest";
         sweep_ = dir_.path() / "tiny.yaml";
-        std::ofstream(sweep_) << kTinySweep;
+        std::ofstream(sweep_) << testing::tiny_sweep_yaml(40);
         db_ = dir_.path() / "results" / "u.db";
     }
     std::string run_args(const std::string& extra = "") const {

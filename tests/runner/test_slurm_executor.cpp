@@ -31,21 +31,7 @@ using testing::run_cli_with_prefix;
 using testing::TempDir;
 
 // Long enough that a task killed at its first checkpoint (step 20) is still training.
-const char* kSweep = R"(name: tiny
-model: {vocab_size: 256, context: 16, channels: 32, layers: 2, heads: 2}
-data: {source: synthetic, synthetic_bytes: 65536}
-train: {batch_size: 8, lr: 0.003, warmup_steps: 5, log_every: 10}
-eval: {every: 0, max_windows: 16}
-checkpoint: {every: 20}
-pretrain: {steps: 300}
-continue:
-  budgets: [50, 100]
-  methods:
-    dense: {}
-    upcycle: {experts: 4, k: 2}
-    scratch: {}
-    warmstart: {depth_multiplier: 2}
-)";
+constexpr int kPretrainSteps = 300;
 
 // sbatch: each array task runs now; its state goes to $FAKE_SLURM_STATE/jobs/ID, and a line
 // "JOB RUN EXIT STATE" to $FAKE_SLURM_STATE/runs. Run number $FAKE_SLURM_KILL_RUN is killed
@@ -180,7 +166,7 @@ protected:
         write_program("squeue", kSqueue);
         write_program("sacct", kSacct);
         write_program("srun", kSrun);
-        std::ofstream(dir_ / "tiny.yaml") << kSweep;
+        std::ofstream(dir_ / "tiny.yaml") << testing::tiny_sweep_yaml(kPretrainSteps);
     }
     void write_program(const std::string& name, const char* text) {
         const auto path = dir_ / "bin" / name;
