@@ -98,6 +98,27 @@ show_gpu() {
     fi
 }
 
+# Prebuilt binaries link NCCL, which a GPU machine may have only inside PyTorch's wheels
+# (site-packages/nvidia/nccl/lib): put it on LD_LIBRARY_PATH when the loader does not find it,
+# and say which libraries are still missing, before any step fails to start on them.
+find_libraries() {
+    [ -x "$BIN/upcycle" ] || return 0
+    if ldd "$BIN/upcycle" 2>/dev/null | grep -q 'libnccl.*not found'; then
+        local nccl_dir
+        nccl_dir=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib"))' 2>/dev/null || true)
+        if [ -n "$nccl_dir" ] && [ -d "$nccl_dir" ]; then
+            export LD_LIBRARY_PATH="$nccl_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+            echo "==> libnccl from PyTorch's wheel: $nccl_dir"
+        fi
+    fi
+    local missing
+    missing=$(ldd "$BIN"/upcycle "$BIN"/test_cuda_* 2>/dev/null | grep 'not found' | sort -u || true)
+    if [ -n "$missing" ]; then
+        echo "==> libraries still missing:"
+        echo "$missing"
+    fi
+}
+
 # ---- stages ----------------------------------------------------------------------------------
 
 stage_build() {
@@ -304,6 +325,7 @@ main() {
     fi
     : > "$SUMMARY"
     show_gpu 2>&1 | tee "$OUT_DIR/nvidia-smi.log"
+    find_libraries  # not in a pipe: it exports LD_LIBRARY_PATH to the stages
     local name failed=()
     for name in "${stages[@]}"; do
         if ! run_stage "$name"; then
