@@ -112,7 +112,7 @@ find_libraries() {
         fi
     fi
     local missing
-    missing=$(ldd "$BIN"/upcycle "$BIN"/test_cuda_* 2>/dev/null | grep 'not found' | sort -u || true)
+    missing=$(ldd "$BIN"/upcycle "$BIN"/test_cuda_* "$BIN"/test_nccl_* 2>/dev/null | grep 'not found' | sort -u || true)
     if [ -n "$missing" ]; then
         echo "==> libraries still missing:"
         echo "$missing"
