@@ -52,7 +52,7 @@ ForwardStats forward_backward_slice(TrainingTask& task, int64_t step, const Batc
             task.skip_train_batch(step, part, data_rng);
             continue;
         }
-        const ForwardStats micro = task.train_forward(step, part, data_rng);
+        const ForwardStats micro = task.train_forward(step, part, data_rng);  // aux: see .h
         task.model().backward(part == first ? Gradients::Overwrite : Gradients::Accumulate);
         stats.loss_sum += micro.loss_sum;
         stats.tokens += micro.tokens;

@@ -43,7 +43,8 @@ RunConfig rank_task_config(const RunConfig& config, const BatchSplit& split);
 // This rank's forward and backward passes of optimizer step `step` (0-based): the other
 // ranks' parts are drawn and skipped, this rank's parts run and their mean gradients summed
 // into the model's gradients (the optimizer takes their mean with gradient_scale
-// 1/parts_per_rank). Returns this rank's stats, aux_loss the mean over its parts.
+// 1/parts_per_rank). Returns this rank's stats, aux_loss the mean over its parts (0 while the
+// model does not report it).
 ForwardStats forward_backward_slice(TrainingTask& task, int64_t step, const BatchSplit& split,
                                     int rank, Rng& data_rng);
 

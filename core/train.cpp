@@ -185,8 +185,8 @@ TrainSummary train(Backend& backend, const RunConfig& config, const TrainOptions
     const TrainConfig& tc = config.train;
     backend.set_precision(tc.precision);
     const BatchSplit split = split_batch(tc, communicator.size(), config.name);
-    const auto task = make_training_task(backend, rank_task_config(config, split), config.name,
-                                           communicator);
+    const auto task =
+        make_training_task(backend, rank_task_config(config, split), config.name, communicator);
     Model& model = task->model();
     DataParallelAdamW optimizer(backend, communicator, model.num_parameters(), tc.zero_stage);
     TrainingState state;
@@ -246,6 +246,8 @@ TrainSummary train(Backend& backend, const RunConfig& config, const TrainOptions
             return summary;
         }
         const auto step_start = Clock::now();
+        // the aux loss is read from the device for the steps that log it, not on every forward
+        model.report_auxiliary_loss(logs_step(tc, state.step + 1));
         ForwardStats stats =
             forward_backward_slice(*task, state.step, split, communicator.rank(), data_rng);
         const double lr = learning_rate(tc, state.step + 1);

@@ -66,7 +66,7 @@ ForwardStats Gpt::forward(std::span<const int32_t> inputs, std::span<const int32
 
     ForwardStats stats = classification_loss(be, logits_.f32(), losses_.f32(), argmax_.i32(),
                                              targets_.i32(), targets, V, pass);
-    stats.aux_loss = blocks_.auxiliary_loss();
+    if (report_aux_loss_) stats.aux_loss = blocks_.auxiliary_loss();
     have_train_forward_ = pass == Pass::Train;
     return stats;
 }

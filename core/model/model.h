@@ -21,7 +21,9 @@ struct ForwardStats {
     double loss_sum = 0;  // Σ of per-prediction cross-entropy (nats)
     int64_t tokens = 0;   // predictions counted (targets ≥ 0): tokens of a GPT, images of a ViT
     int64_t correct = 0;  // argmax == target (only on Evaluate passes)
-    double aux_loss = 0;  // Σ over MoE layers of the coefficient-weighted aux + z losses
+    // Σ over MoE layers of the coefficient-weighted aux + z losses (0 while the model does not
+    // report it: Model::report_auxiliary_loss)
+    double aux_loss = 0;
     double mean_loss() const { return tokens ? loss_sum / static_cast<double>(tokens) : 0.0; }
 };
 
@@ -54,6 +56,12 @@ public:
     // (same order).
     virtual const std::vector<int>& moe_layers() const = 0;
     virtual std::vector<RoutingStats> routing_stats() const = 0;
+
+    // Whether forward() fills ForwardStats::aux_loss (on by default). Its value is only
+    // reported (the aux losses' gradients stay on the device), but reading it downloads every
+    // MoE layer's routing sums, a wait for the device: training turns it on for the steps
+    // it logs only.
+    virtual void report_auxiliary_loss(bool on) = 0;
 };
 
 // The loss head every model ends with: fused softmax cross-entropy of logits[N,K] against

@@ -31,6 +31,7 @@ public:
     std::vector<RoutingStats> routing_stats() const override { return blocks_.routing_stats(); }
     // The MoE layer of block l (null for a dense block), for tests and tools.
     const MoeLayer* moe_layer(int l) const { return blocks_.moe_layer(l); }
+    void report_auxiliary_loss(bool on) override { report_aux_loss_ = on; }
 
 protected:
     // Zeroed parameters and gradients in `layout`, and blocks for batches of up to max_batch
@@ -54,6 +55,7 @@ protected:
     std::size_t num_parameters_ = 0;
     Tensor parameters_, gradients_;
     TransformerBlocks blocks_;
+    bool report_aux_loss_ = true;
 };
 
 }  // namespace upcycle

@@ -83,7 +83,7 @@ ForwardStats Vit::forward(std::span<const float> images, std::span<const int32_t
 
     ForwardStats stats = classification_loss(be, logits_.f32(), losses_.f32(), argmax_.i32(),
                                              labels_.i32(), labels, K, pass);
-    stats.aux_loss = blocks_.auxiliary_loss();
+    if (report_aux_loss_) stats.aux_loss = blocks_.auxiliary_loss();
     have_train_forward_ = pass == Pass::Train;
     logits_valid_ = !have_train_forward_;
     return stats;

@@ -683,6 +683,52 @@ TEST(MoeGpt, CopiedExpertsWithRenormalizedCombinePreserveTheDenseFunction) {
     EXPECT_LT(max_diff, 1e-5);
 }
 
+// The CPU backend, counting the downloads to the host (on a GPU each one waits for the device).
+class DownloadCountingBackend final : public CpuBackend {
+public:
+    void download(void* host_dst, const void* src, std::size_t bytes) override {
+        ++downloads;
+        CpuBackend::download(host_dst, src, bytes);
+    }
+    int downloads = 0;
+};
+
+// Training reads the aux loss only on the steps it logs: with it off, a forward downloads
+// nothing of the MoE layers' routing statistics (today 3 reads per MoE layer: counts, sums,
+// load), and with it on, the same aux loss as before; the gradients are the same either way.
+TEST(MoeGpt, AForwardThatDoesNotReportTheAuxLossReadsNoRoutingStatistics) {
+    DownloadCountingBackend be;
+    ModelConfig config = tiny_moe_gpt("softmax_topk", 1.25);
+    config.moe.layers = "all";
+    Gpt model(be, config, 2);
+    model.init_weights(3);
+    ASSERT_EQ(model.moe_layers().size(), 2u);
+    Rng rng(5);
+    std::vector<int32_t> tokens(16), targets(16);  // B = 2 of T = 8
+    for (auto& t : tokens) t = static_cast<int32_t>(rng.below(256));
+    for (auto& t : targets) t = static_cast<int32_t>(rng.below(256));
+
+    const int before_reported = be.downloads;
+    const ForwardStats reported = model.forward(tokens, targets, 2, Pass::Train);
+    const int reported_downloads = be.downloads - before_reported;
+    model.backward();
+    const auto reported_gradients = model.gradients().to_host();
+
+    model.report_auxiliary_loss(false);
+    const int before_silent = be.downloads;
+    const ForwardStats silent = model.forward(tokens, targets, 2, Pass::Train);
+    const int silent_downloads = be.downloads - before_silent;
+    model.backward();
+
+    EXPECT_GT(reported.aux_loss, 0.0);
+    EXPECT_EQ(silent.aux_loss, 0.0);
+    EXPECT_EQ(silent.loss_sum, reported.loss_sum);
+    EXPECT_EQ(reported_downloads - silent_downloads, 3 * 2);
+    EXPECT_EQ(model.gradients().to_host(), reported_gradients);
+    // the statistics are still there for whoever asks (the routing rows of a logged step)
+    EXPECT_EQ(model.routing_stats().size(), 2u);
+}
+
 // Whole MoE GPT: the directional finite-difference check of test_gpt, over every tensor.
 TEST(MoeGpt, GradientsMatchFiniteDifferences) {
     CpuBackend be;
